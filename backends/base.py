@@ -1,0 +1,121 @@
+"""The backend contract: what the engine needs from a hypervisor.
+
+A backend turns a ``VmSpec`` into a ``LaunchPlan`` (pure: argv, files, sockets;
+nothing started), starts the VMM process from it, and controls it afterwards
+(stop, wait, pause/resume, snapshot/restore). It also tells the engine how to
+reach the guest agent (``AgentEndpoint``). Keeping ``prepare`` pure lets tests
+check command lines and lets ``mvmctl doctor`` explain a plan without booting.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import anyio.abc
+import attrs
+
+
+class Accel(enum.Enum):
+    AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+@attrs.frozen
+class Drive:
+    """A block device given to the guest, in attach order (vda, vdb, ...)."""
+
+    path: Path
+    read_only: bool = False
+    ident: str = ""
+
+
+@attrs.frozen
+class NetDevice:
+    """A TAP-backed virtio-net device (networked mode); absent in rootless mode."""
+
+    tap: str
+    mac: str
+
+
+@attrs.frozen
+class VmSpec:
+    """Everything a backend needs to launch one VM. Paths are absolute."""
+
+    name: str
+    kernel: Path
+    rootfs: Path
+    run_dir: Path
+    vcpus: int = 1
+    memory_mib: int = 256
+    kernel_args: tuple[str, ...] = ()
+    drives: tuple[Drive, ...] = ()
+    net: tuple[NetDevice, ...] = ()
+    accel: Accel = Accel.AUTO
+    rootfs_read_only: bool = False
+    incoming: Path | None = None  # restore from this snapshot file instead of booting
+
+
+@attrs.frozen
+class LaunchPlan:
+    """A fully resolved VMM invocation: what ``start`` will execute."""
+
+    backend: str
+    argv: tuple[str, ...]
+    run_dir: Path
+    control_socket: Path  # QMP / API socket
+    agent_socket: Path  # where the host dials the guest agent
+    console_log: Path
+    pid_file: Path
+    accel: Accel
+    kernel_cmdline: str
+
+
+@attrs.frozen
+class Availability:
+    ok: bool
+    reason: str
+
+
+@runtime_checkable
+class AgentEndpoint(Protocol):
+    """How the host reaches the guest agent for one VM (dial, not listen)."""
+
+    async def connect(self) -> anyio.abc.ByteStream: ...
+
+
+@runtime_checkable
+class VmmHandle(Protocol):
+    """A started VMM process; survives the engine in detached mode."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def plan(self) -> LaunchPlan: ...
+
+
+class Backend(Protocol):
+    """One hypervisor. Implementations live in ``mvm.backends.<name>``."""
+
+    name: str
+
+    def availability(self) -> Availability: ...
+
+    def prepare(self, spec: VmSpec) -> LaunchPlan: ...
+
+    async def start(self, plan: LaunchPlan, *, detached: bool = False) -> VmmHandle: ...
+
+    async def stop(self, handle: VmmHandle, *, grace: float = 5.0) -> int: ...
+
+    async def wait(self, handle: VmmHandle) -> int: ...
+
+    async def pause(self, handle: VmmHandle) -> None: ...
+
+    async def resume(self, handle: VmmHandle) -> None: ...
+
+    async def snapshot(self, handle: VmmHandle, path: Path) -> None: ...
+
+    def agent_endpoint(self, plan: LaunchPlan) -> AgentEndpoint: ...

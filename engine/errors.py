@@ -1,0 +1,103 @@
+"""One error hierarchy for all of mvm.
+
+Every failure a user can cause or meet has a stable ``code`` (``E_...``) and a
+one-line message that says what is wrong and what to do. The CLI prints
+``error[CODE]: message`` and exits non-zero; it never shows a traceback for an
+``MvmError``. Codes are API: tests and scripts match on them, so never rename one.
+"""
+
+from __future__ import annotations
+
+
+class MvmError(Exception):
+    """Base of every error mvm raises on purpose."""
+
+    code: str = "E_MVM"
+    exit_status: int = 1
+
+    def __init__(self, message: str, *, code: str | None = None, hint: str | None = None) -> None:
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.hint = hint
+        super().__init__(message)
+
+    def one_line(self) -> str:
+        """The single line the CLI prints: what went wrong and what to do."""
+        text = f"error[{self.code}]: {self.message}"
+        if self.hint:
+            text += f" ({self.hint})"
+        return text.replace("\n", " ")
+
+
+class ConfigError(MvmError):
+    """Bad user input: spec, mvm.toml, IR, CLI arguments."""
+
+    code = "E_CONFIG"
+    exit_status = 2
+
+
+class StateError(MvmError):
+    """The state store is unusable (corrupt, newer schema, locked)."""
+
+    code = "E_STATE"
+
+
+class NotFoundError(MvmError):
+    """A named VM, snapshot, image or build does not exist."""
+
+    code = "E_NOT_FOUND"
+
+
+class ConflictError(MvmError):
+    """A name is taken, a port is in use, or a VM is in the wrong state."""
+
+    code = "E_CONFLICT"
+
+
+class BackendError(MvmError):
+    """The hypervisor failed or is unavailable on this host."""
+
+    code = "E_BACKEND"
+
+
+class BackendUnavailable(BackendError):
+    """The backend cannot run on this host; the message says why."""
+
+    code = "E_BACKEND_UNAVAILABLE"
+
+
+class BuildError(MvmError):
+    """Building a kernel, agent or image failed."""
+
+    code = "E_BUILD"
+
+
+class AgentError(MvmError):
+    """The guest agent refused a request, broke the protocol or went away."""
+
+    code = "E_AGENT"
+
+
+class AccessDenied(MvmError):
+    """The image is sealed: dev-only operations (exec, console, files) are refused."""
+
+    code = "E_SEALED"
+
+
+class ActorFailed(MvmError):
+    """A supervised child exhausted its restart budget and escalated to its parent."""
+
+    code = "E_ACTOR_FAILED"
+
+
+class RequestTimeout(MvmError):
+    """A request to an actor or the guest got no reply in time."""
+
+    code = "E_TIMEOUT"
+
+
+class SecurityError(MvmError):
+    """A plan signature, nonce or audit chain check failed."""
+
+    code = "E_SECURITY"

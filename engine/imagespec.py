@@ -1,0 +1,110 @@
+"""ImageSpec: the offline builder's equivalent of mkGuest's arguments.
+
+Field names follow mkGuest (snake_case here, camelCase in Nix). Inference rules
+are the same as the Nix library's so both paths produce the same metadata:
+entrypoint kind is ``command`` if a command is given, else ``services`` if any
+service is defined, else ``shell``; an image is ``accessible`` (dev) iff
+``dev`` is true, and ``sealed`` otherwise; the entrypoint uid defaults to 0 in
+dev images and 1000 in sealed ones; the agent always runs as uid 990.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import attrs
+
+from mvm.engine.errors import ConfigError
+
+RestartPolicy = Literal["always", "on-failure", "never"]
+EntrypointKind = Literal["shell", "command", "services"]
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+AGENT_UID = 990
+
+
+@attrs.frozen
+class Service:
+    command: str
+    pre_start: str | None = None
+    env: dict[str, str] = attrs.field(factory=dict)
+    restart: RestartPolicy = "always"
+
+
+@attrs.frozen
+class HealthCheck:
+    health_cmd: str
+    health_interval_secs: int = 5
+    health_timeout_secs: int = 3
+
+
+@attrs.frozen
+class Uids:
+    agent: int = AGENT_UID
+    entrypoint: int | None = None  # None: 0 in dev, 1000 when sealed
+
+
+@attrs.frozen
+class ImageSpec:
+    name: str
+    command: tuple[str, ...] | None = None
+    services: dict[str, Service] = attrs.field(factory=dict)
+    packages: tuple[str, ...] = ()  # busybox applet names or absolute host paths
+    extra_files: dict[str, str] = attrs.field(factory=dict)  # guest path -> file content
+    uids: Uids = attrs.field(factory=Uids)
+    dev: bool = False
+    vcpus: int = 1
+    memory_mib: int = 256
+    health_checks: dict[str, HealthCheck] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ConfigError(
+                f"image name {self.name!r} is invalid",
+                code="E_SPEC_NAME",
+                hint="use 1-63 lowercase letters, digits and '-'",
+            )
+        if self.command is not None and not self.command:
+            raise ConfigError("command is empty", code="E_SPEC_COMMAND", hint="omit it or give argv")
+        if not 1 <= self.vcpus <= 64:
+            raise ConfigError(f"vcpus={self.vcpus} out of range 1..64", code="E_SPEC_VCPUS")
+        if not 64 <= self.memory_mib <= 65536:
+            raise ConfigError(
+                f"memory_mib={self.memory_mib} out of range 64..65536", code="E_SPEC_MEMORY"
+            )
+        for svc in self.health_checks:
+            if svc not in self.services:
+                raise ConfigError(
+                    f"health check for unknown service {svc!r}",
+                    code="E_SPEC_HEALTH",
+                    hint=f"define services.{svc} or remove the check",
+                )
+        for path in self.extra_files:
+            if not path.startswith("/") or ".." in path.split("/"):
+                raise ConfigError(
+                    f"extra file path {path!r} must be absolute without '..'",
+                    code="E_SPEC_PATH",
+                )
+
+    @property
+    def entrypoint_kind(self) -> EntrypointKind:
+        if self.command is not None:
+            return "command"
+        if self.services:
+            return "services"
+        return "shell"
+
+    @property
+    def accessible(self) -> bool:
+        return self.dev
+
+    @property
+    def sealed(self) -> bool:
+        return not self.dev
+
+    @property
+    def entrypoint_uid(self) -> int:
+        if self.uids.entrypoint is not None:
+            return self.uids.entrypoint
+        return 0 if self.dev else 1000

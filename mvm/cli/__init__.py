@@ -1,5 +1,5 @@
 """mvmctl, the command line on top of the engine."""
 
+from mvm.cli.app import main
 
-def main() -> None:
-    raise SystemExit(0)
+__all__ = ["main"]

@@ -1,0 +1,75 @@
+"""AgentConnection: the host's one link to a VM's guest agent.
+
+It dials the backend's agent endpoint and waits for the guest's ``hello``: that
+hello *is* the VM's readiness signal (pushed by the guest, never polled). If the
+link drops (guest reboot, snapshot restore, VMM hiccup) the actor fails and its
+supervisor restarts it with backoff; users of ``client()`` simply wait for the
+next hello, so a reconnect is invisible to them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import anyio.abc
+import structlog
+
+from mvm.backends.base import AgentEndpoint
+from mvm.backends.guest.client import AgentClient
+from mvm.engine.actor import Actor
+from mvm.engine.errors import AgentError, RequestTimeout
+from mvm.engine.events import Event, EventBus
+
+log = structlog.get_logger("mvm.agent")
+
+
+class AgentConnection(Actor[None]):
+    def __init__(
+        self, vm: str, endpoint: AgentEndpoint, *, bus: EventBus, hello_timeout: float
+    ) -> None:
+        super().__init__(f"vm/{vm}/agent")
+        self.vm = vm
+        self._endpoint = endpoint
+        self._bus = bus
+        self._hello_timeout = hello_timeout
+        self._client: AgentClient | None = None
+        self._ready = anyio.Event()
+        self.hello: dict[str, Any] = {}
+        self.connects = 0
+
+    async def run(self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.fail_after(self._hello_timeout):
+            stream = await self._endpoint.connect()
+        try:
+            async with AgentClient.connect(stream, hello_timeout=self._hello_timeout) as client:
+                self.connects += 1
+                self.hello = dict(client.hello)
+                self._client = client
+                self._ready.set()
+                self._bus.publish(
+                    Event(kind="agent.hello", source=self.name, vm=self.vm, data=self.hello)
+                )
+                task_status.started()
+                await client.wait_closed()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"guest agent of {self.vm} sent no hello within {self._hello_timeout:.0f}s",
+                code="E_BOOT_TIMEOUT",
+                hint=f"see the console log: mvmctl logs {self.vm}",
+            ) from None
+        finally:
+            self._client = None
+            self._ready = anyio.Event()
+        raise AgentError(f"guest agent of {self.vm} closed the connection", code="E_AGENT_GONE")
+
+    async def client(self, timeout: float = 30.0) -> AgentClient:
+        """The live client, waiting (bounded) across a reconnect."""
+        with anyio.move_on_after(timeout):
+            while self._client is None:
+                await self._ready.wait()
+            return self._client
+        raise RequestTimeout(f"guest agent of {self.vm} is not connected", code="E_AGENT_GONE")
+
+    async def teardown(self) -> None:
+        self._client = None

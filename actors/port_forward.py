@@ -1,0 +1,98 @@
+"""PortForward: one ``host:guest`` mapping, proxied over the guest agent.
+
+Each accepted host TCP connection becomes one multiplexed agent stream to
+``127.0.0.1:<guest_port>`` inside the guest, so forwarding works rootless and on
+every backend (no TAP, no NAT). The listener is bound *before* the VM boots (see
+``bind_forward_listener``) so a port already in use fails fast and leaves no VM.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+import structlog
+
+from mvm.engine.actor import Actor
+from mvm.engine.errors import ConflictError, MvmError
+from mvm.engine.vmrequest import PortMapping
+
+if TYPE_CHECKING:
+    from mvm.actors.agent_connection import AgentConnection
+
+log = structlog.get_logger("mvm.forward")
+
+_CHUNK = 64 * 1024
+
+
+async def bind_forward_listener(mapping: PortMapping) -> anyio.abc.SocketListener:
+    """Bind the host side of a forward, turning EADDRINUSE into a coded error."""
+    try:
+        return await anyio.create_tcp_listener(
+            local_host=mapping.host_addr, local_port=mapping.host_port, reuse_port=False
+        )
+    except OSError as exc:
+        raise ConflictError(
+            f"cannot listen on {mapping.host_addr}:{mapping.host_port}: {exc.strerror or exc}",
+            code="E_PORT_IN_USE",
+            hint="pick another host port with -p HOST:GUEST or stop what uses it",
+        ) from None
+
+
+async def _pump(src: anyio.abc.ByteStream, dst: anyio.abc.ByteStream) -> None:
+    """Copy one direction until EOF, then half-close the other side."""
+    try:
+        while True:
+            chunk = await src.receive(_CHUNK)
+            await dst.send(chunk)
+    except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+        pass
+    except OSError:
+        pass
+    try:
+        await dst.send_eof()
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError, NotImplementedError):
+        pass
+
+
+class PortForward(Actor[None]):
+    def __init__(
+        self,
+        vm: str,
+        mapping: PortMapping,
+        listener: anyio.abc.SocketListener,
+        agent: AgentConnection,
+    ) -> None:
+        super().__init__(f"vm/{vm}/forward/{mapping.host_port}")
+        self.vm = vm
+        self.mapping = mapping
+        self._listener = listener
+        self._agent = agent
+        self.connections_total = 0
+
+    async def run(self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            task_status.started()
+            log.info("forward.listening", vm=self.vm, mapping=str(self.mapping))
+            await self._listener.serve(self._handle, task_group=tg)
+
+    async def _handle(self, conn: anyio.abc.SocketStream) -> None:
+        self.connections_total += 1
+        async with conn:
+            try:
+                client = await self._agent.client()
+                guest = await client.open_tcp(self.mapping.guest_port)
+            except MvmError as exc:
+                log.warning(
+                    "forward.connect_failed", vm=self.vm, mapping=str(self.mapping), code=exc.code,
+                    error=exc.message,
+                )
+                return
+            async with guest, anyio.create_task_group() as tg:
+                tg.start_soon(_pump, conn, guest)
+                await _pump(guest, conn)
+
+    async def teardown(self) -> None:
+        await self._listener.aclose()
+        log.info("forward.closed", vm=self.vm, mapping=str(self.mapping))

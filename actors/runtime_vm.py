@@ -1,0 +1,251 @@
+"""RuntimeVM: one running microVM and everything attached to it.
+
+Start order is a chain of named steps (firecracker-go-sdk style): bind host
+ports -> claim the name in the state store -> prepare the launch plan -> start
+the VMM -> connect the agent (wait for hello = ready) -> start port forwards ->
+mark running. Teardown is the exact reverse, each step shielded by the
+supervisor: forwards, agent, then the VMM (graceful, then forced), then the run
+directory's sockets and overlay, then the state row. A failure at any step
+unwinds only what was done, so bad input never leaves a process or file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import anyio.abc
+import attrs
+import structlog
+
+from mvm.actors.agent_connection import AgentConnection
+from mvm.actors.port_forward import PortForward, bind_forward_listener
+from mvm.backends.base import Accel, Backend, VmmHandle, VmSpec
+from mvm.engine.actor import Actor
+from mvm.engine.errors import BackendError, ConflictError
+from mvm.engine.events import Event, EventBus
+from mvm.engine.image import Image
+from mvm.engine.paths import vm_dir
+from mvm.engine.process import process_start_time
+from mvm.engine.store import StateStore, VmRecord
+from mvm.engine.supervisor import RestartPolicy, Supervisor
+from mvm.engine.vmrequest import VmRequest
+
+log = structlog.get_logger("mvm.vm")
+
+_EXIT_LINE = re.compile(rb"mvm-exit: (-?\d+)")
+
+
+@attrs.frozen
+class StopVm:
+    """Ask the VM to shut down (the actor then ends and tears down)."""
+
+    reason: str = "requested"
+
+
+def guest_exit_code(console_log: Path) -> int | None:
+    """The entrypoint's exit status as /init printed it, if it did."""
+    try:
+        data = console_log.read_bytes()[-65536:]
+    except OSError:
+        return None
+    found = _EXIT_LINE.findall(data)
+    return int(found[-1]) if found else None
+
+
+def console_tail(console_log: Path, lines: int = 3) -> str:
+    try:
+        text = console_log.read_text(errors="replace")
+    except OSError:
+        return ""
+    kept = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " | ".join(kept[-lines:])
+
+
+def engine_owner() -> str:
+    pid = os.getpid()
+    return f"{pid}:{process_start_time(pid)}"
+
+
+class RuntimeVM(Actor[StopVm]):
+    def __init__(
+        self,
+        request: VmRequest,
+        image: Image,
+        backend: Backend,
+        *,
+        store: StateStore,
+        bus: EventBus,
+    ) -> None:
+        super().__init__(f"vm/{request.name}")
+        self.request = request
+        self.image = image
+        self.backend = backend
+        self._store = store
+        self._bus = bus
+        self.run_dir = vm_dir(request.name)
+        self.handle: VmmHandle | None = None
+        self.agent: AgentConnection | None = None
+        self.exit_code: int | None = None
+        self.exit_reason: str | None = None
+        self.state: Literal["starting", "running", "stopping", "exited", "failed"] = "starting"
+        self._claimed = False
+        self.exited = anyio.Event()
+        self.ready_at: float | None = None
+        self.started_at = time.monotonic()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        req = self.request
+        listeners: list[anyio.abc.SocketListener] = []
+        try:
+            for mapping in req.ports:
+                listeners.append(await bind_forward_listener(mapping))
+            await self._claim_name()
+            plan = self.backend.prepare(self._vm_spec())
+            self._publish("vm.starting", backend=self.backend.name, accel=plan.accel.value)
+            self.handle = await self.backend.start(plan, detached=True)
+            await self._store.update_vm(
+                req.name, pid=self.handle.pid, pid_start_time=process_start_time(self.handle.pid),
+                control_socket=str(plan.control_socket), agent_socket=str(plan.agent_socket),
+                console_log=str(plan.console_log),
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                for listener in listeners:
+                    await listener.aclose()
+            raise
+
+        self.agent = AgentConnection(
+            req.name, self.backend.agent_endpoint(plan), bus=self._bus,
+            hello_timeout=req.boot_timeout_s,
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch_vmm, tg.cancel_scope)
+            async with Supervisor(self.name, events=self._bus) as sup:
+                await sup.start(
+                    self.agent,
+                    policy=RestartPolicy(kind="on-failure", max_restarts=5, window_s=60),
+                )
+                for mapping, listener in zip(req.ports, listeners, strict=True):
+                    await sup.start(
+                        PortForward(req.name, mapping, listener, self.agent),
+                        policy=RestartPolicy(kind="never"),
+                    )
+                self.ready_at = time.monotonic()
+                self.state = "running"
+                await self._store.update_vm(req.name, state="running", started_at=time.time())
+                self._publish(
+                    "vm.ready", boot_s=round(self.ready_at - self.started_at, 3),
+                    hello=self.agent.hello,
+                )
+                task_status.started()
+                async for msg in self.inbox:
+                    if isinstance(msg, StopVm):
+                        self.exit_reason = msg.reason
+                        break
+            tg.cancel_scope.cancel()
+
+    async def _watch_vmm(self, scope: anyio.CancelScope) -> None:
+        assert self.handle is not None
+        status = await self.backend.wait(self.handle)
+        code = guest_exit_code(self.handle.plan.console_log)
+        self.exit_code = code if code is not None else status
+        if self.state == "starting":
+            tail = console_tail(self.handle.plan.console_log)
+            raise BackendError(
+                f"VM {self.request.name} exited during boot (status {status})"
+                + (f": {tail}" if tail else ""),
+                code="E_VMM_EXITED",
+                hint=f"console log: {self.handle.plan.console_log}",
+            )
+        self.exit_reason = self.exit_reason or "guest exited"
+        self._publish("vm.exited", code=self.exit_code)
+        scope.cancel()
+
+    async def teardown(self) -> None:
+        """Stop the VMM and release everything; runs shielded, exactly once."""
+        self.state = "stopping"
+        if self.handle is not None:
+            try:
+                status = await self.backend.stop(self.handle, grace=self.request.stop_grace_s)
+                if self.exit_code is None:
+                    code = guest_exit_code(self.handle.plan.console_log)
+                    self.exit_code = code if code is not None else status
+            except Exception as exc:  # teardown must go on: record and continue
+                log.error("vm.stop_failed", vm=self.request.name, error=repr(exc))
+        self.state = "exited"
+        if self._claimed:
+            await self._store.update_vm(
+                self.request.name, state="exited", exited_at=time.time(),
+                exit_code=self.exit_code, exit_reason=self.exit_reason or "stopped",
+                pid=None,
+            )
+        self._publish("vm.stopped", code=self.exit_code, reason=self.exit_reason or "stopped")
+        self.exited.set()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    async def _claim_name(self) -> None:
+        """Insert the VM row; an exited VM of the same name is replaced, a live one is not."""
+        req = self.request
+        old = await self._store.get_vm(req.name)
+        if old is not None:
+            if old.state not in ("exited", "failed"):
+                raise ConflictError(
+                    f"a VM named {req.name!r} already exists ({old.state})",
+                    code="E_NAME_TAKEN",
+                    hint=f"pick another --name or run: mvmctl down {req.name}",
+                )
+            await self._store.delete_vm(req.name)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        await self._store.insert_vm(
+            VmRecord(
+                name=req.name, backend=self.backend.name, mode=req.mode, state="starting",
+                pid=None, pid_start_time=None, run_dir=str(self.run_dir),
+                image=str(self.image.directory), sealed=self.image.sealed,
+                created_at=time.time(), started_at=None, exited_at=None, exit_code=None,
+                exit_reason=None, control_socket=None, agent_socket=None, console_log=None,
+                spec_json=json.dumps(self._record_spec(), sort_keys=True), owner=engine_owner(),
+            )
+        )
+        self._claimed = True
+        (self.run_dir / "mode.json").write_text(
+            json.dumps({"name": req.name, "mode": req.mode}, sort_keys=True) + "\n"
+        )
+        from mvm.engine.store import PortRecord  # local: keeps the import list short
+
+        await self._store.set_ports(
+            req.name,
+            [
+                PortRecord(vm=req.name, host_addr=p.host_addr, host_port=p.host_port,
+                           guest_port=p.guest_port)
+                for p in req.ports
+            ],
+        )
+
+    def _vm_spec(self) -> VmSpec:
+        req, image = self.request, self.image
+        accel = Accel(os.environ.get("MVM_ACCEL", "auto"))
+        return VmSpec(
+            name=req.name, kernel=image.kernel, rootfs=image.rootfs, run_dir=self.run_dir,
+            vcpus=req.vcpus or image.vcpus, memory_mib=req.memory_mib or image.memory_mib,
+            kernel_args=(f"mvm.hostname={req.name}",), accel=accel, rootfs_read_only=True,
+        )
+
+    def _record_spec(self) -> dict[str, Any]:
+        req = self.request
+        return {
+            "image": str(self.image.directory),
+            "ports": [str(p) for p in req.ports],
+            "vcpus": req.vcpus, "memory_mib": req.memory_mib, "mode": req.mode,
+        }
+
+    def _publish(self, kind: str, **data: Any) -> None:
+        self._bus.publish(Event(kind=kind, source=self.name, vm=self.request.name, data=data))

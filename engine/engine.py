@@ -1,0 +1,160 @@
+"""Engine: the embeddable entry point.
+
+``async with Engine.open() as engine:`` gives one structured-concurrency scope
+that owns the state store, the event bus and a root supervisor. Every VM started
+through it (``engine.start``) is a supervised RuntimeVM child: leaving the block,
+cancelling it or Ctrl-C tears every VM down in reverse start order. Works under
+trio and asyncio (anyio).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from mvm.actors.runtime_vm import RuntimeVM, StopVm
+from mvm.backends.guest.client import AgentClient, ExecResult
+from mvm.backends.registry import get_backend
+from mvm.engine.errors import (
+    AccessDenied,
+    BackendUnavailable,
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+)
+from mvm.engine.events import Event, EventBus
+from mvm.engine.image import Image
+from mvm.engine.imagespec import ImageSpec
+from mvm.engine.reconcile import reconcile
+from mvm.engine.store import StateStore, VmRecord
+from mvm.engine.supervisor import RestartPolicy, Supervisor
+from mvm.engine.vmrequest import VmRequest
+
+log = structlog.get_logger("mvm.engine")
+
+ProgressFn = Callable[[str, float | None], None]
+
+
+class VmHandle:
+    """A VM running under this engine: exec, wait, stop."""
+
+    def __init__(self, vm: RuntimeVM) -> None:
+        self._vm = vm
+
+    @property
+    def name(self) -> str:
+        return self._vm.request.name
+
+    @property
+    def hello(self) -> dict[str, Any]:
+        return self._vm.agent.hello if self._vm.agent else {}
+
+    @property
+    def boot_seconds(self) -> float | None:
+        if self._vm.ready_at is None:
+            return None
+        return self._vm.ready_at - self._vm.started_at
+
+    @property
+    def console_log(self) -> str | None:
+        return str(self._vm.handle.plan.console_log) if self._vm.handle else None
+
+    @property
+    def pid(self) -> int | None:
+        return self._vm.handle.pid if self._vm.handle else None
+
+    async def agent(self) -> AgentClient:
+        if self._vm.agent is None:
+            raise NotFoundError(f"VM {self.name} has no agent connection", code="E_AGENT_GONE")
+        return await self._vm.agent.client()
+
+    async def exec(
+        self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float | None = None
+    ) -> ExecResult:
+        if self._vm.image.sealed:
+            raise AccessDenied(
+                f"VM {self.name} runs a sealed image: exec is refused",
+                hint="build the image with dev = true for exec/console",
+            )
+        client = await self.agent()
+        return await client.exec(list(argv), stdin=stdin, timeout=timeout)
+
+    async def wait(self) -> int | None:
+        """Block until the VM exits; its entrypoint's exit status (or the VMM's)."""
+        await self._vm.exited.wait()
+        return self._vm.exit_code
+
+    async def stop(self, reason: str = "requested") -> int | None:
+        if not self._vm.exited.is_set():
+            try:
+                await self._vm.send(StopVm(reason=reason))
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass
+        return await self.wait()
+
+
+class Engine:
+    def __init__(self, store: StateStore, bus: EventBus, supervisor: Supervisor) -> None:
+        self.store = store
+        self.bus = bus
+        self._sup = supervisor
+        self._vms: dict[str, RuntimeVM] = {}
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls) -> AsyncIterator[Engine]:
+        bus = EventBus()
+        async with StateStore.open() as store:
+            await reconcile(store)
+            async with Supervisor("engine", events=bus) as sup:
+                yield cls(store, bus, sup)
+
+    def events(self) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
+        return self.bus.subscribe()
+
+    async def build(self, spec: ImageSpec, progress: ProgressFn | None = None) -> Image:
+        """Build (or reuse from cache) an image for spec with the offline builder."""
+        from mvm.engine.build import build_offline_image
+
+        return await build_offline_image(spec, progress=progress)
+
+    async def start(self, request: VmRequest, image: Image | None = None) -> VmHandle:
+        """Boot a VM as a child of this engine; returns once its agent said hello."""
+        image = image or Image.load(Path(request.image_dir))
+        if request.name in self._vms and not self._vms[request.name].exited.is_set():
+            raise ConflictError(f"VM {request.name!r} is already running here", code="E_NAME_TAKEN")
+        backend = get_backend(request.backend)
+        avail = backend.availability()
+        if not avail.ok:
+            raise BackendUnavailable(f"backend {backend.name} is unavailable: {avail.reason}")
+        vm = RuntimeVM(request, image, backend, store=self.store, bus=self.bus)
+        await self._sup.start(vm, policy=RestartPolicy(kind="never"))
+        self._vms[request.name] = vm
+        return VmHandle(vm)
+
+    def vm(self, name: str) -> VmHandle:
+        try:
+            return VmHandle(self._vms[name])
+        except KeyError:
+            raise NotFoundError(f"no VM named {name!r} in this engine", code="E_VM_NOT_FOUND") from None
+
+    async def stop(self, name: str) -> int | None:
+        handle = self.vm(name)
+        code = await handle.stop()
+        await self._sup.stop(f"vm/{name}")
+        return code
+
+    async def list_vms(self) -> list[VmRecord]:
+        await reconcile(self.store)
+        return await self.store.list_vms()
+
+
+def require_name(name: str | None) -> str:
+    if not name:
+        raise ConfigError("a VM name is required", code="E_VM_NAME")
+    return name

@@ -1,0 +1,46 @@
+"""Process identity that PID reuse cannot fool: pid + kernel start time.
+
+A recorded VMM is "ours" only if a process with that pid exists *and* its start
+time (field 22 of /proc/<pid>/stat, clock ticks since boot) matches the one we
+recorded when we started it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+
+def process_start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])  # field 22 overall; fields[0] is field 3
+
+
+def is_same_process(pid: int | None, start_time: int | None) -> bool:
+    if not pid or start_time is None:
+        return False
+    current = process_start_time(pid)
+    if current is None or current != start_time:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def kill_verified(pid: int | None, start_time: int | None, sig: int = signal.SIGKILL) -> bool:
+    """Signal a recorded process only if it is still the same process."""
+    if pid is None or not is_same_process(pid, start_time):
+        return False
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True

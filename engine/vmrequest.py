@@ -1,0 +1,82 @@
+"""What a caller asks for when it starts a VM, parsed and validated up front.
+
+Everything here is checked before any process starts, so bad input fails with a
+coded one-line error and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import attrs
+
+from mvm.engine.errors import ConfigError
+
+Mode = Literal["attached", "detached"]
+
+_VM_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+_PORT_SPEC = re.compile(r"^(?:(?P<addr>[0-9.]+|localhost):)?(?P<host>\d{1,5}):(?P<guest>\d{1,5})$")
+
+
+@attrs.frozen
+class PortMapping:
+    """``-p [addr:]host:guest`` like ``docker run -p``; the host side binds on addr."""
+
+    host_port: int
+    guest_port: int
+    host_addr: str = "127.0.0.1"
+
+    @classmethod
+    def parse(cls, text: str) -> PortMapping:
+        m = _PORT_SPEC.match(text.strip())
+        if not m:
+            raise ConfigError(
+                f"port mapping {text!r} is not [ADDR:]HOST:GUEST",
+                code="E_PORT_SPEC",
+                hint="for example -p 8080:80",
+            )
+        host, guest = int(m["host"]), int(m["guest"])
+        for port in (host, guest):
+            if not 1 <= port <= 65535:
+                raise ConfigError(f"port {port} in {text!r} is out of range 1..65535", code="E_PORT_SPEC")
+        addr = m["addr"] or "127.0.0.1"
+        if addr == "localhost":
+            addr = "127.0.0.1"
+        return cls(host_port=host, guest_port=guest, host_addr=addr)
+
+    def __str__(self) -> str:
+        return f"{self.host_addr}:{self.host_port}->{self.guest_port}"
+
+
+def check_vm_name(name: str) -> str:
+    if not _VM_NAME.match(name):
+        raise ConfigError(
+            f"VM name {name!r} is invalid",
+            code="E_VM_NAME",
+            hint="use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return name
+
+
+@attrs.frozen
+class VmRequest:
+    """A VM to start from an already built image directory."""
+
+    name: str = attrs.field(converter=check_vm_name)
+    image_dir: str
+    ports: tuple[PortMapping, ...] = ()
+    backend: str = "qemu"
+    mode: Mode = "attached"
+    vcpus: int | None = None
+    memory_mib: int | None = None
+    boot_timeout_s: float = 90.0
+    stop_grace_s: float = 5.0
+
+    def __attrs_post_init__(self) -> None:
+        seen: set[tuple[str, int]] = set()
+        for p in self.ports:
+            key = (p.host_addr, p.host_port)
+            if key in seen:
+                raise ConfigError(f"host port {p.host_port} is mapped twice", code="E_PORT_SPEC")
+            seen.add(key)

@@ -1,0 +1,67 @@
+"""mvmctl: argument parsing, dispatch and the one-line error contract.
+
+Every command is an async function run under trio. An ``MvmError`` becomes
+``error[CODE]: message (hint)`` on stderr and a non-zero exit; Ctrl-C cancels
+the command's scope (which tears down what it started) and exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+import trio
+
+from mvm.cli import build_commands, vm_commands
+from mvm.engine.errors import MvmError
+from mvm.engine.log import configure_logging
+
+Command = Callable[[argparse.Namespace], Awaitable[int]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mvmctl", description="mvm microVM manager")
+    parser.add_argument("--log-json", action="store_true", help="JSON logs on stderr")
+    parser.add_argument(
+        "--log-level", default=os.environ.get("MVM_LOG_LEVEL", "warning"),
+        help="debug, info, warning (default), error",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    vm_commands.register(sub)
+    build_commands.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(json=args.log_json, level=args.log_level)
+    command: Command = args.func
+    try:
+        status = trio.run(functools.partial(command, args))
+    except MvmError as exc:
+        print(exc.one_line(), file=sys.stderr)
+        raise SystemExit(exc.exit_status) from None
+    except KeyboardInterrupt:
+        print("interrupted; everything this command started was torn down", file=sys.stderr)
+        raise SystemExit(130) from None
+    except BaseExceptionGroup as group:
+        errors = [e for e in _leaves(group) if isinstance(e, MvmError)]
+        if errors:
+            print(errors[0].one_line(), file=sys.stderr)
+            raise SystemExit(errors[0].exit_status) from None
+        raise
+    raise SystemExit(status)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out.extend(_leaves(exc))
+        else:
+            out.append(exc)
+    return out

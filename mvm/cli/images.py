@@ -1,0 +1,40 @@
+"""Turn the IMAGE argument of run/up into a built Image.
+
+IMAGE is ``demo`` / ``demo-dev`` (built-in specs), a spec ``.json`` file (built
+with the offline builder, cached), or a directory that already holds
+vmlinux + rootfs.ext4 + mvm-meta.json (e.g. a Nix build result).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mvm.cli.progress import BuildProgress
+from mvm.engine.build import build_offline_image
+from mvm.engine.errors import ConfigError
+from mvm.engine.image import Image
+from mvm.engine.imagespec import ImageSpec
+from mvm.engine.specfile import load_spec
+
+
+def builtin_spec(ref: str) -> ImageSpec | None:
+    from mvm.backends.demo import DEMO_DEV_SPEC, DEMO_SPEC
+
+    return {"demo": DEMO_SPEC, "demo-dev": DEMO_DEV_SPEC}.get(ref)
+
+
+async def resolve_image(ref: str, *, quiet: bool = False) -> Image:
+    spec = builtin_spec(ref)
+    path = Path(ref)
+    if spec is None and path.is_dir():
+        return Image.load(path)
+    if spec is None and path.suffix == ".json":
+        spec = load_spec(path)
+    if spec is None:
+        raise ConfigError(
+            f"image {ref!r} is neither a built-in (demo, demo-dev), a spec .json file "
+            "nor an image directory",
+            code="E_IMAGE_REF",
+        )
+    with BuildProgress(enabled=not quiet) as progress:
+        return await build_offline_image(spec, progress=progress.update)

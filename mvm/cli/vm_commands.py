@@ -1,0 +1,197 @@
+"""VM verbs: run (attached), up (detached), down, ls, status, logs, exec, wait."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from mvm.cli.images import resolve_image
+from mvm.engine.detached import start_detached, stop_vm_record
+from mvm.engine.engine import Engine
+from mvm.engine.errors import NotFoundError
+from mvm.engine.paths import vm_dir
+from mvm.engine.reconcile import owner_alive
+from mvm.engine.store import StateStore, VmRecord
+from mvm.engine.vmrequest import PortMapping, VmRequest
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for verb, helptext in (("run", "boot an image attached to this terminal (Ctrl-C stops it)"),
+                           ("up", "boot an image detached (survives this command)")):
+        p = sub.add_parser(verb, help=helptext)
+        p.add_argument("image", nargs="?", default="demo",
+                       help="demo | demo-dev | SPEC.json | IMAGE_DIR (default: demo)")
+        p.add_argument("--name", help="VM name (default: the image name)")
+        p.add_argument("-p", "--publish", action="append", default=[], metavar="[ADDR:]HOST:GUEST",
+                       help="forward a host TCP port to a guest port (repeatable)")
+        p.add_argument("--backend", default="qemu")
+        p.add_argument("--vcpus", type=int)
+        p.add_argument("--memory", type=int, dest="memory_mib", metavar="MIB")
+        p.add_argument("--boot-timeout", type=float, default=90.0)
+        if verb == "run":
+            p.add_argument("--attached", action="store_true", default=True,
+                           help="(default) tie the VM to this command")
+            p.add_argument("-d", "--detach", action="store_true", help="same as `up`")
+        p.set_defaults(func=cmd_run if verb == "run" else cmd_up)
+
+    p = sub.add_parser("down", help="stop a VM and remove its state")
+    p.add_argument("names", nargs="+")
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("ls", help="list VMs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("status", help="show one VM")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("logs", help="print a VM's serial console log")
+    p.add_argument("name")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("wait", help="block until a VM exits; print its exit status")
+    p.add_argument("name")
+    p.add_argument("--timeout", type=float)
+    p.set_defaults(func=cmd_wait)
+
+
+def _request(args: argparse.Namespace, image_dir: Path, name: str, mode: str) -> VmRequest:
+    return VmRequest(
+        name=name, image_dir=str(image_dir),
+        ports=tuple(PortMapping.parse(p) for p in args.publish),
+        backend=args.backend, mode=mode,  # type: ignore[arg-type]
+        vcpus=args.vcpus, memory_mib=args.memory_mib, boot_timeout_s=args.boot_timeout,
+    )
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    if args.detach:
+        return await cmd_up(args)
+    ports = tuple(PortMapping.parse(p) for p in args.publish)  # validate before building
+    del ports
+    image = await resolve_image(args.image)
+    request = _request(args, image.directory, args.name or image.name, "attached")
+    async with Engine.open() as engine:
+        vm = await engine.start(request, image)
+        _say(f"{request.name}: ready in {vm.boot_seconds or 0:.2f}s"
+             + "".join(f"; http://{p.host_addr}:{p.host_port} -> guest:{p.guest_port}"
+                       for p in request.ports)
+             + " (Ctrl-C to stop)")
+        code = await vm.wait()
+    _say(f"{request.name}: exited ({code})")
+    return 0 if code in (None, 0) else 1
+
+
+async def cmd_up(args: argparse.Namespace) -> int:
+    for p in args.publish:
+        PortMapping.parse(p)
+    image = await resolve_image(args.image)
+    request = _request(args, image.directory, args.name or image.name, "detached")
+    info = await start_detached(request)
+    _say(f"{request.name}: up in {info.get('boot_s', 0):.2f}s (detached, pid {info.get('pid')})"
+         + "".join(f"; {p.host_addr}:{p.host_port} -> guest:{p.guest_port}" for p in request.ports))
+    return 0
+
+
+async def cmd_down(args: argparse.Namespace) -> int:
+    async with StateStore.open() as store:
+        for name in args.names:
+            rec = await store.get_vm(name)
+            if rec is None:
+                raise NotFoundError(f"no VM named {name!r}", code="E_VM_NOT_FOUND",
+                                    hint="see mvmctl ls")
+            await stop_vm_record(store, rec)
+            _say(f"{name}: down")
+    return 0
+
+
+def _row(rec: VmRecord, ports: list[str]) -> dict[str, Any]:
+    uptime = (time.time() - rec.started_at) if rec.started_at and rec.state == "running" else None
+    return {
+        "name": rec.name, "backend": rec.backend, "mode": rec.mode, "state": rec.state,
+        "uptime_s": round(uptime, 1) if uptime is not None else None, "ports": ports,
+        "access": "sealed" if rec.sealed else "accessible", "pid": rec.pid,
+        "exit_code": rec.exit_code, "exit_reason": rec.exit_reason,
+        "supervised": owner_alive(rec.owner),
+    }
+
+
+async def _rows() -> list[dict[str, Any]]:
+    async with Engine.open() as engine:
+        recs = await engine.list_vms()
+        out = []
+        for rec in recs:
+            ports = [f"{p.host_addr}:{p.host_port}->{p.guest_port}"
+                     for p in await engine.store.list_ports(rec.name)]
+            out.append(_row(rec, ports))
+        return out
+
+
+async def cmd_ls(args: argparse.Namespace) -> int:
+    rows = await _rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    fmt = "{:<16} {:<8} {:<9} {:<8} {:>9} {:<11} {}"
+    print(fmt.format("NAME", "BACKEND", "MODE", "STATE", "UPTIME", "ACCESS", "PORTS"))
+    for r in rows:
+        up = f"{r['uptime_s']:.0f}s" if r["uptime_s"] is not None else "-"
+        print(fmt.format(r["name"], r["backend"], r["mode"], r["state"], up, r["access"],
+                         ",".join(r["ports"]) or "-"))
+    return 0
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    for r in await _rows():
+        if r["name"] == args.name:
+            print(json.dumps(r, indent=2))
+            return 0
+    raise NotFoundError(f"no VM named {args.name!r}", code="E_VM_NOT_FOUND")
+
+
+async def cmd_logs(args: argparse.Namespace) -> int:
+    log_path = vm_dir(args.name) / "console.log"
+    if not log_path.exists():
+        raise NotFoundError(f"no console log for {args.name!r}", code="E_VM_NOT_FOUND")
+    offset = 0
+    while True:
+        data = log_path.read_bytes()[offset:]
+        offset += len(data)
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        if not args.follow:
+            return 0
+        async with StateStore.open() as store:
+            rec = await store.get_vm(args.name)
+        if rec is None or rec.state in ("exited", "failed"):
+            return 0
+        await anyio.sleep(0.5)
+
+
+async def cmd_wait(args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    async with StateStore.open() as store:
+        while True:
+            rec = await store.get_vm(args.name)
+            if rec is None:
+                raise NotFoundError(f"no VM named {args.name!r}", code="E_VM_NOT_FOUND")
+            if rec.state in ("exited", "failed"):
+                print(rec.exit_code if rec.exit_code is not None else "")
+                return 0 if rec.exit_code in (None, 0) else 1
+            if deadline is not None and time.monotonic() > deadline:
+                from mvm.engine.errors import RequestTimeout
+
+                raise RequestTimeout(f"{args.name} still running after {args.timeout}s")
+            await anyio.sleep(0.25)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr)

@@ -38,7 +38,9 @@ class AgentConnection(Actor[None]):
         self.hello: dict[str, Any] = {}
         self.connects = 0
 
-    async def run(self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         with anyio.fail_after(self._hello_timeout):
             stream = await self._endpoint.connect()
         try:

@@ -8,6 +8,7 @@ every backend (no TAP, no NAT). The listener is bound *before* the VM boots (see
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import anyio
@@ -50,10 +51,10 @@ async def _pump(src: anyio.abc.ByteStream, dst: anyio.abc.ByteStream) -> None:
         pass
     except OSError:
         pass
-    try:
+    with contextlib.suppress(
+        anyio.ClosedResourceError, anyio.BrokenResourceError, OSError, NotImplementedError
+    ):
         await dst.send_eof()
-    except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError, NotImplementedError):
-        pass
 
 
 class PortForward(Actor[None]):
@@ -71,7 +72,9 @@ class PortForward(Actor[None]):
         self._agent = agent
         self.connections_total = 0
 
-    async def run(self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         async with anyio.create_task_group() as tg:
             task_status.started()
             log.info("forward.listening", vm=self.vm, mapping=str(self.mapping))
@@ -85,7 +88,10 @@ class PortForward(Actor[None]):
                 guest = await client.open_tcp(self.mapping.guest_port)
             except MvmError as exc:
                 log.warning(
-                    "forward.connect_failed", vm=self.vm, mapping=str(self.mapping), code=exc.code,
+                    "forward.connect_failed",
+                    vm=self.vm,
+                    mapping=str(self.mapping),
+                    code=exc.code,
                     error=exc.message,
                 )
                 return

@@ -101,7 +101,9 @@ class RuntimeVM(Actor[StopVm]):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def run(self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         req = self.request
         listeners: list[anyio.abc.SocketListener] = []
         try:
@@ -112,8 +114,11 @@ class RuntimeVM(Actor[StopVm]):
             self._publish("vm.starting", backend=self.backend.name, accel=plan.accel.value)
             self.handle = await self.backend.start(plan, detached=True)
             await self._store.update_vm(
-                req.name, pid=self.handle.pid, pid_start_time=process_start_time(self.handle.pid),
-                control_socket=str(plan.control_socket), agent_socket=str(plan.agent_socket),
+                req.name,
+                pid=self.handle.pid,
+                pid_start_time=process_start_time(self.handle.pid),
+                control_socket=str(plan.control_socket),
+                agent_socket=str(plan.agent_socket),
                 console_log=str(plan.console_log),
             )
         except BaseException:
@@ -123,7 +128,9 @@ class RuntimeVM(Actor[StopVm]):
             raise
 
         self.agent = AgentConnection(
-            req.name, self.backend.agent_endpoint(plan), bus=self._bus,
+            req.name,
+            self.backend.agent_endpoint(plan),
+            bus=self._bus,
             hello_timeout=req.boot_timeout_s,
         )
         async with anyio.create_task_group() as tg:
@@ -142,7 +149,8 @@ class RuntimeVM(Actor[StopVm]):
                 self.state = "running"
                 await self._store.update_vm(req.name, state="running", started_at=time.time())
                 self._publish(
-                    "vm.ready", boot_s=round(self.ready_at - self.started_at, 3),
+                    "vm.ready",
+                    boot_s=round(self.ready_at - self.started_at, 3),
                     hello=self.agent.hello,
                 )
                 task_status.started()
@@ -183,8 +191,11 @@ class RuntimeVM(Actor[StopVm]):
         self.state = "exited"
         if self._claimed:
             await self._store.update_vm(
-                self.request.name, state="exited", exited_at=time.time(),
-                exit_code=self.exit_code, exit_reason=self.exit_reason or "stopped",
+                self.request.name,
+                state="exited",
+                exited_at=time.time(),
+                exit_code=self.exit_code,
+                exit_reason=self.exit_reason or "stopped",
                 pid=None,
             )
         self._publish("vm.stopped", code=self.exit_code, reason=self.exit_reason or "stopped")
@@ -207,12 +218,25 @@ class RuntimeVM(Actor[StopVm]):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         await self._store.insert_vm(
             VmRecord(
-                name=req.name, backend=self.backend.name, mode=req.mode, state="starting",
-                pid=None, pid_start_time=None, run_dir=str(self.run_dir),
-                image=str(self.image.directory), sealed=self.image.sealed,
-                created_at=time.time(), started_at=None, exited_at=None, exit_code=None,
-                exit_reason=None, control_socket=None, agent_socket=None, console_log=None,
-                spec_json=json.dumps(self._record_spec(), sort_keys=True), owner=engine_owner(),
+                name=req.name,
+                backend=self.backend.name,
+                mode=req.mode,
+                state="starting",
+                pid=None,
+                pid_start_time=None,
+                run_dir=str(self.run_dir),
+                image=str(self.image.directory),
+                sealed=self.image.sealed,
+                created_at=time.time(),
+                started_at=None,
+                exited_at=None,
+                exit_code=None,
+                exit_reason=None,
+                control_socket=None,
+                agent_socket=None,
+                console_log=None,
+                spec_json=json.dumps(self._record_spec(), sort_keys=True),
+                owner=engine_owner(),
             )
         )
         self._claimed = True
@@ -224,8 +248,12 @@ class RuntimeVM(Actor[StopVm]):
         await self._store.set_ports(
             req.name,
             [
-                PortRecord(vm=req.name, host_addr=p.host_addr, host_port=p.host_port,
-                           guest_port=p.guest_port)
+                PortRecord(
+                    vm=req.name,
+                    host_addr=p.host_addr,
+                    host_port=p.host_port,
+                    guest_port=p.guest_port,
+                )
                 for p in req.ports
             ],
         )
@@ -234,9 +262,15 @@ class RuntimeVM(Actor[StopVm]):
         req, image = self.request, self.image
         accel = Accel(os.environ.get("MVM_ACCEL", "auto"))
         return VmSpec(
-            name=req.name, kernel=image.kernel, rootfs=image.rootfs, run_dir=self.run_dir,
-            vcpus=req.vcpus or image.vcpus, memory_mib=req.memory_mib or image.memory_mib,
-            kernel_args=(f"mvm.hostname={req.name}",), accel=accel, rootfs_read_only=True,
+            name=req.name,
+            kernel=image.kernel,
+            rootfs=image.rootfs,
+            run_dir=self.run_dir,
+            vcpus=req.vcpus or image.vcpus,
+            memory_mib=req.memory_mib or image.memory_mib,
+            kernel_args=(f"mvm.hostname={req.name}",),
+            accel=accel,
+            rootfs_read_only=True,
         )
 
     def _record_spec(self) -> dict[str, Any]:
@@ -244,7 +278,9 @@ class RuntimeVM(Actor[StopVm]):
         return {
             "image": str(self.image.directory),
             "ports": [str(p) for p in req.ports],
-            "vcpus": req.vcpus, "memory_mib": req.memory_mib, "mode": req.mode,
+            "vcpus": req.vcpus,
+            "memory_mib": req.memory_mib,
+            "mode": req.mode,
         }
 
     def _publish(self, kind: str, **data: Any) -> None:

@@ -53,8 +53,12 @@ async def start_detached(request: VmRequest) -> dict[str, Any]:
         with open(run_dir / "shim.log", "ab") as shim_log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "mvm.engine.shim", str(write_fd), request_to_json(request)],
-                stdin=subprocess.DEVNULL, stdout=shim_log, stderr=shim_log,
-                pass_fds=(write_fd,), start_new_session=True, close_fds=True,
+                stdin=subprocess.DEVNULL,
+                stdout=shim_log,
+                stderr=shim_log,
+                pass_fds=(write_fd,),
+                start_new_session=True,
+                close_fds=True,
             )
     finally:
         os.close(write_fd)
@@ -73,8 +77,9 @@ async def start_detached(request: VmRequest) -> dict[str, Any]:
     verdict: dict[str, Any] = json.loads(line)
     if not verdict.get("ok"):
         proc.wait()
-        raise MvmError(verdict.get("message", "failed"), code=verdict.get("code"),
-                       hint=verdict.get("hint"))
+        raise MvmError(
+            verdict.get("message", "failed"), code=verdict.get("code"), hint=verdict.get("hint")
+        )
     verdict["pid"] = proc.pid
     return verdict
 

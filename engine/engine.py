@@ -10,7 +10,7 @@ trio and asyncio (anyio).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +91,8 @@ class VmHandle:
 
     async def stop(self, reason: str = "requested") -> int | None:
         if not self._vm.exited.is_set():
-            try:
+            with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                 await self._vm.send(StopVm(reason=reason))
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                pass
         return await self.wait()
 
 
@@ -141,7 +139,9 @@ class Engine:
         try:
             return VmHandle(self._vms[name])
         except KeyError:
-            raise NotFoundError(f"no VM named {name!r} in this engine", code="E_VM_NOT_FOUND") from None
+            raise NotFoundError(
+                f"no VM named {name!r} in this engine", code="E_VM_NOT_FOUND"
+            ) from None
 
     async def stop(self, name: str) -> int | None:
         handle = self.vm(name)

@@ -42,7 +42,9 @@ class Image:
     def load(cls, directory: Path) -> Image:
         directory = directory.resolve()
         if not directory.is_dir():
-            raise NotFoundError(f"image directory {directory} does not exist", code="E_IMAGE_MISSING")
+            raise NotFoundError(
+                f"image directory {directory} does not exist", code="E_IMAGE_MISSING"
+            )
         kernel, rootfs, meta_path = (
             directory / "vmlinux",
             directory / "rootfs.ext4",
@@ -50,7 +52,8 @@ class Image:
         )
         if not kernel.is_file():
             raise ConfigError(
-                f"image {directory} has no vmlinux", code="E_KERNEL_MISSING",
+                f"image {directory} has no vmlinux",
+                code="E_KERNEL_MISSING",
                 hint="rebuild the image (mvmctl build) or set MVM_KERNEL",
             )
         if not rootfs.is_file():
@@ -58,10 +61,13 @@ class Image:
         try:
             meta = json.loads(meta_path.read_text())
         except FileNotFoundError:
-            raise ConfigError(f"image {directory} has no mvm-meta.json", code="E_IMAGE_META") from None
+            raise ConfigError(
+                f"image {directory} has no mvm-meta.json", code="E_IMAGE_META"
+            ) from None
         except json.JSONDecodeError as exc:
             raise ConfigError(
-                f"{meta_path} is not valid JSON: {exc.msg} at line {exc.lineno}", code="E_IMAGE_META"
+                f"{meta_path} is not valid JSON: {exc.msg} at line {exc.lineno}",
+                code="E_IMAGE_META",
             ) from None
         if not isinstance(meta, dict):
             raise ConfigError(f"{meta_path} must hold a JSON object", code="E_IMAGE_META")

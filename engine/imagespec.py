@@ -66,7 +66,9 @@ class ImageSpec:
                 hint="use 1-63 lowercase letters, digits and '-'",
             )
         if self.command is not None and not self.command:
-            raise ConfigError("command is empty", code="E_SPEC_COMMAND", hint="omit it or give argv")
+            raise ConfigError(
+                "command is empty", code="E_SPEC_COMMAND", hint="omit it or give argv"
+            )
         if not 1 <= self.vcpus <= 64:
             raise ConfigError(f"vcpus={self.vcpus} out of range 1..64", code="E_SPEC_VCPUS")
         if not 64 <= self.memory_mib <= 65536:

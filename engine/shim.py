@@ -8,6 +8,7 @@ the engine tears everything down in order.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -33,8 +34,10 @@ async def _main(ready_fd: int, request_json: str) -> int:
             try:
                 vm = await engine.start(request)
             except MvmError as exc:
-                _report(ready_fd, {"ok": False, "code": exc.code, "message": exc.message,
-                                   "hint": exc.hint})
+                _report(
+                    ready_fd,
+                    {"ok": False, "code": exc.code, "message": exc.message, "hint": exc.hint},
+                )
                 return 1
             _report(ready_fd, {"ok": True, "boot_s": vm.boot_seconds, "vmm_pid": vm.pid})
 
@@ -56,11 +59,10 @@ def main() -> None:
     try:
         status = trio.run(_main, ready_fd, request_json)
     except MvmError as exc:
-        try:
-            _report(ready_fd, {"ok": False, "code": exc.code, "message": exc.message,
-                               "hint": exc.hint})
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            _report(
+                ready_fd, {"ok": False, "code": exc.code, "message": exc.message, "hint": exc.hint}
+            )
         status = 1
     raise SystemExit(status)
 

@@ -39,7 +39,9 @@ class PortMapping:
         host, guest = int(m["host"]), int(m["guest"])
         for port in (host, guest):
             if not 1 <= port <= 65535:
-                raise ConfigError(f"port {port} in {text!r} is out of range 1..65535", code="E_PORT_SPEC")
+                raise ConfigError(
+                    f"port {port} in {text!r} is out of range 1..65535", code="E_PORT_SPEC"
+                )
         addr = m["addr"] or "127.0.0.1"
         if addr == "localhost":
             addr = "127.0.0.1"

@@ -1,6 +1,48 @@
-"""mvm: a microVM manager with an embeddable structured-concurrency engine."""
+"""mvm: a microVM manager with an embeddable structured-concurrency engine.
 
-from mvm.engine.errors import MvmError
+The public API is what this module exports; everything else is private.
+"""
 
-__all__ = ["MvmError"]
+from mvm.engine.engine import Engine, VmHandle
+from mvm.engine.errors import (
+    AccessDenied,
+    AgentError,
+    BackendError,
+    BackendUnavailable,
+    BuildError,
+    ConfigError,
+    ConflictError,
+    MvmError,
+    NotFoundError,
+    RequestTimeout,
+    StateError,
+)
+from mvm.engine.events import Event
+from mvm.engine.image import Image
+from mvm.engine.imagespec import HealthCheck, ImageSpec, Service, Uids
+from mvm.engine.vmrequest import PortMapping, VmRequest
+
+__all__ = [
+    "AccessDenied",
+    "AgentError",
+    "BackendError",
+    "BackendUnavailable",
+    "BuildError",
+    "ConfigError",
+    "ConflictError",
+    "Engine",
+    "Event",
+    "HealthCheck",
+    "Image",
+    "ImageSpec",
+    "MvmError",
+    "NotFoundError",
+    "PortMapping",
+    "RequestTimeout",
+    "Service",
+    "StateError",
+    "Uids",
+    "VmHandle",
+    "VmRequest",
+]
 __version__ = "0.1.0"

@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mvmctl", description="mvm microVM manager")
     parser.add_argument("--log-json", action="store_true", help="JSON logs on stderr")
     parser.add_argument(
-        "--log-level", default=os.environ.get("MVM_LOG_LEVEL", "warning"),
+        "--log-level",
+        default=os.environ.get("MVM_LOG_LEVEL", "warning"),
         help="debug, info, warning (default), error",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -21,8 +21,11 @@ class BuildProgress:
     def __enter__(self) -> BuildProgress:
         if self._enabled:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn(),
-                console=Console(stderr=True), transient=True,
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
             )
             self._progress.start()
         return self
@@ -42,7 +45,9 @@ class BuildProgress:
         if self._task is None:
             self._task = self._progress.add_task(phase, total=1.0)
         self._progress.update(
-            self._task, description=phase, completed=fraction if fraction is not None else 0.0,
+            self._task,
+            description=phase,
+            completed=fraction if fraction is not None else 0.0,
             total=1.0 if fraction is not None else None,
         )
         self._phase = phase

@@ -22,21 +22,37 @@ from mvm.engine.vmrequest import PortMapping, VmRequest
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    for verb, helptext in (("run", "boot an image attached to this terminal (Ctrl-C stops it)"),
-                           ("up", "boot an image detached (survives this command)")):
+    for verb, helptext in (
+        ("run", "boot an image attached to this terminal (Ctrl-C stops it)"),
+        ("up", "boot an image detached (survives this command)"),
+    ):
         p = sub.add_parser(verb, help=helptext)
-        p.add_argument("image", nargs="?", default="demo",
-                       help="demo | demo-dev | SPEC.json | IMAGE_DIR (default: demo)")
+        p.add_argument(
+            "image",
+            nargs="?",
+            default="demo",
+            help="demo | demo-dev | SPEC.json | IMAGE_DIR (default: demo)",
+        )
         p.add_argument("--name", help="VM name (default: the image name)")
-        p.add_argument("-p", "--publish", action="append", default=[], metavar="[ADDR:]HOST:GUEST",
-                       help="forward a host TCP port to a guest port (repeatable)")
+        p.add_argument(
+            "-p",
+            "--publish",
+            action="append",
+            default=[],
+            metavar="[ADDR:]HOST:GUEST",
+            help="forward a host TCP port to a guest port (repeatable)",
+        )
         p.add_argument("--backend", default="qemu")
         p.add_argument("--vcpus", type=int)
         p.add_argument("--memory", type=int, dest="memory_mib", metavar="MIB")
         p.add_argument("--boot-timeout", type=float, default=90.0)
         if verb == "run":
-            p.add_argument("--attached", action="store_true", default=True,
-                           help="(default) tie the VM to this command")
+            p.add_argument(
+                "--attached",
+                action="store_true",
+                default=True,
+                help="(default) tie the VM to this command",
+            )
             p.add_argument("-d", "--detach", action="store_true", help="same as `up`")
         p.set_defaults(func=cmd_run if verb == "run" else cmd_up)
 
@@ -65,10 +81,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _request(args: argparse.Namespace, image_dir: Path, name: str, mode: str) -> VmRequest:
     return VmRequest(
-        name=name, image_dir=str(image_dir),
+        name=name,
+        image_dir=str(image_dir),
         ports=tuple(PortMapping.parse(p) for p in args.publish),
-        backend=args.backend, mode=mode,  # type: ignore[arg-type]
-        vcpus=args.vcpus, memory_mib=args.memory_mib, boot_timeout_s=args.boot_timeout,
+        backend=args.backend,
+        mode=mode,  # type: ignore[arg-type]
+        vcpus=args.vcpus,
+        memory_mib=args.memory_mib,
+        boot_timeout_s=args.boot_timeout,
     )
 
 
@@ -81,10 +101,14 @@ async def cmd_run(args: argparse.Namespace) -> int:
     request = _request(args, image.directory, args.name or image.name, "attached")
     async with Engine.open() as engine:
         vm = await engine.start(request, image)
-        _say(f"{request.name}: ready in {vm.boot_seconds or 0:.2f}s"
-             + "".join(f"; http://{p.host_addr}:{p.host_port} -> guest:{p.guest_port}"
-                       for p in request.ports)
-             + " (Ctrl-C to stop)")
+        _say(
+            f"{request.name}: ready in {vm.boot_seconds or 0:.2f}s"
+            + "".join(
+                f"; http://{p.host_addr}:{p.host_port} -> guest:{p.guest_port}"
+                for p in request.ports
+            )
+            + " (Ctrl-C to stop)"
+        )
         code = await vm.wait()
     _say(f"{request.name}: exited ({code})")
     return 0 if code in (None, 0) else 1
@@ -96,8 +120,10 @@ async def cmd_up(args: argparse.Namespace) -> int:
     image = await resolve_image(args.image)
     request = _request(args, image.directory, args.name or image.name, "detached")
     info = await start_detached(request)
-    _say(f"{request.name}: up in {info.get('boot_s', 0):.2f}s (detached, pid {info.get('pid')})"
-         + "".join(f"; {p.host_addr}:{p.host_port} -> guest:{p.guest_port}" for p in request.ports))
+    _say(
+        f"{request.name}: up in {info.get('boot_s', 0):.2f}s (detached, pid {info.get('pid')})"
+        + "".join(f"; {p.host_addr}:{p.host_port} -> guest:{p.guest_port}" for p in request.ports)
+    )
     return 0
 
 
@@ -106,8 +132,9 @@ async def cmd_down(args: argparse.Namespace) -> int:
         for name in args.names:
             rec = await store.get_vm(name)
             if rec is None:
-                raise NotFoundError(f"no VM named {name!r}", code="E_VM_NOT_FOUND",
-                                    hint="see mvmctl ls")
+                raise NotFoundError(
+                    f"no VM named {name!r}", code="E_VM_NOT_FOUND", hint="see mvmctl ls"
+                )
             await stop_vm_record(store, rec)
             _say(f"{name}: down")
     return 0
@@ -116,10 +143,16 @@ async def cmd_down(args: argparse.Namespace) -> int:
 def _row(rec: VmRecord, ports: list[str]) -> dict[str, Any]:
     uptime = (time.time() - rec.started_at) if rec.started_at and rec.state == "running" else None
     return {
-        "name": rec.name, "backend": rec.backend, "mode": rec.mode, "state": rec.state,
-        "uptime_s": round(uptime, 1) if uptime is not None else None, "ports": ports,
-        "access": "sealed" if rec.sealed else "accessible", "pid": rec.pid,
-        "exit_code": rec.exit_code, "exit_reason": rec.exit_reason,
+        "name": rec.name,
+        "backend": rec.backend,
+        "mode": rec.mode,
+        "state": rec.state,
+        "uptime_s": round(uptime, 1) if uptime is not None else None,
+        "ports": ports,
+        "access": "sealed" if rec.sealed else "accessible",
+        "pid": rec.pid,
+        "exit_code": rec.exit_code,
+        "exit_reason": rec.exit_reason,
         "supervised": owner_alive(rec.owner),
     }
 
@@ -129,8 +162,10 @@ async def _rows() -> list[dict[str, Any]]:
         recs = await engine.list_vms()
         out = []
         for rec in recs:
-            ports = [f"{p.host_addr}:{p.host_port}->{p.guest_port}"
-                     for p in await engine.store.list_ports(rec.name)]
+            ports = [
+                f"{p.host_addr}:{p.host_port}->{p.guest_port}"
+                for p in await engine.store.list_ports(rec.name)
+            ]
             out.append(_row(rec, ports))
         return out
 
@@ -144,8 +179,17 @@ async def cmd_ls(args: argparse.Namespace) -> int:
     print(fmt.format("NAME", "BACKEND", "MODE", "STATE", "UPTIME", "ACCESS", "PORTS"))
     for r in rows:
         up = f"{r['uptime_s']:.0f}s" if r["uptime_s"] is not None else "-"
-        print(fmt.format(r["name"], r["backend"], r["mode"], r["state"], up, r["access"],
-                         ",".join(r["ports"]) or "-"))
+        print(
+            fmt.format(
+                r["name"],
+                r["backend"],
+                r["mode"],
+                r["state"],
+                up,
+                r["access"],
+                ",".join(r["ports"]) or "-",
+            )
+        )
     return 0
 
 

@@ -1,0 +1,189 @@
+"""Boot-to-agent-ready latency: the mvm engine vs a bare hand-written QEMU command line.
+
+Both sides boot the same kernel and rootfs and stop the clock when the guest
+agent's hello frame arrives on the host; only the engine side goes through
+mvm (state store, actors, QMP, plan). The ratio engine_p50 / bare_p50 is the
+engine's overhead; the target is <= 1.05. Image build time is never included
+(the image is built before the first timed run). Runs alternate engine/bare so
+drift on a noisy host hits both alike.
+
+    python bench/boot.py --runs 20 --json bench/results/boot.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import host_info, summary, write_result
+
+from mvm import Engine, Image, VmRequest
+from mvm.backends.demo import DEMO_SPEC
+from mvm.backends.qemu.accel import host_tsc_khz
+from mvm.engine.build import build_offline_image
+
+
+def bare_argv(image: Image, run_dir: Path) -> list[str]:
+    """A minimal microvm command line written by hand (not by mvm's plan builder)."""
+    append = (
+        f"console=ttyS0 reboot=t panic=-1 root=/dev/vda rw init=/init "
+        f"tsc_early_khz={host_tsc_khz()} mvm.hostname=bare"
+    )
+    return [
+        "qemu-system-x86_64",
+        "-M",
+        "microvm,rtc=on",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+        "256",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-kernel",
+        str(image.kernel),
+        "-append",
+        append,
+        "-serial",
+        f"file:{run_dir}/console.log",
+        "-drive",
+        f"id=root,file={image.rootfs},format=raw,if=none,snapshot=on",
+        "-device",
+        "virtio-blk-device,drive=root",
+        "-device",
+        "virtio-serial-device",
+        "-chardev",
+        f"socket,id=agent,path={run_dir}/agent.sock,server=on,wait=off",
+        "-device",
+        "virtserialport,chardev=agent,name=mvm.agent",
+    ]
+
+
+async def bare_boot(image: Image) -> float:
+    with tempfile.TemporaryDirectory(prefix="mvmb-", dir="/tmp") as tmp:
+        run_dir = Path(tmp)
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            bare_argv(image, run_dir),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            sock = run_dir / "agent.sock"
+            while True:
+                try:
+                    stream = await anyio.connect_unix(str(sock))
+                    break
+                except OSError:
+                    await anyio.sleep(0.002)
+            async with stream:
+                header = b""
+                while len(header) < 4:
+                    header += await stream.receive(4 - len(header))
+                (length,) = struct.unpack(">I", header)
+                body = b""
+                while len(body) < length:
+                    body += await stream.receive(length - len(body))
+            elapsed = time.monotonic() - t0
+            assert json.loads(body)["t"] == "hello"
+            return elapsed
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+async def engine_boot(engine: Engine, image: Image, i: int) -> tuple[float, dict[str, Any]]:
+    t0 = time.monotonic()
+    vm = await engine.start(VmRequest(name=f"bench{i}", image_dir=str(image.directory)), image)
+    elapsed = time.monotonic() - t0
+    phases = guest_phases(Path(vm.console_log or ""))
+    await engine.stop(vm.name)
+    return elapsed, phases
+
+
+_INIT = re.compile(r"\[\s*(\d+\.\d+)\] Run /init")
+_READY = re.compile(r"mvm: init ready uptime=(\d+\.\d+)")
+
+
+def guest_phases(console: Path) -> dict[str, Any]:
+    """Guest-side timestamps: kernel uptime when /init ran and when init said ready."""
+    try:
+        text = console.read_text(errors="replace")
+    except OSError:
+        return {}
+    out: dict[str, Any] = {}
+    if m := _INIT.search(text):
+        out["kernel_to_init_s"] = float(m[1])
+    if m := _READY.search(text):
+        out["init_ready_uptime_s"] = float(m[1])
+    return out
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    os.environ.setdefault("MVM_HOME", tempfile.mkdtemp(prefix="mvmbh-", dir="/tmp"))
+    os.environ["MVM_ACCEL"] = "tcg"
+    image = await build_offline_image(DEMO_SPEC)
+    engine_samples: list[float] = []
+    bare_samples: list[float] = []
+    phases: list[dict[str, Any]] = []
+    async with Engine.open() as engine:
+        for i in range(args.warmup + args.runs):
+            e, ph = await engine_boot(engine, image, i)
+            b = await bare_boot(image)
+            if i >= args.warmup:
+                engine_samples.append(e)
+                bare_samples.append(b)
+                phases.append(ph)
+    eng, bare = summary(engine_samples), summary(bare_samples)
+    return {
+        "benchmark": "boot",
+        "backend": "qemu",
+        "accel": "tcg",
+        "image": "demo",
+        "host": host_info(),
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "engine_s": eng,
+        "bare_qemu_s": bare,
+        "ratio_p50": eng["p50"] / bare["p50"],
+        "target_ratio_p50": 1.05,
+        "samples": {"engine": engine_samples, "bare": bare_samples, "guest_phases": phases},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--json", help="also write the result here")
+    args = parser.parse_args()
+    result = trio.run(main_async, args)
+    write_result(result, args.json)
+    print(
+        f"engine p50 {result['engine_s']['p50'] * 1000:.0f} ms, bare p50 "
+        f"{result['bare_qemu_s']['p50'] * 1000:.0f} ms, ratio {result['ratio_p50']:.3f}",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    main()

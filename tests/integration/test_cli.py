@@ -1,0 +1,116 @@
+"""mvmctl as a user runs it: attached run + Ctrl-C, detached up/ls/down, and
+bad input answered with one coded line (never a traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mvm import Image
+
+from .conftest import qemu_pids
+
+pytestmark = pytest.mark.qemu
+
+MVMCTL = [sys.executable, "-m", "mvm.cli"]
+
+
+def mvmctl(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MVMCTL, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _fetch(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=20) as resp:
+        return str(resp.read().decode())
+
+
+def test_run_attached_serves_and_ctrl_c_tears_down(demo_image: Image, free_port: int) -> None:
+    before = qemu_pids()
+    proc = subprocess.Popen(
+        [*MVMCTL, "run", "demo", "--name", "att", "-p", f"{free_port}:80"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "att: ready" in line, line
+        assert "Hello from mvm" in _fetch(free_port)
+        assert len(qemu_pids() - before) == 1
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert qemu_pids() == before
+    run_dir = Path(os.environ["MVM_HOME"]) / "vms" / "att"
+    assert not [p for p in run_dir.iterdir() if p.suffix in (".sock", ".qcow2", ".pid")]
+
+
+def test_up_ls_logs_down(demo_image: Image, free_port: int) -> None:
+    before = qemu_pids()
+    up = mvmctl("up", "demo", "--name", "bg", "-p", f"{free_port}:80")
+    assert up.returncode == 0, up.stderr
+    try:
+        assert "Hello from mvm" in _fetch(free_port)
+        rows = json.loads(mvmctl("ls", "--json").stdout)
+        (row,) = [r for r in rows if r["name"] == "bg"]
+        assert row["mode"] == "detached" and row["state"] == "running"
+        assert row["ports"] == [f"127.0.0.1:{free_port}->80"]
+        assert row["access"] == "sealed"
+        logs = mvmctl("logs", "bg")
+        assert "mvm: init ready" in logs.stdout
+        again = mvmctl("up", "demo", "--name", "bg")
+        assert again.returncode != 0 and again.stderr.startswith("error[E_NAME_TAKEN]")
+    finally:
+        down = mvmctl("down", "bg")
+    assert down.returncode == 0, down.stderr
+    deadline = time.monotonic() + 10
+    while qemu_pids() != before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert qemu_pids() == before
+    assert json.loads(mvmctl("ls", "--json").stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["run", "missing-spec.json"], "E_SPEC_MISSING"),
+        (["run", "no-such-image"], "E_IMAGE_REF"),
+        (["run", "demo", "-p", "99999:80"], "E_PORT_SPEC"),
+        (["run", "demo", "--name", "bad/name"], "E_VM_NAME"),
+        (["down", "ghost"], "E_VM_NOT_FOUND"),
+        (["run", "demo", "--backend", "nope"], "E_BACKEND_NAME"),
+    ],
+)
+def test_bad_input_is_one_coded_line(args: list[str], code: str, tmp_path: Path) -> None:
+    before = qemu_pids()
+    result = subprocess.run(
+        [*MVMCTL, *args], capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error[{code}]"), lines[0]
+    assert "Traceback" not in result.stderr
+    assert qemu_pids() == before
+
+
+def test_missing_entrypoint_is_rejected_at_build(tmp_path: Path) -> None:
+    spec = tmp_path / "app.json"
+    spec.write_text(json.dumps({"name": "app", "command": ["/usr/bin/does-not-exist"]}))
+    result = mvmctl("build", str(spec))
+    assert result.returncode != 0
+    assert result.stderr.startswith("error[E_SPEC_ENTRYPOINT]"), result.stderr

@@ -4,6 +4,7 @@ against a tiny fake kernel tree whose Makefile mimics the real targets."""
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import io
 import os
@@ -290,3 +291,34 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
+
+
+async def test_waiting_for_the_lock_is_cancellable_and_releases_it(
+    fake_source: kb.KernelSource,
+) -> None:
+    """Another process holds the build lock: we wait (in a thread), can be cancelled
+    while waiting, and the abandoned waiter never keeps the lock afterwards."""
+    key = kb.kernel_cache_key(version=fake_source.version)
+    _kernel_dir().mkdir(parents=True)
+    holder = os.open(_kernel_dir() / f"{key}.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    phases: list[str] = []
+    started = time.monotonic()
+    with trio.move_on_after(0.3):
+        await kb.ensure_kernel(lambda p, f: phases.append(p), source=fake_source)
+    assert time.monotonic() - started < 2
+    assert phases == ["kernel: waiting for another build"]
+    os.close(holder)  # the other "process" finishes without producing a kernel
+    probe = os.open(_kernel_dir() / f"{key}.lock", os.O_RDWR)
+    try:
+        deadline = time.monotonic() + 3
+        while True:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "abandoned waiter kept the lock"
+                await trio.sleep(0.02)
+    finally:
+        os.close(probe)
+    assert not (_kernel_dir() / key).exists()

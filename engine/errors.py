@@ -101,3 +101,60 @@ class SecurityError(MvmError):
     """A plan signature, nonce or audit chain check failed."""
 
     code = "E_SECURITY"
+
+
+class IrError(ConfigError):
+    """Workload IR is invalid. The message starts with the JSON path of the bad value
+    (``$.apps[0].dependencies.python.lockfile: ...``) so a user can find it in the file."""
+
+    code = "E_IR"
+
+    def __init__(self, path: str, detail: str, *, code: str, hint: str | None = None) -> None:
+        self.path = path
+        self.detail = detail
+        self.all_errors: tuple[IrError, ...] = (self,)
+        super().__init__(f"{path}: {detail}", code=code, hint=hint)
+
+
+class PlanSignatureError(SecurityError):
+    """An ExecutionPlan is malformed, unsigned, signed by another key or altered after signing."""
+
+    code = "E_PLAN_SIGNATURE"
+
+
+class PlanExpired(SecurityError):
+    """An ExecutionPlan's validity window has ended."""
+
+    code = "E_PLAN_EXPIRED"
+
+
+class PlanNotYetValid(SecurityError):
+    """An ExecutionPlan's validity window has not started yet."""
+
+    code = "E_PLAN_NOT_YET_VALID"
+
+
+class NonceReplay(SecurityError):
+    """An ExecutionPlan's nonce was already used: the plan is being replayed."""
+
+    code = "E_NONCE_REPLAY"
+
+
+class AuditTampered(SecurityError):
+    """The hash-chained audit log was edited, truncated, reordered or had entries inserted."""
+
+    code = "E_AUDIT_TAMPERED"
+
+    def __init__(self, seq: int, reason: str) -> None:
+        self.seq = seq
+        self.reason = reason
+        super().__init__(
+            f"audit entry {seq}: {reason}",
+            hint="the audit log can no longer be trusted; keep a copy and investigate",
+        )
+
+
+class KeyPermissions(SecurityError):
+    """The host signing key is readable by others, not ours, or not a regular file."""
+
+    code = "E_KEY_PERMISSIONS"

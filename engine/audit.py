@@ -1,0 +1,253 @@
+"""Hash-chained, append-only audit log of plan admissions and launches.
+
+Each entry's hash is ``sha256(prev_hash || JCS(body))`` where the body holds the
+sequence number, time, event and data, so an edited body, a deleted or inserted
+row, or two swapped rows all break the chain at a nameable entry. A one-row
+*head* table (last seq + hash, updated in the same transaction as every append)
+anchors the end of the chain so that deleting the newest entries is caught too.
+
+Storage is a plain SQLite file (default ``$MVM_HOME/audit.db``) accessed with the
+stdlib driver: every append is one ``BEGIN IMMEDIATE`` transaction that reads the
+head and inserts the next row, so concurrent writers (threads or processes) serialize
+and a crash leaves either the whole entry or none. The async wrappers run the
+blocking calls in a worker thread.
+
+The chain proves *integrity relative to the head*: someone who can rewrite the
+whole database and recompute every hash is not detected (that needs an external
+anchor such as a signed, exported head).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import attrs
+import structlog
+
+from mvm.engine.errors import AuditTampered, ConfigError
+from mvm.engine.ir.canonical import canonical_json
+from mvm.engine.paths import mvm_home
+
+log = structlog.get_logger()
+
+GENESIS_HASH = "0" * 64
+PLAN_ADMITTED = "plan.admitted"
+PLAN_LAUNCHED = "plan.launched"
+PLAN_FAILED = "plan.failed"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq INTEGER PRIMARY KEY,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
+"""
+
+
+def audit_db_path() -> Path:
+    return mvm_home() / "audit.db"
+
+
+@contextmanager
+def transaction(path: Path) -> Iterator[sqlite3.Connection]:
+    """One write transaction (``BEGIN IMMEDIATE``) on the audit database."""
+    conn = _connect(path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        _enable_wal(conn)
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(_SCHEMA)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL once per file. SQLite does not run its busy handler for a journal
+    mode change, so a second process racing the first one retries here instead."""
+    deadline = time.monotonic() + 30
+    while conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def entry_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
+    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical_json(dict(body))).hexdigest()
+
+
+@attrs.frozen
+class AuditEntry:
+    seq: int
+    time: str
+    event: str
+    data: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+@attrs.frozen
+class VerifyReport:
+    ok: bool
+    entries: int
+    first_bad_seq: int | None = None
+    reason: str | None = None
+
+    def raise_if_bad(self) -> None:
+        if not self.ok:
+            assert self.first_bad_seq is not None and self.reason is not None
+            raise AuditTampered(self.first_bad_seq, self.reason)
+
+
+def append_in(conn: sqlite3.Connection, event: str, data: Mapping[str, Any]) -> AuditEntry:
+    """Append inside an open write transaction (see :func:`transaction`)."""
+    head = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+    seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    body = {"seq": seq, "time": now, "event": event, "data": dict(data)}
+    try:
+        text = canonical_json(body).decode("utf-8")
+    except Exception as exc:
+        raise ConfigError(
+            f"audit data for {event} is not JSON: {exc}", code="E_AUDIT_DATA"
+        ) from None
+    digest = entry_hash(prev, body)
+    conn.execute(
+        "INSERT INTO audit_log (seq, prev_hash, hash, body) VALUES (?, ?, ?, ?)",
+        (seq, prev, digest, text),
+    )
+    conn.execute(
+        "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        (seq, digest),
+    )
+    return AuditEntry(seq, now, event, dict(data), prev, digest)
+
+
+class AuditLog:
+    """The audit chain in one SQLite file."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or audit_db_path()
+
+    def append(self, event: str, data: Mapping[str, Any]) -> AuditEntry:
+        with transaction(self.path) as conn:
+            entry = append_in(conn, event, data)
+        log.debug("audit_append", seq=entry.seq, audit_event=event)
+        return entry
+
+    def entries(self) -> list[AuditEntry]:
+        conn = _connect(self.path)
+        try:
+            rows = conn.execute("SELECT seq, prev_hash, hash, body FROM audit_log ORDER BY seq")
+            out = []
+            for seq, prev, digest, text in rows:
+                body = json.loads(text)
+                out.append(AuditEntry(seq, body["time"], body["event"], body["data"], prev, digest))
+            return out
+        finally:
+            conn.close()
+
+    def verify(self) -> VerifyReport:
+        """Walk the chain; report the first entry that does not check out."""
+        conn = _connect(self.path)
+        try:
+            rows = conn.execute(
+                "SELECT seq, prev_hash, hash, body FROM audit_log ORDER BY seq"
+            ).fetchall()
+            head = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        finally:
+            conn.close()
+        report = _verify_rows(rows, head)
+        if report.ok:
+            log.info("audit_verified", entries=report.entries)
+        else:
+            log.warning("audit_tampered", seq=report.first_bad_seq, reason=report.reason)
+        return report
+
+    async def append_async(self, event: str, data: Mapping[str, Any]) -> AuditEntry:
+        return await anyio.to_thread.run_sync(functools.partial(self.append, event, data))
+
+    async def verify_async(self) -> VerifyReport:
+        return await anyio.to_thread.run_sync(self.verify)
+
+
+def _verify_rows(rows: list[tuple[Any, ...]], head: tuple[Any, ...] | None) -> VerifyReport:
+    expected_seq, prev = 1, GENESIS_HASH
+    for seq, prev_hash, digest, text in rows:
+
+        def bad(at: int, reason: str) -> VerifyReport:
+            return VerifyReport(False, len(rows), at, reason)
+
+        if seq != expected_seq:
+            return bad(expected_seq, f"entry is missing (deleted); the next entry is {seq}")
+        try:
+            body = json.loads(text)
+        except (ValueError, TypeError):
+            return bad(seq, "body is not valid JSON (edited)")
+        if not isinstance(body, dict) or body.get("seq") != seq:
+            return bad(seq, "body holds a different sequence number (moved or edited)")
+        if prev_hash != prev:
+            what = "the start of the log" if seq == 1 else f"entry {seq - 1}"
+            return bad(seq, f"prev_hash does not link to {what} (inserted, reordered or edited)")
+        try:
+            recomputed = entry_hash(prev_hash, body)
+        except Exception:
+            return bad(seq, "body cannot be canonicalized (edited)")
+        if recomputed != digest:
+            return bad(seq, "hash does not match the body (edited)")
+        prev, expected_seq = digest, expected_seq + 1
+    last = expected_seq - 1
+    if head is None:
+        if rows:
+            return VerifyReport(False, len(rows), 1, "chain head is missing (edited)")
+        return VerifyReport(True, 0)
+    head_seq, head_hash = head
+    if head_seq > last:
+        return VerifyReport(
+            False, len(rows), last + 1, f"entries {last + 1}..{head_seq} are missing (truncated)"
+        )
+    if head_seq < last:
+        return VerifyReport(
+            False, len(rows), head_seq + 1, "entry was added behind the log's back (inserted)"
+        )
+    if head_hash != prev:
+        return VerifyReport(False, len(rows), last, "chain head hash differs (edited)")
+    return VerifyReport(True, len(rows))

@@ -1,0 +1,294 @@
+"""The Python SDK: declare a workload in code, emit it as Workload IR.
+
+::
+
+    import mvm
+
+    @mvm.app(
+        name="hello",
+        source=mvm.source.local("."),
+        image=mvm.image.nix_packages(["python3"]),
+        resources=mvm.resources(vcpus=1, memory_mb=256),
+        dependencies=mvm.deps.python("uv.lock"),
+    )
+    @mvm.function(language="python", module="app", function="greet", primary=True)
+    def hello() -> None: ...
+
+Decorators only record declarations; nothing runs or builds. ``mvmctl emit
+entry.py`` runs the file with ``MVM_EMITTING=1`` and turns what was declared into
+canonical IR, so entry files can guard expensive side effects with
+``if not mvm.emitting(): ...``. Helpers validate eagerly where a mistake is
+obvious (an OCI ref without a digest), everything else is validated on emit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from mvm.engine.errors import ConfigError, IrError
+from mvm.engine.ir.model import (
+    SCHEMA_VERSION,
+    App,
+    CommandEntrypoint,
+    Dependencies,
+    Entrypoint,
+    FunctionEntrypoint,
+    FunctionFormat,
+    Image,
+    LocalPath,
+    Mount,
+    Network,
+    NetworkMode,
+    NixDerivation,
+    NixPackages,
+    NodeDeps,
+    NoDeps,
+    NodeTool,
+    OciBase,
+    OciImage,
+    PythonDeps,
+    PythonTool,
+    Resources,
+    Source,
+    ThreatTier,
+    Volume,
+    Workload,
+)
+
+F = TypeVar("F")
+
+_ENTRYPOINTS_ATTR = "__mvm_entrypoints__"
+_DIGEST_IN_REF = re.compile(r"^(?P<ref>[^@]+)@(?P<digest>sha256:[0-9a-f]{64})$")
+
+
+class _Registry:
+    """What the entry file declared, in declaration order (one per process)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.apps: list[App] = []
+        self.volumes: list[Volume] = []
+        self.workload_id: str | None = None
+        self.extensions: dict[str, Any] = {}
+
+
+_registry = _Registry()
+
+
+def emitting() -> bool:
+    """True while ``mvmctl emit`` is running this file (``MVM_EMITTING=1``)."""
+    return os.environ.get("MVM_EMITTING") == "1"
+
+
+def _split_oci(ref: str, digest: str | None, where: str) -> tuple[str, str]:
+    match = _DIGEST_IN_REF.match(ref)
+    if digest is None and match:
+        return ref, match["digest"]
+    if digest is None:
+        raise IrError(
+            where,
+            f"OCI reference {ref!r} has no digest",
+            code="E_OCI_DIGEST",
+            hint="write it as name@sha256:<64 hex> or pass digest=",
+        )
+    return ref, digest
+
+
+class _SourceHelpers:
+    @staticmethod
+    def local(path: str = ".") -> LocalPath:
+        """Code in a directory relative to the entry file's directory."""
+        return LocalPath(path=path)
+
+    @staticmethod
+    def nix(flake: str, attr: str = "default") -> NixDerivation:
+        return NixDerivation(flake=flake, attr=attr)
+
+    @staticmethod
+    def oci(ref: str, digest: str | None = None) -> OciImage:
+        ref, digest = _split_oci(ref, digest, "mvm.source.oci()")
+        return OciImage(ref=ref, digest=digest)
+
+
+class _ImageHelpers:
+    @staticmethod
+    def nix_packages(packages: Iterable[str]) -> NixPackages:
+        if isinstance(packages, str):
+            raise ConfigError("nix_packages takes a list of package names, not one string")
+        return NixPackages(packages=tuple(packages))
+
+    @staticmethod
+    def oci_base(ref: str, digest: str | None = None) -> OciBase:
+        ref, digest = _split_oci(ref, digest, "mvm.image.oci_base()")
+        return OciBase(ref=ref, digest=digest)
+
+
+class _DepsHelpers:
+    @staticmethod
+    def python(lockfile: str = "uv.lock", tool: PythonTool = "uv") -> PythonDeps:
+        return PythonDeps(lockfile=lockfile, tool=tool)
+
+    @staticmethod
+    def node(lockfile: str = "package-lock.json", tool: NodeTool = "npm") -> NodeDeps:
+        return NodeDeps(lockfile=lockfile, tool=tool)
+
+    @staticmethod
+    def none() -> NoDeps:
+        return NoDeps()
+
+
+source = _SourceHelpers()
+image = _ImageHelpers()
+deps = _DepsHelpers()
+
+
+def resources(vcpus: int = 1, memory_mb: int = 256, boot_timeout_secs: int = 30) -> Resources:
+    return Resources(vcpus=vcpus, memory_mb=memory_mb, boot_timeout_secs=boot_timeout_secs)
+
+
+def network(mode: NetworkMode = "none", ports: Iterable[int] = ()) -> Network:
+    return Network(mode=mode, ports=tuple(ports))
+
+
+def mount(volume_name: str, path: str, *, read_only: bool = False) -> Mount:
+    return Mount(volume=volume_name, path=path, read_only=read_only)
+
+
+def volume(name: str, size_mb: int) -> str:
+    """Declare a workload volume; returns its name for use in :func:`mount`."""
+    _registry.volumes.append(Volume(name=name, size_mb=size_mb))
+    return name
+
+
+def workload(id: str | None = None, *, extensions: Mapping[str, Any] | None = None) -> None:
+    """Set workload-level fields (default id: the first app's name)."""
+    if id is not None:
+        _registry.workload_id = id
+    if extensions:
+        _registry.extensions.update(extensions)
+
+
+def _add_entrypoint(target: Any, ep: Entrypoint) -> None:
+    eps: list[Entrypoint] = list(getattr(target, _ENTRYPOINTS_ATTR, ()))
+    eps.insert(0, ep)  # decorators apply bottom-up; keep top-down reading order
+    setattr(target, _ENTRYPOINTS_ATTR, tuple(eps))
+
+
+def function(
+    *,
+    language: str,
+    module: str,
+    function: str,
+    format: FunctionFormat = "json",
+    primary: bool = False,
+    args_schema: Mapping[str, Any] | None = None,
+    return_schema: Mapping[str, Any] | None = None,
+) -> Callable[[F], F]:
+    """Declare a function entrypoint ``module.function`` that the guest runtime invokes."""
+    ep = FunctionEntrypoint(
+        language=language,
+        module=module,
+        function=function,
+        format=format,
+        primary=primary,
+        args_schema=dict(args_schema) if args_schema is not None else None,
+        return_schema=dict(return_schema) if return_schema is not None else None,
+    )
+
+    def decorate(target: F) -> F:
+        _add_entrypoint(target, ep)
+        return target
+
+    return decorate
+
+
+def command(argv: Iterable[str]) -> Callable[[F], F]:
+    """Declare a command entrypoint (argv executed in the guest)."""
+    if isinstance(argv, str):
+        raise ConfigError("command takes argv as a list, not one string")
+    ep = CommandEntrypoint(argv=tuple(argv))
+
+    def decorate(target: F) -> F:
+        _add_entrypoint(target, ep)
+        return target
+
+    return decorate
+
+
+def app(
+    *,
+    name: str,
+    source: Source,
+    image: Image,
+    dependencies: Dependencies,
+    resources: Resources | None = None,
+    env: Mapping[str, str] | None = None,
+    mounts: Iterable[Mount] = (),
+    network: Network | None = None,
+    threat_tier: ThreatTier = "standard",
+    addons: Iterable[str] = (),
+) -> Callable[[F], F]:
+    """Declare an app; put it above its ``@mvm.function`` / ``@mvm.command`` decorators."""
+
+    def decorate(target: F) -> F:
+        entrypoints = getattr(target, _ENTRYPOINTS_ATTR, ())
+        _registry.apps.append(
+            App(
+                name=name,
+                source=source,
+                image=image,
+                entrypoints=tuple(entrypoints),
+                dependencies=dependencies,
+                env=dict(env or {}),
+                mounts=tuple(mounts),
+                network=network or Network(),
+                resources=resources or Resources(),
+                threat_tier=threat_tier,
+                addons=tuple(addons),
+            )
+        )
+        return target
+
+    return decorate
+
+
+def declared_workload() -> Workload:
+    """The workload declared so far in this process (used by the emitter)."""
+    if not _registry.apps:
+        raise ConfigError(
+            "the entry file declared no app",
+            code="E_EMIT_NO_APP",
+            hint="decorate a function with @mvm.app(...)",
+        )
+    return Workload(
+        schema_version=SCHEMA_VERSION,
+        id=_registry.workload_id or _registry.apps[0].name,
+        apps=tuple(_registry.apps),
+        volumes=tuple(_registry.volumes),
+        extensions=dict(_registry.extensions),
+    )
+
+
+def reset_declarations() -> None:
+    _registry.reset()
+
+
+__all__ = [
+    "app",
+    "command",
+    "deps",
+    "emitting",
+    "function",
+    "image",
+    "mount",
+    "network",
+    "resources",
+    "source",
+    "volume",
+    "workload",
+]

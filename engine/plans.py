@@ -211,9 +211,28 @@ class Admission:
         self.db_path = db_path or audit_db_path()
         self.audit = AuditLog(self.db_path)
 
-    def issue(self, **kwargs: Any) -> ExecutionPlan:
-        """:func:`sign_plan` with this host's key (same keyword arguments)."""
-        return sign_plan(self.key, **kwargs)
+    def issue(
+        self,
+        *,
+        vm_name: str,
+        ir_hash: str,
+        image_ref: str,
+        resources: Resources,
+        admission_profile: str = "default",
+        valid_for_secs: int = DEFAULT_VALIDITY_SECS,
+        now: float | None = None,
+    ) -> ExecutionPlan:
+        """:func:`sign_plan` with this host's key."""
+        return sign_plan(
+            self.key,
+            vm_name=vm_name,
+            ir_hash=ir_hash,
+            image_ref=image_ref,
+            resources=resources,
+            admission_profile=admission_profile,
+            valid_for_secs=valid_for_secs,
+            now=now,
+        )
 
     def admit(self, plan: ExecutionPlan, *, now: float | None = None) -> AuditEntry:
         current = time.time() if now is None else now
@@ -224,7 +243,10 @@ class Admission:
                 entry = append_in(conn, PLAN_ADMITTED, _summary(plan))
         except SecurityError as exc:
             log.warning("plan_rejected", vm=plan.vm_name, code=exc.code, reason=exc.message)
-            self.audit.append(PLAN_REJECTED, {**_summary(plan), "code": exc.code})
+            try:
+                self.audit.append(PLAN_REJECTED, {**_summary(plan), "code": exc.code})
+            except Exception as audit_exc:  # never let auditing hide why the plan was refused
+                log.error("audit_append_failed", audit_event=PLAN_REJECTED, error=str(audit_exc))
             raise
         log.info("plan_admitted", vm=plan.vm_name, plan=plan.plan_hash[:16], seq=entry.seq)
         return entry

@@ -21,6 +21,20 @@ from mvm.engine.events import Event
 from mvm.engine.image import Image
 from mvm.engine.imagespec import HealthCheck, ImageSpec, Service, Uids
 from mvm.engine.vmrequest import PortMapping, VmRequest
+from mvm.sdk import (
+    app,
+    command,
+    deps,
+    emitting,
+    function,
+    image,
+    mount,
+    network,
+    resources,
+    source,
+    volume,
+    workload,
+)
 
 __all__ = [
     "AccessDenied",
@@ -44,5 +58,17 @@ __all__ = [
     "Uids",
     "VmHandle",
     "VmRequest",
+    "app",
+    "command",
+    "deps",
+    "emitting",
+    "function",
+    "image",
+    "mount",
+    "network",
+    "resources",
+    "source",
+    "volume",
+    "workload",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,324 @@
+"""Host side of the guest agent protocol: one multiplexed connection per VM.
+
+A single reader task demultiplexes frames by request id into per-request
+channels, so hundreds of port-forward streams, an exec and a health query share
+one transport without head-of-line blocking: channel buffers are unbounded in
+frames but bounded in bytes by the protocol's per-stream ack window.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+import structlog
+
+from mvm.backends.guest.channel import Channel
+from mvm.backends.guest.protocol import VERSION, FrameReader, ProtocolError, encode_frame
+from mvm.backends.guest.streams import AgentStream, ExecSession
+from mvm.engine.errors import AgentError, RequestTimeout
+
+log = structlog.get_logger("mvm.agent.client")
+
+EventCallback = Callable[[dict[str, Any]], None]
+
+
+@attrs.frozen
+class ExecResult:
+    code: int | None
+    signal: int | None
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+
+@attrs.frozen
+class LogLine:
+    service: str
+    line: str
+
+
+class AgentClient:
+    """Requests to one guest agent. Create with ``AgentClient.connect``."""
+
+    def __init__(
+        self,
+        stream: anyio.abc.ByteStream,
+        reader: FrameReader,
+        hello: dict[str, Any],
+        on_event: EventCallback | None,
+    ) -> None:
+        self._stream = stream
+        self._reader = reader
+        self.hello: dict[str, Any] = hello
+        self._on_event = on_event
+        self._ids = itertools.count(1)
+        self._channels: dict[int, Channel] = {}
+        self._send_lock = anyio.Lock()
+        self._closed = anyio.Event()
+        self.close_reason: str | None = None
+        self.health_status: dict[str, str] = {}
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        stream: anyio.abc.ByteStream,
+        *,
+        hello_timeout: float,
+        on_event: EventCallback | None = None,
+    ) -> AsyncIterator[AgentClient]:
+        """Wait for the agent's hello (TimeoutError if none comes), then serve requests."""
+        reader = FrameReader(stream)
+        try:
+            with anyio.fail_after(hello_timeout):
+                hello = await reader.read()
+            if hello is None:
+                raise AgentError(
+                    "the guest agent closed the connection before its hello", code="E_AGENT_GONE"
+                )
+            if hello["t"] != "hello":
+                raise ProtocolError(f"expected hello, got {hello['t']!r}")
+            if hello.get("v") != VERSION:
+                raise AgentError(
+                    f"guest agent speaks protocol v{hello.get('v')}, this mvm speaks v{VERSION}",
+                    code="E_PROTO_VERSION",
+                    hint="rebuild the image with this mvm version",
+                )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            raise
+        client = cls(stream, reader, hello, on_event)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client._read_loop)
+                try:
+                    yield client
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            client._finish("client closed")
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    # -- connection plumbing ---------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        reason = "agent closed the connection"
+        try:
+            while True:
+                message = await self._reader.read()
+                if message is None:
+                    break
+                self._dispatch(message)
+        except ProtocolError as exc:
+            reason = exc.message
+            log.warning("agent.protocol_error", error=exc.message)
+        finally:
+            self._finish(reason)
+
+    def _finish(self, reason: str) -> None:
+        if self._closed.is_set():
+            return
+        self.close_reason = reason
+        self._closed.set()
+        for channel in list(self._channels.values()):
+            channel.abort(reason)
+        self._channels.clear()
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        ident = message["id"]
+        if ident == 0:
+            if message["t"] == "health_changed":
+                self.health_status[str(message.get("service"))] = str(message.get("status"))
+            if self._on_event is not None:
+                self._on_event(message)
+            return
+        channel = self._channels.get(ident)
+        if channel is not None:
+            channel.deliver(message)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def send_frame(self, message: dict[str, Any]) -> None:
+        if self._closed.is_set():
+            raise AgentError("the guest agent connection is closed", code="E_AGENT_GONE")
+        frame = encode_frame(message)
+        try:
+            async with self._send_lock:
+                await self._stream.send(frame)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            self._finish("send failed")
+            raise AgentError("the guest agent connection broke", code="E_AGENT_GONE") from None
+
+    async def open_channel(self, kind: str, **fields: Any) -> Channel:
+        ident = next(self._ids)
+        channel = Channel(ident, self)
+        self._channels[ident] = channel
+        try:
+            await self.send_frame({"t": kind, "id": ident, **fields})
+        except BaseException:
+            self.forget(ident)
+            raise
+        return channel
+
+    def forget(self, ident: int) -> None:
+        self._channels.pop(ident, None)
+
+    async def _call(self, kind: str, *, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+        channel = await self.open_channel(kind, **fields)
+        try:
+            with anyio.move_on_after(timeout) as scope:
+                reply = await channel.next()
+            if scope.cancelled_caught:
+                raise RequestTimeout(
+                    f"guest agent did not answer {kind!r} within {timeout:.0f}s", code="E_TIMEOUT"
+                )
+            return reply
+        finally:
+            self.forget(channel.id)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def ping(self, timeout: float = 10.0) -> int:
+        """Round trip to the agent; returns its uptime in ms."""
+        reply = await self._call("ping", timeout=timeout)
+        return int(reply.get("uptime_ms", 0))
+
+    async def health(self, timeout: float = 10.0) -> dict[str, dict[str, Any]]:
+        reply = await self._call("health", timeout=timeout)
+        services = reply.get("services", {})
+        return dict(services) if isinstance(services, dict) else {}
+
+    async def shutdown(self, *, reboot: bool = False, timeout: float = 10.0) -> None:
+        await self._call("shutdown", timeout=timeout, reboot=reboot)
+
+    async def service(
+        self, name: str, action: str, *, sig: int | None = None, timeout: float = 10.0
+    ) -> None:
+        """Ask /init (through the agent) to ``restart`` or ``kill`` a supervised service."""
+        fields: dict[str, Any] = {"name": name, "action": action}
+        if sig is not None:
+            fields["sig"] = sig
+        await self._call("service", timeout=timeout, **fields)
+
+    async def logs(self, service: str | None = None, timeout: float = 30.0) -> list[LogLine]:
+        """The service logs collected so far (not following)."""
+        lines: list[LogLine] = []
+        async with self.follow_logs(service, follow=False) as stream:
+            with anyio.fail_after(timeout):
+                async for line in stream:
+                    lines.append(line)
+        return lines
+
+    @asynccontextmanager
+    async def follow_logs(
+        self, service: str | None = None, *, follow: bool = True
+    ) -> AsyncIterator[AsyncIterator[LogLine]]:
+        fields: dict[str, Any] = {"follow": follow}
+        if service is not None:
+            fields["service"] = service
+        channel = await self.open_channel("logs", **fields)
+
+        async def lines() -> AsyncIterator[LogLine]:
+            while True:
+                message = await channel.next()
+                if message["t"] == "end":
+                    return
+                if message["t"] == "log":
+                    yield LogLine(str(message.get("service", "")), str(message.get("line", "")))
+
+        try:
+            yield lines()
+        finally:
+            with anyio.CancelScope(shield=True), suppress(AgentError):
+                if follow and not self.closed:
+                    await self.send_frame({"t": "close", "id": channel.id})
+            self.forget(channel.id)
+
+    @asynccontextmanager
+    async def open_exec(
+        self,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bool = False,
+        pty: bool = False,
+        rows: int = 24,
+        cols: int = 80,
+    ) -> AsyncIterator[ExecSession]:
+        """A running guest process with streamed stdin/stdout/stderr (and a PTY if asked)."""
+        fields: dict[str, Any] = {"argv": list(argv), "stdin": stdin or pty}
+        if env:
+            fields["env"] = env
+        if cwd:
+            fields["cwd"] = cwd
+        if pty:
+            fields.update(pty=True, rows=rows, cols=cols)
+        channel = await self.open_channel("exec", **fields)
+        try:
+            started = await channel.next()
+            session = ExecSession(channel, pid=int(started.get("pid", 0)))
+            yield session
+        finally:
+            with anyio.CancelScope(shield=True):
+                await channel.close()
+
+    async def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        """Run a command in the guest to completion and collect its output."""
+        out: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
+        async with self.open_exec(argv, env=env, cwd=cwd, stdin=stdin is not None) as proc:
+            with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                async with anyio.create_task_group() as tg:
+                    if stdin is not None:
+                        tg.start_soon(proc.feed_stdin, stdin)
+                    async for fd, data in proc.output():
+                        out.setdefault(fd, bytearray()).extend(data)
+            if scope.cancelled_caught:
+                with anyio.CancelScope(shield=True), suppress(AgentError):
+                    await proc.kill(9)
+                raise RequestTimeout(
+                    f"command {list(argv)[:1]} did not finish within {timeout}s",
+                    code="E_EXEC_TIMEOUT",
+                )
+        return ExecResult(proc.exit_code, proc.exit_signal, bytes(out[1]), bytes(out[2]))
+
+    async def open_tcp(self, port: int, timeout: float = 10.0) -> AgentStream:
+        """A byte stream to 127.0.0.1:port inside the guest (a port forward's guest leg)."""
+        channel = await self.open_channel("connect", port=port)
+        try:
+            with anyio.fail_after(timeout):
+                await channel.next()
+        except TimeoutError:
+            await channel.close()
+            raise RequestTimeout(
+                f"guest agent did not open port {port} within {timeout:.0f}s", code="E_TIMEOUT"
+            ) from None
+        except BaseException:
+            await channel.close()
+            raise
+        return AgentStream(channel)

@@ -165,7 +165,9 @@ class RuntimeVM(Actor[StopVm]):
         status = await self.backend.wait(self.handle)
         code = guest_exit_code(self.handle.plan.console_log)
         self.exit_code = code if code is not None else status
-        if self.state == "starting":
+        if self.state == "starting" and code is None:
+            # A guest that printed its exit status simply finished quickly (a short
+            # command entrypoint can power off before the host reads the hello).
             tail = console_tail(self.handle.plan.console_log)
             raise BackendError(
                 f"VM {self.request.name} exited during boot (status {status})"

@@ -13,7 +13,7 @@ import anyio
 import structlog
 
 from mvm.backends.guest.build import agent_binary, init_script
-from mvm.backends.image_builder import build_image
+from mvm.backends.image_builder import build_image, check_spec
 from mvm.backends.kernel_build import ensure_kernel
 from mvm.engine.image import Image
 from mvm.engine.imagespec import ImageSpec
@@ -24,6 +24,7 @@ ProgressFn = Callable[[str, float | None], None]
 
 
 async def build_offline_image(spec: ImageSpec, progress: ProgressFn | None = None) -> Image:
+    await check_spec(spec)
     kernel = await ensure_kernel(progress=progress)
     agent = await anyio.to_thread.run_sync(agent_binary)
     init = init_script()

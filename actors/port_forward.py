@@ -9,7 +9,7 @@ every backend (no TAP, no NAT). The listener is bound *before* the VM boots (see
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.abc
@@ -20,7 +20,14 @@ from mvm.engine.errors import ConflictError, MvmError
 from mvm.engine.vmrequest import PortMapping
 
 if TYPE_CHECKING:
-    from mvm.actors.agent_connection import AgentConnection
+    from mvm.backends.guest.client import AgentClient
+
+
+class AgentSource(Protocol):
+    """Where a forward gets the live agent client (an AgentConnection, or a fixed client)."""
+
+    async def client(self, timeout: float = 30.0) -> AgentClient: ...
+
 
 log = structlog.get_logger("mvm.forward")
 
@@ -63,7 +70,7 @@ class PortForward(Actor[None]):
         vm: str,
         mapping: PortMapping,
         listener: anyio.abc.SocketListener,
-        agent: AgentConnection,
+        agent: AgentSource,
     ) -> None:
         super().__init__(f"vm/{vm}/forward/{mapping.host_port}")
         self.vm = vm

@@ -2,11 +2,12 @@
 
 Start order is a chain of named steps (firecracker-go-sdk style): bind host
 ports -> claim the name in the state store -> prepare the launch plan -> start
-the VMM -> connect the agent (wait for hello = ready) -> start port forwards ->
-mark running. Teardown is the exact reverse, each step shielded by the
-supervisor: forwards, agent, then the VMM (graceful, then forced), then the run
-directory's sockets and overlay, then the state row. A failure at any step
-unwinds only what was done, so bad input never leaves a process or file behind.
+the VMM -> connect the agent (wait for hello = ready) -> open the agent mux for
+other processes -> start port forwards -> mark running. Teardown is the exact
+reverse, each step shielded by the supervisor: forwards, mux, agent, then the
+VMM (graceful, then forced), then the run directory's sockets, then the state
+row. A failure at any step unwinds only what was done, so bad input never
+leaves a process or file behind.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import attrs
 import structlog
 
 from mvm.actors.agent_connection import AgentConnection
+from mvm.actors.agent_mux import AgentMux
 from mvm.actors.port_forward import PortForward, bind_forward_listener
 from mvm.backends.base import Accel, Backend, VmmHandle, VmSpec
 from mvm.engine.actor import Actor
@@ -139,6 +141,10 @@ class RuntimeVM(Actor[StopVm]):
                 await sup.start(
                     self.agent,
                     policy=RestartPolicy(kind="on-failure", max_restarts=5, window_s=60),
+                )
+                await sup.start(
+                    AgentMux(req.name, self.run_dir, self.agent),
+                    policy=RestartPolicy(kind="on-failure", max_restarts=3, window_s=60),
                 )
                 for mapping, listener in zip(req.ports, listeners, strict=True):
                     await sup.start(

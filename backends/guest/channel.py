@@ -31,8 +31,9 @@ def error_from_frame(message: dict[str, Any]) -> MvmError:
 
 
 class Channel:
-    def __init__(self, ident: int, client: AgentClient) -> None:
+    def __init__(self, ident: int, client: AgentClient, *, raw: bool = False) -> None:
         self.id = ident
+        self.raw = raw  # relay mode: acks are passed through, flow control is end to end
         self._client = client
         self._send, self._recv = anyio.create_memory_object_stream[dict[str, Any]](math.inf)
         self._unacked = 0
@@ -45,7 +46,7 @@ class Channel:
 
     def deliver(self, message: dict[str, Any]) -> None:
         kind = message["t"]
-        if kind == "ack":
+        if kind == "ack" and not self.raw:
             self._unacked = max(0, self._unacked - int(message.get("n", 0)))
             self._wake_senders()
             return

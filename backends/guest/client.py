@@ -166,9 +166,9 @@ class AgentClient:
             self._finish("send failed")
             raise AgentError("the guest agent connection broke", code="E_AGENT_GONE") from None
 
-    async def open_channel(self, kind: str, **fields: Any) -> Channel:
+    async def open_channel(self, kind: str, *, raw: bool = False, **fields: Any) -> Channel:
         ident = next(self._ids)
-        channel = Channel(ident, self)
+        channel = Channel(ident, self, raw=raw)
         self._channels[ident] = channel
         try:
             await self.send_frame({"t": kind, "id": ident, **fields})

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
-from mvm.cli import build_commands, ir_commands, vm_commands
+from mvm.cli import agent_commands, build_commands, ir_commands, vm_commands
 from mvm.engine.errors import MvmError
 from mvm.engine.log import configure_logging
 
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     vm_commands.register(sub)
     build_commands.register(sub)
     ir_commands.register(sub)
+    agent_commands.register(sub)
     return parser
 
 

@@ -1,0 +1,165 @@
+"""Verbs that talk to a running VM's guest agent: exec, console, forward, health."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import termios
+import tty
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import anyio
+import trio
+
+from mvm.actors.port_forward import PortForward, bind_forward_listener
+from mvm.backends.guest.client import AgentClient
+from mvm.backends.guest.streams import ExecSession
+from mvm.engine.agent_access import open_vm_agent, require_accessible, running_vm
+from mvm.engine.errors import ConfigError
+from mvm.engine.supervisor import RestartPolicy, Supervisor
+from mvm.engine.vmrequest import PortMapping
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("exec", help="run a command in a VM (accessible images only)")
+    p.add_argument("name")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+    p.add_argument("-i", "--interactive", action="store_true", help="pass stdin through")
+    p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("console", help="interactive shell in a VM (accessible images only)")
+    p.add_argument("name")
+    p.add_argument("--shell", default="/bin/sh")
+    p.set_defaults(func=cmd_console)
+
+    p = sub.add_parser("forward", help="forward host ports to a running VM until Ctrl-C")
+    p.add_argument("name")
+    p.add_argument("-p", "--publish", action="append", required=True, metavar="[ADDR:]HOST:GUEST")
+    p.set_defaults(func=cmd_forward)
+
+    p = sub.add_parser("health", help="health of a VM's services as its agent reports it")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_health)
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise ConfigError("no command given", code="E_EXEC_ARGV", hint="mvmctl exec NAME -- CMD")
+    return argv
+
+
+async def _pump_output(proc: ExecSession) -> None:
+    async for fd, data in proc.output():
+        stream = sys.stdout.buffer if fd == 1 else sys.stderr.buffer
+        stream.write(data)
+        stream.flush()
+
+
+async def _pump_stdin(proc: ExecSession) -> None:
+    async with trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())) as stdin:
+        while data := await stdin.receive_some(65536):
+            await proc.write(data)
+    await proc.close_stdin()
+
+
+def _status(proc: ExecSession) -> int:
+    if proc.exit_signal:
+        return 128 + proc.exit_signal
+    return proc.exit_code if proc.exit_code is not None else 1
+
+
+async def cmd_exec(args: argparse.Namespace) -> int:
+    argv = _argv(args)
+    require_accessible(await running_vm(args.name), "exec")
+    async with (
+        open_vm_agent(args.name) as client,
+        client.open_exec(argv, stdin=args.interactive) as proc,
+        anyio.create_task_group() as tg,
+    ):
+        if args.interactive:
+            tg.start_soon(_pump_stdin, proc)
+        await _pump_output(proc)
+        tg.cancel_scope.cancel()
+    return _status(proc)
+
+
+@contextmanager
+def _raw_terminal() -> Iterator[None]:
+    fd = sys.stdin.fileno()
+    if not os.isatty(fd):
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+async def cmd_console(args: argparse.Namespace) -> int:
+    require_accessible(await running_vm(args.name), "console")
+    size = shutil.get_terminal_size()
+    async with open_vm_agent(args.name) as client:
+        proc = await _console(client, args.shell, size.lines, size.columns)
+    print(f"\r\n[console of {args.name} closed]", file=sys.stderr)
+    return _status(proc)
+
+
+async def _console(client: AgentClient, shell: str, rows: int, cols: int) -> ExecSession:
+    async with client.open_exec([shell, "-l"], pty=True, rows=rows, cols=cols) as proc:
+        with _raw_terminal():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_pump_stdin, proc)
+                await _pump_output(proc)
+                tg.cancel_scope.cancel()
+    return proc
+
+
+class _FixedAgent:
+    def __init__(self, client: AgentClient) -> None:
+        self._client = client
+
+    async def client(self, timeout: float = 30.0) -> AgentClient:
+        return self._client
+
+
+async def cmd_forward(args: argparse.Namespace) -> int:
+    mappings = [PortMapping.parse(p) for p in args.publish]
+    await running_vm(args.name)
+    listeners = [await bind_forward_listener(m) for m in mappings]
+    async with open_vm_agent(args.name) as client, Supervisor(f"forward/{args.name}") as sup:
+        for mapping, listener in zip(mappings, listeners, strict=True):
+            await sup.start(
+                PortForward(args.name, mapping, listener, _FixedAgent(client)),
+                policy=RestartPolicy(kind="never"),
+            )
+        print(
+            f"{args.name}: forwarding "
+            + ", ".join(f"{m.host_addr}:{m.host_port} -> guest:{m.guest_port}" for m in mappings)
+            + " (Ctrl-C to stop)",
+            file=sys.stderr,
+        )
+        await client.wait_closed()
+    print(f"{args.name}: the VM went away; forwarding stopped", file=sys.stderr)
+    return 1
+
+
+async def cmd_health(args: argparse.Namespace) -> int:
+    async with open_vm_agent(args.name) as client:
+        status = await client.health()
+    if not status:
+        print(f"{args.name}: no health checks defined")
+        return 0
+    worst = 0
+    for service, info in sorted(status.items()):
+        state = str(info.get("status", "unknown"))
+        worst = max(worst, {"healthy": 0, "unknown": 1}.get(state, 2))
+        print(f"{service}\t{state}\tfailures={info.get('failures', 0)}\trc={info.get('rc')}")
+    return 0 if worst == 0 else 1

@@ -3,8 +3,9 @@
 Start order is a chain of named steps (firecracker-go-sdk style): bind host
 ports -> claim the name in the state store -> prepare the launch plan -> start
 the VMM -> connect the agent (wait for hello = ready) -> open the agent mux for
-other processes -> start port forwards -> mark running. Teardown is the exact
-reverse, each step shielded by the supervisor: forwards, mux, agent, then the
+other processes -> start port forwards -> start health checks -> mark running. Teardown is the exact
+reverse, each step shielded by the supervisor: health checks, forwards, mux,
+agent, then the
 VMM (graceful, then forced), then the run directory's sockets, then the state
 row. A failure at any step unwinds only what was done, so bad input never
 leaves a process or file behind.
@@ -26,6 +27,7 @@ import structlog
 
 from mvm.actors.agent_connection import AgentConnection
 from mvm.actors.agent_mux import AgentMux
+from mvm.actors.health_check import HealthCheck, HealthPolicy, HealthState
 from mvm.actors.port_forward import PortForward, bind_forward_listener
 from mvm.backends.base import Accel, Backend, VmmHandle, VmSpec
 from mvm.engine.actor import Actor
@@ -100,6 +102,7 @@ class RuntimeVM(Actor[StopVm]):
         self.exited = anyio.Event()
         self.ready_at: float | None = None
         self.started_at = time.monotonic()
+        self.health: dict[str, HealthState] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -149,6 +152,18 @@ class RuntimeVM(Actor[StopVm]):
                 for mapping, listener in zip(req.ports, listeners, strict=True):
                     await sup.start(
                         PortForward(req.name, mapping, listener, self.agent),
+                        policy=RestartPolicy(kind="never"),
+                    )
+                for service in self.image.health_checks:
+                    await sup.start(
+                        HealthCheck(
+                            req.name,
+                            service,
+                            self.agent,
+                            bus=self._bus,
+                            policy=HealthPolicy(action=req.health_action),
+                            on_change=self._record_health,
+                        ),
                         policy=RestartPolicy(kind="never"),
                     )
                 self.ready_at = time.monotonic()
@@ -210,6 +225,10 @@ class RuntimeVM(Actor[StopVm]):
         self.exited.set()
 
     # -- helpers -----------------------------------------------------------------------------
+
+    async def _record_health(self, service: str, state: HealthState) -> None:
+        self.health[service] = state
+        await self._store.update_vm(self.request.name, health=json.dumps(self.health))
 
     async def _claim_name(self) -> None:
         """Insert the VM row; an exited VM of the same name is replaced, a live one is not."""

@@ -38,6 +38,11 @@ class Image:
     def memory_mib(self) -> int:
         return int(self.meta.get("memory_mib", 256))
 
+    @property
+    def health_checks(self) -> tuple[str, ...]:
+        """Services with a health check; the guest agent runs them, the host tracks them."""
+        return tuple(str(name) for name in self.meta.get("health_checks", ()))
+
     @classmethod
     def load(cls, directory: Path) -> Image:
         directory = directory.resolve()

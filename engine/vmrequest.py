@@ -61,6 +61,9 @@ def check_vm_name(name: str) -> str:
     return name
 
 
+HealthAction = Literal["none", "restart-service", "restart-vm"]
+
+
 @attrs.frozen
 class VmRequest:
     """A VM to start from an already built image directory."""
@@ -74,6 +77,7 @@ class VmRequest:
     memory_mib: int | None = None
     boot_timeout_s: float = 90.0
     stop_grace_s: float = 5.0
+    health_action: HealthAction = "none"
 
     def __attrs_post_init__(self) -> None:
         seen: set[tuple[str, int]] = set()

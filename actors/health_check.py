@@ -1,0 +1,147 @@
+"""HealthCheck: the host's view of one guest service's health.
+
+The guest agent runs the service's ``healthCmd`` every ``healthIntervalSecs``
+(inside the guest, so checks see what the service sees); this actor polls the
+agent's verdicts, applies thresholds so one slow probe does not flap the state,
+publishes ``health.changed`` events, records the state for ``mvmctl ls``, and
+applies the policy: restart the service (through /init) or fail so the VM's
+supervisor restarts the VM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import anyio
+import anyio.abc
+import attrs
+import structlog
+
+from mvm.actors.port_forward import AgentSource
+from mvm.engine.actor import Actor
+from mvm.engine.errors import ActorFailed, MvmError
+from mvm.engine.events import Event, EventBus
+
+log = structlog.get_logger("mvm.health")
+
+HealthState = Literal["healthy", "unhealthy", "unknown"]
+OnChange = Callable[[str, HealthState], Awaitable[None]]
+
+
+@attrs.frozen
+class HealthPolicy:
+    """Thresholds count consecutive agent verdicts; the action runs on turning unhealthy."""
+
+    unhealthy_after: int = 2
+    healthy_after: int = 1
+    poll_interval_s: float = 1.0
+    action: Literal["none", "restart-service", "restart-vm"] = "none"
+
+
+@attrs.define
+class HealthTracker:
+    """Pure threshold logic, separate from I/O so it is testable in isolation."""
+
+    policy: HealthPolicy
+    state: HealthState = "unknown"
+    _bad: int = 0
+    _good: int = 0
+    _last_checked: int | None = None
+
+    def observe(self, verdict: str, checked_uptime_ms: int | None) -> HealthState | None:
+        """Feed one agent verdict; returns the new state if it changed."""
+        if checked_uptime_ms is not None and checked_uptime_ms == self._last_checked:
+            return None  # the agent has not run the check again since we last looked
+        self._last_checked = checked_uptime_ms
+        if verdict == "healthy":
+            self._good, self._bad = self._good + 1, 0
+            if self.state != "healthy" and self._good >= self.policy.healthy_after:
+                self.state = "healthy"
+                return self.state
+        elif verdict == "unhealthy":
+            self._bad, self._good = self._bad + 1, 0
+            if self.state != "unhealthy" and self._bad >= self.policy.unhealthy_after:
+                self.state = "unhealthy"
+                return self.state
+        return None
+
+
+class HealthCheck(Actor[None]):
+    def __init__(
+        self,
+        vm: str,
+        service: str,
+        agent: AgentSource,
+        *,
+        bus: EventBus,
+        policy: HealthPolicy | None = None,
+        on_change: OnChange | None = None,
+    ) -> None:
+        super().__init__(f"vm/{vm}/health/{service}")
+        self.vm = vm
+        self.service = service
+        self._agent = agent
+        self._bus = bus
+        self.policy = policy or HealthPolicy()
+        self.tracker = HealthTracker(self.policy)
+        self._on_change = on_change
+        self.restarts = 0
+
+    @property
+    def state(self) -> HealthState:
+        return self.tracker.state
+
+    async def run(
+        self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        while True:
+            await self._poll_once()
+            await anyio.sleep(self.policy.poll_interval_s)
+
+    async def _poll_once(self) -> None:
+        try:
+            client = await self._agent.client(timeout=self.policy.poll_interval_s * 5)
+            report = (await client.health()).get(self.service, {})
+        except MvmError as exc:
+            log.debug("health.poll_failed", vm=self.vm, service=self.service, code=exc.code)
+            return
+        checked = report.get("checked_uptime_ms")
+        changed = self.tracker.observe(
+            str(report.get("status", "unknown")), int(checked) if checked is not None else None
+        )
+        if changed is None:
+            return
+        self._bus.publish(
+            Event(
+                kind="health.changed",
+                source=self.name,
+                vm=self.vm,
+                data={"service": self.service, "status": changed, "rc": report.get("rc")},
+            )
+        )
+        if self._on_change is not None:
+            await self._on_change(self.service, changed)
+        if changed == "unhealthy":
+            await self._act()
+
+    async def _act(self) -> None:
+        if self.policy.action == "restart-service":
+            self.restarts += 1
+            self._bus.publish(
+                Event(
+                    kind="health.restart_service",
+                    source=self.name,
+                    vm=self.vm,
+                    data={"service": self.service, "restarts": self.restarts},
+                )
+            )
+            agent = await self._agent.client()
+            await agent.service(self.service, "restart")
+        elif self.policy.action == "restart-vm":
+            raise ActorFailed(
+                f"service {self.service} of {self.vm} is unhealthy",
+                code="E_UNHEALTHY",
+                hint="the VM's supervisor restarts it per its policy",
+            )

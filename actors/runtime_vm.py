@@ -3,12 +3,11 @@
 Start order is a chain of named steps (firecracker-go-sdk style): bind host
 ports -> claim the name in the state store -> prepare the launch plan -> start
 the VMM -> connect the agent (wait for hello = ready) -> open the agent mux for
-other processes -> start port forwards -> start health checks -> mark running. Teardown is the exact
-reverse, each step shielded by the supervisor: health checks, forwards, mux,
-agent, then the
-VMM (graceful, then forced), then the run directory's sockets, then the state
-row. A failure at any step unwinds only what was done, so bad input never
-leaves a process or file behind.
+other processes -> start port forwards -> start health checks -> mark running.
+Teardown is the exact reverse, each step shielded by the supervisor: health
+checks, forwards, mux, agent, then the VMM (graceful, then forced), then the
+run directory's sockets, then the state row. A failure at any step unwinds only
+what was done, so bad input never leaves a process or file behind.
 """
 
 from __future__ import annotations

@@ -28,16 +28,18 @@ from mvm.actors.agent_connection import AgentConnection
 from mvm.actors.agent_mux import AgentMux
 from mvm.actors.health_check import HealthCheck, HealthPolicy, HealthState
 from mvm.actors.port_forward import PortForward, bind_forward_listener
-from mvm.backends.base import Accel, Backend, VmmHandle, VmSpec
+from mvm.backends.base import Accel, Backend, Drive, VmmHandle, VmSpec
 from mvm.engine.actor import Actor
 from mvm.engine.errors import BackendError, ConflictError
 from mvm.engine.events import Event, EventBus
 from mvm.engine.image import Image
 from mvm.engine.paths import vm_dir
 from mvm.engine.process import process_start_time
+from mvm.engine.runfiles import remove_run_files
 from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.supervisor import RestartPolicy, Supervisor
 from mvm.engine.vmrequest import VmRequest
+from mvm.engine.volumes import kernel_arg, prepare_volume
 
 log = structlog.get_logger("mvm.vm")
 
@@ -114,7 +116,15 @@ class RuntimeVM(Actor[StopVm]):
             for mapping in req.ports:
                 listeners.append(await bind_forward_listener(mapping))
             await self._claim_name()
-            plan = self.backend.prepare(self._vm_spec())
+            drives = [
+                Drive(
+                    await prepare_volume(req.name, vol, self.run_dir),
+                    read_only=vol.read_only,
+                    ident=vol.slug,
+                )
+                for vol in req.volumes
+            ]
+            plan = self.backend.prepare(self._vm_spec(tuple(drives)))
             self._publish("vm.starting", backend=self.backend.name, accel=plan.accel.value)
             self.handle = await self.backend.start(plan, detached=True)
             await self._store.update_vm(
@@ -129,6 +139,8 @@ class RuntimeVM(Actor[StopVm]):
             with anyio.CancelScope(shield=True):
                 for listener in listeners:
                     await listener.aclose()
+                if self.handle is None:
+                    remove_run_files(self.run_dir)  # volume snapshots made before the VMM
             raise
 
         self.agent = AgentConnection(
@@ -284,8 +296,9 @@ class RuntimeVM(Actor[StopVm]):
             ],
         )
 
-    def _vm_spec(self) -> VmSpec:
+    def _vm_spec(self, drives: tuple[Drive, ...] = ()) -> VmSpec:
         req, image = self.request, self.image
+        volumes_arg = kernel_arg(req.volumes)
         accel = Accel(os.environ.get("MVM_ACCEL", "auto"))
         return VmSpec(
             name=req.name,
@@ -294,7 +307,8 @@ class RuntimeVM(Actor[StopVm]):
             run_dir=self.run_dir,
             vcpus=req.vcpus or image.vcpus,
             memory_mib=req.memory_mib or image.memory_mib,
-            kernel_args=(f"mvm.hostname={req.name}",),
+            kernel_args=(f"mvm.hostname={req.name}",) + ((volumes_arg,) if volumes_arg else ()),
+            drives=drives,
             accel=accel,
             rootfs_read_only=True,
         )
@@ -307,6 +321,7 @@ class RuntimeVM(Actor[StopVm]):
             "vcpus": req.vcpus,
             "memory_mib": req.memory_mib,
             "mode": req.mode,
+            "volumes": [str(v) for v in req.volumes],
         }
 
     def _publish(self, kind: str, **data: Any) -> None:

@@ -12,6 +12,7 @@ from typing import Literal
 import attrs
 
 from mvm.engine.errors import ConfigError
+from mvm.engine.volumes import Volume, check_volumes
 
 Mode = Literal["attached", "detached"]
 
@@ -78,6 +79,7 @@ class VmRequest:
     boot_timeout_s: float = 90.0
     stop_grace_s: float = 5.0
     health_action: HealthAction = "none"
+    volumes: tuple[Volume, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         seen: set[tuple[str, int]] = set()
@@ -86,3 +88,4 @@ class VmRequest:
             if key in seen:
                 raise ConfigError(f"host port {p.host_port} is mapped twice", code="E_PORT_SPEC")
             seen.add(key)
+        check_volumes(self.volumes)

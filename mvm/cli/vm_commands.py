@@ -20,6 +20,7 @@ from mvm.engine.paths import vm_dir
 from mvm.engine.reconcile import owner_alive
 from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.vmrequest import PortMapping, VmRequest, check_vm_name
+from mvm.engine.volumes import Volume
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,6 +43,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             default=[],
             metavar="[ADDR:]HOST:GUEST",
             help="forward a host TCP port to a guest port (repeatable)",
+        )
+        p.add_argument(
+            "-v",
+            "--volume",
+            action="append",
+            default=[],
+            metavar="HOST:GUEST[:SIZE_MB]",
+            help="host folder as a guest volume: read-only, or read-write persistent with SIZE_MB",
+        )
+        p.add_argument(
+            "--health-action",
+            choices=("none", "restart-service", "restart-vm"),
+            default="none",
+            help="what to do when a service's health check turns unhealthy",
         )
         p.add_argument("--backend", default="qemu")
         p.add_argument("--vcpus", type=int)
@@ -90,6 +105,8 @@ def _request(args: argparse.Namespace, image_dir: Path, name: str, mode: str) ->
         vcpus=args.vcpus,
         memory_mib=args.memory_mib,
         boot_timeout_s=args.boot_timeout,
+        volumes=tuple(Volume.parse(v) for v in args.volume),
+        health_action=args.health_action,
     )
 
 
@@ -97,6 +114,8 @@ def _precheck(args: argparse.Namespace) -> None:
     """Validate everything cheap before the (possibly slow) image build."""
     for p in args.publish:
         PortMapping.parse(p)
+    for v in args.volume:
+        Volume.parse(v)
     if args.name is not None:
         check_vm_name(args.name)
     get_backend(args.backend)

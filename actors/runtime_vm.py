@@ -28,7 +28,8 @@ from mvm.actors.agent_connection import AgentConnection
 from mvm.actors.agent_mux import AgentMux
 from mvm.actors.health_check import HealthCheck, HealthPolicy, HealthState
 from mvm.actors.port_forward import PortForward, bind_forward_listener
-from mvm.backends.base import Accel, Backend, Drive, VmmHandle, VmSpec
+from mvm.backends.base import Accel, Backend, Drive, NetDevice, VmmHandle, VmSpec
+from mvm.engine import network
 from mvm.engine.actor import Actor
 from mvm.engine.errors import BackendError, ConflictError
 from mvm.engine.events import Event, EventBus
@@ -104,6 +105,7 @@ class RuntimeVM(Actor[StopVm]):
         self.ready_at: float | None = None
         self.started_at = time.monotonic()
         self.health: dict[str, HealthState] = {}
+        self.lease: network.Lease | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -124,6 +126,8 @@ class RuntimeVM(Actor[StopVm]):
                 )
                 for vol in req.volumes
             ]
+            if req.net == "tap":
+                self.lease = await network.acquire(req.name)
             plan = self.backend.prepare(self._vm_spec(tuple(drives)))
             self._publish("vm.starting", backend=self.backend.name, accel=plan.accel.value)
             self.handle = await self.backend.start(plan, detached=True)
@@ -141,6 +145,7 @@ class RuntimeVM(Actor[StopVm]):
                     await listener.aclose()
                 if self.handle is None:
                     remove_run_files(self.run_dir)  # volume snapshots made before the VMM
+                    await self._release_network()
             raise
 
         self.agent = AgentConnection(
@@ -222,6 +227,7 @@ class RuntimeVM(Actor[StopVm]):
                     self.exit_code = code if code is not None else status
             except Exception as exc:  # teardown must go on: record and continue
                 log.error("vm.stop_failed", vm=self.request.name, error=repr(exc))
+        await self._release_network()
         self.state = "exited"
         if self._claimed:
             await self._store.update_vm(
@@ -236,6 +242,11 @@ class RuntimeVM(Actor[StopVm]):
         self.exited.set()
 
     # -- helpers -----------------------------------------------------------------------------
+
+    async def _release_network(self) -> None:
+        if self.lease is not None:
+            lease, self.lease = self.lease, None
+            await network.release(lease)
 
     async def _record_health(self, service: str, state: HealthState) -> None:
         self.health[service] = state
@@ -298,7 +309,11 @@ class RuntimeVM(Actor[StopVm]):
 
     def _vm_spec(self, drives: tuple[Drive, ...] = ()) -> VmSpec:
         req, image = self.request, self.image
-        volumes_arg = kernel_arg(req.volumes)
+        extra_args = tuple(a for a in (kernel_arg(req.volumes),) if a)
+        nics: tuple[NetDevice, ...] = ()
+        if self.lease is not None:
+            extra_args += (self.lease.kernel_arg,)
+            nics = (NetDevice(tap=self.lease.tap, mac=self.lease.mac),)
         accel = Accel(os.environ.get("MVM_ACCEL", "auto"))
         return VmSpec(
             name=req.name,
@@ -307,8 +322,9 @@ class RuntimeVM(Actor[StopVm]):
             run_dir=self.run_dir,
             vcpus=req.vcpus or image.vcpus,
             memory_mib=req.memory_mib or image.memory_mib,
-            kernel_args=(f"mvm.hostname={req.name}",) + ((volumes_arg,) if volumes_arg else ()),
+            kernel_args=(f"mvm.hostname={req.name}", *extra_args),
             drives=drives,
+            net=nics,
             accel=accel,
             rootfs_read_only=True,
         )
@@ -322,6 +338,8 @@ class RuntimeVM(Actor[StopVm]):
             "memory_mib": req.memory_mib,
             "mode": req.mode,
             "volumes": [str(v) for v in req.volumes],
+            "net": req.net,
+            "ip": self.lease.ip if self.lease else None,
         }
 
     def _publish(self, kind: str, **data: Any) -> None:

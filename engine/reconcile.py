@@ -12,6 +12,7 @@ import time
 
 import structlog
 
+from mvm.engine import network
 from mvm.engine.process import is_same_process, kill_verified
 from mvm.engine.runfiles import remove_run_files
 from mvm.engine.store import StateStore, VmRecord
@@ -43,6 +44,8 @@ async def reconcile(store: StateStore) -> list[VmRecord]:
             if vmm_alive:
                 kill_verified(rec.pid, rec.pid_start_time)
             remove_run_files(rec.run_dir)
+            for lease in network.leases_of(rec.name):
+                await network.release(lease)
             await store.update_vm(
                 rec.name, state="exited", exited_at=time.time(), exit_reason=reason, pid=None
             )

@@ -62,6 +62,7 @@ def check_vm_name(name: str) -> str:
     return name
 
 
+NetMode = Literal["none", "tap"]
 HealthAction = Literal["none", "restart-service", "restart-vm"]
 
 
@@ -80,6 +81,7 @@ class VmRequest:
     stop_grace_s: float = 5.0
     health_action: HealthAction = "none"
     volumes: tuple[Volume, ...] = ()
+    net: NetMode = "none"  # "tap": a real NIC on the mvm bridge (root only)
 
     def __attrs_post_init__(self) -> None:
         seen: set[tuple[str, int]] = set()

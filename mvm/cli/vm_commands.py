@@ -58,6 +58,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             default="none",
             help="what to do when a service's health check turns unhealthy",
         )
+        p.add_argument(
+            "--net",
+            choices=("none", "tap"),
+            default="none",
+            help="tap: a real NIC on bridge br-mvm with NAT (root); default: ports via the agent",
+        )
         p.add_argument("--backend", default="qemu")
         p.add_argument("--vcpus", type=int)
         p.add_argument("--memory", type=int, dest="memory_mib", metavar="MIB")
@@ -107,6 +113,7 @@ def _request(args: argparse.Namespace, image_dir: Path, name: str, mode: str) ->
         boot_timeout_s=args.boot_timeout,
         volumes=tuple(Volume.parse(v) for v in args.volume),
         health_action=args.health_action,
+        net=args.net,
     )
 
 

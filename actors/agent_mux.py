@@ -4,13 +4,16 @@ The agent transport admits one host connection (a virtio-serial port is a single
 pipe) and the VM's engine holds it. ``mvmctl exec/console/logs/forward`` from
 another process dial ``<run_dir>/agent.mux.sock`` instead: the mux greets with
 the VM's hello and relays each request on a fresh id of the engine's connection,
-rewriting ids both ways. Acks pass through untouched, so flow control stays end
-to end and the mux never buffers more than one window per stream.
+rewriting ids both ways. One request is the mux's own: ``mvm.detach`` asks the
+engine to let go of the VM (``mvmctl detach``). Acks pass through untouched,
+so flow control stays end to end and the mux never buffers more than one
+window per stream.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("mvm.agent.mux")
 
 MUX_SOCKET = "agent.mux.sock"
+DETACH_REQUEST = "mvm.detach"  # mux-level extension: hand the VM over to a detached shim
 # Requests answered by exactly one frame; others end with these frame types.
 _SINGLE_REPLY = frozenset({"ping", "health", "shutdown", "service"})
 _FINAL = {"exec": frozenset({"exit"}), "logs": frozenset({"end"}), "connect": frozenset({"close"})}
@@ -53,8 +57,16 @@ class _Session:
 
 
 class AgentMux(Actor[None]):
-    def __init__(self, vm: str, run_dir: Path, agent: AgentConnection) -> None:
+    def __init__(
+        self,
+        vm: str,
+        run_dir: Path,
+        agent: AgentConnection,
+        *,
+        on_detach: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         super().__init__(f"vm/{vm}/agent-mux")
+        self._on_detach = on_detach
         self.vm = vm
         self.path = run_dir / MUX_SOCKET
         self._agent = agent
@@ -99,6 +111,20 @@ class AgentMux(Actor[None]):
         if ident == 0:
             return
         fields = {k: v for k, v in message.items() if k not in ("t", "id")}
+        if kind == DETACH_REQUEST:  # for the engine, not the guest: answered here
+            if self._on_detach is None:
+                await session.send(
+                    {
+                        "t": "error",
+                        "id": ident,
+                        "code": "E_DETACH",
+                        "message": "this engine cannot detach the VM",
+                    }
+                )
+            else:
+                await session.send({"t": "ok", "id": ident})
+                await self._on_detach()
+            return
         route = session.routes.get(ident)
         if route is None:
             client = await self._agent.client(timeout=10)

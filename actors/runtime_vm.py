@@ -12,6 +12,7 @@ what was done, so bad input never leaves a process or file behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -28,14 +29,15 @@ from mvm.actors.agent_connection import AgentConnection
 from mvm.actors.agent_mux import AgentMux
 from mvm.actors.health_check import HealthCheck, HealthPolicy, HealthState
 from mvm.actors.port_forward import PortForward, bind_forward_listener
-from mvm.backends.base import Accel, Backend, Drive, NetDevice, VmmHandle, VmSpec
+from mvm.backends.base import Accel, Backend, Drive, LaunchPlan, NetDevice, VmmHandle, VmSpec
 from mvm.engine import network
 from mvm.engine.actor import Actor
 from mvm.engine.errors import BackendError, ConflictError
 from mvm.engine.events import Event, EventBus
 from mvm.engine.image import Image
 from mvm.engine.paths import vm_dir
-from mvm.engine.process import process_start_time
+from mvm.engine.planfile import load_plan, save_plan
+from mvm.engine.process import is_same_process, process_start_time
 from mvm.engine.runfiles import remove_run_files
 from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.supervisor import RestartPolicy, Supervisor
@@ -52,6 +54,11 @@ class StopVm:
     """Ask the VM to shut down (the actor then ends and tears down)."""
 
     reason: str = "requested"
+
+
+@attrs.frozen
+class DetachVm:
+    """Let go of the VM without stopping it, so that another engine can adopt it."""
 
 
 def guest_exit_code(console_log: Path) -> int | None:
@@ -78,7 +85,7 @@ def engine_owner() -> str:
     return f"{pid}:{process_start_time(pid)}"
 
 
-class RuntimeVM(Actor[StopVm]):
+class RuntimeVM(Actor[StopVm | DetachVm]):
     def __init__(
         self,
         request: VmRequest,
@@ -87,6 +94,7 @@ class RuntimeVM(Actor[StopVm]):
         *,
         store: StateStore,
         bus: EventBus,
+        adopt_from: VmRecord | None = None,
     ) -> None:
         super().__init__(f"vm/{request.name}")
         self.request = request
@@ -106,6 +114,8 @@ class RuntimeVM(Actor[StopVm]):
         self.started_at = time.monotonic()
         self.health: dict[str, HealthState] = {}
         self.lease: network.Lease | None = None
+        self.adopt_from = adopt_from
+        self.detaching = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -117,28 +127,7 @@ class RuntimeVM(Actor[StopVm]):
         try:
             for mapping in req.ports:
                 listeners.append(await bind_forward_listener(mapping))
-            await self._claim_name()
-            drives = [
-                Drive(
-                    await prepare_volume(req.name, vol, self.run_dir),
-                    read_only=vol.read_only,
-                    ident=vol.slug,
-                )
-                for vol in req.volumes
-            ]
-            if req.net == "tap":
-                self.lease = await network.acquire(req.name)
-            plan = self.backend.prepare(self._vm_spec(tuple(drives)))
-            self._publish("vm.starting", backend=self.backend.name, accel=plan.accel.value)
-            self.handle = await self.backend.start(plan, detached=True)
-            await self._store.update_vm(
-                req.name,
-                pid=self.handle.pid,
-                pid_start_time=process_start_time(self.handle.pid),
-                control_socket=str(plan.control_socket),
-                agent_socket=str(plan.agent_socket),
-                console_log=str(plan.console_log),
-            )
+            plan = await (self._adopt() if self.adopt_from is not None else self._launch())
         except BaseException:
             with anyio.CancelScope(shield=True):
                 for listener in listeners:
@@ -147,7 +136,59 @@ class RuntimeVM(Actor[StopVm]):
                     remove_run_files(self.run_dir)  # volume snapshots made before the VMM
                     await self._release_network()
             raise
+        await self._supervise(plan, listeners, task_status)
 
+    async def _launch(self) -> LaunchPlan:
+        """Steps of a cold start: claim the name, volumes, network, then the VMM."""
+        req = self.request
+        await self._claim_name()
+        drives = [
+            Drive(
+                await prepare_volume(req.name, vol, self.run_dir),
+                read_only=vol.read_only,
+                ident=vol.slug,
+            )
+            for vol in req.volumes
+        ]
+        if req.net == "tap":
+            self.lease = await network.acquire(req.name)
+        plan = self.backend.prepare(self._vm_spec(tuple(drives)))
+        self._publish("vm.starting", backend=self.backend.name, accel=plan.accel.value)
+        self.handle = await self.backend.start(plan, detached=True)
+        save_plan(plan)
+        await self._store.update_vm(
+            req.name,
+            pid=self.handle.pid,
+            pid_start_time=process_start_time(self.handle.pid),
+            control_socket=str(plan.control_socket),
+            agent_socket=str(plan.agent_socket),
+            console_log=str(plan.console_log),
+        )
+        return plan
+
+    async def _adopt(self) -> LaunchPlan:
+        """Take over a VMM another engine started (after ``detach`` or that engine's death)."""
+        rec = self.adopt_from
+        assert rec is not None and rec.pid is not None
+        if not is_same_process(rec.pid, rec.pid_start_time):
+            raise BackendError(f"the VMM of {rec.name} is gone", code="E_VMM_EXITED")
+        plan = load_plan(self.run_dir)
+        self.handle = self.backend.attach(plan, rec.pid)
+        self._claimed = True
+        leases = network.leases_of(rec.name)
+        self.lease = leases[0] if leases else None
+        await self._store.update_vm(rec.name, owner=engine_owner(), mode=self.request.mode)
+        self._write_mode()
+        self._publish("vm.adopted", pid=rec.pid)
+        return plan
+
+    async def _supervise(
+        self,
+        plan: LaunchPlan,
+        listeners: list[anyio.abc.SocketListener],
+        task_status: anyio.abc.TaskStatus[None],
+    ) -> None:
+        req = self.request
         self.agent = AgentConnection(
             req.name,
             self.backend.agent_endpoint(plan),
@@ -162,7 +203,7 @@ class RuntimeVM(Actor[StopVm]):
                     policy=RestartPolicy(kind="on-failure", max_restarts=5, window_s=60),
                 )
                 await sup.start(
-                    AgentMux(req.name, self.run_dir, self.agent),
+                    AgentMux(req.name, self.run_dir, self.agent, on_detach=self._request_detach),
                     policy=RestartPolicy(kind="on-failure", max_restarts=3, window_s=60),
                 )
                 for mapping, listener in zip(req.ports, listeners, strict=True):
@@ -195,6 +236,9 @@ class RuntimeVM(Actor[StopVm]):
                     if isinstance(msg, StopVm):
                         self.exit_reason = msg.reason
                         break
+                    if isinstance(msg, DetachVm):
+                        self.detaching = True
+                        break
             tg.cancel_scope.cancel()
 
     async def _watch_vmm(self, scope: anyio.CancelScope) -> None:
@@ -217,7 +261,15 @@ class RuntimeVM(Actor[StopVm]):
         scope.cancel()
 
     async def teardown(self) -> None:
-        """Stop the VMM and release everything; runs shielded, exactly once."""
+        """Stop the VMM and release everything; runs shielded, exactly once.
+
+        After ``DetachVm`` the VMM, its network lease and its run files stay: the
+        row is handed over (owner cleared, mode detached) for a shim to adopt."""
+        if self.detaching:
+            await self._store.update_vm(self.request.name, owner=None, mode="detached")
+            self._publish("vm.detached")
+            self.exited.set()
+            return
         self.state = "stopping"
         if self.handle is not None:
             try:
@@ -242,6 +294,21 @@ class RuntimeVM(Actor[StopVm]):
         self.exited.set()
 
     # -- helpers -----------------------------------------------------------------------------
+
+    async def _request_detach(self) -> None:
+        if self.request.mode == "detached":
+            return  # a shim already runs it detached: nothing to hand over
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self.send(DetachVm())
+
+    def _write_mode(self, mode: str | None = None) -> None:
+        """mode.json mirrors the row's mode for humans (DESIGN: Lifecycle modes)."""
+        (self.run_dir / "mode.json").write_text(
+            json.dumps(
+                {"name": self.request.name, "mode": mode or self.request.mode}, sort_keys=True
+            )
+            + "\n"
+        )
 
     async def _release_network(self) -> None:
         if self.lease is not None:
@@ -289,9 +356,7 @@ class RuntimeVM(Actor[StopVm]):
             )
         )
         self._claimed = True
-        (self.run_dir / "mode.json").write_text(
-            json.dumps({"name": req.name, "mode": req.mode}, sort_keys=True) + "\n"
-        )
+        self._write_mode()
         from mvm.engine.store import PortRecord  # local: keeps the import list short
 
         await self._store.set_ports(

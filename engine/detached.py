@@ -23,6 +23,7 @@ import anyio
 import cattrs
 import structlog
 
+from mvm.engine import network
 from mvm.engine.errors import BackendError, MvmError
 from mvm.engine.paths import vm_dir
 from mvm.engine.process import is_same_process, kill_verified
@@ -46,13 +47,22 @@ def request_from_json(text: str) -> VmRequest:
 
 async def start_detached(request: VmRequest) -> dict[str, Any]:
     """Spawn the shim and wait for its verdict: ready (with boot time) or a coded error."""
-    run_dir = vm_dir(request.name)
+    return await _spawn_shim(request.name, request_to_json(request))
+
+
+async def adopt_detached(name: str) -> dict[str, Any]:
+    """Spawn a shim that takes over the running, unsupervised VM ``name``."""
+    return await _spawn_shim(name, "--adopt", name)
+
+
+async def _spawn_shim(name: str, *shim_args: str) -> dict[str, Any]:
+    run_dir = vm_dir(name)
     run_dir.mkdir(parents=True, exist_ok=True)
     read_fd, write_fd = os.pipe()
     try:
         with open(run_dir / "shim.log", "ab") as shim_log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "mvm.engine.shim", str(write_fd), request_to_json(request)],
+                [sys.executable, "-m", "mvm.engine.shim", str(write_fd), *shim_args],
                 stdin=subprocess.DEVNULL,
                 stdout=shim_log,
                 stderr=shim_log,
@@ -70,7 +80,7 @@ async def start_detached(request: VmRequest) -> dict[str, Any]:
         code = proc.wait()
         tail = _tail(run_dir / "shim.log")
         raise BackendError(
-            f"the supervisor of {request.name} exited ({code}) before the VM was ready"
+            f"the supervisor of {name} exited ({code}) before the VM was ready"
             + (f": {tail}" if tail else ""),
             code="E_SHIM_FAILED",
         )
@@ -127,5 +137,7 @@ async def stop_vm_record(store: StateStore, rec: VmRecord, *, grace: float = 10.
         if not await _wait_gone(fresh.pid, fresh.pid_start_time, 3.0):
             kill_verified(fresh.pid, fresh.pid_start_time, signal.SIGKILL)
             await _wait_gone(fresh.pid, fresh.pid_start_time, 3.0)
+    for lease in network.leases_of(rec.name):
+        await network.release(lease)
     remove_run_dir(rec.run_dir)
     await store.delete_vm(rec.name)

@@ -9,6 +9,7 @@ trio and asyncio (anyio).
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import anyio
 import structlog
 
-from mvm.actors.runtime_vm import RuntimeVM, StopVm
+from mvm.actors.runtime_vm import DetachVm, RuntimeVM, StopVm
 from mvm.backends.guest.client import AgentClient, ExecResult
 from mvm.backends.registry import get_backend
 from mvm.engine.errors import (
@@ -30,10 +31,10 @@ from mvm.engine.errors import (
 from mvm.engine.events import Event, EventBus
 from mvm.engine.image import Image
 from mvm.engine.imagespec import ImageSpec
-from mvm.engine.reconcile import reconcile
+from mvm.engine.reconcile import adopt_orphaned, reconcile
 from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.supervisor import RestartPolicy, Supervisor
-from mvm.engine.vmrequest import VmRequest
+from mvm.engine.vmrequest import PortMapping, VmRequest
 
 log = structlog.get_logger("mvm.engine")
 
@@ -89,6 +90,18 @@ class VmHandle:
         await self._vm.exited.wait()
         return self._vm.exit_code
 
+    @property
+    def detached(self) -> bool:
+        """True once ``detach`` handed the still-running VM over for adoption."""
+        return self._vm.detaching and self._vm.exited.is_set()
+
+    async def detach(self) -> None:
+        """Stop supervising the VM here without stopping it (see ``adopt_detached``)."""
+        if not self._vm.exited.is_set():
+            with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                await self._vm.send(DetachVm())
+        await self._vm.exited.wait()
+
     async def stop(self, reason: str = "requested") -> int | None:
         if not self._vm.exited.is_set():
             with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -105,10 +118,14 @@ class Engine:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls) -> AsyncIterator[Engine]:
+    async def open(cls, *, adopt_orphans: bool = True) -> AsyncIterator[Engine]:
+        """Open the engine. Reconcile the store with reality; with ``adopt_orphans``,
+        detached VMs whose supervisor died get a fresh one (their VMM kept running)."""
         bus = EventBus()
         async with StateStore.open() as store:
             await reconcile(store)
+            if adopt_orphans:
+                await adopt_orphaned(store)
             async with Supervisor("engine", events=bus) as sup:
                 yield cls(store, bus, sup)
 
@@ -133,6 +150,28 @@ class Engine:
         vm = RuntimeVM(request, image, backend, store=self.store, bus=self.bus)
         await self._sup.start(vm, policy=RestartPolicy(kind="never"))
         self._vms[request.name] = vm
+        return VmHandle(vm)
+
+    async def adopt(self, rec: VmRecord) -> VmHandle:
+        """Supervise a VM whose VMM another engine started; returns once its agent greeted."""
+        image = Image.load(Path(rec.image))
+        spec = json.loads(rec.spec_json or "{}")
+        request = VmRequest(
+            name=rec.name,
+            image_dir=rec.image,
+            ports=tuple(
+                PortMapping(p.host_port, p.guest_port, p.host_addr)
+                for p in await self.store.list_ports(rec.name)
+            ),
+            backend=rec.backend,
+            mode="detached",
+            net=spec.get("net", "none"),
+        )
+        vm = RuntimeVM(
+            request, image, get_backend(rec.backend), store=self.store, bus=self.bus, adopt_from=rec
+        )
+        await self._sup.start(vm, policy=RestartPolicy(kind="never"))
+        self._vms[rec.name] = vm
         return VmHandle(vm)
 
     def vm(self, name: str) -> VmHandle:

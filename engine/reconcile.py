@@ -13,6 +13,7 @@ import time
 import structlog
 
 from mvm.engine import network
+from mvm.engine.errors import MvmError
 from mvm.engine.process import is_same_process, kill_verified
 from mvm.engine.runfiles import remove_run_files
 from mvm.engine.store import StateStore, VmRecord
@@ -54,3 +55,23 @@ async def reconcile(store: StateStore) -> list[VmRecord]:
             if updated is not None:
                 changed.append(updated)
     return changed
+
+
+async def adopt_orphaned(store: StateStore) -> list[str]:
+    """Give every detached VM whose supervisor died (but whose VMM lives) a new shim."""
+    from mvm.engine.detached import adopt_detached  # detached imports this module
+
+    adopted = []
+    for rec in await store.list_vms():
+        if rec.state != "running" or rec.mode != "detached" or owner_alive(rec.owner):
+            continue
+        if not is_same_process(rec.pid, rec.pid_start_time):
+            continue
+        try:
+            await adopt_detached(rec.name)
+        except MvmError as exc:
+            log.warning("reconcile.adopt_failed", vm=rec.name, code=exc.code, error=exc.message)
+            continue
+        log.info("reconcile.adopted", vm=rec.name)
+        adopted.append(rec.name)
+    return adopted

@@ -1,4 +1,8 @@
-"""``python -m mvm.engine.shim READY_FD REQUEST_JSON``: the per-VM supervisor of a detached VM.
+"""``python -m mvm.engine.shim READY_FD (REQUEST_JSON | --adopt NAME)``: a detached VM's supervisor.
+
+With ``--adopt`` it takes over a VM whose VMM already runs (after ``detach``, or
+when the previous shim died): it first claims the row's owner field with a
+compare-and-set, so two engines racing to adopt the same VM get one winner.
 
 It reports one JSON line on READY_FD (``{"ok": true, ...}`` once the agent said
 hello, or ``{"ok": false, "code": ..., "message": ...}``), then keeps the VM, its
@@ -16,10 +20,13 @@ import sys
 
 import trio
 
+from mvm.actors.runtime_vm import engine_owner
 from mvm.engine.detached import request_from_json
 from mvm.engine.engine import Engine
-from mvm.engine.errors import MvmError
+from mvm.engine.errors import ConflictError, MvmError, NotFoundError
 from mvm.engine.log import configure_logging
+from mvm.engine.reconcile import owner_alive
+from mvm.engine.store import StateStore, VmRecord
 
 
 def _report(fd: int, verdict: dict[str, object]) -> None:
@@ -27,12 +34,30 @@ def _report(fd: int, verdict: dict[str, object]) -> None:
     os.close(fd)
 
 
-async def _main(ready_fd: int, request_json: str) -> int:
-    request = request_from_json(request_json)
+async def _claim(name: str) -> VmRecord:
+    """Become the owner of an unsupervised VM, or fail with a coded error."""
+    async with StateStore.open() as store:
+        rec = await store.get_vm(name)
+        if rec is None:
+            raise NotFoundError(f"no VM named {name!r}", code="E_VM_NOT_FOUND")
+        if owner_alive(rec.owner):
+            raise ConflictError(f"VM {name!r} is already supervised", code="E_ALREADY_ADOPTED")
+        if not await store.compare_and_set_owner(name, rec.owner, engine_owner()):
+            raise ConflictError(f"another engine adopted {name!r} first", code="E_ALREADY_ADOPTED")
+        claimed = await store.get_vm(name)
+        assert claimed is not None
+        return claimed
+
+
+async def _main(ready_fd: int, args: list[str]) -> int:
+    adopt = await _claim(args[1]) if args[0] == "--adopt" else None
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async with Engine.open() as engine, trio.open_nursery() as nursery:
+        async with Engine.open(adopt_orphans=False) as engine, trio.open_nursery() as nursery:
             try:
-                vm = await engine.start(request)
+                if adopt is not None:
+                    vm = await engine.adopt(adopt)
+                else:
+                    vm = await engine.start(request_from_json(args[0]))
             except MvmError as exc:
                 _report(
                     ready_fd,
@@ -55,9 +80,9 @@ async def _main(ready_fd: int, request_json: str) -> int:
 
 def main() -> None:
     configure_logging(json=True, level=os.environ.get("MVM_LOG_LEVEL", "info"))
-    ready_fd, request_json = int(sys.argv[1]), sys.argv[2]
+    ready_fd, args = int(sys.argv[1]), sys.argv[2:]
     try:
-        status = trio.run(_main, ready_fd, request_json)
+        status = trio.run(_main, ready_fd, args)
     except MvmError as exc:
         with contextlib.suppress(OSError):
             _report(

@@ -15,7 +15,13 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
-from mvm.cli import agent_commands, build_commands, ir_commands, vm_commands
+from mvm.cli import (
+    agent_commands,
+    build_commands,
+    ir_commands,
+    lifecycle_commands,
+    vm_commands,
+)
 from mvm.engine.errors import MvmError
 from mvm.engine.log import configure_logging
 
@@ -35,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     build_commands.register(sub)
     ir_commands.register(sub)
     agent_commands.register(sub)
+    lifecycle_commands.register(sub)
     return parser
 
 

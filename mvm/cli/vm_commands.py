@@ -13,9 +13,9 @@ import anyio
 
 from mvm.backends.registry import get_backend
 from mvm.cli.images import resolve_image
-from mvm.engine.detached import start_detached, stop_vm_record
+from mvm.engine.detached import adopt_detached, start_detached, stop_vm_record
 from mvm.engine.engine import Engine
-from mvm.engine.errors import NotFoundError
+from mvm.engine.errors import MvmError, NotFoundError
 from mvm.engine.paths import vm_dir
 from mvm.engine.reconcile import owner_alive
 from mvm.engine.store import StateStore, VmRecord
@@ -145,8 +145,24 @@ async def cmd_run(args: argparse.Namespace) -> int:
             + " (Ctrl-C to stop)"
         )
         code = await vm.wait()
+        detached = vm.detached
+    if detached:
+        return await _hand_over(request.name)
     _say(f"{request.name}: exited ({code})")
     return 0 if code in (None, 0) else 1
+
+
+async def _hand_over(name: str) -> int:
+    """After ``mvmctl detach``: a shim adopts the still-running VM, then this command ends."""
+    try:
+        info = await adopt_detached(name)
+    except MvmError as exc:
+        if exc.code != "E_ALREADY_ADOPTED":
+            raise
+        _say(f"{name}: detached (another engine adopted it)")
+        return 0
+    _say(f"{name}: detached; now supervised by pid {info.get('pid')}")
+    return 0
 
 
 async def cmd_up(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ backend only makes the engine's own logic fast to test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -111,6 +112,9 @@ class ProcessBackend:
         plan.pid_file.write_text(str(proc.pid))
         return ProcessHandle(proc.pid, plan, proc)
 
+    def attach(self, plan: LaunchPlan, pid: int) -> ProcessHandle:
+        return ProcessHandle(pid, plan, None)
+
     async def wait(self, handle: ProcessHandle) -> int:  # type: ignore[override]
         while True:
             if handle.proc is not None:
@@ -130,6 +134,14 @@ class ProcessBackend:
                     await anyio.sleep(0.02)
                 if handle.proc.poll() is None:
                     handle.proc.kill()
+            if handle.proc is None:  # adopted from another engine: not our child
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(handle.pid, signal.SIGTERM)
+                deadline = time.monotonic() + grace
+                while Path(f"/proc/{handle.pid}").exists() and time.monotonic() < deadline:
+                    await anyio.sleep(0.02)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(handle.pid, signal.SIGKILL)
             code = handle.proc.wait() if handle.proc is not None else -1
             remove_run_files(handle.plan.run_dir)
             (handle.plan.run_dir / "ctl.fifo").unlink(missing_ok=True)

@@ -17,6 +17,7 @@ import trio
 
 from mvm.cli import (
     agent_commands,
+    bench_commands,
     build_commands,
     ir_commands,
     lifecycle_commands,
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     ir_commands.register(sub)
     agent_commands.register(sub)
     lifecycle_commands.register(sub)
+    bench_commands.register(sub)
     return parser
 
 

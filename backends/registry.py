@@ -23,7 +23,13 @@ def _qemu() -> Backend:
     return QemuBackend()
 
 
-_BUILTIN: dict[str, Callable[[], Backend]] = {"qemu": _qemu}
+def _stub() -> Backend:
+    from mvm.backends.stub import StubBackend
+
+    return StubBackend()
+
+
+_BUILTIN: dict[str, Callable[[], Backend]] = {"qemu": _qemu, "stub": _stub}
 
 
 def _plugins() -> dict[str, Callable[[], Backend]]:

@@ -1,0 +1,166 @@
+"""The ``stub`` backend: the real guest agent as a host process, no hypervisor.
+
+The "VM" is ``mvm-agent --tcp-listen`` running on the host, so the whole engine
+stack (RuntimeVM, AgentConnection, PortForward, shim, reconcile, down) runs for
+real in milliseconds. It is what control-plane benchmarks (``mvmctl bench scale``,
+``bench forward --backend stub``) and the engine's unit tests use to measure and
+test mvm itself without a guest kernel; real VMs are proven by the QEMU tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import attrs
+
+from mvm.backends.base import Accel, AgentEndpoint, Availability, LaunchPlan, VmSpec
+from mvm.backends.guest.build import agent_binary
+from mvm.engine.runfiles import remove_run_files
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@attrs.define
+class ProcessHandle:
+    _pid: int
+    _plan: LaunchPlan
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def plan(self) -> LaunchPlan:
+        return self._plan
+
+
+@attrs.frozen
+class TcpEndpoint:
+    port: int
+
+    async def connect(self) -> anyio.abc.ByteStream:
+        while True:
+            try:
+                return await anyio.connect_tcp("127.0.0.1", self.port)
+            except OSError:
+                await anyio.sleep(0.01)
+
+
+class StubBackend:
+    name = "stub"
+
+    def availability(self) -> Availability:
+        return Availability(True, "host process running the guest agent")
+
+    def prepare(self, spec: VmSpec) -> LaunchPlan:
+        port = _free_port()
+        run_dir = spec.run_dir
+        health = run_dir / "health"
+        argv = [
+            str(agent_binary()),
+            "--tcp-listen",
+            f"127.0.0.1:{port}",
+            "--health-dir",
+            str(health),
+            "--log-dir",
+            str(run_dir / "logs"),
+            "--ctl",
+            str(run_dir / "ctl.fifo"),
+        ]
+        if os.environ.get("MVM_FAKE_SEALED") == "1":
+            argv.append("--sealed")
+        return LaunchPlan(
+            backend=self.name,
+            argv=tuple(argv),
+            run_dir=run_dir,
+            control_socket=run_dir / "fake.sock",
+            agent_socket=run_dir / f"tcp-{port}",
+            console_log=run_dir / "console.log",
+            pid_file=run_dir / "fake.pid",
+            accel=Accel.TCG,
+            kernel_cmdline="",
+        )
+
+    async def start(self, plan: LaunchPlan, *, detached: bool = False) -> ProcessHandle:
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        (plan.run_dir / "health").mkdir(exist_ok=True)
+        (plan.run_dir / "logs").mkdir(exist_ok=True)
+        fifo = plan.run_dir / "ctl.fifo"
+        if not fifo.exists():
+            os.mkfifo(fifo)
+        with open(plan.console_log, "ab") as console:
+            proc = subprocess.Popen(
+                list(plan.argv),
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=console,
+                start_new_session=True,
+            )
+        plan.pid_file.write_text(str(proc.pid))
+        return ProcessHandle(proc.pid, plan, proc)
+
+    def attach(self, plan: LaunchPlan, pid: int) -> ProcessHandle:
+        return ProcessHandle(pid, plan, None)
+
+    async def wait(self, handle: ProcessHandle) -> int:  # type: ignore[override]
+        while True:
+            if handle.proc is not None:
+                code = handle.proc.poll()
+                if code is not None:
+                    return code
+            elif not Path(f"/proc/{handle.pid}").exists():
+                return -1
+            await anyio.sleep(0.02)
+
+    async def stop(self, handle: ProcessHandle, *, grace: float = 5.0) -> int:  # type: ignore[override]
+        with anyio.CancelScope(shield=True):
+            if handle.proc is not None and handle.proc.poll() is None:
+                handle.proc.send_signal(signal.SIGTERM)
+                deadline = time.monotonic() + grace
+                while handle.proc.poll() is None and time.monotonic() < deadline:
+                    await anyio.sleep(0.02)
+                if handle.proc.poll() is None:
+                    handle.proc.kill()
+            if handle.proc is None:  # adopted from another engine: not our child
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(handle.pid, signal.SIGTERM)
+                deadline = time.monotonic() + grace
+                while Path(f"/proc/{handle.pid}").exists() and time.monotonic() < deadline:
+                    await anyio.sleep(0.02)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(handle.pid, signal.SIGKILL)
+            code = handle.proc.wait() if handle.proc is not None else -1
+            remove_run_files(handle.plan.run_dir)
+            (handle.plan.run_dir / "ctl.fifo").unlink(missing_ok=True)
+            return code
+
+    async def pause(self, handle: ProcessHandle) -> None:  # type: ignore[override]
+        os.kill(handle.pid, signal.SIGSTOP)
+
+    async def resume(self, handle: ProcessHandle) -> None:  # type: ignore[override]
+        os.kill(handle.pid, signal.SIGCONT)
+
+    async def snapshot(self, handle: ProcessHandle, path: Path) -> None:  # type: ignore[override]
+        raise NotImplementedError
+
+    def agent_endpoint(self, plan: LaunchPlan) -> AgentEndpoint:
+        port = int(plan.agent_socket.name.split("-", 1)[1])
+        return TcpEndpoint(port)
+
+
+def factory() -> StubBackend:
+    return StubBackend()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = verbs.add_parser(name, help=helptext)
         p.add_argument("--runs", type=int, default=20)
         p.add_argument("--warmup", type=int, default=2)
-        p.add_argument("--backend", default="qemu")
+        p.add_argument("--backend", help="qemu (default for boot) or stub")
         p.add_argument("--count", type=int, default=None, help="N for scale/health")
         p.add_argument("--json", type=Path, help="write the result here (else stdout)")
         p.add_argument("--plot", type=Path, help="write a histogram + CDF PNG here")
@@ -52,16 +53,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 async def cmd_bench(args: argparse.Namespace) -> int:
-    if args.backend != "qemu" and args.bench_name == "boot":
+    if args.backend not in (None, "qemu") and args.bench_name == "boot":
         raise ConfigError(
             f"bench boot supports the qemu backend here, not {args.backend!r}",
             code="E_BENCH_BACKEND",
             hint="firecracker/cloud-hypervisor guests need a host with working KVM",
         )
     module = importlib.import_module(f"mvm.bench.{args.bench_name}")
-    kwargs: dict[str, Any] = {"runs": args.runs, "warmup": args.warmup}
-    if args.count is not None:
-        kwargs["count"] = args.count
+    accepted = inspect.signature(module.run).parameters
+    offered = {
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "count": args.count,
+        "backend": args.backend,
+    }
+    kwargs = {k: v for k, v in offered.items() if k in accepted and v is not None}
     result: dict[str, Any] = await module.run(**kwargs)
     text = json.dumps(result, indent=2, sort_keys=True)
     if args.json:

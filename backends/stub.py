@@ -10,6 +10,7 @@ test mvm itself without a guest kernel; real VMs are proven by the QEMU tests.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -24,6 +25,11 @@ import attrs
 from mvm.backends.base import Accel, AgentEndpoint, Availability, LaunchPlan, VmSpec
 from mvm.backends.guest.build import agent_binary
 from mvm.engine.runfiles import remove_run_files
+
+
+@functools.cache
+def _cached_agent() -> Path:
+    return agent_binary()
 
 
 def _free_port() -> int:
@@ -63,6 +69,11 @@ class TcpEndpoint:
 class StubBackend:
     name = "stub"
 
+    @staticmethod
+    def _agent_path() -> Path:
+        """Resolved once per process: the build cache check runs the compiler."""
+        return _cached_agent()
+
     def availability(self) -> Availability:
         return Availability(True, "host process running the guest agent")
 
@@ -71,7 +82,7 @@ class StubBackend:
         run_dir = spec.run_dir
         health = run_dir / "health"
         argv = [
-            str(agent_binary()),
+            str(self._agent_path()),
             "--tcp-listen",
             f"127.0.0.1:{port}",
             "--health-dir",

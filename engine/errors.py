@@ -158,3 +158,21 @@ class KeyPermissions(SecurityError):
     """The host signing key is readable by others, not ours, or not a regular file."""
 
     code = "E_KEY_PERMISSIONS"
+
+
+class RestartBudgetExhausted(ActorFailed):
+    """A supervised child failed more than ``max_restarts`` times within ``window_s``."""
+
+    code = "E_RESTART_BUDGET"
+
+
+class ActorStopped(MvmError):
+    """A message was sent to an actor that has ended (or ended before answering)."""
+
+    code = "E_ACTOR_STOPPED"
+
+
+class MessageError(MvmError):
+    """A message could not cross the wire: unknown type tag, unknown field or bad value."""
+
+    code = "E_MESSAGE"

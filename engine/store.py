@@ -380,6 +380,36 @@ class StateStore:
                 raise _name_taken(rec.name) from exc
             raise _port_conflict(rec.name, exc) from exc
 
+    async def claim_vm(self, rec: VmRecord, ports: Sequence[PortRecord] = ()) -> VmRecord | None:
+        """Like insert_vm, but a finished VM (exited/failed) of that name is replaced.
+
+        Check and replace happen in one transaction: done as get + delete + insert
+        from outside, two engines could both see the old row finished and the
+        second would delete the first one's fresh claim. Returns the replaced row."""
+        _check_vm_values(attrs.asdict(rec))
+        _check_ports(rec.name, ports)
+
+        def claim(conn: sqlite3.Connection) -> VmRecord | None:
+            row = conn.execute(f"{_VM_SELECT} WHERE name = ?", (rec.name,)).fetchone()
+            old = _vm_from_row(row) if row is not None else None
+            if old is not None:
+                if old.state not in ("exited", "failed"):
+                    raise ConflictError(
+                        f"a VM named {rec.name!r} already exists ({old.state})",
+                        code="E_NAME_TAKEN",
+                        hint=f"pick another --name or run: mvmctl down {rec.name}",
+                    )
+                conn.execute("DELETE FROM ports WHERE vm = ?", (rec.name,))
+                conn.execute("DELETE FROM vms WHERE name = ?", (rec.name,))
+            conn.execute(_VM_INSERT, _vm_params(rec))
+            conn.executemany(_PORT_INSERT, _port_rows(ports))
+            return old
+
+        try:
+            return await self._write(claim)
+        except sqlite3.IntegrityError as exc:
+            raise _port_conflict(rec.name, exc) from exc
+
     async def update_vm(self, name: str, /, **fields: Any) -> bool:
         """Set columns of one VM; return False if there is no such VM.
 

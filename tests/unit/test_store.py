@@ -135,6 +135,28 @@ async def test_name_taken_leaves_the_first_row_alone(tmp_path: Path) -> None:
         assert await st.list_ports("web") == ports("web", (8080, 80))
 
 
+async def test_claim_replaces_only_a_finished_vm(tmp_path: Path) -> None:
+    async with StateStore.open(tmp_path / "s.db") as st:
+        assert await st.claim_vm(vm("web", owner="1:1"), ports("web", (8080, 80))) is None
+        with pytest.raises(ConflictError) as info:
+            await st.claim_vm(vm("web", owner="2:2"))
+        assert info.value.code == "E_NAME_TAKEN" and "(starting)" in info.value.message
+
+        await st.update_vm("web", state="exited", exit_code=0)
+        old = await st.claim_vm(vm("web", owner="3:3"), ports("web", (9090, 90)))
+        assert old is not None and old.owner == "1:1" and old.exit_code == 0
+        new = await st.get_vm("web")
+        assert new is not None and new.owner == "3:3" and new.exit_code is None
+        assert await st.list_ports("web") == ports("web", (9090, 90))
+
+        # A bad port set keeps the finished row: the delete is rolled back with it.
+        await st.update_vm("web", state="failed")
+        with pytest.raises(ConflictError, match="twice"):
+            await st.claim_vm(vm("web", owner="4:4"), ports("web", (1, 1), (1, 2)))
+        kept = await st.get_vm("web")
+        assert kept is not None and (kept.owner, kept.state) == ("3:3", "failed")
+
+
 async def test_set_ports_replaces_the_whole_set_or_nothing(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     async with StateStore.open(db) as st, StateStore.open(db) as other:

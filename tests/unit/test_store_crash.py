@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import IO
 
 import anyio
+import pytest
 
-from mvm.engine.store import StateStore
+from mvm.engine.store import StateStore, VmRecord
 
 # One iteration = four transactions: insert vm{i} with its ports; regenerate
 # vm{i-1} (spec and ports together, in a multi-statement transaction whose
@@ -73,13 +74,13 @@ from pathlib import Path
 from mvm.engine.errors import MvmError
 from mvm.engine.store import StateStore, VmRecord
 
-async def main(db, go):
+async def main(db, go, how):
     async with StateStore.open(Path(db)) as st:
         print("ready", flush=True)
         while not os.path.exists(go):
             time.sleep(0.0005)
         try:
-            await st.insert_vm(VmRecord(
+            await getattr(st, how)(VmRecord(
                 name="contested", backend="fake", mode="detached", state="starting",
                 pid=None, pid_start_time=None, run_dir="/r", image="img", sealed=True,
                 created_at=0.0, started_at=None, exited_at=None, exit_code=None,
@@ -90,7 +91,7 @@ async def main(db, go):
         else:
             print("result OK", flush=True)
 
-anyio.run(main, sys.argv[1], sys.argv[2], backend="asyncio")
+anyio.run(main, sys.argv[1], sys.argv[2], sys.argv[3], backend="asyncio")
 """
 
 
@@ -183,18 +184,24 @@ def test_sigkill_mid_write_never_leaves_half_a_group(tmp_path: Path) -> None:
     assert anyio.run(reopen, backend="asyncio") >= total_steps
 
 
-def test_only_one_of_many_processes_gets_a_name(tmp_path: Path) -> None:
-    db = tmp_path / "state.db"  # fresh: the racers also race to create the schema
+@pytest.mark.parametrize("how", ["insert_vm", "claim_vm"])
+def test_only_one_of_many_processes_gets_a_name(tmp_path: Path, how: str) -> None:
+    """insert_vm races on a fresh database (the racers also race to create the
+    schema); claim_vm races to replace an exited VM of that name, which only a
+    check-and-replace inside one transaction gets right."""
+    db = tmp_path / "state.db"
     go = tmp_path / "go"
+    if how == "claim_vm":
+        anyio.run(_seed_exited, db, backend="asyncio")
     racers = [
         subprocess.Popen(
-            [sys.executable, "-c", RACER, str(db), str(go)],
+            [sys.executable, "-c", RACER, str(db), str(go), how],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=_child_env(),
         )
-        for _ in range(6)
+        for _ in range(5)
     ]
     try:
         for p in racers:
@@ -215,12 +222,39 @@ def test_only_one_of_many_processes_gets_a_name(tmp_path: Path) -> None:
                 p.wait()
     winners = [pid for pid, r in results.items() if r == "OK"]
     assert len(winners) == 1, results
-    assert sorted(r for r in results.values() if r != "OK") == ["E_NAME_TAKEN"] * 5
+    assert sorted(r for r in results.values() if r != "OK") == ["E_NAME_TAKEN"] * 4
     conn = sqlite3.connect(db)
     try:
-        rows = conn.execute("SELECT owner FROM vms WHERE name = 'contested'").fetchall()
+        rows = conn.execute("SELECT owner, state FROM vms WHERE name = 'contested'").fetchall()
         versions = conn.execute("SELECT version FROM schema_version").fetchall()
     finally:
         conn.close()
-    assert rows == [(str(winners[0]),)]
+    assert rows == [(str(winners[0]), "starting")]
     assert len(versions) == len(set(versions))
+
+
+async def _seed_exited(db: Path) -> None:
+    async with StateStore.open(db) as st:
+        await st.insert_vm(
+            VmRecord(
+                name="contested",
+                backend="fake",
+                mode="detached",
+                state="exited",
+                pid=None,
+                pid_start_time=None,
+                run_dir="/r",
+                image="img",
+                sealed=True,
+                created_at=0.0,
+                started_at=None,
+                exited_at=1.0,
+                exit_code=0,
+                exit_reason="guest exited",
+                control_socket=None,
+                agent_socket=None,
+                console_log=None,
+                spec_json="{}",
+                owner="seed",
+            )
+        )

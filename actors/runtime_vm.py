@@ -32,14 +32,14 @@ from mvm.actors.port_forward import PortForward, bind_forward_listener
 from mvm.backends.base import Accel, Backend, Drive, LaunchPlan, NetDevice, VmmHandle, VmSpec
 from mvm.engine import network
 from mvm.engine.actor import Actor
-from mvm.engine.errors import BackendError, ConflictError
+from mvm.engine.errors import BackendError
 from mvm.engine.events import Event, EventBus
 from mvm.engine.image import Image
 from mvm.engine.paths import vm_dir
 from mvm.engine.planfile import load_plan, save_plan
 from mvm.engine.process import is_same_process, process_start_time
 from mvm.engine.runfiles import remove_run_files
-from mvm.engine.store import StateStore, VmRecord
+from mvm.engine.store import PortRecord, StateStore, VmRecord
 from mvm.engine.supervisor import RestartPolicy, Supervisor
 from mvm.engine.vmrequest import VmRequest
 from mvm.engine.volumes import kernel_arg, prepare_volume
@@ -320,19 +320,11 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
         await self._store.update_vm(self.request.name, health=json.dumps(self.health))
 
     async def _claim_name(self) -> None:
-        """Insert the VM row; an exited VM of the same name is replaced, a live one is not."""
+        """Insert the VM row and its ports in one transaction; an exited VM of the same
+        name is replaced, a live one is not (E_NAME_TAKEN), even across processes."""
         req = self.request
-        old = await self._store.get_vm(req.name)
-        if old is not None:
-            if old.state not in ("exited", "failed"):
-                raise ConflictError(
-                    f"a VM named {req.name!r} already exists ({old.state})",
-                    code="E_NAME_TAKEN",
-                    hint=f"pick another --name or run: mvmctl down {req.name}",
-                )
-            await self._store.delete_vm(req.name)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        await self._store.insert_vm(
+        await self._store.claim_vm(
             VmRecord(
                 name=req.name,
                 backend=self.backend.name,
@@ -353,14 +345,7 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
                 console_log=None,
                 spec_json=json.dumps(self._record_spec(), sort_keys=True),
                 owner=engine_owner(),
-            )
-        )
-        self._claimed = True
-        self._write_mode()
-        from mvm.engine.store import PortRecord  # local: keeps the import list short
-
-        await self._store.set_ports(
-            req.name,
+            ),
             [
                 PortRecord(
                     vm=req.name,
@@ -371,6 +356,8 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
                 for p in req.ports
             ],
         )
+        self._claimed = True
+        self._write_mode()
 
     def _vm_spec(self, drives: tuple[Drive, ...] = ()) -> VmSpec:
         req, image = self.request, self.image

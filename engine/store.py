@@ -410,6 +410,21 @@ class StateStore:
         except sqlite3.IntegrityError as exc:
             raise _port_conflict(rec.name, exc) from exc
 
+    async def compare_and_set_owner(
+        self, name: str, expected: str | None, owner: str | None
+    ) -> bool:
+        """Set ``owner`` only if it is still ``expected`` (one transaction): when two
+        engines race to adopt an unsupervised VM, exactly one of them wins."""
+
+        def swap(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "UPDATE vms SET owner = ? WHERE name = ? AND owner IS ?",
+                (owner, name, expected),
+            )
+            return int(cursor.rowcount)
+
+        return await self._write(swap) == 1
+
     async def update_vm(self, name: str, /, **fields: Any) -> bool:
         """Set columns of one VM; return False if there is no such VM.
 

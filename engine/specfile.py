@@ -24,7 +24,22 @@ def spec_from_dict(data: dict[str, Any], *, origin: str = "spec") -> ImageSpec:
     except ConfigError:
         raise
     except cattrs.BaseValidationError as exc:
+        own = _own_error(exc)
+        if own is not None:  # ImageSpec's own check (coded) ran inside cattrs
+            raise own from None
         raise ConfigError(f"{origin}: {_describe(exc)}", code="E_SPEC_INVALID") from None
+
+
+def _own_error(exc: BaseException) -> ConfigError | None:
+    """The first coded ConfigError inside a cattrs validation error group, if any."""
+    if isinstance(exc, ConfigError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _own_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _describe(exc: BaseException) -> str:

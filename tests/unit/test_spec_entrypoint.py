@@ -29,7 +29,7 @@ async def test_programs_the_image_contains_pass(command: tuple[str, ...]) -> Non
 
 
 @pytest.mark.parametrize(
-    "program", ["/usr/bin/does-not-exist", "no-such-tool", "/bin/init", "/usr/bin/env"]
+    "program", ["/usr/bin/does-not-exist", "no-such-tool", "/bin/init", "/usr/bin/python3"]
 )
 async def test_missing_entrypoint_is_a_coded_error(program: str) -> None:
     spec = ImageSpec(name="bad", command=(program,))

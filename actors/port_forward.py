@@ -34,7 +34,7 @@ log = structlog.get_logger("mvm.forward")
 _CHUNK = 64 * 1024
 
 
-async def bind_forward_listener(mapping: PortMapping) -> anyio.abc.SocketListener:
+async def bind_forward_listener(mapping: PortMapping) -> anyio.abc.Listener[anyio.abc.SocketStream]:
     """Bind the host side of a forward, turning EADDRINUSE into a coded error."""
     try:
         return await anyio.create_tcp_listener(
@@ -69,7 +69,7 @@ class PortForward(Actor[None]):
         self,
         vm: str,
         mapping: PortMapping,
-        listener: anyio.abc.SocketListener,
+        listener: anyio.abc.Listener[anyio.abc.SocketStream],
         agent: AgentSource,
     ) -> None:
         super().__init__(f"vm/{vm}/forward/{mapping.host_port}")

@@ -123,7 +123,7 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
         self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         req = self.request
-        listeners: list[anyio.abc.SocketListener] = []
+        listeners: list[anyio.abc.Listener[anyio.abc.SocketStream]] = []
         try:
             for mapping in req.ports:
                 listeners.append(await bind_forward_listener(mapping))
@@ -185,7 +185,7 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
     async def _supervise(
         self,
         plan: LaunchPlan,
-        listeners: list[anyio.abc.SocketListener],
+        listeners: list[anyio.abc.Listener[anyio.abc.SocketStream]],
         task_status: anyio.abc.TaskStatus[None],
     ) -> None:
         req = self.request

@@ -22,8 +22,9 @@ import anyio
 import anyio.abc
 import attrs
 
-from mvm.backends.base import Accel, AgentEndpoint, Availability, LaunchPlan, VmSpec
+from mvm.backends.base import Accel, AgentEndpoint, Availability, LaunchPlan, VmmHandle, VmSpec
 from mvm.backends.guest.build import agent_binary
+from mvm.engine.errors import BackendUnavailable
 from mvm.engine.runfiles import remove_run_files
 
 
@@ -127,7 +128,8 @@ class StubBackend:
     def attach(self, plan: LaunchPlan, pid: int) -> ProcessHandle:
         return ProcessHandle(pid, plan, None)
 
-    async def wait(self, handle: ProcessHandle) -> int:  # type: ignore[override]
+    async def wait(self, handle: VmmHandle) -> int:
+        assert isinstance(handle, ProcessHandle)
         while True:
             if handle.proc is not None:
                 code = handle.proc.poll()
@@ -137,7 +139,8 @@ class StubBackend:
                 return -1
             await anyio.sleep(0.02)
 
-    async def stop(self, handle: ProcessHandle, *, grace: float = 5.0) -> int:  # type: ignore[override]
+    async def stop(self, handle: VmmHandle, *, grace: float = 5.0) -> int:
+        assert isinstance(handle, ProcessHandle)
         with anyio.CancelScope(shield=True):
             if handle.proc is not None and handle.proc.poll() is None:
                 handle.proc.send_signal(signal.SIGTERM)
@@ -157,16 +160,18 @@ class StubBackend:
             code = handle.proc.wait() if handle.proc is not None else -1
             remove_run_files(handle.plan.run_dir)
             (handle.plan.run_dir / "ctl.fifo").unlink(missing_ok=True)
-            return code
+        return code
 
-    async def pause(self, handle: ProcessHandle) -> None:  # type: ignore[override]
+    async def pause(self, handle: VmmHandle) -> None:
         os.kill(handle.pid, signal.SIGSTOP)
 
-    async def resume(self, handle: ProcessHandle) -> None:  # type: ignore[override]
+    async def resume(self, handle: VmmHandle) -> None:
         os.kill(handle.pid, signal.SIGCONT)
 
-    async def snapshot(self, handle: ProcessHandle, path: Path) -> None:  # type: ignore[override]
-        raise NotImplementedError
+    async def snapshot(self, handle: VmmHandle, path: Path) -> None:
+        raise BackendUnavailable(
+            "the stub backend has no guest memory to snapshot", code="E_SNAPSHOT_UNSUPPORTED"
+        )
 
     def agent_endpoint(self, plan: LaunchPlan) -> AgentEndpoint:
         port = int(plan.agent_socket.name.split("-", 1)[1])

@@ -20,19 +20,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
 import attrs
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import host_info, summary, write_result
-
+from mvm.bench.common import host_info, summary, write_result
 from mvm.engine.actor import Actor, Reply, ask
 from mvm.engine.log import configure_logging
 from mvm.engine.supervisor import RestartPolicy, Supervisor
@@ -129,6 +125,32 @@ async def bench_backend(args: argparse.Namespace) -> dict[str, Any]:
         "per_run": [{key: run[key] for key in keys} for run in runs],
         "ask_latency_us_pooled": summary(pooled),
     }
+
+
+async def run(runs: int = 7, warmup: int = 2, count: int = 1000) -> dict[str, Any]:
+    """``mvmctl bench actors``: the same measurement on the caller's event loop."""
+    args = argparse.Namespace(
+        actors=count, asks=20, latency_samples=2000, runs=runs, warmups=warmup
+    )
+    configure_logging(level="warning")
+    measured = await bench_backend(args)
+    return {
+        "benchmark": "actors",
+        "backend": "engine",
+        "unit": "us",
+        "host": host_info(),
+        "params": {"actors": count, "asks_per_actor": 20, "runs": runs, "warmups": warmup},
+        "results": measured,
+        "samples": {},
+    }
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    med = result["results"]["median_over_runs"]
+    return (
+        f"actors (N={result['params']['actors']}): ask p50 {med['ask_latency_us_p50']:.0f} us, "
+        f"{med['ask_throughput_per_s']:.0f} asks/s, {med['send_throughput_per_s']:.0f} sends/s"
+    )
 
 
 def main() -> None:

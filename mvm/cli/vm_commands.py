@@ -206,7 +206,7 @@ def _row(rec: VmRecord, ports: list[str]) -> dict[str, Any]:
         "exit_reason": rec.exit_reason,
         "supervised": owner_alive(rec.owner),
         "supervisor_pid": int(rec.owner.split(":")[0]) if rec.owner else None,
-        "health": json.loads(rec.health) if getattr(rec, "health", None) else {},
+        "health": json.loads(rec.health) if rec.health else {},
     }
 
 

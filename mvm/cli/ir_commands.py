@@ -11,7 +11,7 @@ import anyio
 
 from mvm.emit import emit_ir, validate_file, write_ir
 from mvm.engine.audit import AuditLog
-from mvm.engine.errors import ConfigError
+from mvm.engine.mvmtoml import load_mvm_toml
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,12 +53,6 @@ async def cmd_validate(args: argparse.Namespace) -> int:
 
 
 async def _validate_toml(path: Path) -> int:
-    try:
-        from mvm.engine.mvmtoml import load_mvm_toml
-    except ImportError:
-        raise ConfigError(
-            "mvm.toml validation is not available in this build", code="E_UNSUPPORTED"
-        ) from None
     config = load_mvm_toml(path)
     print(f"ok: {path} ({config})")
     return 0

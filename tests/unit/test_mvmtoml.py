@@ -1,0 +1,73 @@
+"""mvm.toml: every key checked, each problem one coded line naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mvm import ConfigError
+from mvm.engine.mvmtoml import load_mvm_toml
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "flake.nix").write_text("{ }\n")
+    (tmp_path / "data").mkdir(exist_ok=True)
+    path = tmp_path / "mvm.toml"
+    path.write_text(text)
+    return path
+
+
+def test_full_file_parses(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        'flake = "."\nprofile = "web"\nvcpus = 2\nmemory_mib = 512\nhypervisor = "qemu"\n'
+        'ports = ["8080:80"]\nvolumes = ["./data:/mnt/data:64"]\n',
+    )
+    config = load_mvm_toml(path)
+    assert (config.vcpus, config.memory_mib, config.profile) == (2, 512, "web")
+    assert config.ports[0].host_port == 8080 and config.ports[0].guest_port == 80
+    assert config.volumes[0].host == str(tmp_path / "data") and config.volumes[0].size_mb == 64
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "key"),
+    [
+        ("vcpu = 2\n", "E_TOML_UNKNOWN_KEY", "vcpu"),
+        ('vcpus = "2"\n', "E_TOML_TYPE", "vcpus"),
+        ("vcpus = true\n", "E_TOML_TYPE", "vcpus"),
+        ("memory_mib = 1\n", "E_TOML_RANGE", "memory_mib"),
+        ('hypervisor = "vmware"\n', "E_TOML_VALUE", "hypervisor"),
+        ('flake = "./nope"\n', "E_TOML_PATH", "flake"),
+        ('ports = ["99999:80"]\n', "E_PORT_SPEC", "ports[0]"),
+        ('volumes = ["./missing:/mnt/x"]\n', "E_VOLUME_HOST", "volumes[0]"),
+        ("vcpus = [\n", "E_TOML_SYNTAX", ""),
+    ],
+)
+def test_problems_are_coded(tmp_path: Path, text: str, code: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_mvm_toml(_write(tmp_path, text))
+    assert info.value.code == code
+    assert key in info.value.message
+
+
+def test_mvmctl_validate_reads_mvm_toml(tmp_path: Path) -> None:
+    good = _write(tmp_path, "vcpus = 2\n")
+    ok = subprocess.run(
+        [sys.executable, "-m", "mvm.cli", "validate", str(good)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ok.returncode == 0 and "2 vCPU" in ok.stdout
+    good.write_text("cpus = 2\n")
+    bad = subprocess.run(
+        [sys.executable, "-m", "mvm.cli", "validate", str(good)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode != 0
+    assert bad.stderr.startswith("error[E_TOML_UNKNOWN_KEY]") and len(bad.stderr.splitlines()) == 1

@@ -25,6 +25,7 @@ import attrs
 from mvm.backends.base import Accel, AgentEndpoint, Availability, LaunchPlan, VmmHandle, VmSpec
 from mvm.backends.guest.build import agent_binary
 from mvm.engine.errors import BackendUnavailable
+from mvm.engine.process import wait_process_exit
 from mvm.engine.runfiles import remove_run_files
 
 
@@ -130,14 +131,10 @@ class StubBackend:
 
     async def wait(self, handle: VmmHandle) -> int:
         assert isinstance(handle, ProcessHandle)
-        while True:
-            if handle.proc is not None:
-                code = handle.proc.poll()
-                if code is not None:
-                    return code
-            elif not Path(f"/proc/{handle.pid}").exists():
-                return -1
-            await anyio.sleep(0.02)
+        await wait_process_exit(handle.pid)
+        if handle.proc is not None:
+            return handle.proc.wait()
+        return -1
 
     async def stop(self, handle: VmmHandle, *, grace: float = 5.0) -> int:
         assert isinstance(handle, ProcessHandle)

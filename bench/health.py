@@ -25,6 +25,7 @@ from mvm.backends.guest.build import agent_binary
 from mvm.backends.guest.client import AgentClient
 from mvm.bench.common import free_port, host_info
 from mvm.engine.events import EventBus
+from mvm.engine.log import configure_logging
 from mvm.engine.supervisor import RestartPolicy, Supervisor
 
 MEASURE_SECONDS = 10.0
@@ -44,6 +45,7 @@ def _cpu_s() -> float:
 
 
 async def run(count: int = 1000, runs: int = 1) -> dict[str, Any]:
+    configure_logging(level="warning")
     root = Path(tempfile.mkdtemp(prefix="mvmbh-", dir="/tmp"))
     check = root / "health" / "web"
     check.mkdir(parents=True)

@@ -24,6 +24,7 @@ from mvm import Engine, Image, VmRequest
 from mvm.backends.demo import DEMO_SPEC
 from mvm.bench.common import host_info
 from mvm.engine.build import build_offline_image
+from mvm.engine.log import configure_logging
 
 IDLE_SECONDS = 5.0
 
@@ -55,6 +56,7 @@ def _raise_fd_limit() -> None:
 
 async def run(count: int = 1000, backend: str = "stub", runs: int = 1) -> dict[str, Any]:
     os.environ.setdefault("MVM_HOME", tempfile.mkdtemp(prefix="mvmbs-", dir="/tmp"))
+    configure_logging(level="warning")  # per-VM info lines would dominate the CPU figures
     _raise_fd_limit()
     image = _stub_image() if backend == "stub" else await build_offline_image(DEMO_SPEC)
     limiter = anyio.CapacityLimiter(64 if backend == "stub" else 4)

@@ -44,3 +44,23 @@ def kill_verified(pid: int | None, start_time: int | None, sig: int = signal.SIG
     except ProcessLookupError:
         return False
     return True
+
+
+async def wait_process_exit(pid: int, start_time: int | None = None) -> None:
+    """Sleep until a process exits, woken by the kernel (pidfd), not by polling.
+
+    Works for children and for VMMs adopted from another engine alike. The caller
+    reaps its own children afterwards (e.g. ``Popen.wait()``) to get the status.
+    """
+    import anyio
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if start_time is not None and not is_same_process(pid, start_time):
+            return  # the pid was reused: the process we meant is gone
+        await anyio.wait_readable(fd)
+    finally:
+        os.close(fd)

@@ -31,11 +31,17 @@ OnChange = Callable[[str, HealthState], Awaitable[None]]
 
 @attrs.frozen
 class HealthPolicy:
-    """Thresholds count consecutive agent verdicts; the action runs on turning unhealthy."""
+    """Thresholds count consecutive agent verdicts; the action runs on turning unhealthy.
+
+    The guest agent runs the checks and pushes ``health_changed``; the host polls at
+    ``poll_interval_s`` only while a verdict is pending (unknown, or failing below the
+    threshold) and otherwise every ``idle_poll_s`` as a safety net, so a thousand
+    healthy services cost the host next to nothing."""
 
     unhealthy_after: int = 2
     healthy_after: int = 1
     poll_interval_s: float = 1.0
+    idle_poll_s: float = 30.0
     action: Literal["none", "restart-service", "restart-vm"] = "none"
 
 
@@ -48,6 +54,11 @@ class HealthTracker:
     _bad: int = 0
     _good: int = 0
     _last_checked: int | None = None
+
+    @property
+    def settled(self) -> bool:
+        """No verdict pending: only a push from the agent can change the state now."""
+        return self.state == "unhealthy" or (self.state == "healthy" and self._bad == 0)
 
     def observe(self, verdict: str, checked_uptime_ms: int | None) -> HealthState | None:
         """Feed one agent verdict; returns the new state if it changed."""
@@ -98,7 +109,13 @@ class HealthCheck(Actor[None]):
         task_status.started()
         while True:
             await self._poll_once()
-            await anyio.sleep(self.policy.poll_interval_s)
+            wait = self.policy.idle_poll_s if self.tracker.settled else self.policy.poll_interval_s
+            with anyio.move_on_after(wait):
+                try:
+                    client = await self._agent.client(timeout=wait)
+                except MvmError:
+                    continue
+                await client.wait_health_change(self.service)
 
     async def _poll_once(self) -> None:
         try:

@@ -27,6 +27,7 @@ from mvm.engine.errors import AgentError, RequestTimeout
 log = structlog.get_logger("mvm.agent.client")
 
 EventCallback = Callable[[dict[str, Any]], None]
+HEALTH_MAX_AGE_S = 0.25
 
 
 @attrs.frozen
@@ -67,6 +68,9 @@ class AgentClient:
         self._closed = anyio.Event()
         self.close_reason: str | None = None
         self.health_status: dict[str, str] = {}
+        self._health_cache: tuple[float, dict[str, dict[str, Any]]] | None = None
+        self._health_inflight: anyio.Event | None = None
+        self._health_waiters: dict[str, anyio.Event] = {}
 
     @classmethod
     @asynccontextmanager
@@ -132,6 +136,9 @@ class AgentClient:
             return
         self.close_reason = reason
         self._closed.set()
+        for waiter in self._health_waiters.values():
+            waiter.set()
+        self._health_waiters.clear()
         for channel in list(self._channels.values()):
             channel.abort(reason)
         self._channels.clear()
@@ -140,7 +147,12 @@ class AgentClient:
         ident = message["id"]
         if ident == 0:
             if message["t"] == "health_changed":
-                self.health_status[str(message.get("service"))] = str(message.get("status"))
+                service = str(message.get("service"))
+                self.health_status[service] = str(message.get("status"))
+                self._health_cache = None  # the table is stale now
+                waiter = self._health_waiters.pop(service, None)
+                if waiter is not None:
+                    waiter.set()
             if self._on_event is not None:
                 self._on_event(message)
             return
@@ -200,10 +212,39 @@ class AgentClient:
         reply = await self._call("ping", timeout=timeout)
         return int(reply.get("uptime_ms", 0))
 
-    async def health(self, timeout: float = 10.0) -> dict[str, dict[str, Any]]:
-        reply = await self._call("health", timeout=timeout)
-        services = reply.get("services", {})
-        return dict(services) if isinstance(services, dict) else {}
+    async def health(
+        self, timeout: float = 10.0, *, max_age: float = HEALTH_MAX_AGE_S
+    ) -> dict[str, dict[str, Any]]:
+        """The agent's health table. The agent re-runs each check at most once per
+        interval (>= 1 s), so a reply younger than ``max_age`` is as good as a new one:
+        concurrent and back-to-back callers (one HealthCheck per service, mux users)
+        share one request instead of each paying a round trip."""
+        now = anyio.current_time()
+        if self._health_cache is not None and now - self._health_cache[0] <= max_age:
+            return self._health_cache[1]
+        if self._health_inflight is not None:
+            await self._health_inflight.wait()
+            if self._health_cache is not None:
+                return self._health_cache[1]
+        self._health_inflight = done = anyio.Event()
+        try:
+            reply = await self._call("health", timeout=timeout)
+            services = reply.get("services", {})
+            table = dict(services) if isinstance(services, dict) else {}
+            self._health_cache = (anyio.current_time(), table)
+            return table
+        finally:
+            self._health_inflight = None
+            done.set()
+
+    async def wait_health_change(self, service: str) -> None:
+        """Return when the agent pushes a health change for ``service`` (or the link closes)."""
+        waiter = self._health_waiters.get(service)
+        if waiter is None:
+            waiter = self._health_waiters[service] = anyio.Event()
+        if self._closed.is_set():
+            return
+        await waiter.wait()
 
     async def shutdown(self, *, reboot: bool = False, timeout: float = 10.0) -> None:
         await self._call("shutdown", timeout=timeout, reboot=reboot)

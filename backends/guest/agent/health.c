@@ -189,7 +189,8 @@ int64_t health_next_deadline(void)
 
 void health_reply(session_t *s, int64_t id)
 {
-	health_tick(now_ms()); /* pick up checks added since the last rescan */
+	next_rescan = 0; /* pick up checks added since the last rescan */
+	health_tick(now_ms());
 	frame_t f;
 	frame_begin(&f, s, "health", id);
 	fw_obj_begin(&f, "services");

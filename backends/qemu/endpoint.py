@@ -16,6 +16,8 @@ import anyio
 import anyio.abc
 import attrs
 
+from mvm.engine.errors import BackendError
+
 RETRY_S = 0.005
 MAX_RETRY_S = 0.05
 
@@ -46,7 +48,14 @@ class VsockEndpoint:
     async def connect(self) -> anyio.abc.ByteStream:
         delay = RETRY_S
         while True:
-            sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+            try:
+                sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+            except OSError as exc:  # no vsock support in this host kernel: retrying is futile
+                raise BackendError(
+                    f"cannot create an AF_VSOCK socket: {exc.strerror or exc}",
+                    code="E_VSOCK",
+                    hint="load the vhost_vsock module or use the virtio-serial channel",
+                ) from None
             try:
                 sock.setblocking(False)
                 try:

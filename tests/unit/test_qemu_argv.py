@@ -11,6 +11,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import anyio
 import pytest
 
 from mvm.backends.base import Accel, Drive, NetDevice, VmSpec
@@ -402,3 +403,40 @@ async def test_stop_escalates_to_sigkill_after_grace(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_vsock_dial_is_bounded_by_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No guest listens on this CID: connect keeps retrying (or reports missing vsock
+    support at once) and never returns a stream."""
+    from mvm.engine.errors import BackendError
+
+    endpoint = VsockEndpoint(cid=0x7FFFFF00, port=5252)
+    t0 = anyio.current_time()
+    with anyio.move_on_after(0.3):
+        try:
+            stream = await endpoint.connect()
+        except BackendError as exc:
+            assert exc.code == "E_VSOCK"
+        else:
+            await stream.aclose()
+            pytest.fail("connected to a CID nobody listens on")
+    assert anyio.current_time() - t0 < 2
+
+
+async def test_unix_endpoint_retries_until_the_socket_appears(tmp_path: Path) -> None:
+    path = tmp_path / "agent.sock"
+
+    async def serve_later() -> None:
+        await anyio.sleep(0.2)
+        listener = await anyio.create_unix_listener(path)
+        async with listener:
+            conn = await listener.accept()
+            async with conn:
+                await conn.send(b"hello")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve_later)
+        with anyio.fail_after(5):
+            stream = await UnixSocketEndpoint(path).connect()
+            async with stream:
+                assert await stream.receive() == b"hello"

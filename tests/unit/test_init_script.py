@@ -1,0 +1,237 @@
+"""The guest /init without a VM: syntax, then a real run as PID 1 of a container.
+
+The container is the real image tree (written by the image builder's
+``_populate``, the same contract a VM boots) in fresh mount/PID/net/UTS
+namespaces, so /init mounts, drops privileges, supervises and reads its control
+FIFO exactly as in a guest; only the kernel is the host's. Booting a real
+kernel is the QEMU integration tests' job.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mvm.backends.guest.build import agent_binary, init_script
+from mvm.backends.image_builder import BUSYBOX, _populate, _Tree, image_meta
+from mvm.engine.imagespec import ImageSpec, Service, Uids
+
+
+def test_init_is_executable_posix_sh() -> None:
+    init = init_script()
+    assert init.is_file() and os.access(init, os.X_OK)
+    assert init.read_text().startswith("#!/bin/busybox sh\n")
+    for shell in ("busybox sh", "dash", "bash --posix"):
+        argv = [*shell.split(), "-n", str(init)]
+        if shutil.which(argv[0]) is None:
+            continue
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"{shell}: {result.stderr}"
+
+
+def test_init_uses_only_busybox_applets() -> None:
+    """Every command /init runs exists in the guest (busybox applets or our agent)."""
+    applets = set(
+        subprocess.run(
+            [str(BUSYBOX), "--list"], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    text = init_script().read_text()
+    used = {
+        "mount",
+        "mkfifo",
+        "chown",
+        "chmod",
+        "sysctl",
+        "hostname",
+        "ip",
+        "setsid",
+        "cttyhack",
+        "poweroff",
+        "reboot",
+        "usleep",
+        "kill",
+        "sleep",
+        "date",
+        "grep",
+        "cat",
+        "mkdir",
+        "rm",
+        "ln",
+        "sync",
+    }
+    for name in used:
+        assert re.search(rf"\b{name}\b", text), name
+        assert name in applets or name in ("kill",), f"{name} is not a busybox applet"
+    assert "setpriv --reuid" not in text.replace("$SETPRIV --reuid", "")  # busybox lacks it
+
+
+def _namespaces_usable() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "--mount", "--pid", "--net", "--uts", "--fork", "true"],
+        capture_output=True,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+needs_ns = pytest.mark.skipif(not _namespaces_usable(), reason="needs root and namespaces")
+
+
+class Guest:
+    """/init as PID 1 of a throwaway container; console lines arrive on a queue."""
+
+    def __init__(self, tree: Path) -> None:
+        self.proc = subprocess.Popen(
+            ["unshare", "--mount", "--pid", "--net", "--uts", "--ipc", "--fork",
+             "--kill-child", "chroot", str(tree), "/init"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.console: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.lines.put(raw.decode(errors="replace").rstrip("\n"))
+
+    def wait_line(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no console line matching {pattern!r}: {self.console}")
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            self.console.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    def init_pid(self) -> int:
+        """Host pid of the container's PID 1 (the child of unshare)."""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+            pids = children.read_text().split() if children.exists() else []
+            if pids:
+                return int(pids[0])
+            time.sleep(0.01)
+        raise AssertionError("container init did not start")
+
+    def run(self, script: str) -> str:
+        """A root shell inside the container's namespaces and root."""
+        result = subprocess.run(
+            ["nsenter", "-t", str(self.init_pid()), "-m", "-p", "-u", "-n", "-r", "-w",
+             "/bin/sh", "-c", script],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.init_pid(), 9)
+            except (AssertionError, ProcessLookupError):
+                self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def _tree(tmp_path: Path, spec: ImageSpec) -> Path:
+    applets = sorted(
+        subprocess.run(
+            [str(BUSYBOX), "--list-full"], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    tree = _Tree(tmp_path / "tree")
+    _populate(tree, spec, image_meta(spec, "0" * 64), agent_binary(), init_script(), BUSYBOX,
+              applets, [])  # fmt: skip
+    return tree.root
+
+
+@pytest.fixture
+def guest_factory(tmp_path: Path) -> Iterator[list[Guest]]:
+    guests: list[Guest] = []
+    yield guests
+    for g in guests:
+        g.stop()
+
+
+@needs_ns
+def test_command_entrypoint_prints_exit_status(tmp_path: Path, guest_factory: list[Guest]) -> None:
+    spec = ImageSpec(
+        name="cmd",
+        command=("sh", "-c", "echo uid=$(id -u) home=$HOME; exit 7"),
+        uids=Uids(entrypoint=1000),
+    )
+    guest = Guest(_tree(tmp_path, spec))
+    guest_factory.append(guest)
+    guest.wait_line(r"^mvm-init: filesystems mounted$")
+    guest.wait_line(r"^mvm-init: image cmd kind=command uid=1000 sealed=1 host=cmd$")
+    guest.wait_line(r"^uid=1000 home=/home/app$")
+    guest.wait_line(r"^mvm-exit: 7$")
+    guest.wait_line(r"^mvm-init: poweroff$")
+
+
+@needs_ns
+def test_services_are_supervised_and_controlled(tmp_path: Path, guest_factory: list[Guest]) -> None:
+    spec = ImageSpec(
+        name="svc",
+        services={
+            "web": Service(
+                command='echo "web up as $(id -u) $GREETING"; exec sleep 300',
+                pre_start="echo prestart ran",
+                env={"GREETING": "hi there"},
+                restart="always",
+            ),
+            "once": Service(command="echo once done", restart="on-failure"),
+        },
+        uids=Uids(entrypoint=1000),
+        dev=True,
+    )
+    guest = Guest(_tree(tmp_path, spec))
+    guest_factory.append(guest)
+    first = int(guest.wait_line(r"^mvm-init: service web started pid=(\d+)$")[1])
+    guest.wait_line(r"^mvm-init: service once stays down \(restart=on-failure\)$")
+    guest.wait_line(r"^mvm-init: agent started pid=\d+ \(--vsock 5252\)$")
+
+    ctl = guest.run("stat -c '%a %u:%g %F' /run/mvm/ctl").strip()
+    assert ctl == "620 0:990 fifo"
+    assert guest.run("hostname").strip() == "svc"
+    assert guest.run("cat /proc/sys/net/ipv4/ip_unprivileged_port_start").strip() == "0"
+    status = guest.run(f"cat /proc/{first}/status")  # pid as the container sees it
+    assert re.search(r"^Uid:\s+1000\s+1000\s+1000\s+1000$", status, re.M)
+    assert re.search(r"^Groups:\s*$", status, re.M)
+    assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+
+    # The agent's request lines, as it writes them into the FIFO.
+    guest.run("echo 'kill web 9' > /run/mvm/ctl")
+    guest.wait_line(r"^mvm-init: service web exited rc=137$")
+    second = int(guest.wait_line(r"^mvm-init: service web started pid=(\d+)$")[1])
+    assert second != first
+    guest.run("echo 'restart once' > /run/mvm/ctl")
+    guest.wait_line(r"^mvm-init: service once started pid=\d+$")
+
+    logs = guest.run("cat /var/log/mvm/web.log /var/log/mvm/once.log")
+    assert logs.count("prestart ran") == 2
+    assert logs.count("web up as 1000 hi there") == 2
+    assert logs.count("once done") == 2
+    guest.run("echo poweroff > /run/mvm/ctl")
+    guest.wait_line(r"^mvm-init: poweroff$")

@@ -1,0 +1,56 @@
+# The mvm Nix library as plain Nix: `import ./lib { pkgs = ...; }`. The flake
+# (nix/flake.nix) wraps this per system; tests import it directly with the stub
+# package set (nix/stub-pkgs), which evaluates everything but builds nothing.
+#
+#   mkGuest            { name, command?, services?, packages?, extraFiles?, extraTrees?,
+#                        uids?, dev?, vcpus?, memoryMib?, healthChecks?, hypervisor?, kernel? }
+#   mkFunctionWorkload { ir, src?, dev?, extraArgs? }        (one-shot function guest)
+#   mkFunctionService  { ir, src?, port?, dev?, extraArgs? } (long-running function guest)
+#
+# Each returns the image derivation (vmlinux, rootfs.ext4, mvm-meta.json) with
+# `passthru.mvm` (also reachable as `.mvm`): accessible, sealed, entrypointKind,
+# expectedBootMs, agentBinary, uids, rootlessEntrypoint, ..., and `meta`, the
+# exact mvm-meta.json attribute set.
+{ pkgs
+, guestSrc ? ../../backends/guest  # the shared /init and agent sources
+}:
+let
+  u = import ./util.nix;
+  spec = import ./spec.nix;
+  rootfs = import ./rootfs.nix { inherit pkgs guestSrc; };
+  function = import ./function.nix { inherit pkgs; };
+
+  build = fn: args: extraPassthru:
+    let
+      s = spec.normalize fn args;
+      layout = spec.layout s;
+      mvm = spec.passthruMvm s // extraPassthru;
+      passthru = { inherit mvm layout; spec = s; };
+      drv = rootfs.image s layout (args.kernel or null);
+    in
+    drv // passthru // { inherit passthru; };
+
+  mkGuest = args:
+    if !(builtins.isAttrs args) then u.fail "E_SPEC_INVALID" "mkGuest" "expects an attribute set"
+    else build "mkGuest" args { };
+
+  functionGuest = fn: service: args:
+    let
+      given = if builtins.isAttrs args then args else u.fail "E_IR_INVALID" fn "expects an attribute set";
+      bad = u.unknownKeys ([ "ir" "src" "dev" "extraArgs" ] ++ (if service then [ "port" ] else [ ])) given;
+      guestArgs =
+        if !(given ? ir) then u.fail "E_IR_INVALID" fn "ir is required (the Workload IR: a set, JSON string or path)"
+        else if bad != [ ] then u.fail "E_IR_INVALID" fn "unknown argument(s) ${u.showList bad}"
+        else function.fromIr fn given service;
+    in
+    build fn (removeAttrs guestArgs [ "passthruFunction" ]) { function = guestArgs.passthruFunction; };
+in
+{
+  inherit mkGuest;
+  mkFunctionWorkload = functionGuest "mkFunctionWorkload" false;
+  mkFunctionService = functionGuest "mkFunctionService" true;
+  # For tools and tests: the pure parts, without a derivation.
+  inherit (spec) normalize metaJson passthruMvm layout agentUid agentBinary expectedBootMs hypervisors;
+  inherit (rootfs) agent;
+  version = "0.1";
+}

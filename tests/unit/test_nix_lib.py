@@ -1,0 +1,562 @@
+"""The Nix library (nix/lib) evaluated by the host's real Nix against the stub package set.
+
+Parity with the offline builder is checked field by field: mvm-meta.json
+(`image_meta`), the generated guest files (`_populate`), and error codes for the
+same bad input. Only `builder` and `hypervisor` are Nix-only meta fields;
+`spec_hash` matches too whenever the spec is one the offline builder can take.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from mvm.backends import image_builder as ib
+from mvm.backends import nix_meta
+from mvm.backends.demo import DEMO_DEV_SPEC, DEMO_SPEC
+from mvm.engine.errors import BuildError, ConfigError, MvmError
+from mvm.engine.imagespec import HealthCheck, ImageSpec, Service, Uids
+
+pytestmark = pytest.mark.skipif(not nix_meta.nix_available(), reason="needs nix-instantiate")
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures"
+# Fields of the Nix path's mvm-meta.json that the offline builder does not write.
+NIX_ONLY_FIELDS = {"builder", "hypervisor"}
+CAMEL = {
+    "entrypointKind": "entrypointKind",
+    "initSystem": "init_system",
+    "expectedBootMs": "expected_boot_ms",
+    "agentBinary": "agent_binary",
+    "rootlessEntrypoint": "rootless_entrypoint",
+    "vmlinuxPresent": "vmlinux_present",
+    "memoryMib": "memory_mib",
+    "healthChecks": "health_checks",
+    "specHash": "spec_hash",
+}
+
+SPECS = [
+    DEMO_SPEC,
+    DEMO_DEV_SPEC,
+    ImageSpec(name="shell-only"),
+    ImageSpec(name="shell-dev", dev=True, vcpus=4, memory_mib=1024),
+    ImageSpec(name="cmd", command=("echo", 'it\'s "quoted"', "$HOME")),
+    ImageSpec(name="cmd-root", command=("/bin/sh", "-c", "id"), uids=Uids(entrypoint=0)),
+    ImageSpec(name="dev-rootless", dev=True, uids=Uids(agent=991, entrypoint=4242)),
+    ImageSpec(name="nobody-app", uids=Uids(entrypoint=65534)),
+    ImageSpec(
+        name="multi",
+        services={
+            "b-api": Service(
+                command="httpd -f -p 8080",
+                pre_start="mkdir -p /run/api && echo 'ready'",
+                env={"MODE": "prod", "GREETING": "hello world", "EMPTY": "", "Q": "it's"},
+                restart="on-failure",
+            ),
+            "a.worker": Service(command="sleep 1000", restart="never"),
+        },
+        health_checks={
+            "b-api": HealthCheck(health_cmd="wget -q -O- http://127.0.0.1:8080/"),
+            "a.worker": HealthCheck(
+                health_cmd="true", health_interval_secs=1, health_timeout_secs=1
+            ),
+        },
+        packages=("httpd", "wget"),
+        extra_files={"/srv/a b/x.txt": "one\ntwo", "/etc/app.conf": "k = 'v'\n"},
+        vcpus=2,
+        memory_mib=512,
+    ),
+]
+
+
+def offline_meta(spec: ImageSpec) -> dict[str, Any]:
+    return ib.image_meta(spec, hashlib.sha256(ib.spec_json(spec)).hexdigest())
+
+
+async def test_meta_matches_offline_builder_field_by_field() -> None:
+    infos = await nix_meta.guests_info([("mkGuest", nix_meta.spec_to_nix_args(s)) for s in SPECS])
+    assert len(infos) == len(SPECS)
+    for spec, info in zip(SPECS, infos, strict=True):
+        nix, offline = info["meta"], offline_meta(spec)
+        assert set(nix) - NIX_ONLY_FIELDS == set(offline), spec.name
+        for key, value in offline.items():
+            assert nix[key] == value, f"{spec.name}: {key}: nix {nix[key]!r} != {value!r}"
+        assert nix["builder"] == "nix"
+        assert nix["hypervisor"] == "qemu"
+
+
+async def test_passthru_mvm_is_the_meta_under_camel_case_names() -> None:
+    info = await nix_meta.guest_info("mkGuest", nix_meta.spec_to_nix_args(SPECS[-1]))
+    meta = info["meta"]
+    for key, value in info.items():
+        if key == "meta":
+            continue
+        assert meta[CAMEL.get(key, key)] == value, key
+    assert info["services"] == ["a.worker", "b-api"]  # sorted like the offline builder
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ({"name": "a"}, ("shell", False, True, 1000, True)),
+        ({"name": "a", "dev": True}, ("shell", True, False, 0, False)),
+        ({"name": "a", "command": ["true"]}, ("command", False, True, 1000, True)),
+        (
+            {"name": "a", "command": ["true"], "services": {"s": {"command": "x"}}},
+            ("command", False, True, 1000, True),
+        ),
+        ({"name": "a", "services": {"s": {"command": "x"}}}, ("services", False, True, 1000, True)),
+        ({"name": "a", "dev": True, "uids": {"entrypoint": 7}}, ("shell", True, False, 7, True)),
+        ({"name": "a", "uids": {"entrypoint": 0}}, ("shell", False, True, 0, False)),
+    ],
+)
+async def test_inference_rules(args: dict[str, Any], expected: tuple[Any, ...]) -> None:
+    kind, accessible, sealed, uid, rootless = expected
+    info = await nix_meta.guest_info("mkGuest", args)
+    assert (info["entrypointKind"], info["accessible"], info["sealed"]) == (
+        kind,
+        accessible,
+        sealed,
+    )
+    assert info["uids"] == {"agent": 990, "entrypoint": uid}
+    assert info["rootlessEntrypoint"] is rootless
+    assert (info["vcpus"], info["memoryMib"], info["expectedBootMs"]) == (1, 256, 700)
+    assert info["agentBinary"] == "/usr/bin/mvm-agent"
+
+
+async def test_hypervisor_is_recorded_and_changes_the_hash() -> None:
+    default, fc = await nix_meta.guests_info(
+        [("mkGuest", {"name": "a"}), ("mkGuest", {"name": "a", "hypervisor": "firecracker"})]
+    )
+    assert (default["hypervisor"], fc["hypervisor"]) == ("qemu", "firecracker")
+    assert default["specHash"] == offline_meta(ImageSpec(name="a"))["spec_hash"]
+    assert fc["specHash"] != default["specHash"]
+
+
+def _populated(spec: ImageSpec, tmp: Path) -> ib._Tree:
+    """The offline builder's guest tree for `spec` (busybox, agent and init faked)."""
+    fake = tmp / "fake"
+    fake.write_bytes(b"\x7fELF")
+    tree = ib._Tree(tmp / "tree")
+    ib._populate(tree, spec, offline_meta(spec), fake, fake, fake, [], [])
+    return tree
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+async def test_generated_files_match_the_offline_tree(spec: ImageSpec, tmp_path: Path) -> None:
+    layout = await nix_meta.evaluate(
+        "(lib.mkGuest args).passthru.layout", args=nix_meta.spec_to_nix_args(spec)
+    )
+    tree = _populated(spec, tmp_path)
+    offline_files = {
+        "/" + str(p.relative_to(tree.root))
+        for p in tree.root.rglob("*")
+        if p.is_file() and not p.is_symlink()
+    }
+    skipped = {"/bin/busybox", "/init", ib.AGENT_PATH, *spec.extra_files}  # copied, not generated
+    assert set(layout["files"]) == offline_files - skipped
+    for guest, entry in layout["files"].items():
+        host = tree.host(guest)
+        assert int(entry["mode"], 8) == host.stat().st_mode & 0o7777, guest
+        if guest == "/etc/mvm/mvm-meta.json":
+            nix_meta_json = json.loads(entry["text"])
+            for key in NIX_ONLY_FIELDS:
+                del nix_meta_json[key]
+            assert nix_meta_json == json.loads(host.read_text())
+            assert entry["text"].startswith('{\n  "accessible": ')  # same indent=2 format
+        else:
+            assert entry["text"] == host.read_text(), guest
+    dirs = {d["path"]: d for d in layout["dirs"]}
+    for guest, d in dirs.items():
+        assert int(d["mode"], 8) == tree.host(guest).stat().st_mode & 0o7777, guest
+        assert (d["uid"], d["uid"]) == tree.owners.get(guest, (0, 0)), guest
+    assert set(tree.owners) <= set(dirs)
+
+
+async def _nix_error(function: str, args: Any) -> MvmError:
+    with pytest.raises(MvmError) as info:
+        await nix_meta.guest_info(function, args)  # type: ignore[arg-type]
+    return info.value
+
+
+# (mkGuest args, code, message part, the same spec for the offline builder or None)
+GUEST_ERRORS: list[tuple[dict[str, Any], str, str, dict[str, Any] | None]] = [
+    ({"name": "Bad_Name"}, "E_SPEC_NAME", "image name 'Bad_Name' is invalid", {"name": "Bad_Name"}),
+    ({"command": ["true"]}, "E_SPEC_NAME", "name is required", None),
+    (
+        {"name": "a", "command": []},
+        "E_SPEC_COMMAND",
+        "command is empty",
+        {"name": "a", "command": ()},
+    ),
+    ({"name": "a", "command": "true"}, "E_SPEC_COMMAND", "must be a list of strings", None),
+    (
+        {"name": "a", "vcpus": 0},
+        "E_SPEC_VCPUS",
+        "vcpus=0 out of range 1..64",
+        {"name": "a", "vcpus": 0},
+    ),
+    (
+        {"name": "a", "memoryMib": 32},
+        "E_SPEC_MEMORY",
+        "memory_mib=32 out of range 64..65536",
+        {"name": "a", "memory_mib": 32},
+    ),
+    (
+        {"name": "a", "healthChecks": {"web": {"healthCmd": "true"}}},
+        "E_SPEC_HEALTH",
+        "health check for unknown service 'web'",
+        {"name": "a", "health_checks": {"web": HealthCheck(health_cmd="true")}},
+    ),
+    (
+        {"name": "a", "extraFiles": {"etc/x": ""}},
+        "E_SPEC_PATH",
+        "must be absolute without '..'",
+        {"name": "a", "extra_files": {"etc/x": ""}},
+    ),
+    (
+        {"name": "a", "extraFiles": {"/etc/mvm/x": ""}},
+        "E_SPEC_PATH",
+        "path /etc/mvm/x is reserved by the image builder",
+        {"name": "a", "extra_files": {"/etc/mvm/x": ""}},
+    ),
+    (
+        {"name": "a", "uids": {"entrypoint": 990}},
+        "E_SPEC_UID",
+        "entrypoint uid 990 equals the agent uid",
+        {"name": "a", "uids": Uids(entrypoint=990)},
+    ),
+    (
+        {"name": "a", "uids": {"agent": 70000}},
+        "E_SPEC_UID",
+        "agent uid 70000 out of range 0..65535",
+        {"name": "a", "uids": Uids(agent=70000)},
+    ),
+    (
+        {"name": "a", "services": {"-x": {"command": "true"}}},
+        "E_SPEC_SERVICE",
+        "service name '-x' is invalid",
+        {"name": "a", "services": {"-x": Service(command="true")}},
+    ),
+    (
+        {"name": "a", "services": {"s": {"command": "true", "env": {"A": "x\ny"}}}},
+        "E_SPEC_ENV",
+        "env 'A' must be a shell name with a one-line value",
+        {"name": "a", "services": {"s": Service(command="true", env={"A": "x\ny"})}},
+    ),
+    (
+        {"name": "a", "services": {"s": {"command": "true", "restart": "sometimes"}}},
+        "E_SPEC_RESTART",
+        "restart must be one of always, on-failure, never",
+        None,
+    ),
+    (
+        {"name": "a", "services": {"s": {"command": "x", "pre_start": "y"}}},
+        "E_SPEC_SERVICE",
+        "unknown argument(s) ['pre_start']",
+        None,
+    ),
+    (
+        {"name": "a", "memory_mib": 512},
+        "E_SPEC_INVALID",
+        "unknown argument(s) ['memory_mib']",
+        None,
+    ),
+    ({"name": "a", "hypervisor": "vbox"}, "E_SPEC_HYPERVISOR", "unknown hypervisor 'vbox'", None),
+    ({"name": "a", "packages": ["../x"]}, "E_SPEC_PACKAGE", "package '../x' is neither", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "part", "offline"), GUEST_ERRORS, ids=[e[1] + e[2][:24] for e in GUEST_ERRORS]
+)
+async def test_mkguest_errors_have_the_offline_builders_codes(
+    args: dict[str, Any], code: str, part: str, offline: dict[str, Any] | None
+) -> None:
+    err = await _nix_error("mkGuest", args)
+    assert isinstance(err, ConfigError)
+    assert err.code == code
+    assert err.message.startswith("mkGuest: ")
+    assert part in err.message
+    if offline is not None:
+        with pytest.raises(ConfigError) as py:
+            ib._validate_spec(ImageSpec(**offline))
+        assert py.value.code == code
+
+
+# --------------------------------------------------------------- function guests
+
+
+def hello_ir() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((FIXTURES / "ir" / "hello.json").read_text())
+    return doc
+
+
+def fn_args(ir: Any, **extra: Any) -> dict[str, Any]:
+    return {"ir": ir, "src": str(FIXTURES / "hello"), **extra}
+
+
+async def test_function_workload_and_service_guests() -> None:
+    body = (
+        "map (g: { inherit (g.passthru) mvm; spec = { inherit (g.passthru.spec)"
+        " command services healthChecks extraFiles extraTrees vcpus memoryMib;"
+        " packages = map (p: p.name) g.passthru.spec.packages; }; })"
+        " [ (lib.mkFunctionWorkload args.w) (lib.mkFunctionService args.s) ]"
+    )
+    ir = hello_ir()
+    ir["apps"][0]["network"]["ports"] = [9000]
+    ir["apps"][0]["resources"].update(vcpus=2, memory_mb=512)
+    workload, service = await nix_meta.evaluate(
+        body, args={"w": fn_args(hello_ir()), "s": fn_args(ir)}
+    )
+
+    mvm, spec = workload["mvm"], workload["spec"]
+    assert mvm["function"] == {
+        "language": "python", "module": "app", "function": "greet", "format": "json",
+        "irId": "hello", "kind": "workload",
+    }  # fmt: skip
+    assert (mvm["name"], mvm["entrypointKind"], mvm["sealed"]) == ("hello", "command", True)
+    assert mvm["uids"] == {"agent": 990, "entrypoint": 1000}
+    assert spec["packages"] == ["python3"]
+    assert spec["extraTrees"] == {"/srv/app": str(FIXTURES / "hello")}
+    assert spec["command"][:2] == ["/bin/sh", "-c"]
+    assert "exec python3 /usr/lib/mvm/function/wrapper.py" in spec["command"][2]
+    # Same meta as the offline builder would write for the equivalent ImageSpec.
+    equivalent = ImageSpec(
+        name="hello", command=tuple(spec["command"]), extra_files=spec["extraFiles"]
+    )
+    expected = offline_meta(equivalent)
+    for key in set(expected) - {"spec_hash"}:  # packages differ: derivations vs applets
+        assert mvm["meta"][key] == expected[key], key
+
+    mvm, spec = service["mvm"], service["spec"]
+    assert mvm["function"]["kind"] == "service" and mvm["function"]["port"] == 9000
+    assert (mvm["entrypointKind"], mvm["services"], mvm["healthChecks"]) == (
+        "services", ["function"], ["function"],
+    )  # fmt: skip
+    assert (mvm["vcpus"], mvm["memoryMib"]) == (2, 512)
+    assert spec["services"]["function"]["restart"] == "always"
+    assert spec["services"]["function"]["command"].endswith("wrapper.py --serve 9000")
+    assert spec["healthChecks"]["function"]["healthCmd"].endswith("--check 9000")
+
+
+def _run_wrapper(wrapper: Path, *argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(FIXTURES / "hello")}
+    return subprocess.run(
+        [sys.executable, str(wrapper), *argv],
+        input=stdin, capture_output=True, text=True, env=env, timeout=10, check=False,
+    )  # fmt: skip
+
+
+async def test_the_generated_python_wrapper_really_runs(tmp_path: Path) -> None:
+    files = await nix_meta.evaluate(
+        "(lib.mkFunctionWorkload args).passthru.spec.extraFiles", args=fn_args(hello_ir())
+    )
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(files["/usr/lib/mvm/function/wrapper.py"])
+
+    ok = _run_wrapper(wrapper, stdin='{"name": "nix"}')
+    assert (ok.returncode, json.loads(ok.stdout)) == (0, {"ok": True, "result": "hello, nix"})
+    bad = _run_wrapper(wrapper, stdin='{"nom": "x"}')
+    assert bad.returncode == 1
+    assert json.loads(bad.stdout)["error"]["type"] == "TypeError"
+
+    # Service mode: newline-delimited JSON over TCP on 127.0.0.1, plus --check.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(FIXTURES / "hello")}
+    server = subprocess.Popen([sys.executable, str(wrapper), "--serve", str(port)], env=env)
+    try:
+        for _ in range(100):
+            if _run_wrapper(wrapper, "--check", str(port)).returncode == 0:
+                break
+            await trio.sleep(0.05)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b'{"name": "a"}\n["b"]\n')
+            data = b""
+            while data.count(b"\n") < 2:
+                data += await stream.receive_some()
+        replies = [json.loads(line) for line in data.decode().splitlines()]
+        assert replies == [{"ok": True, "result": "hello, a"}, {"ok": True, "result": "hello, b"}]
+    finally:
+        server.kill()
+        server.wait()
+    assert _run_wrapper(wrapper, "--check", str(port)).returncode != 0
+
+
+def _ir_with(**changes: Any) -> dict[str, Any]:
+    ir = hello_ir()
+    app = ir["apps"][0]
+    for key, value in changes.items():
+        if key == "apps":
+            ir["apps"] = value(app)
+        elif key == "schema_version":
+            ir[key] = value
+        else:
+            app[key] = value
+    return ir
+
+
+FUNCTION_ERRORS: list[tuple[str, Any, str, str]] = [
+    (
+        "mkFunctionWorkload",
+        fn_args(_ir_with(apps=lambda a: [a, {**a, "name": "two"}])),
+        "E_IR_APPS",
+        "mkFunctionWorkload: IR must have exactly one app (got 2)",
+    ),
+    (
+        "mkFunctionService",
+        fn_args(_ir_with(apps=lambda a: [])),
+        "E_IR_APPS",
+        "mkFunctionService: IR must have exactly one app (got 0)",
+    ),
+    ("mkFunctionWorkload", fn_args(_ir_with(schema_version="9.9")), "E_IR_SCHEMA", "'9.9'"),
+    (
+        "mkFunctionWorkload",
+        fn_args(_ir_with(entrypoints=[{"command": {"argv": ["true"]}}])),
+        "E_IR_ENTRYPOINT",
+        "app 'hello' has no function entrypoint",
+    ),
+    (
+        "mkFunctionWorkload",
+        fn_args(
+            _ir_with(
+                entrypoints=[
+                    {"function": {"language": "python", "module": "a", "function": "f"}},
+                    {"function": {"language": "python", "module": "a", "function": "g"}},
+                ]
+            )
+        ),
+        "E_IR_ENTRYPOINT",
+        "2 function entrypoints; mark exactly one primary",
+    ),
+    (
+        "mkFunctionWorkload",
+        fn_args(
+            _ir_with(
+                entrypoints=[{"function": {"language": "cobol", "module": "a", "function": "f"}}]
+            )
+        ),
+        "E_IR_LANGUAGE",
+        "'cobol' is not supported",
+    ),
+    (
+        "mkFunctionWorkload",
+        fn_args(_ir_with(image={"nix_packages": {"packages": ["no-such-pkg"]}})),
+        "E_IR_PACKAGE",
+        "package 'no-such-pkg' is not in the package set",
+    ),
+    ("mkFunctionWorkload", {"ir": hello_ir()}, "E_IR_SOURCE", "pass src = ./."),
+    ("mkFunctionWorkload", {"src": "/x"}, "E_IR_INVALID", "ir is required"),
+    (
+        "mkFunctionWorkload",
+        fn_args(hello_ir(), port=1),
+        "E_IR_INVALID",
+        "unknown argument(s) ['port']",
+    ),
+    ("mkFunctionService", fn_args(hello_ir(), port=70000), "E_IR_PORT", "port 70000 out of range"),
+]
+
+
+@pytest.mark.parametrize(("function", "args", "code", "part"), FUNCTION_ERRORS)
+async def test_function_guest_errors(function: str, args: Any, code: str, part: str) -> None:
+    err = await _nix_error(function, args)
+    assert isinstance(err, ConfigError)
+    assert (err.code, part in err.message) == (code, True), err.message
+
+
+async def test_ir_may_be_given_as_json_text() -> None:
+    info = await nix_meta.guest_info(
+        "mkFunctionWorkload", fn_args((FIXTURES / "ir" / "hello.pretty.json").read_text())
+    )
+    assert info["function"]["function"] == "greet"
+
+
+# --------------------------------------------------------------- derivation and sources
+
+
+async def test_derivation_evaluates_and_uses_the_shared_guest_sources() -> None:
+    guest = REPO / "backends" / "guest"
+    result = await nix_meta.evaluate(
+        "let g = lib.mkGuest args; in {"
+        " drv = g.drvPath; script = g.buildCommand; main = lib.agent.main;"
+        " modules = lib.agent.modules;"
+        f' init = "${{{guest}/init}}"; agentC = "${{{guest}/agent.c}}";'
+        f' agentDir = "${{{guest}/agent}}"; }}',
+        args=nix_meta.spec_to_nix_args(DEMO_SPEC),
+    )
+    assert re.fullmatch(r"/nix/store/[a-z0-9]{32}-mvm-image-demo\.drv", result["drv"])
+    # Store paths are content hashes: equal paths mean the very same init and agent sources.
+    assert f'install -m 0755 {result["init"]} "$tree/init"' in result["script"]
+    assert (result["main"], result["modules"]) == (result["agentC"], result["agentDir"])
+    assert "mkfs.ext4 -q -F -t ext4 -L mvm-root" in result["script"]
+    assert "hash_seed=" in result["script"] and "debugfs -w -f debugfs.cmd" in result["script"]
+
+
+async def test_demo_nix_is_the_demo_spec() -> None:
+    meta = await nix_meta.evaluate(f"(lib.mkGuest (import {REPO}/nix/demo.nix)).passthru.mvm.meta")
+    assert {k: v for k, v in meta.items() if k not in NIX_ONLY_FIELDS} == offline_meta(DEMO_SPEC)
+
+
+async def test_flake_exposes_lib_per_system(tmp_path: Path) -> None:
+    """The flake, with nixpkgs overridden by the stub set, in a throwaway store."""
+    nix = shutil.which("nix")
+    if nix is None:
+        pytest.skip("needs the nix command")
+    env = {
+        **os.environ,
+        "NIX_CONFIG": "build-users-group =\nexperimental-features = nix-command flakes\n",
+    }
+    argv = [
+        nix, "eval", "--json", "--store", str(tmp_path / "store"),
+        "--override-input", "nixpkgs", f"path:{REPO}/nix/stub-pkgs",
+        f"path:{REPO}/nix#lib.x86_64-linux",
+        "--apply", "lib: builtins.attrNames lib",
+    ]  # fmt: skip
+    result = await trio.run_process(
+        argv, env=env, capture_stdout=True, capture_stderr=True, check=False
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    names = json.loads(result.stdout)
+    assert {"mkGuest", "mkFunctionWorkload", "mkFunctionService"} <= set(names)
+
+
+async def test_eval_failure_without_a_code_is_a_build_error() -> None:
+    with pytest.raises(BuildError) as info:
+        await nix_meta.evaluate("lib.noSuchFunction args", args={})
+    assert info.value.code == "E_NIX_EVAL"
+    assert "noSuchFunction" in info.value.message
+
+
+async def test_host_path_packages_cannot_become_nix_args() -> None:
+    with pytest.raises(ConfigError) as info:
+        nix_meta.spec_to_nix_args(attrs.evolve(DEMO_SPEC, packages=("/usr/bin/env",)))
+    assert info.value.code == "E_SPEC_PACKAGE"
+
+
+@pytest.mark.skipif(
+    subprocess.run(
+        ["nix-instantiate", "--find-file", "nixpkgs"], capture_output=True, check=False
+    ).returncode
+    != 0
+    if shutil.which("nix-instantiate")
+    else True,
+    reason="no <nixpkgs> on NIX_PATH",
+)
+async def test_meta_with_real_nixpkgs() -> None:
+    meta = await nix_meta.meta_for_spec(DEMO_SPEC, pkgs="nixpkgs")
+    assert {k: v for k, v in meta.items() if k not in NIX_ONLY_FIELDS} == offline_meta(DEMO_SPEC)

@@ -46,6 +46,7 @@ struct sockaddr_vm_compat {
 #define SERIAL_HUP_POLL_MS 20
 #define SERIAL_REOPEN_MS 200
 #define MAX_LISTENERS 4
+#define OUT_LIMIT (64u << 20)
 
 config_t g_cfg = {
 	.health_dir = "/etc/mvm/health",
@@ -426,6 +427,10 @@ static void sweep(int64_t now)
 		}
 		if (s->lost)
 			s->dead = 1;
+		if (buf_avail(&s->out) > OUT_LIMIT) { /* a host that sends but never reads */
+			agent_log("closing session: %zu bytes unread by the host", buf_avail(&s->out));
+			s->dead = 1;
+		}
 		if (s->dead) {
 			*sp = s->next;
 			if (s == serial_session)

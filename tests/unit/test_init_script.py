@@ -102,6 +102,7 @@ class Guest:
         )  # fmt: skip
         self.lines: queue.Queue[str] = queue.Queue()
         self.console: list[str] = []
+        self.claimed: set[int] = set()
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
@@ -110,19 +111,26 @@ class Guest:
             self.lines.put(raw.decode(errors="replace").rstrip("\n"))
 
     def wait_line(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """The first console line matching pattern that no earlier wait claimed.
+
+        Lines of concurrent supervisors interleave in any order, so earlier
+        unclaimed lines are searched too."""
         deadline = time.monotonic() + timeout
+        scanned = 0
         while True:
+            for i in range(scanned, len(self.console)):
+                match = re.search(pattern, self.console[i])
+                if match and i not in self.claimed:
+                    self.claimed.add(i)
+                    return match
+            scanned = len(self.console)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"no console line matching {pattern!r}: {self.console}")
             try:
-                line = self.lines.get(timeout=left)
+                self.console.append(self.lines.get(timeout=left))
             except queue.Empty:
                 continue
-            self.console.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
 
     def init_pid(self) -> int:
         """Host pid of the container's PID 1 (the child of unshare)."""
@@ -210,6 +218,7 @@ def test_services_are_supervised_and_controlled(tmp_path: Path, guest_factory: l
     guest_factory.append(guest)
     first = int(guest.wait_line(r"^mvm-init: service web started pid=(\d+)$")[1])
     guest.wait_line(r"^mvm-init: service once stays down \(restart=on-failure\)$")
+    guest.wait_line(r"^mvm-init: service once exited rc=0$")
     guest.wait_line(r"^mvm-init: agent started pid=\d+ \(--vsock 5252\)$")
 
     ctl = guest.run("stat -c '%a %u:%g %F' /run/mvm/ctl").strip()
@@ -228,6 +237,7 @@ def test_services_are_supervised_and_controlled(tmp_path: Path, guest_factory: l
     assert second != first
     guest.run("echo 'restart once' > /run/mvm/ctl")
     guest.wait_line(r"^mvm-init: service once started pid=\d+$")
+    guest.wait_line(r"^mvm-init: service once exited rc=0$")  # its output is logged by now
 
     logs = guest.run("cat /var/log/mvm/web.log /var/log/mvm/once.log")
     assert logs.count("prestart ran") == 2

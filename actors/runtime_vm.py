@@ -36,7 +36,7 @@ from mvm.engine.errors import BackendError
 from mvm.engine.events import Event, EventBus
 from mvm.engine.image import Image
 from mvm.engine.paths import vm_dir
-from mvm.engine.planfile import load_plan, save_plan
+from mvm.engine.planfile import PLAN_FILE, load_plan, save_plan
 from mvm.engine.process import is_same_process, process_start_time
 from mvm.engine.runfiles import remove_run_files
 from mvm.engine.store import PortRecord, StateStore, VmRecord
@@ -280,6 +280,7 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
             except Exception as exc:  # teardown must go on: record and continue
                 log.error("vm.stop_failed", vm=self.request.name, error=repr(exc))
         await self._release_network()
+        (self.run_dir / PLAN_FILE).unlink(missing_ok=True)  # nothing left to adopt
         self.state = "exited"
         if self._claimed:
             await self._store.update_vm(

@@ -61,7 +61,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("interrupted; everything this command started was torn down", file=sys.stderr)
         raise SystemExit(130) from None
     except BaseExceptionGroup as group:
-        errors = [e for e in _leaves(group) if isinstance(e, MvmError)]
+        leaves = _leaves(group)
+        if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+            print("interrupted; everything this command started was torn down", file=sys.stderr)
+            raise SystemExit(130) from None
+        errors = [e for e in leaves if isinstance(e, MvmError)]
         if errors:
             print(errors[0].one_line(), file=sys.stderr)
             raise SystemExit(errors[0].exit_status) from None

@@ -24,7 +24,6 @@ from mvm.engine.paths import mvm_home
 log = structlog.get_logger("mvm.volumes")
 
 _GUEST_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
-_RESERVED = ("/", "/proc", "/sys", "/dev", "/run", "/etc", "/bin", "/sbin", "/usr", "/tmp")
 _MIN_RO_BYTES = 8 * 1024 * 1024
 _MAX_SIZE_MB = 1024 * 1024
 
@@ -70,9 +69,9 @@ class Volume:
             raise ConfigError(
                 f"volume guest path {guest!r} is not a plain absolute path", code="E_VOLUME_SPEC"
             )
-        if any(guest == r or guest.startswith(r + "/") for r in _RESERVED[1:]) or guest == "/":
+        if not guest.startswith("/mnt/") or guest.count("/") < 2:
             raise ConfigError(
-                f"volume guest path {guest} is reserved",
+                f"volume guest path {guest} is not under /mnt/",
                 code="E_VOLUME_SPEC",
                 hint="mount under /mnt, /srv, /data or /home",
             )

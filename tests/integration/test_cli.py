@@ -71,7 +71,7 @@ def test_up_ls_logs_down(demo_image: Image, free_port: int) -> None:
         assert row["ports"] == [f"127.0.0.1:{free_port}->80"]
         assert row["access"] == "sealed"
         logs = mvmctl("logs", "bg")
-        assert "mvm: init ready" in logs.stdout
+        assert "mvm-init: ready" in logs.stdout
         again = mvmctl("up", "demo", "--name", "bg")
         assert again.returncode != 0 and again.stderr.startswith("error[E_NAME_TAKEN]")
     finally:

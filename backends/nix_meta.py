@@ -198,6 +198,8 @@ async def nixpkgs_available() -> bool:
     if not nix_available():
         return False
     result = await anyio.run_process(
-        [NIX_INSTANTIATE, "--find-file", "nixpkgs"], env=_nix_env(), check=False
+        [NIX_INSTANTIATE, "--store", "dummy://", "--find-file", "nixpkgs"],
+        env=_nix_env(),
+        check=False,
     )
     return result.returncode == 0

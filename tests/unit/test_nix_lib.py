@@ -550,7 +550,9 @@ async def test_host_path_packages_cannot_become_nix_args() -> None:
 
 @pytest.mark.skipif(
     subprocess.run(
-        ["nix-instantiate", "--find-file", "nixpkgs"], capture_output=True, check=False
+        ["nix-instantiate", "--store", "dummy://", "--find-file", "nixpkgs"],
+        capture_output=True,
+        check=False,
     ).returncode
     != 0
     if shutil.which("nix-instantiate")
@@ -560,3 +562,89 @@ async def test_host_path_packages_cannot_become_nix_args() -> None:
 async def test_meta_with_real_nixpkgs() -> None:
     meta = await nix_meta.meta_for_spec(DEMO_SPEC, pkgs="nixpkgs")
     assert {k: v for k, v in meta.items() if k not in NIX_ONLY_FIELDS} == offline_meta(DEMO_SPEC)
+
+
+# --------------------------------------------------------------- a real Nix build
+
+_HOST_BUILD_TOOLS = ("nix-build", "debugfs", "mkfs.ext4")
+
+
+def _debugfs_tree(image: Path) -> dict[str, tuple[str, str, str]]:
+    """Every path in the image -> (mode, uid, gid), read with debugfs `ls -p` (no mount)."""
+    entries: dict[str, tuple[str, str, str]] = {}
+    pending = ["/"]
+    while pending:
+        directory = pending.pop()
+        listing = subprocess.run(
+            ["debugfs", "-R", f'ls -p "{directory}"', str(image)],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        for line in listing.splitlines():
+            parts = line.split("/")
+            if len(parts) < 7 or parts[5] in (".", ".."):
+                continue
+            _, _, mode, uid, gid, name = parts[:6]
+            path = directory.rstrip("/") + "/" + name
+            entries[path] = (mode, uid, gid)
+            if int(mode, 8) & 0o170000 == 0o040000:
+                pending.append(path)
+    return entries
+
+
+def _debugfs_cat(image: Path, path: str) -> bytes:
+    return subprocess.run(
+        ["debugfs", "-R", f'cat "{path}"', str(image)], capture_output=True, check=True
+    ).stdout
+
+
+@pytest.mark.skipif(
+    not (all(shutil.which(t) for t in _HOST_BUILD_TOOLS) and ib.BUSYBOX.is_file()),
+    reason="needs nix-build, e2fsprogs and busybox-static",
+)
+async def test_nix_built_image_has_the_offline_builders_tree(tmp_path: Path) -> None:
+    """Build the demo image with Nix (host tools as the package set, throwaway store) and
+    with the offline builder from the same agent and /init: same entries, modes, owners
+    and generated files; same mvm-meta.json except the Nix-only fields."""
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"\x7fELF fake kernel")
+    nix_state = tmp_path / "n"
+    env = {
+        **os.environ,
+        "NIX_CONFIG": "build-users-group =\nsandbox = false\nsubstituters =\n",
+        "NIX_STORE_DIR": str(nix_state / "store"),
+        "NIX_STATE_DIR": str(nix_state / "var"),
+        "NIX_LOG_DIR": str(nix_state / "log"),
+    }
+    expr = (
+        f"let lib = import {REPO}/nix/lib {{ pkgs = import {REPO}/nix/stub-pkgs/host.nix {{ }}; }};"
+        f' in lib.mkGuest (import {REPO}/nix/demo.nix // {{ kernel = "{kernel}"; }})'
+    )
+    built = await trio.run_process(
+        ["nix-build", "--no-out-link", "--quiet", "-E", expr],
+        env=env, capture_stdout=True, capture_stderr=True, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr.decode()[-2000:]
+    out = Path(built.stdout.decode().strip())
+    assert sorted(p.name for p in out.iterdir()) == ["mvm-meta.json", "rootfs.ext4", "vmlinux"]
+    assert (out / "vmlinux").read_bytes() == kernel.read_bytes()
+    (agent,) = (nix_state / "store").glob("*-mvm-agent/bin/mvm-agent")
+
+    init = REPO / "backends" / "guest" / "init"
+    offline = await ib.build_image(
+        DEMO_SPEC, kernel=kernel, agent=agent, init=init, cache=tmp_path / "cache"
+    )
+    nix_meta_json = json.loads((out / "mvm-meta.json").read_text())
+    assert {k: v for k, v in nix_meta_json.items() if k not in NIX_ONLY_FIELDS} == offline.meta
+
+    nix_tree = _debugfs_tree(out / "rootfs.ext4")
+    offline_tree = _debugfs_tree(offline.rootfs)
+    assert len(offline_tree) > 400  # busybox applet links, /etc, /usr/bin/mvm-agent, ...
+    assert set(nix_tree) - {"/lost+found"} == set(offline_tree) - {"/lost+found"}
+    for path, entry in offline_tree.items():
+        assert nix_tree[path] == entry, path
+    assert nix_tree["/home/app"][1:] == ("1000", "1000")
+    for path in ("/init", ib.AGENT_PATH, "/etc/passwd", "/etc/mvm/image.env",
+                 "/etc/mvm/services/web/run", "/etc/mvm/health/web/cmd",
+                 "/srv/www/index.html"):  # fmt: skip
+        assert _debugfs_cat(out / "rootfs.ext4", path) == _debugfs_cat(offline.rootfs, path), path
+    assert _debugfs_cat(out / "rootfs.ext4", "/init") == init.read_bytes()

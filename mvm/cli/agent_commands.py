@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import termios
 import tty
@@ -146,9 +147,34 @@ async def cmd_forward(args: argparse.Namespace) -> int:
             + " (Ctrl-C to stop)",
             file=sys.stderr,
         )
-        await client.wait_closed()
+        interrupted = await _until_closed_or_signal(client)
+    if interrupted:
+        print(f"{args.name}: forwarding stopped", file=sys.stderr)
+        return 130
     print(f"{args.name}: the VM went away; forwarding stopped", file=sys.stderr)
     return 1
+
+
+async def _until_closed_or_signal(client: AgentClient) -> bool:
+    """Wait for Ctrl-C/SIGTERM (True) or the VM's agent link to close (False).
+
+    Signals are received explicitly rather than as KeyboardInterrupt, which trio may
+    raise inside whichever task happens to run (e.g. the agent reader)."""
+    interrupted = False
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+
+            async def on_signal() -> None:
+                nonlocal interrupted
+                async for _ in signals:
+                    interrupted = True
+                    tg.cancel_scope.cancel()
+                    return
+
+            tg.start_soon(on_signal)
+            await client.wait_closed()
+            tg.cancel_scope.cancel()
+    return interrupted
 
 
 async def cmd_health(args: argparse.Namespace) -> int:

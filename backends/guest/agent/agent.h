@@ -184,4 +184,8 @@ void ctl_service(session_t *s, int64_t id, const jdoc_t *d, int req);
 void ctl_shutdown(session_t *s, int64_t id, const jdoc_t *d, int req);
 int valid_service_name(const char *name, size_t n);
 
+/* ---- identity.c ---- */
+/* Handles host `hello` (re-greet) and `identity`; 1 if t was one of them. */
+int identity_dispatch(session_t *s, int64_t id, const char *t, const jdoc_t *d);
+
 #endif

@@ -340,6 +340,8 @@ static int dispatch(session_t *s, const char *body, size_t len)
 		host_stream_frame(s, id, t, &d);
 		goto out;
 	}
+	if (identity_dispatch(s, id, t, &d)) /* identity.c: host hello, identity */
+		goto out;
 	if (!is_request(t)) {
 		send_error(s, id, "E_PROTO_UNKNOWN", "unknown request type '%.64s'", t);
 		goto out;

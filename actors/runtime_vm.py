@@ -29,7 +29,17 @@ from mvm.actors.agent_connection import AgentConnection
 from mvm.actors.agent_mux import AgentMux
 from mvm.actors.health_check import HealthCheck, HealthPolicy, HealthState
 from mvm.actors.port_forward import PortForward, bind_forward_listener
-from mvm.backends.base import Accel, Backend, Drive, LaunchPlan, NetDevice, VmmHandle, VmSpec
+from mvm.backends.base import (
+    Accel,
+    AgentEndpoint,
+    Backend,
+    Drive,
+    LaunchPlan,
+    NetDevice,
+    VmmHandle,
+    VmSpec,
+)
+from mvm.backends.guest.protocol import encode_frame
 from mvm.engine import network
 from mvm.engine.actor import Actor
 from mvm.engine.errors import BackendError
@@ -39,6 +49,7 @@ from mvm.engine.paths import vm_dir
 from mvm.engine.planfile import PLAN_FILE, load_plan, save_plan
 from mvm.engine.process import is_same_process, process_start_time
 from mvm.engine.runfiles import remove_run_files
+from mvm.engine.snapshots import SnapshotMeta, new_identity
 from mvm.engine.store import PortRecord, StateStore, VmRecord
 from mvm.engine.supervisor import RestartPolicy, Supervisor
 from mvm.engine.vmrequest import VmRequest
@@ -85,6 +96,28 @@ def engine_owner() -> str:
     return f"{pid}:{process_start_time(pid)}"
 
 
+class RegreetEndpoint:
+    """Dials like ``inner`` and then asks the agent to greet again.
+
+    A restored guest may believe its source's host is still attached (the
+    virtio-serial port was open when the snapshot was taken, and a reconnect can
+    be too quick for the agent to see a hang-up), so it would never say hello on
+    its own. A host ``hello`` makes it drop that stale session and greet now."""
+
+    def __init__(self, inner: AgentEndpoint) -> None:
+        self._inner = inner
+
+    async def connect(self) -> anyio.abc.ByteStream:
+        stream = await self._inner.connect()
+        try:
+            await stream.send(encode_frame({"t": "hello", "id": 0}))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            raise
+        return stream
+
+
 class RuntimeVM(Actor[StopVm | DetachVm]):
     def __init__(
         self,
@@ -95,6 +128,7 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
         store: StateStore,
         bus: EventBus,
         adopt_from: VmRecord | None = None,
+        restore: SnapshotMeta | None = None,
     ) -> None:
         super().__init__(f"vm/{request.name}")
         self.request = request
@@ -115,6 +149,7 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
         self.health: dict[str, HealthState] = {}
         self.lease: network.Lease | None = None
         self.adopt_from = adopt_from
+        self.restore = restore  # a clone: resume this snapshot instead of booting
         self.detaching = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -189,9 +224,10 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
         task_status: anyio.abc.TaskStatus[None],
     ) -> None:
         req = self.request
+        endpoint = self.backend.agent_endpoint(plan)
         self.agent = AgentConnection(
             req.name,
-            self.backend.agent_endpoint(plan),
+            endpoint if self.restore is None else RegreetEndpoint(endpoint),
             bus=self._bus,
             hello_timeout=req.boot_timeout_s,
         )
@@ -202,6 +238,8 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
                     self.agent,
                     policy=RestartPolicy(kind="on-failure", max_restarts=5, window_s=60),
                 )
+                if self.restore is not None and self.adopt_from is None:
+                    await self._take_identity()
                 await sup.start(
                     AgentMux(req.name, self.run_dir, self.agent, on_detach=self._request_detach),
                     policy=RestartPolicy(kind="on-failure", max_restarts=3, window_s=60),
@@ -296,6 +334,21 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
 
     # -- helpers -----------------------------------------------------------------------------
 
+    async def _take_identity(self) -> None:
+        """A clone resumed as its source: give it its own hostname, machine-id and RNG
+        seed before anything else talks to it (forwards, health, users)."""
+        assert self.agent is not None and self.restore is not None
+        ident = new_identity(self.request.name)
+        client = await self.agent.client()
+        reply = await client.identity(ident.hostname, ident.machine_id, ident.seed)
+        self.agent.hello.update(hostname=reply.get("hostname"), machine_id=reply.get("machine_id"))
+        self._publish(
+            "vm.identity",
+            snapshot=self.restore.name,
+            hostname=reply.get("hostname"),
+            machine_id=reply.get("machine_id"),
+        )
+
     async def _request_detach(self) -> None:
         if self.request.mode == "detached":
             return  # a shim already runs it detached: nothing to hand over
@@ -368,7 +421,7 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
             extra_args += (self.lease.kernel_arg,)
             nics = (NetDevice(tap=self.lease.tap, mac=self.lease.mac),)
         accel = Accel(os.environ.get("MVM_ACCEL", "auto"))
-        return VmSpec(
+        spec = VmSpec(
             name=req.name,
             kernel=image.kernel,
             rootfs=image.rootfs,
@@ -380,6 +433,20 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
             net=nics,
             accel=accel,
             rootfs_read_only=True,
+        )
+        snap = self.restore
+        if snap is None:
+            return spec
+        # The device model must equal the source's: same kernel, disk, sizes and
+        # accelerator; only host-side paths (run dir, sockets) differ.
+        return attrs.evolve(
+            spec,
+            kernel=snap.kernel,
+            rootfs=snap.rootfs,
+            vcpus=snap.vcpus,
+            memory_mib=snap.memory_mib,
+            accel=Accel(snap.accel),
+            incoming=snap.state_path,
         )
 
     def _record_spec(self) -> dict[str, Any]:
@@ -393,6 +460,7 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
             "volumes": [str(v) for v in req.volumes],
             "net": req.net,
             "ip": self.lease.ip if self.lease else None,
+            "snapshot": self.restore.name if self.restore else None,
         }
 
     def _publish(self, kind: str, **data: Any) -> None:

@@ -32,9 +32,10 @@ from mvm.engine.events import Event, EventBus
 from mvm.engine.image import Image
 from mvm.engine.imagespec import ImageSpec
 from mvm.engine.reconcile import adopt_orphaned, reconcile
+from mvm.engine.snapshots import SnapshotMeta, load_snapshot, take_snapshot
 from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.supervisor import RestartPolicy, Supervisor
-from mvm.engine.vmrequest import PortMapping, VmRequest
+from mvm.engine.vmrequest import Mode, PortMapping, VmRequest
 
 log = structlog.get_logger("mvm.engine")
 
@@ -140,6 +141,43 @@ class Engine:
 
     async def start(self, request: VmRequest, image: Image | None = None) -> VmHandle:
         """Boot a VM as a child of this engine; returns once its agent said hello."""
+        return await self._start(request, image)
+
+    async def snapshot(self, name: str, snap: str) -> Path:
+        """Save the running VM ``name`` (here or detached) as snapshot ``snap``; the VM
+        keeps running. Returns the snapshot's directory."""
+        meta = await take_snapshot(self.store, name, snap)
+        return meta.directory
+
+    async def clone(
+        self,
+        snap: str,
+        name: str,
+        *,
+        ports: Sequence[PortMapping] = (),
+        mode: Mode = "attached",
+        boot_timeout_s: float = 90.0,
+    ) -> VmHandle:
+        """Resume snapshot ``snap`` as a new VM ``name`` with its own identity (hostname =
+        name, fresh machine-id and RNG seed, own run dir and agent channel); returns
+        once the clone's agent confirmed the identity. Clones started concurrently
+        (in one task group) restore in parallel."""
+        meta = load_snapshot(snap)
+        request = VmRequest(
+            name=name,
+            image_dir=str(meta.image),
+            ports=tuple(ports),
+            backend=meta.backend,
+            mode=mode,
+            vcpus=meta.vcpus,
+            memory_mib=meta.memory_mib,
+            boot_timeout_s=boot_timeout_s,
+        )
+        return await self._start(request, None, restore=meta)
+
+    async def _start(
+        self, request: VmRequest, image: Image | None, *, restore: SnapshotMeta | None = None
+    ) -> VmHandle:
         image = image or Image.load(Path(request.image_dir))
         if request.name in self._vms and not self._vms[request.name].exited.is_set():
             raise ConflictError(f"VM {request.name!r} is already running here", code="E_NAME_TAKEN")
@@ -147,7 +185,7 @@ class Engine:
         avail = backend.availability()
         if not avail.ok:
             raise BackendUnavailable(f"backend {backend.name} is unavailable: {avail.reason}")
-        vm = RuntimeVM(request, image, backend, store=self.store, bus=self.bus)
+        vm = RuntimeVM(request, image, backend, store=self.store, bus=self.bus, restore=restore)
         await self._sup.start(vm, policy=RestartPolicy(kind="never"))
         self._vms[request.name] = vm
         return VmHandle(vm)

@@ -8,6 +8,7 @@ frames but bounded in bytes by the protocol's per-stream ack window.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -248,6 +249,21 @@ class AgentClient:
 
     async def shutdown(self, *, reboot: bool = False, timeout: float = 10.0) -> None:
         await self._call("shutdown", timeout=timeout, reboot=reboot)
+
+    async def identity(
+        self, hostname: str, machine_id: str, seed: bytes, *, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Give a restored clone its own hostname, machine-id and RNG seed.
+
+        Answers once /init applied them; the reply carries the values the guest now
+        reports (``hostname``, ``machine_id``), as every later hello does."""
+        return await self._call(
+            "identity",
+            timeout=timeout,
+            hostname=hostname,
+            machine_id=machine_id,
+            seed=base64.b64encode(seed).decode(),
+        )
 
     async def service(
         self, name: str, action: str, *, sig: int | None = None, timeout: float = 10.0

@@ -481,6 +481,8 @@ int main(int argc, char **argv)
 {
 	if (argc > 1 && !strcmp(argv[1], "setpriv"))
 		return setpriv_main(argc - 1, argv + 1);
+	if (argc > 1 && !strcmp(argv[1], "reseed")) /* identity.c */
+		return reseed_main(argc - 1, argv + 1);
 	const char *tcp = NULL, *vsock = NULL;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];

@@ -187,5 +187,7 @@ int valid_service_name(const char *name, size_t n);
 /* ---- identity.c ---- */
 /* Handles host `hello` (re-greet) and `identity`; 1 if t was one of them. */
 int identity_dispatch(session_t *s, int64_t id, const char *t, const jdoc_t *d);
+/* `mvm-agent reseed HEX`: credit a seed to the kernel RNG and reseed its CRNG (root). */
+int reseed_main(int argc, char **argv);
 
 #endif

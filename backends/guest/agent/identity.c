@@ -8,7 +8,12 @@
  * to /init (root) over the control FIFO and answers once /init confirms them in
  * `<ctl dir>/identity`. That wait is inline and bounded: it happens once per
  * clone, right after restore, before the host uses the VM for anything else,
- * and keeps the poll loop free of one-off state. */
+ * and keeps the poll loop free of one-off state.
+ *
+ * `mvm-agent reseed HEX` (run by /init as root) credits the seed to the kernel's
+ * input pool and forces a CRNG reseed: merely writing to /dev/urandom would mix
+ * the seed in but leave every clone's CRNG producing the source's stream until
+ * the next scheduled reseed (up to a minute later). */
 #include "agent.h"
 
 #include <errno.h>
@@ -16,8 +21,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
+
+/* <linux/random.h> is not part of musl's headers. */
+#define RNDADDENTROPY_COMPAT _IOW('R', 0x03, int[2])
+#define RNDRESEEDCRNG_COMPAT _IO('R', 0x07)
 
 #define IDENTITY_WAIT_MS 3000
 #define SEED_BYTES 32
@@ -145,4 +155,42 @@ int identity_dispatch(session_t *s, int64_t id, const char *t, const jdoc_t *d)
 	else
 		set_identity(s, id, d);
 	return 1;
+}
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+int reseed_main(int argc, char **argv)
+{
+	struct {
+		int entropy_count;
+		int buf_size;
+		unsigned char buf[SEED_BYTES];
+	} req = {.entropy_count = 8 * SEED_BYTES, .buf_size = SEED_BYTES};
+	if (argc != 2 || strlen(argv[1]) != 2 * SEED_BYTES) {
+		fprintf(stderr, "usage: mvm-agent reseed HEX(%d bytes)\n", SEED_BYTES);
+		return 2;
+	}
+	for (int i = 0; i < SEED_BYTES; i++) {
+		int hi = hexval(argv[1][2 * i]), lo = hexval(argv[1][2 * i + 1]);
+		if (hi < 0 || lo < 0) {
+			fprintf(stderr, "mvm-agent reseed: not lowercase hex\n");
+			return 2;
+		}
+		req.buf[i] = (unsigned char)(hi << 4 | lo);
+	}
+	int fd = open("/dev/urandom", O_RDWR | O_CLOEXEC);
+	if (fd < 0 || ioctl(fd, RNDADDENTROPY_COMPAT, &req) != 0 ||
+	    ioctl(fd, RNDRESEEDCRNG_COMPAT) != 0) {
+		perror("mvm-agent reseed");
+		return 1;
+	}
+	close(fd);
+	return 0;
 }

@@ -50,6 +50,12 @@ async def start_detached(request: VmRequest) -> dict[str, Any]:
     return await _spawn_shim(request.name, request_to_json(request))
 
 
+async def start_detached_clone(request: VmRequest, snapshot: str) -> dict[str, Any]:
+    """Spawn a shim that resumes ``snapshot`` as the clone ``request.name`` (name, ports
+    and timeouts come from ``request``; the device model from the snapshot)."""
+    return await _spawn_shim(request.name, "--clone", snapshot, request_to_json(request))
+
+
 async def adopt_detached(name: str) -> dict[str, Any]:
     """Spawn a shim that takes over the running, unsupervised VM ``name``."""
     return await _spawn_shim(name, "--adopt", name)

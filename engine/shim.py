@@ -1,4 +1,5 @@
-"""``python -m mvm.engine.shim READY_FD (REQUEST_JSON | --adopt NAME)``: a detached VM's supervisor.
+"""``python -m mvm.engine.shim READY_FD (REQUEST_JSON | --adopt NAME | --clone SNAP REQUEST_JSON)``:
+a detached VM's supervisor.
 
 With ``--adopt`` it takes over a VM whose VMM already runs (after ``detach``, or
 when the previous shim died): it first claims the row's owner field with a
@@ -56,6 +57,15 @@ async def _main(ready_fd: int, args: list[str]) -> int:
             try:
                 if adopt is not None:
                     vm = await engine.adopt(adopt)
+                elif args[0] == "--clone":
+                    req = request_from_json(args[2])
+                    vm = await engine.clone(
+                        args[1],
+                        req.name,
+                        ports=req.ports,
+                        mode="detached",
+                        boot_timeout_s=req.boot_timeout_s,
+                    )
                 else:
                     vm = await engine.start(request_from_json(args[0]))
             except MvmError as exc:

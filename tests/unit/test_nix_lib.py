@@ -490,7 +490,7 @@ async def test_ir_may_be_given_as_json_text() -> None:
 
 
 async def test_derivation_evaluates_and_uses_the_shared_guest_sources() -> None:
-    guest = REPO / "backends" / "guest"
+    guest = nix_meta.nix_dir().parent / "backends" / "guest"  # what the library sees
     result = await nix_meta.evaluate(
         "let g = lib.mkGuest args; in {"
         " drv = g.drvPath; script = g.buildCommand; main = lib.agent.main;"

@@ -173,6 +173,9 @@ def image_meta(spec: ImageSpec, spec_hash: str) -> dict[str, Any]:
 def spec_json(spec: ImageSpec) -> bytes:
     """Canonical (RFC 8785) JSON of the spec: the stable identity of what was asked for."""
     data = cattrs.Converter().unstructure(spec)
+    for field in ("host_files", "mvm_files"):  # newer fields: absent when unused, so
+        if not data[field]:  # images built before they existed keep their hash
+            del data[field]
     encoded: bytes = rfc8785.dumps(data)
     return encoded
 
@@ -262,10 +265,12 @@ def _image_has_program(
     applet_paths -= {f"/bin/{n}" for n in _SKIP_APPLETS} | {f"/sbin/{n}" for n in _SKIP_APPLETS}
     if not program.startswith("/"):
         names = {PurePosixPath(p).name for p in applet_paths}
-        names |= {PurePosixPath(f).name for f in spec.extra_files}
+        names |= {PurePosixPath(f).name for f in [*spec.extra_files, *spec.host_files]}
         names |= {p.name for p in packages if p.parent.name in ("bin", "sbin")}
         return program in names
-    if program in applet_paths or program in spec.extra_files or program == "/bin/busybox":
+    if program in applet_paths or program in spec.extra_files or program in spec.host_files:
+        return True
+    if program == "/bin/busybox":
         return True
     for pkg in packages:
         if program == str(pkg) or (pkg.is_dir() and program.startswith(f"{pkg}/")):
@@ -301,6 +306,12 @@ def _validate_spec(spec: ImageSpec) -> None:
             )
     for path in spec.extra_files:
         _check_guest_path(path, "E_SPEC_PATH")
+    for path, source in spec.host_files.items():
+        _check_guest_path(path, "E_SPEC_PATH")
+        if path in spec.extra_files:
+            raise ConfigError(f"{path} is both an extra file and a host file", code="E_SPEC_PATH")
+        if not Path(source).is_file():
+            raise ConfigError(f"host file {source} (for {path}) does not exist", code="E_SPEC_PATH")
 
 
 def _check_guest_path(path: str, code: str) -> None:
@@ -370,6 +381,9 @@ def _cache_key(
         for rel, desc in _package_entries(pkg):
             part(rel.encode())
             part(desc.encode())
+    for guest, source in sorted(spec.host_files.items()):
+        part(guest.encode())
+        part(_file_sha256(Path(source)).encode())
     return h.hexdigest(), spec_hash
 
 
@@ -469,7 +483,8 @@ def _populate(
     hosts,machine-id}, /etc/mvm/image.env (sourceable shell vars),
     /etc/mvm/entrypoint (command kind), /etc/mvm/services/<name>/{run,prestart,
     env,restart}, /etc/mvm/health/<name>/{cmd,interval,timeout},
-    /etc/mvm/mvm-meta.json, the spec's packages and extra files.
+    /etc/mvm/mvm-meta.json, /etc/mvm/<mvm_files>, the spec's packages, extra
+    files and host files.
     """
     tree.dir("/")
     for d in ("/bin", "/sbin", "/usr", "/usr/bin", "/usr/sbin", "/etc", "/etc/mvm", *BASE_DIRS):
@@ -540,11 +555,16 @@ def _populate(
         tree.file(f"{base}/interval", f"{hc.health_interval_secs}\n")
         tree.file(f"{base}/timeout", f"{hc.health_timeout_secs}\n")
     tree.file("/etc/mvm/mvm-meta.json", _meta_bytes(meta))
+    for name, content in sorted(spec.mvm_files.items()):
+        tree.file(f"/etc/mvm/{name}", content)
 
     for pkg in packages:
         _copy_package(tree, pkg)
     for guest, content in sorted(spec.extra_files.items()):
         tree.file(guest, content)
+    for guest, source in sorted(spec.host_files.items()):
+        src = Path(source)
+        tree.copy(guest, src, stat.S_IMODE(src.stat().st_mode) & 0o755)
 
 
 def _copy_package(tree: _Tree, pkg: Path) -> None:

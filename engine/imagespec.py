@@ -21,6 +21,8 @@ RestartPolicy = Literal["always", "on-failure", "never"]
 EntrypointKind = Literal["shell", "command", "services"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_MVM_FILE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\.json$")
+_BUILDER_MVM_FILES = frozenset({"mvm-meta.json"})
 AGENT_UID = 990
 
 
@@ -57,6 +59,10 @@ class ImageSpec:
     vcpus: int = 1
     memory_mib: int = 256
     health_checks: dict[str, HealthCheck] = attrs.field(factory=dict)
+    # guest path -> host file copied there (binary-safe; e.g. a runtime's stdlib zip)
+    host_files: dict[str, str] = attrs.field(factory=dict)
+    # file name -> text under /etc/mvm (e.g. wrapper.json, runtime.json for functions)
+    mvm_files: dict[str, str] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -86,6 +92,13 @@ class ImageSpec:
             if not path.startswith("/") or ".." in path.split("/"):
                 raise ConfigError(
                     f"extra file path {path!r} must be absolute without '..'",
+                    code="E_SPEC_PATH",
+                )
+
+        for name in self.mvm_files:
+            if not _MVM_FILE.match(name) or name in _BUILDER_MVM_FILES:
+                raise ConfigError(
+                    f"mvm file {name!r} is not a plain .json name or is the builder's own",
                     code="E_SPEC_PATH",
                 )
 

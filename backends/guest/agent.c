@@ -52,6 +52,7 @@ config_t g_cfg = {
 	.health_dir = "/etc/mvm/health",
 	.log_dir = "/var/log/mvm",
 	.ctl = "/run/mvm/ctl",
+	.wrapper = "/etc/mvm/wrapper.json",
 };
 int g_more_work;
 
@@ -67,6 +68,7 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: mvm-agent [--serial DEV|NAME] [--vsock PORT] [--tcp-listen HOST:PORT]\n"
 		"                 [--sealed] [--health-dir DIR] [--log-dir DIR] [--ctl FIFO]\n"
+		"                 [--wrapper FILE]\n"
 		"       mvm-agent setpriv [--reuid=U] [--regid=G] [--clear-groups] [--no-new-privs] "
 		"PROG [ARGS..]\n");
 	exit(2);
@@ -505,6 +507,8 @@ int main(int argc, char **argv)
 			g_cfg.log_dir = v;
 		else if (!strcmp(a, "--ctl"))
 			g_cfg.ctl = v;
+		else if (!strcmp(a, "--wrapper"))
+			g_cfg.wrapper = v;
 		else
 			usage();
 		i++;

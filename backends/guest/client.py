@@ -364,6 +364,37 @@ class AgentClient:
                 )
         return ExecResult(proc.exit_code, proc.exit_signal, bytes(out[1]), bytes(out[2]))
 
+    @asynccontextmanager
+    async def open_run(self, *, mode: str = "oneshot") -> AsyncIterator[ExecSession]:
+        """The image's baked function entrypoint (run-entrypoint), stdin streamed from here.
+
+        Allowed on sealed images: the guest picks the program (its wrapper file), the
+        host only the mode (``oneshot`` or ``longrunning``)."""
+        channel = await self.open_channel("run", mode=mode)
+        try:
+            started = await channel.next()
+            yield ExecSession(channel, pid=int(started.get("pid", 0)))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await channel.close()
+
+    async def run(self, stdin: bytes, *, timeout: float | None = None) -> ExecResult:
+        """One oneshot run of the function entrypoint with ``stdin``, collected."""
+        out: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
+        async with self.open_run() as proc:
+            with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(proc.feed_stdin, stdin)
+                    async for fd, data in proc.output():
+                        out.setdefault(fd, bytearray()).extend(data)
+            if scope.cancelled_caught:
+                with anyio.CancelScope(shield=True), suppress(AgentError):
+                    await proc.kill(9)
+                raise RequestTimeout(
+                    f"the function did not finish within {timeout}s", code="E_INVOKE_TIMEOUT"
+                )
+        return ExecResult(proc.exit_code, proc.exit_signal, bytes(out[1]), bytes(out[2]))
+
     async def open_tcp(self, port: int, timeout: float = 10.0) -> AgentStream:
         """A byte stream to 127.0.0.1:port inside the guest (a port forward's guest leg)."""
         channel = await self.open_channel("connect", port=port)

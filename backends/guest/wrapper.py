@@ -13,8 +13,9 @@ Modes (``MVM_RUN_MODE``, set by the agent, or ``--mode``):
 
 * ``oneshot``: the whole of stdin is one request; one reply on stdout (plus a newline).
 * ``longrunning``: requests and replies are framed as a 4-byte big-endian length
-  followed by the JSON body, until stdin ends. A warm pool keeps these open so
-  the interpreter start and the import are paid once, not per call.
+  followed by the JSON body, until stdin ends; an empty request is a warm-up
+  (load the function, reply ``{"ok": true, "result": null}``). A warm pool keeps
+  these open so the interpreter start and the import are paid once, not per call.
 * ``--boot``: what /init runs at boot: import the function once (so a broken app
   shows up on the console right away), then become ``sleep`` so no interpreter
   stays resident.
@@ -256,6 +257,15 @@ class Runtime:
             ) from None
         return result
 
+    def warm_up(self) -> bytes:
+        """Reply to an empty request: load the function without calling it."""
+        try:
+            self.function()
+            reply: dict[str, Any] = {"ok": True, "result": None}
+        except WrapperError as err:
+            reply = error_envelope(err, prod=self.prod)
+        return encode_reply(reply, prod=self.prod)
+
     def handle(self, data: bytes) -> bytes:
         """One request to one encoded reply; never raises for bad input or a failing function."""
         try:
@@ -307,8 +317,10 @@ def serve_longrunning(runtime: Runtime, stdin: BinaryIO, stdout: BinaryIO) -> in
             reply = encode_reply(error_envelope(err, prod=runtime.prod), prod=runtime.prod)
             if not _discard(stdin, n):
                 return 0
+        elif n == 0:
+            reply = runtime.warm_up()
         else:
-            body = _read_exact(stdin, n) if n else b""
+            body = _read_exact(stdin, n)
             if body is None:
                 return 0
             reply = runtime.handle(body)

@@ -107,6 +107,7 @@ typedef struct {
 	const char *health_dir;
 	const char *log_dir;
 	const char *ctl;
+	const char *wrapper; /* run-entrypoint: {"argv": [..], "env": {..}?, "cwd": ..?} */
 } config_t;
 
 extern config_t g_cfg;
@@ -158,6 +159,14 @@ void exec_host_frame(stream_t *st, const char *t, const jdoc_t *d, int req);
 void exec_tick(stream_t *st, int64_t now);
 void exec_close(stream_t *st);
 int exec_wants_read(const stream_t *st);
+void exec_spawn(session_t *s, int64_t id, char **argv, char **env, const char *cwd,
+		int want_stdin, int pty, int64_t rows, int64_t cols);
+char **string_array(const jdoc_t *d, int arr, size_t *count);
+char **build_env(const jdoc_t *d, int obj, int *bad);
+void free_env(char **env);
+
+/* ---- run.c ---- */
+void run_start(session_t *s, int64_t id, const jdoc_t *d, int req);
 
 /* ---- conn.c ---- */
 void conn_start(session_t *s, int64_t id, const jdoc_t *d, int req);

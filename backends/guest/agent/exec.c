@@ -30,7 +30,7 @@ static void close_fd(int *fd)
 }
 
 /* NULL-terminated array of NUL-free strings from a JSON array; NULL on bad input. */
-static char **string_array(const jdoc_t *d, int arr, size_t *count)
+char **string_array(const jdoc_t *d, int arr, size_t *count)
 {
 	if (arr < 0 || d->n[arr].type != J_ARR)
 		return NULL;
@@ -55,7 +55,7 @@ static char **string_array(const jdoc_t *d, int arr, size_t *count)
 	return v;
 }
 
-static void free_env(char **env)
+void free_env(char **env)
 {
 	for (size_t i = 0; env && env[i]; i++)
 		free(env[i]);
@@ -63,7 +63,7 @@ static void free_env(char **env)
 }
 
 /* The agent's environment with the request's variables laid over it. */
-static char **build_env(const jdoc_t *d, int obj, int *bad)
+char **build_env(const jdoc_t *d, int obj, int *bad)
 {
 	size_t base = 0, extra = 0;
 	while (environ && environ[base])
@@ -158,7 +158,14 @@ void exec_start(session_t *s, int64_t id, const jdoc_t *d, int req)
 		rows = 24;
 	if (cols < 1 || cols > 1000)
 		cols = 80;
+	exec_spawn(s, id, argv, env, cwd, want_stdin, pty, rows, cols);
+}
 
+/* Shared by `exec` and `run`: takes ownership of the argv array (not its strings)
+ * and of env; answers `started` or `error` E_EXEC. */
+void exec_spawn(session_t *s, int64_t id, char **argv, char **env, const char *cwd,
+		int want_stdin, int pty, int64_t rows, int64_t cols)
+{
 	int out[2] = {-1, -1}, err[2] = {-1, -1}, in[2] = {-1, -1}, status[2] = {-1, -1};
 	int master = -1, slave = -1;
 	int ok = pipe2(status, O_CLOEXEC) == 0;

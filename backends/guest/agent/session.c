@@ -290,7 +290,7 @@ void session_free(session_t *s)
 static int is_request(const char *t)
 {
 	static const char *const reqs[] = {"ping", "exec", "connect", "health", "logs",
-					   "service", "shutdown", NULL};
+					   "service", "shutdown", "run", NULL};
 	for (int i = 0; reqs[i]; i++)
 		if (!strcmp(t, reqs[i]))
 			return 1;
@@ -357,6 +357,8 @@ static int dispatch(session_t *s, const char *body, size_t len)
 		frame_end(&f);
 	} else if (!strcmp(t, "exec")) {
 		exec_start(s, id, &d, 0);
+	} else if (!strcmp(t, "run")) {
+		run_start(s, id, &d, 0);
 	} else if (!strcmp(t, "connect")) {
 		conn_start(s, id, &d, 0);
 	} else if (!strcmp(t, "health")) {

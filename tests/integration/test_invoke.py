@@ -1,0 +1,220 @@
+"""Function invocation end to end.
+
+First against the real agent as a host process (sealed, TCP) with the real wrapper
+on the host's python: run-entrypoint, cold invoke, the warm pool, coded errors.
+Then the worked example in a real QEMU guest: emit -> validate -> build -> up ->
+``mvmctl invoke hello --input name=Alice`` prints ``"hello, Alice"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+import trio
+
+from mvm import Image
+from mvm.backends.guest.build import agent_binary
+from mvm.backends.guest.client import AgentClient
+from mvm.engine.build import build_offline_image
+from mvm.engine.errors import AgentError
+from mvm.engine.invoke import FunctionError, WarmPool, invoke
+from mvm.engine.ir_image import load_ir_spec
+
+from .conftest import qemu_pids
+
+HELLO = Path(__file__).resolve().parents[1] / "fixtures" / "hello"
+WRAPPER = Path(__file__).resolve().parents[2] / "backends" / "guest" / "wrapper.py"
+# Registers the invoke verb if mvm/cli/app.py does not (yet) do so itself.
+MVMCTL = [
+    sys.executable,
+    "-c",
+    "import sys\n"
+    "from mvm.cli import app, invoke_commands\n"
+    "build = app.build_parser\n"
+    "def parser():\n"
+    "    p = build()\n"
+    "    sub = p._subparsers._group_actions[0]\n"
+    "    if 'invoke' not in sub.choices:\n"
+    "        invoke_commands.register(sub)\n"
+    "    return p\n"
+    "app.build_parser = parser\n"
+    "app.main(sys.argv[1:])\n",
+]
+
+
+def mvmctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MVMCTL, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+# ------------------------------------------------------------------------- host agent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _agent(tmp_path: Path, wrapper_json: dict[str, object] | None) -> Iterator[int]:
+    port = _free_port()
+    for d in ("health", "logs"):
+        (tmp_path / d).mkdir()
+    os.mkfifo(tmp_path / "ctl")
+    cfg = tmp_path / "wrapper.json"
+    if wrapper_json is not None:
+        cfg.write_text(json.dumps(wrapper_json))
+    argv = [
+        str(agent_binary()), "--tcp-listen", f"127.0.0.1:{port}", "--sealed",
+        "--health-dir", str(tmp_path / "health"), "--log-dir", str(tmp_path / "logs"),
+        "--ctl", str(tmp_path / "ctl"), "--wrapper", str(cfg),
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def function_agent(tmp_path: Path) -> Iterator[int]:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "fn.py").write_text(
+        "import os\n"
+        "def greet(name):\n    return f'hello, {name}'\n\n"
+        "def pid():\n    return os.getpid()\n\n"
+        "def boom():\n    raise RuntimeError('disk /srv/app/x.db is full')\n"
+    )
+    runtime = tmp_path / "runtime.json"
+    runtime.write_text(
+        json.dumps({"module": "fn", "function": "greet", "app_dir": str(tmp_path / "app")})
+    )
+    yield from _agent(
+        tmp_path,
+        {"argv": [sys.executable, "-s", str(WRAPPER)], "env": {"MVM_RUNTIME_JSON": str(runtime)}},
+    )
+
+
+@asynccontextmanager
+async def _client(port: int) -> AsyncIterator[AgentClient]:
+    with anyio.fail_after(10):
+        while True:
+            try:
+                stream = await anyio.connect_tcp("127.0.0.1", port)
+                break
+            except OSError:
+                await anyio.sleep(0.01)
+    async with AgentClient.connect(stream, hello_timeout=10) as client:
+        yield client
+
+
+async def test_run_is_allowed_on_sealed_images_and_invokes(function_agent: int) -> None:
+    async with _client(function_agent) as client:
+        assert client.hello["sealed"] is True
+        assert await invoke(client, [], {"name": "Alice"}) == "hello, Alice"
+        with pytest.raises(FunctionError) as info:
+            await invoke(client, [], {"nom": "x"})
+        assert info.value.code == "E_FUNCTION_ARGS"
+
+
+async def test_run_refuses_a_bad_mode(function_agent: int) -> None:
+    async with _client(function_agent) as client:
+        with pytest.raises(AgentError) as info:
+            async with client.open_run(mode="shell"):
+                pass
+        assert info.value.code == "E_RUN_ARGS"
+
+
+async def test_no_wrapper_file_is_a_coded_error(tmp_path: Path) -> None:
+    for port in _agent(tmp_path, None):
+        async with _client(port) as client:
+            with pytest.raises(AgentError) as info:
+                await invoke(client, [], {})
+            assert info.value.code == "E_RUN_NO_ENTRYPOINT"
+
+
+async def test_warm_pool_reuses_processes(function_agent: int) -> None:
+    async with _client(function_agent) as client, WarmPool.open(client, 2) as pool:
+        assert pool.ready == 2
+        results = await _gather(pool, 10)
+        assert results == [f"hello, n{i}" for i in range(10)]
+
+
+async def _gather(pool: WarmPool, n: int) -> list[object]:
+    out: list[object] = [None] * n
+
+    async def one(i: int) -> None:
+        out[i] = await pool.invoke([f"n{i}"], {})
+
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(one, i)
+    return out
+
+
+# ------------------------------------------------------------------------- real guest
+
+
+@pytest.fixture(scope="module")
+def hello_ir() -> Iterator[Path]:
+    emit = subprocess.run(
+        [sys.executable, "-m", "mvm.cli", "emit", str(HELLO / "entry.py")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert emit.returncode == 0, emit.stderr
+    doc = json.loads(emit.stdout)
+    doc["extensions"] = {"mvm.concurrency": {"warm": 2}}
+    # The IR's paths are relative to its file: keep it next to the project.
+    path = HELLO / ".test-invoke-ir.json"
+    path.write_text(json.dumps(doc))
+    yield path
+    path.unlink(missing_ok=True)
+
+
+@pytest.mark.qemu
+def test_hello_greet_in_a_real_guest(hello_ir: Path) -> None:
+    validate = subprocess.run(
+        [sys.executable, "-m", "mvm.cli", "validate", str(hello_ir)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert validate.returncode == 0, validate.stderr
+
+    async def build() -> Image:
+        return await build_offline_image(await load_ir_spec(hello_ir))
+
+    image = trio.run(build)
+    assert image.sealed and image.meta["entrypointKind"] == "command"
+    before = qemu_pids()
+    up = mvmctl("up", str(image.directory), "--name", "hello")
+    assert up.returncode == 0, up.stderr
+    try:
+        t0 = time.monotonic()
+        out = mvmctl("invoke", "hello", "--input", "name=Alice")
+        cold = time.monotonic() - t0
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == '"hello, Alice"\n'
+        bad = mvmctl("invoke", "hello", "--input", "nom=Alice")
+        assert bad.returncode != 0
+        assert bad.stderr.startswith("error[E_FUNCTION_ARGS]: bad arguments"), bad.stderr
+        assert "/srv" not in bad.stderr and "Traceback" not in bad.stderr
+        warm = mvmctl("invoke", "hello", "--input", "name=Bob", "--count", "3", "--warm", "2")
+        assert warm.returncode == 0, warm.stderr
+        assert warm.stdout.splitlines() == ['"hello, Bob"'] * 3
+        print(f"cold mvmctl invoke: {cold:.2f}s")
+    finally:
+        down = mvmctl("down", "hello")
+    assert down.returncode == 0, down.stderr
+    assert qemu_pids() == before

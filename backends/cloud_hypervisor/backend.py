@@ -347,3 +347,7 @@ class CloudHypervisorBackend:
     def agent_endpoint(self, plan: LaunchPlan) -> AgentEndpoint:
         return HybridVsockEndpoint(plan.agent_socket, AGENT_VSOCK_PORT)
 
+
+
+def factory() -> CloudHypervisorBackend:
+    return CloudHypervisorBackend()

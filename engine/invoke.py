@@ -28,6 +28,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from mvm.backends.guest import wrapper
 from mvm.backends.guest.client import AgentClient
@@ -171,7 +172,7 @@ class _Session:
         return body
 
 
-_Job = tuple[bytes, "anyio.abc.ObjectSendStream[bytes | BaseException]"]
+_Job = tuple[bytes, "MemoryObjectSendStream[bytes | BaseException]"]
 
 
 class WarmPool:
@@ -180,7 +181,7 @@ class WarmPool:
     Use ``async with WarmPool.open(client, size) as pool: await pool.invoke(...)``.
     A session whose wrapper dies fails the call that was on it and is replaced."""
 
-    def __init__(self, jobs: anyio.abc.ObjectSendStream[_Job], size: int) -> None:
+    def __init__(self, jobs: MemoryObjectSendStream[_Job], size: int) -> None:
         self._jobs = jobs
         self.size = size
         self.ready = 0
@@ -210,7 +211,7 @@ class WarmPool:
     async def _worker(
         self,
         client: AgentClient,
-        jobs: anyio.abc.ObjectReceiveStream[_Job],
+        jobs: MemoryObjectReceiveStream[_Job],
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:

@@ -245,3 +245,21 @@ def test_services_are_supervised_and_controlled(tmp_path: Path, guest_factory: l
     assert logs.count("once done") == 2
     guest.run("echo poweroff > /run/mvm/ctl")
     guest.wait_line(r"^mvm-init: poweroff$")
+
+
+def test_init_defines_functions_before_calling_them_at_top_level() -> None:
+    """ash runs /init top to bottom: a top-level call above its definition is 'not found'."""
+    lines = init_script().read_text().splitlines()
+    defined: dict[str, int] = {}
+    for number, line in enumerate(lines):
+        match = re.match(r"^([a-z_]+)\(\) \{", line)
+        if match:
+            defined[match.group(1)] = number
+    assert {"mount_volumes", "configure_network", "setup_machine_id"} <= defined.keys()
+    for number, line in enumerate(lines):
+        words = line.split()
+        if not words or line[0].isspace():
+            continue  # only calls made while /init runs top level (not inside bodies)
+        name = words[0]
+        if name in defined and not line.startswith(f"{name}()"):
+            assert defined[name] < number, f"line {number + 1}: {name} called before defined"

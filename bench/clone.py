@@ -103,6 +103,7 @@ async def run(runs: int = 20, warmup: int = 2, count: int | None = None) -> dict
         "snapshot_bytes": state_bytes,
         "cold_boot_s": cold_s,
         "clone_s": clone_s,
+        "main_metric": "clone_s",
         "ratio_p50": clone_s["p50"] / cold_s["p50"],
         "target_ratio_p50": TARGET_RATIO,
         "parallel": parallel,

@@ -19,6 +19,8 @@ from mvm.cli import (
     agent_commands,
     bench_commands,
     build_commands,
+    clone_commands,
+    invoke_commands,
     ir_commands,
     lifecycle_commands,
     vm_commands,
@@ -43,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     ir_commands.register(sub)
     agent_commands.register(sub)
     lifecycle_commands.register(sub)
+    clone_commands.register(sub)
+    invoke_commands.register(sub)
     bench_commands.register(sub)
     return parser
 

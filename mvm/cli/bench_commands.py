@@ -24,6 +24,8 @@ _BENCHES = {
     "scale": "control-plane CPU and RSS per idle VM at N VMs (stub VMM)",
     "health": "host CPU of N health loops at 1 s against a stub agent",
     "actors": "actor message round-trip latency and throughput",
+    "clone": "clone-to-agent-ready p50/p90 vs cold boot p50 (QEMU snapshot restore)",
+    "invoke": "function invoke p50: cold (oneshot) vs warm (pooled wrappers) in a real guest",
 }
 
 

@@ -29,7 +29,24 @@ def _stub() -> Backend:
     return StubBackend()
 
 
-_BUILTIN: dict[str, Callable[[], Backend]] = {"qemu": _qemu, "stub": _stub}
+def _firecracker() -> Backend:
+    from mvm.backends.firecracker.backend import factory
+
+    return factory()
+
+
+def _cloud_hypervisor() -> Backend:
+    from mvm.backends.cloud_hypervisor.backend import factory
+
+    return factory()
+
+
+_BUILTIN: dict[str, Callable[[], Backend]] = {
+    "qemu": _qemu,
+    "firecracker": _firecracker,
+    "cloud-hypervisor": _cloud_hypervisor,
+    "stub": _stub,
+}
 
 
 def _plugins() -> dict[str, Callable[[], Backend]]:

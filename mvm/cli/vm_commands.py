@@ -228,7 +228,7 @@ async def cmd_ls(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    fmt = "{:<16} {:<8} {:<9} {:<8} {:>9} {:<11} {}"
+    fmt = "{:<16} {:<16} {:<9} {:<8} {:>9} {:<11} {}"
     print(fmt.format("NAME", "BACKEND", "MODE", "STATE", "UPTIME", "ACCESS", "PORTS"))
     for r in rows:
         up = f"{r['uptime_s']:.0f}s" if r["uptime_s"] is not None else "-"

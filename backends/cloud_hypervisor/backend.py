@@ -27,7 +27,7 @@ import structlog
 from mvm.backends.base import Accel, AgentEndpoint, Availability, LaunchPlan, VmmHandle, VmSpec
 from mvm.backends.cloud_hypervisor.api import ChApi
 from mvm.backends.cloud_hypervisor.config import ChPaths, cmdline, snapshot_url, vm_config
-from mvm.backends.firecracker.backend import kvm_status
+from mvm.backends.firecracker.backend import NESTED_HINT, guests_run_under_kvm, kvm_status
 from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
 from mvm.backends.hybrid_vsock import HybridVsockEndpoint
 from mvm.backends.qemu.backend import check_inputs
@@ -136,6 +136,10 @@ class CloudHypervisorBackend:
             kvm = kvm_status(self.kvm_device)
             if not kvm.usable:
                 return Availability(False, f"Cloud Hypervisor needs KVM: {kvm.reason}")
+            if kvm.nested and not guests_run_under_kvm():
+                return Availability(
+                    False, f"Cloud Hypervisor needs KVM that runs guests: {NESTED_HINT}"
+                )
             return Availability(True, f"{binary}; {kvm.reason}")
         return Availability(True, str(binary))
 
@@ -346,7 +350,6 @@ class CloudHypervisorBackend:
 
     def agent_endpoint(self, plan: LaunchPlan) -> AgentEndpoint:
         return HybridVsockEndpoint(plan.agent_socket, AGENT_VSOCK_PORT)
-
 
 
 def factory() -> CloudHypervisorBackend:

@@ -119,6 +119,26 @@ def kvm_status(device: str = "/dev/kvm") -> KvmStatus:
     return KvmStatus(True, False, f"{device} usable")
 
 
+NESTED_HINT = (
+    "this host is a VM whose nested KVM failed a test boot (see `mvmctl doctor`); "
+    "use the qemu backend, which falls back to TCG"
+)
+
+
+def guests_run_under_kvm() -> bool:
+    """Whether a real (tiny) guest boots under KVM here: the QEMU accel probe's verdict.
+
+    /dev/kvm answering ioctls is not enough on nested hosts, where a guest may never
+    get past early boot. The verdict is cached per host boot; without QEMU installed
+    there is nothing to probe with, so KVM is given the benefit of the doubt."""
+    from mvm.backends.qemu.accel import QEMU_BINARY, kvm_verdict
+
+    if shutil.which(QEMU_BINARY) is None:
+        return True
+    works, _ = kvm_verdict()
+    return works
+
+
 # -- handle ------------------------------------------------------------------------------
 
 
@@ -204,6 +224,8 @@ class FirecrackerBackend:
         kvm = kvm_status(self.kvm_device)
         if not kvm.usable:
             return Availability(False, f"Firecracker needs KVM: {kvm.reason}")
+        if kvm.nested and not guests_run_under_kvm():
+            return Availability(False, f"Firecracker needs KVM that runs guests: {NESTED_HINT}")
         return Availability(True, f"{binary}; {kvm.reason}")
 
     # -- planning --------------------------------------------------------------------------

@@ -361,6 +361,30 @@ def test_availability_without_kvm(tmp_path: Path) -> None:
     assert not avail.ok and avail.reason.startswith("Firecracker needs KVM")
 
 
+@pytest.mark.parametrize(("probe_boots", "ok"), [(True, True), (False, False)])
+def test_availability_on_nested_kvm_follows_the_test_boot(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, probe_boots: bool, ok: bool
+) -> None:
+    """Nested KVM that answers ioctls but cannot boot a guest is reported unavailable."""
+    import mvm.backends.firecracker.backend as fc_backend
+    import mvm.backends.qemu.accel as accel
+
+    binary = tmp_path / "firecracker"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setattr(
+        fc_backend,
+        "kvm_status",
+        lambda device="/dev/kvm": fc_backend.KvmStatus(True, True, "nested"),
+    )
+    monkeypatch.setattr(accel, "kvm_verdict", lambda refresh=False: (probe_boots, "probe"))
+    monkeypatch.setattr(fc_backend.shutil, "which", lambda name: "/usr/bin/" + name)
+    avail = FirecrackerBackend(binary=binary).availability()
+    assert avail.ok is ok
+    if not ok:
+        assert "nested KVM failed a test boot" in avail.reason and "qemu" in avail.reason
+
+
 def test_prepare_plan_and_errors(files: dict[str, Path], tmp_path: Path) -> None:
     binary = tmp_path / "firecracker"
     binary.write_text("#!/bin/sh\n")

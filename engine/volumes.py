@@ -11,6 +11,7 @@ Images are built with ``mkfs.ext4 -d`` (no root, no loop devices).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path, PurePosixPath
 
@@ -109,7 +110,10 @@ def _folder_bytes(root: Path) -> int:
 async def _mkfs(image: Path, source: Path, size_bytes: int, label: str) -> None:
     tmp = image.with_name(image.name + ".tmp")
     tmp.unlink(missing_ok=True)
-    with open(tmp, "wb") as f:
+    # 0600 from the first byte: a volume image holds the folder's contents (secrets
+    # included), and only the VMM, running as this user, needs to read it.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
         f.truncate(size_bytes)
     argv = [
         "mkfs.ext4",

@@ -115,6 +115,13 @@ class HealthCheck(Actor[None]):
                     client = await self._agent.client(timeout=wait)
                 except MvmError:
                     continue
+                if client.closed:
+                    # The link is gone but its actor has not cleared it yet. Nothing in
+                    # this loop checkpoints on a closed client, so without this pause it
+                    # spun forever and starved every task of the engine (the VMM
+                    # watcher, the agent actor, signal handlers) once a guest powered off.
+                    await anyio.sleep(self.policy.poll_interval_s)
+                    continue
                 await client.wait_health_change(self.service)
 
     async def _poll_once(self) -> None:

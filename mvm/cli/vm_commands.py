@@ -10,17 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import structlog
 
 from mvm.backends.registry import get_backend
 from mvm.cli.images import resolve_image
+from mvm.engine.agent_access import open_vm_agent
 from mvm.engine.detached import adopt_detached, start_detached, stop_vm_record
 from mvm.engine.engine import Engine
 from mvm.engine.errors import MvmError, NotFoundError
 from mvm.engine.paths import vm_dir
+from mvm.engine.process import is_same_process
 from mvm.engine.reconcile import owner_alive
 from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.vmrequest import PortMapping, VmRequest, check_vm_name
 from mvm.engine.volumes import Volume
+
+log = structlog.get_logger("mvm.cli")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -186,9 +191,30 @@ async def cmd_down(args: argparse.Namespace) -> int:
                 raise NotFoundError(
                     f"no VM named {name!r}", code="E_VM_NOT_FOUND", hint="see mvmctl ls"
                 )
+            await _power_off_guest(rec)
             await stop_vm_record(store, rec)
             _say(f"{name}: down")
     return 0
+
+
+async def _power_off_guest(rec: VmRecord, grace: float = 10.0) -> None:
+    """Ask the guest to sync and power off before its VMM is stopped.
+
+    Stopping the VMM alone (QMP quit / SIGTERM) drops whatever the guest still
+    holds in its page cache, so a file just written to a read-write volume was
+    empty after the next ``up``. /init's poweroff syncs first. A guest that does
+    not answer is stopped the hard way by ``stop_vm_record`` as before."""
+    if rec.state != "running" or not is_same_process(rec.pid, rec.pid_start_time):
+        return
+    try:
+        async with open_vm_agent(rec.name, timeout=5.0) as client:
+            await client.shutdown(timeout=5.0)
+    except MvmError as exc:
+        log.info("down.no_guest_poweroff", vm=rec.name, code=exc.code)
+        return
+    with anyio.move_on_after(grace):
+        while is_same_process(rec.pid, rec.pid_start_time):
+            await anyio.sleep(0.05)
 
 
 def _row(rec: VmRecord, ports: list[str]) -> dict[str, Any]:

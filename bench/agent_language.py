@@ -50,7 +50,7 @@ from mvm.bench.common import host_info, summary, write_result
 from mvm.engine.errors import AgentError
 from mvm.engine.image import Image
 from mvm.engine.imagespec import ImageSpec
-from mvm.engine.ir_image import PythonRuntime, _ldd, python_runtime
+from mvm.engine.ir_image import PythonRuntime, python_runtime, shared_library_closure
 from mvm.engine.paths import cache_dir
 
 log = structlog.get_logger("mvm.bench.agent_language")
@@ -153,7 +153,7 @@ def disk_sizes(rt: PythonRuntime, agent_c: Path) -> dict[str, Any]:
     ``python_minimal``: interpreter + its shared libraries + stdlib zip + agent.py
     (what a Python agent cannot do without); ``python_as_shipped``: the whole
     runtime that ir_image puts into function images (with every lib-dynload module)."""
-    interp_libs = sorted(_ldd([rt.executable]))
+    interp_libs = sorted(shared_library_closure([rt.executable]))
     minimal = {
         "interpreter": _size(rt.executable),
         "shared_libraries": sum(_size(p) for p in interp_libs),

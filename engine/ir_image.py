@@ -123,7 +123,7 @@ def _interpreter() -> tuple[str, str, str, Path, Path]:
     return real, version, tag, lib, lib / "lib-dynload"
 
 
-def _ldd(paths: list[str]) -> set[str]:
+def shared_library_closure(paths: list[str]) -> set[str]:
     """Shared libraries (and the loader) the given ELF files need."""
     try:
         out = subprocess.run(["ldd", *paths], capture_output=True, text=True, check=False)
@@ -189,7 +189,7 @@ def python_runtime(cache: Path | None = None) -> PythonRuntime:
     modules = sorted(
         str(p) for p in dynload.glob("*.so") if not _SKIP_DYNLOAD.match(p.name)
     ) if dynload.is_dir() else []  # fmt: skip
-    libs = _ldd([exe, *modules])
+    libs = shared_library_closure([exe, *modules])
     return PythonRuntime(
         executable=exe,
         version=version,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import sys
 import time
@@ -281,22 +283,54 @@ async def cmd_status(args: argparse.Namespace) -> int:
 
 
 async def cmd_logs(args: argparse.Namespace) -> int:
+    """The serial console log, then the services' logs (``[service] line``) as the
+    guest agent reports them; with ``-f`` both are followed until the VM is down."""
     log_path = vm_dir(args.name) / "console.log"
     if not log_path.exists():
         raise NotFoundError(f"no console log for {args.name!r}", code="E_VM_NOT_FOUND")
+    if not args.follow:
+        _write(log_path.read_bytes())
+        await _service_logs(args.name, follow=False)
+        return 0
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(functools.partial(_service_logs, args.name, follow=True))
+        await _follow_console(args.name, log_path)
+        tg.cancel_scope.cancel()
+    return 0
+
+
+async def _follow_console(name: str, log_path: Path) -> None:
     offset = 0
     while True:
-        data = log_path.read_bytes()[offset:]
-        offset += len(data)
+        with contextlib.suppress(OSError):  # down removes the run dir under us
+            data = log_path.read_bytes()[offset:]
+            offset += len(data)
+            _write(data)
+        async with StateStore.open() as store:
+            rec = await store.get_vm(name)
+        if rec is None or rec.state in ("exited", "failed"):
+            return
+        await anyio.sleep(0.5)
+
+
+async def _service_logs(name: str, *, follow: bool) -> None:
+    """Service lines live in the guest; a VM that is not running has none to give."""
+    try:
+        async with (
+            open_vm_agent(name) as client,
+            client.follow_logs(follow=follow) as lines,
+        ):
+            async for line in lines:
+                _write(f"[{line.service}] {line.line}\n".encode(errors="replace"))
+    except* MvmError as group:  # the link dies with the VM, inside the client's tasks
+        codes = [e.code for e in group.exceptions if isinstance(e, MvmError)]
+        log.debug("logs.service_logs_ended", vm=name, codes=codes)
+
+
+def _write(data: bytes) -> None:
+    if data:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
-        if not args.follow:
-            return 0
-        async with StateStore.open() as store:
-            rec = await store.get_vm(args.name)
-        if rec is None or rec.state in ("exited", "failed"):
-            return 0
-        await anyio.sleep(0.5)
 
 
 async def cmd_wait(args: argparse.Namespace) -> int:

@@ -8,14 +8,13 @@ consumer has taken. The same window rule limits what we send.
 
 from __future__ import annotations
 
-import base64
 import math
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from mvm.backends.guest.protocol import CHUNK, WINDOW
+from mvm.backends.guest.protocol import CHUNK, WINDOW, encode_data_frame
 from mvm.engine.errors import AccessDenied, AgentError, MvmError
 
 if TYPE_CHECKING:
@@ -101,15 +100,8 @@ class Channel:
                 await self._window_changed.wait()
             if self._aborted or self.remote_closed:
                 raise anyio.BrokenResourceError
-            frame: dict[str, Any] = {
-                "t": "data",
-                "id": self.id,
-                "data": base64.b64encode(piece).decode(),
-            }
-            if fd is not None:
-                frame["fd"] = fd
             self._unacked += len(piece)
-            await self._client.send_frame(frame)
+            await self._client.send_encoded(encode_data_frame(self.id, piece, fd))
 
     async def send(self, kind: str, **fields: Any) -> None:
         await self._client.send_frame({"t": kind, "id": self.id, **fields})

@@ -169,9 +169,12 @@ class AgentClient:
         await self._closed.wait()
 
     async def send_frame(self, message: dict[str, Any]) -> None:
+        await self.send_encoded(encode_frame(message))
+
+    async def send_encoded(self, frame: bytes) -> None:
+        """Send a frame already encoded (``encode_frame`` / ``encode_data_frame``)."""
         if self._closed.is_set():
             raise AgentError("the guest agent connection is closed", code="E_AGENT_GONE")
-        frame = encode_frame(message)
         try:
             async with self._send_lock:
                 await self._stream.send(frame)

@@ -7,6 +7,7 @@ bound; anything malformed is a protocol error that ends the connection.
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 from typing import Any
@@ -31,6 +32,19 @@ class ProtocolError(AgentError):
 
 def encode_frame(message: dict[str, Any]) -> bytes:
     body = json.dumps(message, separators=(",", ":")).encode()
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME} byte cap")
+    return _HEADER.pack(len(body)) + body
+
+
+def encode_data_frame(ident: int, data: bytes, fd: int | None = None) -> bytes:
+    """A ``data`` frame assembled without ``json.dumps``.
+
+    Base64 text never needs JSON escaping, so the body can be spliced together;
+    json.dumps scanned every ~87 KB payload string, a third of the host's CPU when
+    forwarding a port at full speed. The result is the same JSON object."""
+    fd_field = b"" if fd is None else b',"fd":%d' % fd
+    body = b'{"t":"data","id":%d%s,"data":"%s"}' % (ident, fd_field, base64.b64encode(data))
     if len(body) > MAX_FRAME:
         raise ProtocolError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME} byte cap")
     return _HEADER.pack(len(body)) + body

@@ -167,7 +167,7 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
             with anyio.CancelScope(shield=True):
                 for listener in listeners:
                     await listener.aclose()
-                if self.handle is None:
+                if self.handle is None and self._claimed:
                     remove_run_files(self.run_dir)  # volume snapshots made before the VMM
                     await self._release_network()
             raise
@@ -306,6 +306,12 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
         if self.detaching:
             await self._store.update_vm(self.request.name, owner=None, mode="detached")
             self._publish("vm.detached")
+            self.exited.set()
+            return
+        if not self._claimed:
+            # The claim failed (E_NAME_TAKEN): the run dir belongs to the VM that holds
+            # the name, so there is nothing of ours to undo there.
+            self.state = "failed"
             self.exited.set()
             return
         self.state = "stopping"

@@ -539,12 +539,6 @@ def test_logs_follow_shows_new_serial_and_service_lines_and_ends_with_down(
 # ------------------------------------------------------------------ name race
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="actors/runtime_vm.py: a RuntimeVM that lost the name claim (E_NAME_TAKEN) still "
-    "runs its cleanup (remove_run_files in run(), plan.json in teardown()) on the winner's "
-    "run dir, deleting its agent/mux/QMP sockets and plan; remove this mark with the fix",
-)
 def test_two_clis_racing_for_one_name_get_one_winner(rt_image: Image) -> None:
     up = [*MVMCTL, "up", str(rt_image.directory), "--name", "same", "--boot-timeout", "30"]
     racers = [

@@ -42,7 +42,7 @@ from mvm.backends.base import (
 from mvm.backends.guest.protocol import encode_frame
 from mvm.engine import network
 from mvm.engine.actor import Actor
-from mvm.engine.errors import BackendError
+from mvm.engine.errors import BackendError, MvmError
 from mvm.engine.events import Event, EventBus
 from mvm.engine.image import Image
 from mvm.engine.paths import vm_dir
@@ -273,6 +273,7 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
                 async for msg in self.inbox:
                     if isinstance(msg, StopVm):
                         self.exit_reason = msg.reason
+                        await self._power_off_guest()
                         break
                     if isinstance(msg, DetachVm):
                         self.detaching = True
@@ -339,6 +340,24 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
         self.exited.set()
 
     # -- helpers -----------------------------------------------------------------------------
+
+    async def _power_off_guest(self) -> None:
+        """Ask the guest to sync and power off; the VMM is stopped only after that.
+
+        Stopping the VMM alone (QMP quit, SIGTERM) drops what the guest still holds
+        in its page cache: a file just written to a read-write volume came back empty
+        on the next start. /init's poweroff syncs first. ``_watch_vmm`` cancels the
+        wait below as soon as the VMM exits; a guest that cannot or does not power
+        off within ``stop_grace_s`` is stopped the hard way by ``teardown``."""
+        assert self.agent is not None
+        try:
+            client = await self.agent.client(timeout=1.0)
+            await client.shutdown(timeout=2.0)
+        except MvmError as exc:
+            log.info("vm.no_guest_poweroff", vm=self.request.name, code=exc.code)
+            return
+        self._publish("vm.powering_off")
+        await anyio.sleep(self.request.stop_grace_s)
 
     async def _take_identity(self) -> None:
         """A clone resumed as its source: give it its own hostname, machine-id and RNG

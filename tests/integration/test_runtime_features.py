@@ -570,3 +570,30 @@ def test_two_clis_racing_for_one_name_get_one_winner(rt_image: Image) -> None:
         down = mvmctl("down", "same")
     _ok(down)
     _wait_for(lambda: not _our_vmms(), 30, "the VMM to exit")
+
+
+async def test_engine_stop_keeps_a_file_just_written_to_a_data_volume(
+    rt_image: Image, tmp_path: Path
+) -> None:
+    """Engine.stop powers the guest off (sync) before stopping the VMM, so a write
+    still in the guest's page cache reaches the volume image (QMP quit alone lost it)."""
+    from mvm.engine.volumes import Volume, persistent_volume_path
+
+    data = tmp_path / "data"
+    (data / "shared").mkdir(parents=True)
+    (data / "shared").chmod(0o777)
+    volume = Volume.parse(f"{data}:/mnt/data:16")
+    async with Engine.open() as engine:
+        vm = await engine.start(
+            VmRequest(name="volsync", image_dir=str(rt_image.directory), volumes=(volume,)),
+            rt_image,
+        )
+        wrote = await vm.exec(["sh", "-c", "echo synced-$((6*7)) > /mnt/data/shared/out.txt"])
+        assert wrote.ok, wrote
+        await engine.stop("volsync")
+    image = persistent_volume_path("volsync", volume)
+    out = subprocess.run(
+        ["debugfs", "-R", "cat /shared/out.txt", str(image)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout == "synced-42\n"

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import functools
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -13,12 +14,13 @@ from typing import Any
 
 import anyio
 import structlog
+import trio
 
 from mvm.backends.registry import get_backend
 from mvm.cli.images import resolve_image
 from mvm.engine.agent_access import open_vm_agent
 from mvm.engine.detached import adopt_detached, start_detached, stop_vm_record
-from mvm.engine.engine import Engine
+from mvm.engine.engine import Engine, VmHandle
 from mvm.engine.errors import MvmError, NotFoundError
 from mvm.engine.paths import vm_dir
 from mvm.engine.process import is_same_process
@@ -151,12 +153,35 @@ async def cmd_run(args: argparse.Namespace) -> int:
             )
             + " (Ctrl-C to stop)"
         )
-        code = await vm.wait()
+        code, interrupted = await _wait_or_interrupt(vm)
         detached = vm.detached
+    if interrupted:
+        _say(f"{request.name}: interrupted; stopped and torn down")
+        return 130
     if detached:
         return await _hand_over(request.name)
     _say(f"{request.name}: exited ({code})")
     return 0 if code in (None, 0) else 1
+
+
+async def _wait_or_interrupt(vm: VmHandle) -> tuple[int | None, bool]:
+    """Wait for the VM; Ctrl-C/SIGTERM stop it gracefully (the guest syncs and powers
+    off, as for ``down``) instead of cancelling it mid-write."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+            interrupted = False
+
+            async def on_signal() -> None:
+                nonlocal interrupted
+                async for _ in signals:
+                    interrupted = True
+                    await vm.stop("interrupted")
+                    return
+
+            tg.start_soon(on_signal)
+            code = await vm.wait()
+            tg.cancel_scope.cancel()
+    return code, interrupted
 
 
 async def _hand_over(name: str) -> int:

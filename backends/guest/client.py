@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 import structlog
 
@@ -247,6 +248,9 @@ class AgentClient:
         if waiter is None:
             waiter = self._health_waiters[service] = anyio.Event()
         if self._closed.is_set():
+            # Still a checkpoint (trio's rule for every async call): a caller looping
+            # on a closed link must not starve the event loop.
+            await anyio.lowlevel.checkpoint()
             return
         await waiter.wait()
 

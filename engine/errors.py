@@ -176,3 +176,17 @@ class MessageError(MvmError):
     """A message could not cross the wire: unknown type tag, unknown field or bad value."""
 
     code = "E_MESSAGE"
+
+
+class BuildPhaseError(BuildError):
+    """A remote or delegated build failed in one named phase (connect, stage, build, fetch).
+
+    The phase is part of the message so a user knows where to look: an auth failure
+    is a key problem, a build failure is the flake, a fetch failure is the builder's disk.
+    """
+
+    code = "E_BUILD_PHASE"
+
+    def __init__(self, phase: str, message: str, *, code: str, hint: str | None = None) -> None:
+        self.phase = phase
+        super().__init__(f"{phase}: {message}", code=code, hint=hint)

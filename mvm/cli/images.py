@@ -1,12 +1,14 @@
 """Turn the IMAGE argument of run/up into a built Image.
 
-IMAGE is ``demo`` / ``demo-dev`` (built-in specs), a spec ``.json`` file (built
-with the offline builder, cached), or a directory that already holds
+IMAGE is ``demo`` / ``demo-dev`` (built-in specs), a spec ``.json`` file or a
+Workload IR ``.json`` file (told apart by IR's ``schema_version``; both built with
+the offline builder, cached), or a directory that already holds
 vmlinux + rootfs.ext4 + mvm-meta.json (e.g. a Nix build result).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from mvm.cli.progress import BuildProgress
@@ -14,7 +16,18 @@ from mvm.engine.build import build_offline_image
 from mvm.engine.errors import ConfigError
 from mvm.engine.image import Image
 from mvm.engine.imagespec import ImageSpec
+from mvm.engine.ir_image import load_ir_spec
 from mvm.engine.specfile import load_spec
+
+
+def _is_workload_ir(path: Path) -> bool:
+    """IR documents carry ``schema_version``; ImageSpec files never do. Unreadable or
+    non-JSON files go down the spec path, whose errors name the problem."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "schema_version" in data
 
 
 def builtin_spec(ref: str) -> ImageSpec | None:
@@ -29,7 +42,7 @@ async def resolve_image(ref: str, *, quiet: bool = False) -> Image:
     if spec is None and path.is_dir():
         return Image.load(path)
     if spec is None and path.suffix == ".json":
-        spec = load_spec(path)
+        spec = await load_ir_spec(path) if _is_workload_ir(path) else load_spec(path)
     if spec is None:
         raise ConfigError(
             f"image {ref!r} is neither a built-in (demo, demo-dev), a spec .json file "

@@ -198,7 +198,7 @@ def test_hello_greet_in_a_real_guest(hello_ir: Path) -> None:
     image = trio.run(build)
     assert image.sealed and image.meta["entrypointKind"] == "command"
     before = qemu_pids()
-    up = mvmctl("up", str(image.directory), "--name", "hello")
+    up = mvmctl("up", str(hello_ir), "--name", "hello")  # the IR file itself, as a user would
     assert up.returncode == 0, up.stderr
     try:
         t0 = time.monotonic()

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import attrs
 import pytest
 
@@ -20,6 +21,7 @@ from mvm.actors.builder_vm import BuilderPool, builder_pool
 from mvm.engine.builders import BuildJob
 from mvm.engine.builders.cache import BuildCache
 from mvm.engine.builders.host import HostNixBuilder
+from mvm.engine.builders.vsock import VsockBuilder, VsockTarget, serve_builder
 from mvm.engine.errors import BuildPhaseError
 from mvm.engine.store import StateStore
 
@@ -207,3 +209,75 @@ async def test_pool_size_must_be_positive() -> None:
     with pytest.raises(ConfigError):
         BuilderPool(HostNixBuilder(), size=0)
     assert os.cpu_count()
+
+
+# -- vsock mode over a Unix-socket stand-in (no /dev/vhost-vsock on this host) ----------------
+
+
+async def _serve_unix(path: Path, nix: Path, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+    listener = await anyio.create_unix_listener(path)
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await serve_builder(stream, nix=str(nix))
+
+    task_status.started()
+    await listener.serve(handle)
+
+
+async def test_vsock_protocol_builds_and_streams_logs(env: Path) -> None:
+    flake = make_flake(env / "src", "vs")
+    sock = env / "builder.sock"
+    cache = BuildCache(env / "cache")
+    logs: list[str] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(_serve_unix, sock, write_fake_nix(env))
+        builder = VsockBuilder(VsockTarget.parse(f"unix:{sock}"))
+        async with builder_pool(builder, cache=cache) as pool:
+            outcome = await pool.build(BuildJob(name="vs", source=flake), on_log=logs.append)
+            again = await pool.build(BuildJob(name="vs", source=flake))
+        tg.cancel_scope.cancel()
+    assert outcome.mode == "vsock" and not outcome.cache_hit and again.cache_hit
+    assert outcome.image.rootfs.read_text() == (flake / "flake.nix").read_text()
+    assert "building '/nix/store/fake-default.drv'..." in logs
+    assert len(nix_runs(env)) == 1
+
+
+async def test_vsock_nix_failure_and_hangup_cancels_the_remote_build(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = make_flake(env / "src", "broken")
+    (broken / "fail").write_text("")
+    sock = env / "builder.sock"
+    cache = BuildCache(env / "cache")
+    async with anyio.create_task_group() as tg:
+        await tg.start(_serve_unix, sock, write_fake_nix(env))
+        builder = VsockBuilder(VsockTarget.parse(f"unix:{sock}"))
+        async with builder_pool(builder, cache=cache) as pool:
+            with pytest.raises(BuildPhaseError) as info:
+                await pool.build(BuildJob(name="b", source=broken))
+        assert (info.value.code, info.value.phase) == ("E_BUILD_NIX_FAILED", "build")
+
+        monkeypatch.setenv("FAKE_NIX_SLEEP", "30")
+        slow = make_flake(env / "src", "slow")
+        with anyio.CancelScope() as scope:
+            async with builder_pool(builder, cache=cache) as pool, anyio.create_task_group() as g:
+                g.start_soon(pool.build, BuildJob(name="slow", source=slow))
+                while len(list((env / "pids").iterdir())) < 2:
+                    await anyio.sleep(0.02)
+                scope.cancel()
+        with anyio.fail_after(5):  # the server sees the hang-up and kills nix
+            pid = max(int(p.name) for p in (env / "pids").iterdir())
+            while Path(f"/proc/{pid}").exists() and not _zombie(pid):
+                await anyio.sleep(0.02)
+        tg.cancel_scope.cancel()
+    assert cache.staging_dirs() == []
+    assert not list(Path("/tmp").glob("mvm-vsock-build.*"))
+
+
+async def test_vsock_without_transport_is_unavailable(env: Path) -> None:
+    builder = VsockBuilder(VsockTarget.parse(f"unix:{env}/absent.sock"))
+    async with builder_pool(builder, cache=BuildCache(env / "cache")) as pool:
+        with pytest.raises(BuildPhaseError) as info:
+            await pool.build(BuildJob(name="x", source=make_flake(env / "src", "x")))
+    assert (info.value.code, info.value.phase) == ("E_BUILD_VSOCK_UNAVAILABLE", "connect")

@@ -1,0 +1,167 @@
+"""``auto`` mode: pick a builder and say why, including why the others were passed over.
+
+Order: host Nix (fastest, no copying) > SSH builder (``MVM_BUILDER_SSH``) > builder VM
+over vsock (``MVM_BUILDER_VSOCK``) > the offline assembler, which takes only inputs it
+can express (specs, and flakes whose image is a plain mkGuest of busybox applets).
+Each probe is cheap and returns a reason either way; the reasons are what
+``mvmctl build`` and ``mvmctl doctor`` print, so "why did it not use my Nix?" has
+an answer on screen instead of in a debugger.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import attrs
+import structlog
+
+from mvm.engine.builders import Builder, BuildJob, BuildMode, ModeChoice
+from mvm.engine.builders.host import HostNixBuilder
+from mvm.engine.builders.offline import OfflineBuilder, flake_to_spec
+from mvm.engine.builders.ssh import SshBuilder, SshTarget
+from mvm.engine.builders.vsock import VsockBuilder, VsockTarget
+from mvm.engine.errors import BuildError, ConfigError, MvmError
+
+log = structlog.get_logger("mvm.build.auto")
+
+NIX_STORE = Path("/nix/store")
+NIX_DAEMON_SOCKET = Path("/nix/var/nix/daemon-socket/socket")
+
+
+@attrs.frozen
+class Probe:
+    mode: BuildMode
+    ok: bool
+    reason: str
+
+
+@attrs.frozen
+class Choice:
+    builder: Builder
+    mode: BuildMode
+    job: BuildJob
+    probes: tuple[Probe, ...]
+
+    @property
+    def explanation(self) -> str:
+        lines = [f"builder: {self.mode}"]
+        for probe in self.probes:
+            lines.append(
+                f"  {'use ' if probe.mode == self.mode else 'skip'} {probe.mode}: {probe.reason}"
+            )
+        return "\n".join(lines)
+
+    @property
+    def fell_back(self) -> bool:
+        return self.mode == "offline" and self.job.source is not None
+
+
+def probe_host(nix: str = "nix") -> Probe:
+    """Host Nix can build only with a store: the binary alone (Debian's nix-bin on a
+    host without /nix) evaluates but cannot realise anything."""
+    path = shutil.which(nix)
+    if path is None:
+        return Probe("host", False, f"{nix} not found on PATH")
+    version = _version(path)
+    if not NIX_STORE.is_dir() and not NIX_DAEMON_SOCKET.exists():
+        return Probe(
+            "host",
+            False,
+            f"{version} at {path}, but there is no Nix store ({NIX_STORE} missing, no daemon "
+            "socket): it can evaluate, not build",
+        )
+    if NIX_STORE.is_dir() and not os.access(NIX_STORE, os.W_OK) and not NIX_DAEMON_SOCKET.exists():
+        return Probe("host", False, f"{NIX_STORE} is read-only and no nix-daemon runs")
+    return Probe("host", True, f"{version} at {path} with a usable store")
+
+
+def _version(path: str) -> str:
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "nix"
+    return out.stdout.strip() or "nix"
+
+
+async def probe_ssh(target: SshTarget | None) -> Probe:
+    if target is None:
+        return Probe("ssh", False, "no builder configured (set MVM_BUILDER_SSH=[user@]host[:port])")
+    try:
+        version = await SshBuilder(target).probe()
+    except MvmError as exc:
+        return Probe("ssh", False, f"{target}: {exc.one_line()}")
+    return Probe("ssh", True, f"{target} runs {version}")
+
+
+def probe_vsock(target: VsockTarget | None) -> Probe:
+    if target is None:
+        if not Path("/dev/vhost-vsock").exists():
+            return Probe(
+                "vsock",
+                False,
+                "/dev/vhost-vsock is absent, so no builder VM can be reached over vsock "
+                "(and booting one needs a Nix-built builder image, i.e. nixpkgs)",
+            )
+        return Probe("vsock", False, "no builder VM configured (set MVM_BUILDER_VSOCK=CID:PORT)")
+    problem = target.unavailable()
+    if problem:
+        return Probe("vsock", False, problem)
+    return Probe("vsock", True, f"builder VM at {target}")
+
+
+async def choose_builder(
+    job: BuildJob,
+    requested: ModeChoice = "auto",
+    *,
+    nix: str = "nix",
+    ssh: SshTarget | None = None,
+    vsock: VsockTarget | None = None,
+) -> Choice:
+    """The builder for ``job``; for the offline builder the returned job carries the
+    spec it will build. Raises with every reason when nothing can build it."""
+    ssh = ssh if ssh is not None else SshTarget.from_env()
+    vsock = vsock if vsock is not None else VsockTarget.from_env()
+    probes: list[Probe] = []
+    wants = ("host", "ssh", "vsock", "offline") if requested == "auto" else (requested,)
+    if job.source is None and requested == "auto":
+        wants = ("offline",)  # a spec is the offline builder's native input
+    for mode in wants:
+        if mode == "host":
+            probe = probe_host(nix)
+            builder: Builder = HostNixBuilder(nix)
+        elif mode == "ssh":
+            probe = await probe_ssh(ssh)
+            builder = SshBuilder(ssh) if ssh else HostNixBuilder(nix)
+        elif mode == "vsock":
+            probe = probe_vsock(vsock)
+            builder = VsockBuilder(vsock) if vsock else HostNixBuilder(nix)
+        else:
+            probe, job = await _probe_offline(job)
+            builder = OfflineBuilder()
+        probes.append(probe)
+        if probe.ok:
+            choice = Choice(builder, probe.mode, job, tuple(probes))
+            log.info("build.builder_chosen", mode=probe.mode, reasons=[p.reason for p in probes])
+            return choice
+    reasons = "; ".join(f"{p.mode}: {p.reason}" for p in probes)
+    if requested != "auto":
+        raise BuildError(f"the {requested} builder is unavailable: {reasons}", code="E_BUILD_MODE")
+    raise BuildError(f"no builder can build {job.label}: {reasons}", code="E_BUILD_NO_BUILDER")
+
+
+async def _probe_offline(job: BuildJob) -> tuple[Probe, BuildJob]:
+    if job.spec is not None:
+        return Probe("offline", True, "the spec needs no Nix"), job
+    assert job.source is not None
+    try:
+        spec = await flake_to_spec(job.source, job.attr)
+    except ConfigError as exc:
+        return Probe("offline", False, exc.message), job
+    reason = (
+        f"falling back: {job.source}#{job.attr} is a plain mkGuest image ({spec.name}) "
+        "the offline builder can express"
+    )
+    return Probe("offline", True, reason), attrs.evolve(job, spec=spec)

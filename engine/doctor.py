@@ -176,6 +176,28 @@ def _vhost_vsock() -> Check:
     )
 
 
+def _nix_builder() -> Check:
+    from mvm.engine.builders.auto import probe_host
+
+    probe = probe_host()
+    if probe.ok:
+        return Check("nix builder", "ok", probe.reason, required=False)
+    if os.environ.get("MVM_BUILDER_SSH"):
+        return Check(
+            "nix builder",
+            "ok",
+            f"host: {probe.reason}; remote: MVM_BUILDER_SSH={os.environ['MVM_BUILDER_SSH']}",
+            required=False,
+        )
+    return Check(
+        "nix builder",
+        "warn",
+        f"{probe.reason}; flakes that are plain mkGuest images fall back to the offline builder",
+        fix="install Nix with a store, or set MVM_BUILDER_SSH=[user@]host[:port] (+ _KEY)",
+        required=False,
+    )
+
+
 CHECKS: tuple[Callable[[], Check], ...] = (
     lambda: Check("python", "ok", sys.version.split()[0]),
     _qemu,
@@ -192,6 +214,7 @@ CHECKS: tuple[Callable[[], Check], ...] = (
         else _which("musl-gcc", "musl-gcc (agent)", "musl-tools")
     ),
     lambda: _which("nix", "nix", "nix-bin", required=False),
+    _nix_builder,
     lambda: _backend("firecracker"),
     lambda: _backend("cloud-hypervisor"),
     _state_dir,

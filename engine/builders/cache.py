@@ -95,9 +95,12 @@ class CacheKey:
 
 
 def job_key(job: BuildJob, family: str) -> CacheKey:
-    """The cache key for ``job`` when built by ``family`` (``nix`` or ``offline``)."""
+    """The cache key for ``job`` when built by ``family`` (``nix`` or ``offline``).
+
+    The offline builder's output depends only on the spec (a flake it builds was
+    evaluated to one, possibly adjusted, e.g. ``dev = true``), so that is its key."""
     inputs: dict[str, str] = {"version": CACHE_VERSION, "family": family}
-    if job.source is not None:
+    if job.source is not None and not (family == "offline" and job.spec is not None):
         lock = job.source / "flake.lock"
         inputs["kind"] = "flake"
         inputs["attr"] = job.attr

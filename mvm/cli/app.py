@@ -19,7 +19,9 @@ from mvm.cli import (
     agent_commands,
     bench_commands,
     build_commands,
+    builder_commands,
     clone_commands,
+    dev_commands,
     invoke_commands,
     ir_commands,
     lifecycle_commands,
@@ -48,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     clone_commands.register(sub)
     invoke_commands.register(sub)
     bench_commands.register(sub)
+    dev_commands.register(sub)
+    builder_commands.register(sub)
     return parser
 
 

@@ -8,8 +8,10 @@ import sys
 
 import attrs
 
+from mvm.cli.builder_commands import build_project, find_project
 from mvm.cli.images import resolve_image
 from mvm.cli.progress import BuildProgress
+from mvm.engine.builders import MODES, BuildJob
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,8 +24,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     kb = ksub.add_parser("build", help="build (or reuse) the cached microVM kernel")
     kb.set_defaults(func=cmd_kernel_build)
 
-    p = sub.add_parser("build", help="build an image (offline builder) and print its directory")
-    p.add_argument("image", nargs="?", default="demo", help="demo | demo-dev | SPEC.json")
+    p = sub.add_parser("build", help="build an image and print its directory")
+    p.add_argument(
+        "image", nargs="?", default="demo", help="demo | demo-dev | SPEC.json | PROJECT | mvm.toml"
+    )
+    p.add_argument("--builder", choices=MODES, default="auto", help="for projects (flakes)")
     p.add_argument("--json", action="store_true", help="print the image metadata as JSON")
     p.set_defaults(func=cmd_build)
 
@@ -55,7 +60,12 @@ async def cmd_kernel_build(args: argparse.Namespace) -> int:
 
 
 async def cmd_build(args: argparse.Namespace) -> int:
-    image = await resolve_image(args.image)
+    project = find_project(args.image)
+    if project is not None:  # a flake project: Nix builders, else the offline fallback
+        job = BuildJob(name=project[0].name, source=project[0], attr=project[1])
+        image = (await build_project(job, args.builder)).image
+    else:
+        image = await resolve_image(args.image)
     if args.json:
         print(json.dumps({"directory": str(image.directory), "meta": image.meta}, indent=2))
     else:

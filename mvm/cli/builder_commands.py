@@ -1,0 +1,257 @@
+"""Building projects (flake / mvm.toml) and the persistent builder.
+
+``build_project`` is what ``mvmctl build`` and ``mvmctl dev up`` call for a project:
+pick a builder (``auto`` explains its choice and any fallback on stderr), run it in
+a BuilderPool, stream the build log, return the cached Image.
+
+``mvmctl persistent-builder start`` keeps one pool alive in a background process
+(its cache warm, SSH/vsock builders reachable) and serves builds on a Unix socket
+under ``$MVM_HOME/builder/``: newline-delimited JSON, one request per connection.
+``submit`` sends a project there and streams its log; ``status`` and ``stop`` ask it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from mvm.actors.builder_vm import BuildOutcome, builder_pool
+from mvm.engine.builders import MODES, BuildJob, ModeChoice
+from mvm.engine.builders.auto import choose_builder
+from mvm.engine.builders.cache import BuildCache
+from mvm.engine.errors import ConfigError, MvmError, NotFoundError
+from mvm.engine.mvmtoml import MvmToml, load_mvm_toml
+from mvm.engine.paths import mvm_home
+from mvm.engine.process import is_same_process, process_start_time
+
+Say = Callable[[str], None]
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def find_project(ref: str) -> tuple[Path, str, MvmToml | None] | None:
+    """(flake dir, attr, mvm.toml) when ``ref`` names a project, else None."""
+    path = Path(ref)
+    toml_path = path if path.name == "mvm.toml" else path / "mvm.toml"
+    if toml_path.is_file():
+        toml = load_mvm_toml(toml_path)
+        flake_dir = (toml_path.parent / toml.flake).resolve()
+        if not (flake_dir / "flake.nix").is_file():
+            raise ConfigError(
+                f"{toml_path}: flake {toml.flake} has no flake.nix", code="E_TOML_PATH"
+            )
+        return flake_dir, toml.profile, toml
+    if path.is_dir() and (path / "flake.nix").is_file():
+        return path.resolve(), "default", None
+    return None
+
+
+async def build_project(
+    job: BuildJob,
+    mode: ModeChoice = "auto",
+    *,
+    say: Say = _say,
+    on_log: Callable[[str], None] | None = None,
+) -> BuildOutcome:
+    choice = await choose_builder(job, mode)
+    for line in choice.explanation.splitlines():
+        say(line)
+    if choice.fell_back:
+        say(f"no Nix builder available: building {job.label} with the offline builder")
+    async with builder_pool(choice.builder, size=1) as pool:
+        outcome = await pool.build(choice.job, on_log=on_log or (lambda line: say(f"| {line}")))
+    say(
+        f"built {outcome.image.name} ({'cache hit' if outcome.cache_hit else 'built'}, "
+        f"{outcome.mode}, {outcome.seconds:.2f}s): {outcome.image.directory}"
+    )
+    return outcome
+
+
+# -- persistent builder ----------------------------------------------------------------------
+
+
+def _dir() -> Path:
+    return mvm_home() / "builder"
+
+
+def _socket() -> Path:
+    return _dir() / "builder.sock"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("persistent-builder", help="a long-lived build pool serving builds")
+    psub = p.add_subparsers(dest="builder_command", required=True)
+    start = psub.add_parser("start", help="start the builder in the background")
+    start.add_argument("--builder", choices=MODES, default="auto")
+    start.add_argument("--size", type=int, default=4, help="parallel builds")
+    start.set_defaults(func=cmd_start)
+    psub.add_parser("status", help="is it running, with what").set_defaults(func=cmd_status)
+    submit = psub.add_parser("submit", help="build a project (dir with mvm.toml or flake.nix)")
+    submit.add_argument("project", nargs="?", default=".")
+    submit.add_argument("--attr", help="flake package (default: mvm.toml profile or default)")
+    submit.set_defaults(func=cmd_submit)
+    psub.add_parser("stop", help="stop the builder").set_defaults(func=cmd_stop)
+    serve = psub.add_parser("serve", help=argparse.SUPPRESS)
+    serve.add_argument("--builder", choices=MODES, default="auto")
+    serve.add_argument("--size", type=int, default=4)
+    serve.set_defaults(func=cmd_serve)
+
+
+def _pid_record() -> tuple[int, int] | None:
+    try:
+        pid, start = (int(x) for x in (_dir() / "pid").read_text().split(":"))
+    except (OSError, ValueError):
+        return None
+    return (pid, start) if is_same_process(pid, start) else None
+
+
+async def cmd_start(args: argparse.Namespace) -> int:
+    if _pid_record():
+        _say(f"persistent builder already running (pid {_pid_record()[0]})")  # type: ignore[index]
+        return 0
+    _dir().mkdir(parents=True, exist_ok=True)
+    _socket().unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "mvm.cli", "persistent-builder", "serve"]
+    argv += ["--builder", args.builder, "--size", str(args.size)]
+    with (_dir() / "builder.log").open("ab") as log_file:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True
+        )
+    with anyio.move_on_after(15):
+        while not _socket().exists():
+            if proc.poll() is not None:
+                raise MvmError(
+                    f"the builder exited at once (see {_dir() / 'builder.log'})",
+                    code="E_BUILDER_START",
+                )
+            await anyio.sleep(0.05)
+    (_dir() / "pid").write_text(f"{proc.pid}:{process_start_time(proc.pid)}")
+    _say(f"persistent builder started (pid {proc.pid}, {args.builder}, {args.size} slots)")
+    return 0
+
+
+async def _ask(request: dict[str, Any], on_line: Callable[[dict[str, Any]], None]) -> None:
+    if not _socket().exists():
+        raise NotFoundError(
+            "no persistent builder is running",
+            code="E_BUILDER_NOT_RUNNING",
+            hint="mvmctl persistent-builder start",
+        )
+    async with await anyio.connect_unix(_socket()) as stream:
+        await stream.send((json.dumps(request) + "\n").encode())
+        buffer = b""
+        while True:
+            try:
+                buffer += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                on_line(json.loads(line))
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    await _ask({"op": "status"}, lambda msg: print(json.dumps(msg, indent=2)))
+    return 0
+
+
+async def cmd_stop(args: argparse.Namespace) -> int:
+    await _ask({"op": "stop"}, lambda msg: None)
+    _say("persistent builder stopped")
+    return 0
+
+
+async def cmd_submit(args: argparse.Namespace) -> int:
+    project = find_project(args.project)
+    if project is None:
+        raise ConfigError(f"{args.project} has no mvm.toml or flake.nix", code="E_BUILD_SOURCE")
+    source, attr, _toml = project
+    result: dict[str, Any] = {}
+
+    def show(msg: dict[str, Any]) -> None:
+        if "log" in msg:
+            _say(f"| {msg['log']}")
+        else:
+            result.update(msg)
+
+    await _ask({"op": "build", "source": str(source), "attr": args.attr or attr}, show)
+    if not result.get("ok"):
+        raise MvmError(
+            str(result.get("error", "no answer")), code=str(result.get("code", "E_BUILD"))
+        )
+    print(result["directory"])
+    return 0
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    """The background process: a Unix listener until ``stop``. Each build gets a pool
+    for its chosen builder; the cache (and single-flight through it) is shared."""
+    cache = BuildCache()
+    stats_base: dict[str, Any] = {"pid": os.getpid(), "requested": args.builder}
+    async with anyio.create_task_group() as tg:
+        listener = await anyio.create_unix_listener(_socket())
+
+        async def handle(stream: anyio.abc.SocketStream) -> None:
+            async with stream:
+                raw = b""
+                while not raw.endswith(b"\n"):
+                    raw += await stream.receive()
+                request = json.loads(raw)
+
+                async def send(msg: dict[str, Any]) -> None:
+                    await stream.send((json.dumps(msg) + "\n").encode())
+
+                if request.get("op") == "stop":
+                    await send({"ok": True})
+                    tg.cancel_scope.cancel()
+                elif request.get("op") == "status":
+                    await send({**stats_base, "builds": served})
+                elif request.get("op") == "build":
+                    await _serve_build(request, args, cache, send)
+                    served.append(request.get("source"))
+
+        served: list[Any] = []
+        try:
+            await listener.serve(handle)
+        finally:
+            _socket().unlink(missing_ok=True)
+    return 0
+
+
+async def _serve_build(
+    request: dict[str, Any],
+    args: argparse.Namespace,
+    cache: BuildCache,
+    send: Callable[[dict[str, Any]], Any],
+) -> None:
+    lines: list[str] = []
+    try:
+        job = BuildJob(name="submit", source=Path(request["source"]), attr=request["attr"])
+        choice = await choose_builder(job, args.builder)
+        for line in choice.explanation.splitlines():
+            await send({"log": line})
+        async with builder_pool(choice.builder, size=args.size, cache=cache) as pool:
+            outcome = await pool.build(choice.job, on_log=lines.append)
+        for line in lines:
+            await send({"log": line})
+        await send(
+            {
+                "ok": True,
+                "directory": str(outcome.image.directory),
+                "cache_hit": outcome.cache_hit,
+                "mode": outcome.mode,
+            }
+        )
+    except MvmError as exc:
+        await send({"ok": False, "code": exc.code, "error": exc.message})

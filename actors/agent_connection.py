@@ -37,6 +37,9 @@ class AgentConnection(Actor[None]):
         self._ready = anyio.Event()
         self.hello: dict[str, Any] = {}
         self.connects = 0
+        # Set by RuntimeVM before it asks the guest to power off: the link closing is
+        # then the expected end, not a failure to restart from.
+        self.expect_close = False
 
     async def run(
         self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -54,6 +57,9 @@ class AgentConnection(Actor[None]):
                 )
                 task_status.started()
                 await client.wait_closed()
+                if self.expect_close:
+                    log.info("agent.closed_for_poweroff", vm=self.vm)
+                    await anyio.sleep_forever()  # the VM's teardown cancels us
         except TimeoutError:
             raise RequestTimeout(
                 f"guest agent of {self.vm} sent no hello within {self._hello_timeout:.0f}s",

@@ -352,6 +352,7 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
         assert self.agent is not None
         try:
             client = await self.agent.client(timeout=1.0)
+            self.agent.expect_close = True
             await client.shutdown(timeout=2.0)
         except MvmError as exc:
             log.info("vm.no_guest_poweroff", vm=self.request.name, code=exc.code)

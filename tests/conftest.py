@@ -24,5 +24,13 @@ def mvm_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_basetemp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tell leak checks which temp root is this session's (see qemu_pids)."""
+    os.environ["MVM_TEST_BASETEMP"] = str(tmp_path_factory.getbasetemp())
+    yield
+    os.environ.pop("MVM_TEST_BASETEMP", None)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("MVM_LOG_LEVEL", "warning")

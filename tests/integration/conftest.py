@@ -6,6 +6,7 @@ from the shared cache; on a fresh machine the first session builds it).
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,12 @@ def free_port() -> Iterator[int]:
 
 
 def qemu_pids() -> set[int]:
+    """QEMU processes of this test session: their command line names a path under the
+    test's ``$MVM_HOME`` or pytest's temp root (every run dir, drive and socket lives
+    there). QEMUs that other sessions on the host start meanwhile are not ours to count."""
+    mine = [
+        os.environ[var].encode() for var in ("MVM_HOME", "MVM_TEST_BASETEMP") if os.environ.get(var)
+    ]
     out = set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -49,6 +56,7 @@ def qemu_pids() -> set[int]:
             cmd = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if cmd.startswith(b"qemu-system") or b"/qemu-system" in cmd.split(b"\0")[0]:
+        is_qemu = cmd.startswith(b"qemu-system") or b"/qemu-system" in cmd.split(b"\0")[0]
+        if is_qemu and any(path in cmd for path in mine):
             out.add(int(proc.name))
     return out

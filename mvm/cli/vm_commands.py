@@ -281,8 +281,8 @@ async def cmd_ls(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    fmt = "{:<16} {:<16} {:<9} {:<8} {:>9} {:<11} {}"
-    print(fmt.format("NAME", "BACKEND", "MODE", "STATE", "UPTIME", "ACCESS", "PORTS"))
+    fmt = "{:<16} {:<16} {:<9} {:<8} {:>9} {:<11} {:<16} {}"
+    print(fmt.format("NAME", "BACKEND", "MODE", "STATE", "UPTIME", "ACCESS", "HEALTH", "PORTS"))
     for r in rows:
         up = f"{r['uptime_s']:.0f}s" if r["uptime_s"] is not None else "-"
         print(
@@ -293,10 +293,21 @@ async def cmd_ls(args: argparse.Namespace) -> int:
                 r["state"],
                 up,
                 r["access"],
+                health_summary(r["health"]) if r["state"] == "running" else "-",
                 ",".join(r["ports"]) or "-",
             )
         )
     return 0
+
+
+def health_summary(health: dict[str, str]) -> str:
+    """One word for the table: the worst service state, naming the unhealthy ones."""
+    if not health:
+        return "-"
+    bad = sorted(name for name, state in health.items() if state == "unhealthy")
+    if bad:
+        return "unhealthy:" + ",".join(bad)
+    return "healthy" if all(s == "healthy" for s in health.values()) else "unknown"
 
 
 async def cmd_status(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 import anyio
 import attrs
 import pytest
+from fakes.fake_nix import write_fake_nix
 
 from mvm.actors.builder_vm import builder_pool
 from mvm.engine.builders import BuildJob
@@ -35,32 +36,6 @@ pytestmark = pytest.mark.skipif(
     reason="needs OpenSSH's sshd and ssh-keygen, run as root",
 )
 
-FAKE_NIX = r"""#!/bin/sh
-out=""; ref=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --out-link) out="$2"; shift 2;;
-    --extra-experimental-features) shift 2;;
-    build|--print-build-logs) shift;;
-    *) ref="$1"; shift;;
-  esac
-done
-dir="${ref#path:}"; dir="${dir%%#*}"; attr="${ref##*#}"
-echo "$$ $ref" >> "$FAKE_NIX_LOG"
-echo $$ > "$FAKE_NIX_PIDS/$$"
-echo "building '/nix/store/fake-$attr.drv'..."
-if [ -f "$dir/fail" ]; then
-  echo "error: builder for '/nix/store/fake-$attr.drv' failed with exit code 2"; exit 1
-fi
-[ -f "$dir/sleep" ] && sleep "$(cat "$dir/sleep")"
-[ -f "$dir/noresult" ] && exit 0
-store="$FAKE_NIX_STORE/$$-$attr"; mkdir -p "$store"
-printf 'kernel %s\n' "$attr" > "$store/vmlinux"
-cat "$dir/flake.nix" > "$store/rootfs.ext4"
-printf '{"name": "%s", "sealed": false}\n' "$attr" > "$store/mvm-meta.json"
-ln -sfn "$store" "$out"
-echo "done $attr"
-"""
 
 
 @attrs.frozen
@@ -119,9 +94,7 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
     root = tmp_path
     for sub in ("bin", "pids", "store", "remote"):
         (root / sub).mkdir()
-    nix = root / "bin" / "nix"
-    nix.write_text(FAKE_NIX)
-    nix.chmod(0o755)
+    write_fake_nix(root / "bin").rename(root / "bin" / "nix")
     for name in ("host_key", "client_key", "other_key"):
         _keygen(root / name)
     (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
@@ -202,7 +175,7 @@ async def test_build_over_ssh_streams_logs_fetches_artifacts_and_cleans_up(sshd:
 
 
 async def test_eight_parallel_ssh_builds_in_one_loop(sshd: Sshd) -> None:
-    flakes = [make_flake(sshd.root, f"p{i}", sleep="0.5") for i in range(8)]
+    flakes = [make_flake(sshd.root, f"p{i}", sleep="1.5") for i in range(8)]
     cache = BuildCache(sshd.root / "cache")
     started = time.monotonic()
     results = []
@@ -219,7 +192,7 @@ async def test_eight_parallel_ssh_builds_in_one_loop(sshd: Sshd) -> None:
     assert len({r.key for r in results}) == 8 and not any(r.cache_hit for r in results)
     assert sshd.nix_runs() == 8
     assert peak == 8  # all eight ran at once in this one event loop
-    assert elapsed < 8 * 0.5, elapsed  # overlapped, not serial
+    assert elapsed < 8 * 1.5 / 2, elapsed  # overlapped (serial would be 12 s), with slack for load
     assert sshd.remote_dirs() == []
 
 

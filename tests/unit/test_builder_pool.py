@@ -16,6 +16,7 @@ import anyio
 import anyio.abc
 import attrs
 import pytest
+from fakes.fake_nix import write_fake_nix
 
 from mvm.actors.builder_vm import BuilderPool, builder_pool
 from mvm.engine.builders import BuildJob
@@ -24,40 +25,6 @@ from mvm.engine.builders.host import HostNixBuilder
 from mvm.engine.builders.vsock import VsockBuilder, VsockTarget, serve_builder
 from mvm.engine.errors import BuildPhaseError
 from mvm.engine.store import StateStore
-
-FAKE_NIX = r"""#!/bin/sh
-# fake nix: nix --extra-experimental-features F build --print-build-logs --out-link OUT REF
-out=""; ref=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --out-link) out="$2"; shift 2;;
-    --extra-experimental-features) shift 2;;
-    build|--print-build-logs) shift;;
-    *) ref="$1"; shift;;
-  esac
-done
-dir="${ref#path:}"; dir="${dir%%#*}"; attr="${ref##*#}"
-echo "$$ $ref" >> "$FAKE_NIX_LOG"
-[ -n "$FAKE_NIX_PIDS" ] && echo $$ > "$FAKE_NIX_PIDS/$$"
-echo "building '/nix/store/fake-$attr.drv'..."
-if [ -f "$dir/fail" ]; then
-  echo "error: builder for '/nix/store/fake-$attr.drv' failed with exit code 2" >&2; exit 1
-fi
-sleep "${FAKE_NIX_SLEEP:-0}"
-store="$FAKE_NIX_STORE/$$-$attr"; mkdir -p "$store"
-printf 'kernel %s\n' "$attr" > "$store/vmlinux"
-cat "$dir/flake.nix" > "$store/rootfs.ext4"
-printf '{"name": "%s", "sealed": false}\n' "$attr" > "$store/mvm-meta.json"
-ln -sfn "$store" "$out"
-echo "done $attr"
-"""
-
-
-def write_fake_nix(tmp: Path) -> Path:
-    nix = tmp / "fake-nix"
-    nix.write_text(FAKE_NIX)
-    nix.chmod(0o755)
-    return nix
 
 
 def make_flake(root: Path, name: str, body: str = "") -> Path:

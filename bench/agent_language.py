@@ -20,17 +20,15 @@ the agent's ``VmRSS``/``VmHWM`` read through ``exec cat /proc/PID/status``
 (after the hello and after the requests), the round trip of ``PINGS`` pings
 and of ``EXECS`` ``exec true``. On-disk sizes come from the host files.
 
-    python -m mvm.bench.agent_language --runs 5 --json bench/results/agent_language.json
+    mvmctl bench agent_language --runs 10 --json bench/results/agent_language.json
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,14 +37,13 @@ from typing import Any
 import anyio
 import anyio.abc
 import structlog
-import trio
 
 from mvm.backends.guest.build import agent_binary, init_script
 from mvm.backends.guest.protocol import FrameReader, encode_frame
 from mvm.backends.image_builder import build_image, check_spec
 from mvm.backends.kernel_build import ensure_kernel
 from mvm.bench.boot import bare_argv
-from mvm.bench.common import host_info, summary, write_result
+from mvm.bench.common import host_info, summary
 from mvm.engine.errors import AgentError
 from mvm.engine.image import Image
 from mvm.engine.imagespec import ImageSpec
@@ -432,18 +429,3 @@ def summary_line(result: dict[str, Any]) -> str:
         f"{disk['python_minimal']['total'] / 2**20:.1f} MiB",
     ]
     return f"agent_language ({result['runs']} boots each): " + "; ".join(parts)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--json", help="also write the result here")
-    args = parser.parse_args()
-    result = trio.run(run, args.runs, args.warmup)
-    write_result(result, args.json)
-    print(summary_line(result), file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()

@@ -8,30 +8,26 @@ engine's overhead; the target is <= 1.05. Image build time is never included
 drift on a noisy host hits both alike.
 
     mvmctl bench boot --runs 20 --json bench/results/boot.json --plot boot.png
-    python -m mvm.bench.boot --runs 20          (the same, without the CLI)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import anyio
-import trio
 
 from mvm import Engine, Image, VmRequest
 from mvm.backends.demo import DEMO_SPEC
 from mvm.backends.qemu.accel import host_tsc_khz
-from mvm.bench.common import host_info, summary, write_result
+from mvm.bench.common import host_info, summary
 from mvm.engine.build import build_offline_image
 
 
@@ -191,18 +187,3 @@ def summary_line(result: dict[str, Any]) -> str:
         f"{result['bare_qemu_s']['p50'] * 1000:.0f} ms, ratio {result['ratio_p50']:.3f} "
         f"(target <= {result['target_ratio_p50']})"
     )
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--json", help="also write the result here")
-    args = parser.parse_args()
-    result = trio.run(run, args.runs, args.warmup)
-    write_result(result, args.json)
-    print(summary_line(result), file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()

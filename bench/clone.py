@@ -9,24 +9,20 @@ clone p50 <= 40 % of cold-boot p50. Finally ``--count`` clones are restored
 concurrently once, to show what parallel cloning costs on this host.
 
     mvmctl bench clone --runs 20 --json bench/results/clone.json
-    python -m mvm.bench.clone --runs 20          (the same, without the CLI)
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 import time
 from typing import Any
 
 import anyio
-import trio
 
 from mvm import Engine, Image, VmRequest
 from mvm.backends.demo import DEMO_SPEC
-from mvm.bench.common import host_info, summary, write_result
+from mvm.bench.common import host_info, summary
 from mvm.engine.build import build_offline_image
 
 TARGET_RATIO = 0.40
@@ -120,19 +116,3 @@ def summary_line(result: dict[str, Any]) -> str:
         f"(target <= {result['target_ratio_p50']}); {par['count']} parallel clones ready in "
         f"{par['all_ready_s'] * 1000:.0f} ms"
     )
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--count", type=int, default=8, help="clones restored concurrently")
-    parser.add_argument("--json", help="also write the result here")
-    args = parser.parse_args()
-    result = trio.run(run, args.runs, args.warmup, args.count)
-    write_result(result, args.json)
-    print(summary_line(result), file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()

@@ -41,7 +41,12 @@ from mvm.backends.qemu.argv import AGENT_VSOCK_PORT, RunPaths, build_argv
 from mvm.backends.qemu.endpoint import UnixSocketEndpoint, VsockEndpoint, parse_vsock_address
 from mvm.backends.qemu.qmp import QmpClient
 from mvm.engine.errors import BackendError, ConfigError
-from mvm.engine.process import is_same_process, kill_verified, process_start_time
+from mvm.engine.process import (
+    is_same_process,
+    kill_verified,
+    process_start_time,
+    wait_process_exit,
+)
 from mvm.engine.runfiles import remove_run_files
 
 log = structlog.get_logger("mvm.qemu")
@@ -50,7 +55,6 @@ SETUP_HINT = "install qemu-system-x86: run ./scripts/setup"
 START_TIMEOUT_S = 15.0
 UNKNOWN_STATUS = -1  # exit status of a VMM that is not our child (adopted)
 _POLL_S = 0.02
-_ADOPTED_POLL_S = 0.1
 
 
 @attrs.define
@@ -282,7 +286,11 @@ class QemuBackend:
             status = h.status()
             if status is not None:
                 return status
-            await anyio.sleep(_POLL_S if h.proc is not None else _ADOPTED_POLL_S)
+            # Woken by the kernel when QEMU exits (pidfd): an idle VM costs the engine
+            # nothing. Polling every 20 ms cost ~5 ms of CPU per VM per second.
+            await wait_process_exit(h.pid, h.start_time)
+            if h.status() is None:
+                await anyio.sleep(_POLL_S)  # exited but not yet reapable: rare, brief
 
     async def stop(self, handle: VmmHandle, *, grace: float = 5.0) -> int:
         h = _own(handle)

@@ -2,7 +2,9 @@
 
 Every command is an async function run under trio. An ``MvmError`` becomes
 ``error[CODE]: message (hint)`` on stderr and a non-zero exit; Ctrl-C cancels
-the command's scope (which tears down what it started) and exits 130.
+the command's scope (which tears down what it started) and exits 130. SIGTERM and
+SIGHUP (a closed terminal) count as Ctrl-C: the default action would kill the
+process mid-boot and orphan the VMM it had just spawned.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -61,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(json=args.log_json, level=args.log_level)
     command: Command = args.func
     try:
-        status = trio.run(functools.partial(command, args))
+        status = trio.run(_until_terminated, functools.partial(command, args))
     except MvmError as exc:
         print(exc.one_line(), file=sys.stderr)
         raise SystemExit(exc.exit_status) from None
@@ -73,12 +76,38 @@ def main(argv: Sequence[str] | None = None) -> None:
         if any(isinstance(e, KeyboardInterrupt) for e in leaves):
             print("interrupted; everything this command started was torn down", file=sys.stderr)
             raise SystemExit(130) from None
+        exits = [e for e in leaves if isinstance(e, SystemExit)]
+        if exits:
+            raise exits[0] from None
         errors = [e for e in leaves if isinstance(e, MvmError)]
         if errors:
             print(errors[0].one_line(), file=sys.stderr)
             raise SystemExit(errors[0].exit_status) from None
         raise
     raise SystemExit(status)
+
+
+async def _until_terminated(command: Callable[[], Awaitable[int]]) -> int:
+    """Run ``command``; SIGTERM/SIGHUP raise KeyboardInterrupt, which cancels it.
+
+    Commands that want a gentler answer (``run`` once the VM is ready stops the guest
+    cleanly) open their own receiver for these signals, which takes precedence."""
+    status = 0
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def on_signal() -> None:
+                async for _ in signals:
+                    raise KeyboardInterrupt
+
+            async def run() -> None:
+                nonlocal status
+                status = await command()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(on_signal)
+            nursery.start_soon(run)
+    return status
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -190,6 +190,7 @@ async def cmd_submit(args: argparse.Namespace) -> int:
         raise MvmError(
             str(result.get("error", "no answer")), code=str(result.get("code", "E_BUILD"))
         )
+    _say(f"built ({'cache hit' if result.get('cache_hit') else 'built'}, {result.get('mode')})")
     print(result["directory"])
     return 0
 

@@ -59,6 +59,41 @@ def test_run_attached_serves_and_ctrl_c_tears_down(demo_image: Image, free_port:
     assert not [p for p in run_dir.iterdir() if p.suffix in (".sock", ".qcow2", ".pid")]
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_boot_tears_down(demo_image: Image, free_port: int, sig: int) -> None:
+    """Ctrl-C (or a SIGTERM from a supervisor) while the guest still boots: the
+    command's scope is cancelled, the VMM it just spawned is stopped, nothing stays."""
+    before = qemu_pids()
+    proc = subprocess.Popen(
+        [*MVMCTL, "run", "demo", "--name", "early", "-p", f"{free_port}:80"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not qemu_pids() - before and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.01)
+        assert qemu_pids() - before, "no VMM was spawned"
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "early: ready" not in err  # the signal did land during boot
+    assert "interrupted" in err and "Traceback" not in err, err
+    assert qemu_pids() == before
+    (row,) = json.loads(mvmctl("ls", "--json").stdout)  # kept, like an exited container
+    assert row["name"] == "early" and row["state"] == "exited", row
+    run_dir = Path(os.environ["MVM_HOME"]) / "vms" / "early"
+    assert not run_dir.exists() or not [
+        p for p in run_dir.iterdir() if p.suffix in (".sock", ".qcow2", ".pid")
+    ]
+
+
 def test_up_ls_logs_down(demo_image: Image, free_port: int) -> None:
     before = qemu_pids()
     up = mvmctl("up", "demo", "--name", "bg", "-p", f"{free_port}:80")

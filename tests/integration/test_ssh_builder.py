@@ -37,7 +37,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-
 @attrs.frozen
 class Sshd:
     root: Path

@@ -229,6 +229,15 @@ def test_identity_without_init_is_a_coded_error(agent: Agent) -> None:
     conn.close()
 
 
+def _alive(pid: int) -> bool:
+    """Running and not a zombie (the process may be reaped between any two reads)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return not fh.read().split(") ")[1].startswith("Z")
+    except OSError:
+        return False
+
+
 def test_host_hello_drops_streams_and_greets_again(agent: Agent) -> None:
     conn: Frames = agent.connect()
     conn.send({"t": "exec", "id": 5, "argv": ["sleep", "30"]})
@@ -239,11 +248,9 @@ def test_host_hello_drops_streams_and_greets_again(agent: Agent) -> None:
     assert hello["t"] == "hello" and hello["v"] == 1
     # The stream of the "previous host" is gone: its process was killed and the id is free.
     deadline = time.monotonic() + 5
-    while os.path.exists(f"/proc/{started['pid']}") and time.monotonic() < deadline:
-        with open(f"/proc/{started['pid']}/stat") as fh:
-            if fh.read().split(") ")[1].startswith("Z"):
-                break
+    while _alive(started["pid"]) and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert not _alive(started["pid"]), "the previous host's process still runs"
     conn.send({"t": "exec", "id": 5, "argv": ["true"]})
     assert conn.expect(5)["t"] == "started"
     conn.close()

@@ -146,8 +146,11 @@ class Supervisor:
         self._events = events
         self._tg: anyio.abc.TaskGroup | None = None
         self._host_scope: anyio.CancelScope | None = None
-        self._children: list[_Child] = []  # registered (started) children, start order
-        self._pending: list[_Child] = []  # every child whose task has not finished
+        # Keyed by actor name, in insertion order: lookups stay O(1) with a thousand
+        # VMs under one engine, and the last entry is the newest.
+        self._children: dict[str, _Child] = {}  # registered (started) children
+        self._starting: dict[str, _Child] = {}  # started, not yet ready
+        self._pending: dict[str, _Child] = {}  # every child whose task has not finished
         self._closing = False
         self._escalation: ActorFailed | None = None
 
@@ -156,7 +159,7 @@ class Supervisor:
     @property
     def children(self) -> list[str]:
         """Names of the running children, in start order."""
-        return [child.name for child in self._children]
+        return list(self._children)
 
     async def __aenter__(self) -> Supervisor:
         if self._tg is not None:
@@ -200,13 +203,13 @@ class Supervisor:
                 f"supervisor {self.name} is not running; cannot start {actor.name}",
                 code="E_SUPERVISOR_CLOSED",
             )
-        if any(child.name == actor.name for child in self._pending):
+        if actor.name in self._pending:
             raise ConflictError(
                 f"supervisor {self.name} already runs an actor named {actor.name!r}",
                 code="E_ACTOR_NAME_TAKEN",
             )
         child = _Child(actor, policy or RestartPolicy())
-        self._pending.append(child)
+        self._pending[child.name] = self._starting[child.name] = child
         self._tg.start_soon(self._supervise, child, name=f"actor:{actor.name}")
         try:
             await child.first_outcome.wait()
@@ -218,19 +221,19 @@ class Supervisor:
 
     async def stop(self, name: str) -> bool:
         """Stop one child and wait for its teardown; False if no such child is running."""
-        for child in reversed(self._pending):
-            if child.name == name:
-                await self._stop_child(child)
-                return True
-        return False
+        child = self._pending.get(name)
+        if child is None:
+            return False
+        await self._stop_child(child)
+        return True
 
     # -- child lifecycle ---------------------------------------------------------------------------
 
     def _last_pending(self) -> _Child:
         # Registered children in reverse start order first; children still starting
         # (not yet in _children) are stopped before them, being the newest.
-        starting = [c for c in self._pending if not c.registered]
-        return starting[-1] if starting else self._children[-1]
+        newest = self._starting or self._children
+        return newest[next(reversed(newest))]
 
     async def _stop_child(self, child: _Child) -> None:
         with anyio.CancelScope(shield=True):
@@ -241,15 +244,15 @@ class Supervisor:
             await child.done.wait()
 
     def _forget(self, child: _Child) -> None:
-        if child in self._children:
-            self._children.remove(child)
-        if child in self._pending:
-            self._pending.remove(child)
+        for table in (self._children, self._starting, self._pending):
+            if table.get(child.name) is child:
+                del table[child.name]
 
     def _on_started(self, child: _Child) -> None:
         if not child.registered:
             child.registered = True
-            self._children.append(child)
+            self._children[child.name] = child
+            self._starting.pop(child.name, None)
             child.first_outcome.set()
         self._publish("actor.started", child, attempt=child.attempt)
 

@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verbs = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
     for name, helptext in _BENCHES.items():
         p = verbs.add_parser(name, help=helptext)
-        p.add_argument("--runs", type=int, default=20)
+        p.add_argument("--runs", type=int, help="samples or rounds (default: per benchmark)")
         p.add_argument("--warmup", type=int, default=2)
         p.add_argument("--backend", help="qemu (default for boot) or stub")
         p.add_argument("--count", type=int, default=None, help="N for scale/health")

@@ -231,3 +231,50 @@ async def test_down_works_when_the_shim_was_sigkilled(image: Image) -> None:
         await stop_vm_record(store, rec)
         assert not is_same_process(rec.pid, rec.pid_start_time)
         assert await store.get_vm("lost") is None
+
+
+def test_engine_public_api_on_asyncio(image: Image) -> None:
+    """An asyncio application embeds the engine the same way (anyio underneath): start
+    with a forward, exec in the guest agent, the event stream, stop leaving nothing."""
+
+    async def echo(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.EndOfStream):
+                async for chunk in stream:
+                    await stream.send(chunk)
+
+    async def scenario() -> dict[str, object]:
+        seen: dict[str, object] = {}
+        host_port = _free_port()
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        guest_port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, echo)
+            async with Engine.open() as engine, engine.events() as events:
+                vm = await engine.start(
+                    _request(image, "aio", PortMapping(host_port, guest_port)), image
+                )
+                seen["stdout"] = (await vm.exec(["echo", "from asyncio"])).stdout
+                payload = os.urandom(256 * 1024)
+                seen["echo_exact"] = await _roundtrip(host_port, payload) == payload
+                await vm.stop()
+                kinds: list[str] = []
+                with anyio.move_on_after(5):
+                    async for event in events:
+                        kinds.append(event.kind)
+                        if event.kind == "vm.stopped":
+                            break
+                seen["kinds"] = kinds
+            tg.cancel_scope.cancel()
+        async with StateStore.open() as store:
+            row = await store.get_vm("aio")
+        seen["state"] = row.state if row else None
+        return seen
+
+    seen = anyio.run(scenario, backend="asyncio")
+    assert seen["stdout"] == b"from asyncio\n"
+    assert seen["echo_exact"] is True
+    kinds = seen["kinds"]
+    assert isinstance(kinds, list) and kinds.index("vm.ready") < kinds.index("vm.stopped"), kinds
+    assert seen["state"] == "exited"
+    assert [p for p in vm_dir("aio").iterdir() if p.name.endswith((".sock", ".pid"))] == []

@@ -29,6 +29,16 @@ def mvmctl(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]
     )
 
 
+def spawn_run(name: str, port: int) -> subprocess.Popen[str]:
+    """``mvmctl run demo`` attached, in the background, its stderr readable line by line."""
+    return subprocess.Popen(
+        [*MVMCTL, "run", "demo", "--name", name, "-p", f"{port}:80"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _fetch(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=20) as resp:
         return str(resp.read().decode())
@@ -36,12 +46,7 @@ def _fetch(port: int) -> str:
 
 def test_run_attached_serves_and_ctrl_c_tears_down(demo_image: Image, free_port: int) -> None:
     before = qemu_pids()
-    proc = subprocess.Popen(
-        [*MVMCTL, "run", "demo", "--name", "att", "-p", f"{free_port}:80"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn_run("att", free_port)
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()
@@ -64,12 +69,7 @@ def test_signal_during_boot_tears_down(demo_image: Image, free_port: int, sig: i
     """Ctrl-C (or a SIGTERM from a supervisor) while the guest still boots: the
     command's scope is cancelled, the VMM it just spawned is stopped, nothing stays."""
     before = qemu_pids()
-    proc = subprocess.Popen(
-        [*MVMCTL, "run", "demo", "--name", "early", "-p", f"{free_port}:80"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn_run("early", free_port)
     try:
         deadline = time.monotonic() + 60
         while not qemu_pids() - before and time.monotonic() < deadline:

@@ -16,7 +16,7 @@ import pytest
 from mvm import Image
 
 from .conftest import qemu_pids
-from .test_cli import MVMCTL, _fetch, mvmctl
+from .test_cli import MVMCTL, _fetch, mvmctl, spawn_run
 
 pytestmark = pytest.mark.qemu
 
@@ -113,12 +113,7 @@ def test_exec_console_gates(demo_image: Image, demo_dev_image: Image) -> None:
 
 def test_detach_hands_an_attached_vm_to_a_supervisor(demo_image: Image, free_port: int) -> None:
     before = qemu_pids()
-    proc = subprocess.Popen(
-        [*MVMCTL, "run", "demo", "--name", "att2", "-p", f"{free_port}:80"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn_run("att2", free_port)
     try:
         assert proc.stderr is not None
         assert "att2: ready" in proc.stderr.readline()

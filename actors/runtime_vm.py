@@ -186,7 +186,7 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
             for vol in req.volumes
         ]
         if req.net == "tap":
-            self.lease = await network.acquire(req.name)
+            self.lease = await network.acquire(req.name, bridged=self.restore is None)
         plan = self.backend.prepare(self._vm_spec(tuple(drives)))
         self._publish("vm.starting", backend=self.backend.name, accel=plan.accel.value)
         self.handle = await self.backend.start(plan, detached=True)
@@ -365,15 +365,17 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
         seed before anything else talks to it (forwards, health, users)."""
         assert self.agent is not None and self.restore is not None
         ident = new_identity(self.request.name)
+        lease = self.lease  # a TAP clone: its own TAP (already in the VMM), MAC and address
+        net = f"{lease.mac},{lease.ip}/{lease.prefix},{lease.gateway}" if lease else None
         client = await self.agent.client()
-        reply = await client.identity(ident.hostname, ident.machine_id, ident.seed)
-        self.agent.hello.update(hostname=reply.get("hostname"), machine_id=reply.get("machine_id"))
-        self._publish(
-            "vm.identity",
-            snapshot=self.restore.name,
-            hostname=reply.get("hostname"),
-            machine_id=reply.get("machine_id"),
-        )
+        reply = await client.identity(ident.hostname, ident.machine_id, ident.seed, net=net)
+        applied: dict[str, Any] = {
+            k: reply[k] for k in ("hostname", "machine_id", "net") if k in reply
+        }
+        self.agent.hello.update(applied)
+        if lease is not None:
+            await network.join_bridge(lease)
+        self._publish("vm.identity", snapshot=self.restore.name, **applied)
 
     async def _request_detach(self) -> None:
         if self.request.mode == "detached":

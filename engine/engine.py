@@ -172,6 +172,7 @@ class Engine:
             vcpus=meta.vcpus,
             memory_mib=meta.memory_mib,
             boot_timeout_s=boot_timeout_s,
+            net=meta.net,
         )
         return await self._start(request, None, restore=meta)
 

@@ -151,7 +151,7 @@ def _ensure_bridge_and_nat(config: NetConfig) -> None:
     )
 
 
-def _create_tap(lease: Lease, config: NetConfig) -> None:
+def _create_tap(lease: Lease, config: NetConfig, *, bridged: bool) -> None:
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
@@ -159,8 +159,18 @@ def _create_tap(lease: Lease, config: NetConfig) -> None:
             ipr.link("del", index=stale)
         ipr.link("add", ifname=lease.tap, kind="tuntap", mode="tap")
         tap = ipr.link_lookup(ifname=lease.tap)[0]
+        ipr.link("set", index=tap, state="up")
+    if bridged:
+        _join_bridge(lease, config)
+
+
+def _join_bridge(lease: Lease, config: NetConfig) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        tap = ipr.link_lookup(ifname=lease.tap)[0]
         bridge = ipr.link_lookup(ifname=config.bridge)[0]
-        ipr.link("set", index=tap, master=bridge, state="up")
+        ipr.link("set", index=tap, master=bridge)
 
 
 def _delete_tap(tap: str) -> None:
@@ -184,11 +194,11 @@ def _teardown_shared(config: NetConfig) -> None:
         _nft(f"delete table ip {NFT_TABLE}\n")
 
 
-def _acquire(vm: str, config: NetConfig) -> Lease:
+def _acquire(vm: str, config: NetConfig, bridged: bool) -> Lease:
     lease = _claim_address(vm, config)
     try:
         _ensure_bridge_and_nat(config)
-        _create_tap(lease, config)
+        _create_tap(lease, config, bridged=bridged)
     except BaseException:
         _release(lease, config)
         raise
@@ -203,14 +213,27 @@ def _release(lease: Lease, config: NetConfig) -> None:
     log.info("net.released", vm=lease.vm, ip=lease.ip, tap=lease.tap)
 
 
-async def acquire(vm: str, config: NetConfig | None = None) -> Lease:
+async def acquire(vm: str, config: NetConfig | None = None, *, bridged: bool = True) -> Lease:
+    """An address, a MAC and a TAP for ``vm``. A restored clone asks for its TAP
+    unbridged: it wakes up with its source's MAC and address, and joins the bridge
+    (``join_bridge``) only once re-addressed, so the bridge never learns the
+    source's MAC on the clone's port."""
     try:
-        return await anyio.to_thread.run_sync(_acquire, vm, config or NetConfig.from_env())
+        return await anyio.to_thread.run_sync(_acquire, vm, config or NetConfig.from_env(), bridged)
     except OSError as exc:
         raise BackendError(
             f"setting up the TAP network failed: {exc}",
             code="E_NET_SETUP",
             hint="networked mode needs root (CAP_NET_ADMIN)",
+        ) from None
+
+
+async def join_bridge(lease: Lease, config: NetConfig | None = None) -> None:
+    try:
+        await anyio.to_thread.run_sync(_join_bridge, lease, config or NetConfig.from_env())
+    except (OSError, IndexError) as exc:
+        raise BackendError(
+            f"attaching {lease.tap} to the bridge failed: {exc}", code="E_NET_SETUP"
         ) from None
 
 

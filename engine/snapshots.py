@@ -38,6 +38,7 @@ from mvm.engine.paths import mvm_home
 from mvm.engine.planfile import load_plan
 from mvm.engine.process import is_same_process
 from mvm.engine.store import StateStore
+from mvm.engine.vmrequest import NetMode
 
 log = structlog.get_logger("mvm.snapshots")
 
@@ -71,6 +72,7 @@ class SnapshotMeta:
     created_at: float
     state_bytes: int
     format: int = FORMAT
+    net: NetMode = "none"  # "tap": each clone gets its own TAP, MAC and address
 
     @property
     def directory(self) -> Path:
@@ -237,6 +239,7 @@ async def take_snapshot(store: StateStore, vm: str, name: str) -> SnapshotMeta:
             sealed=image.sealed,
             created_at=time.time(),
             state_bytes=(tmp_dir / STATE_FILE).stat().st_size,
+            net="tap" if spec.get("net") == "tap" else "none",
         )
         write_meta(tmp_dir, meta)
         publish(tmp_dir, name)
@@ -265,10 +268,4 @@ def _check_snapshottable(vm: str, backend: str, spec: dict[str, Any]) -> None:
             f"VM {vm!r} has volumes: clones would share its writable disks",
             code="E_SNAPSHOT_UNSUPPORTED",
             hint="snapshot VMs without -v (their rootfs is read-only and shared by clones)",
-        )
-    if spec.get("net", "none") != "none":
-        raise BackendError(
-            f"VM {vm!r} has a TAP NIC: re-addressing a clone's NIC is not implemented",
-            code="E_SNAPSHOT_UNSUPPORTED",
-            hint="snapshot VMs started without --net tap (ports go through the agent)",
         )

@@ -258,19 +258,27 @@ class AgentClient:
         await self._call("shutdown", timeout=timeout, reboot=reboot)
 
     async def identity(
-        self, hostname: str, machine_id: str, seed: bytes, *, timeout: float = 10.0
+        self,
+        hostname: str,
+        machine_id: str,
+        seed: bytes,
+        *,
+        net: str | None = None,
+        timeout: float = 10.0,
     ) -> dict[str, Any]:
-        """Give a restored clone its own hostname, machine-id and RNG seed.
+        """Give a restored clone its own hostname, machine-id and RNG seed, and with
+        ``net`` ("MAC,IP/PREFIX,GATEWAY") re-address its TAP NIC.
 
         Answers once /init applied them; the reply carries the values the guest now
-        reports (``hostname``, ``machine_id``), as every later hello does."""
-        return await self._call(
-            "identity",
-            timeout=timeout,
-            hostname=hostname,
-            machine_id=machine_id,
-            seed=base64.b64encode(seed).decode(),
-        )
+        reports (``hostname``, ``machine_id``, ``net``), as every later hello does."""
+        fields: dict[str, Any] = {
+            "hostname": hostname,
+            "machine_id": machine_id,
+            "seed": base64.b64encode(seed).decode(),
+        }
+        if net is not None:
+            fields["net"] = net
+        return await self._call("identity", timeout=timeout, **fields)
 
     async def service(
         self, name: str, action: str, *, sig: int | None = None, timeout: float = 10.0

@@ -464,6 +464,48 @@ def test_tap_mode_in_a_private_netns(
     assert _net_state(netns) == before
 
 
+def _link_mac(pid: int, vm: str) -> str:
+    link = _ok(_in_ns(pid, *MVMCTL, "exec", vm, "--", "cat", "/sys/class/net/eth0/address"))
+    return link.stdout.strip()
+
+
+def test_tap_clone_gets_its_own_tap_mac_and_address(
+    rt_image: Image, netns: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clone of a TAP VM: its own TAP (a new lease), MAC and address, set by the
+    agent + /init before its TAP joins the bridge; the source keeps serving."""
+    monkeypatch.setenv("MVM_NET_SUBNET", "10.213.7.0/28")
+    monkeypatch.setenv("MVM_NET_BRIDGE", "brmt0")
+    before = _net_state(netns)
+    _ok(_in_ns(netns, *MVMCTL, "up", str(rt_image.directory), "--name", "tsrc", "--net", "tap"))
+    try:
+        source_mac = _link_mac(netns, "tsrc")
+        _ok(_in_ns(netns, *MVMCTL, "snapshot", "tsrc", "--as", "tapsnap"))
+        _ok(_in_ns(netns, *MVMCTL, "clone", "tapsnap", "--name", "tclone"))
+        during = _net_state(netns)
+        assert during.leases == ["10.213.7.2", "10.213.7.3"], during
+        assert len(during.taps) == 2, during
+        addr = _ok(_in_ns(netns, *MVMCTL, "exec", "tclone", "--", "ip", "-4", "addr", "show"))
+        assert "inet 10.213.7.3/28" in addr.stdout and "10.213.7.2" not in addr.stdout
+        lease = json.loads((_home() / "net" / "leases" / "10.213.7.3").read_text())
+        assert _link_mac(netns, "tclone") == lease["mac"] != source_mac
+        route = _ok(_in_ns(netns, *MVMCTL, "exec", "tclone", "--", "ip", "route"))
+        assert "default via 10.213.7.1" in route.stdout, route.stdout
+        host = _ok(_in_ns(netns, *MVMCTL, "exec", "tclone", "--", "hostname"))
+        assert host.stdout.strip() == "tclone"
+        # Both answer on their own address, over the bridge, at the same time.
+        for ip, word in (("10.213.7.3", "clone"), ("10.213.7.2", "source")):
+            echo = _in_ns(netns, MVMCTL[0], "-c", _ECHO_CLIENT, ip, word)
+            assert echo.returncode == 0, (ip, echo.stderr)
+        assert _link_mac(netns, "tsrc") == source_mac
+    finally:
+        down = _in_ns(netns, *MVMCTL, "down", "tclone", "tsrc")
+        _in_ns(netns, *MVMCTL, "snapshots", "--rm", "tapsnap")
+    _ok(down)
+    _wait_for(lambda: not _our_vmms(), 30, "the VMMs to exit")
+    assert _net_state(netns) == before
+
+
 # ------------------------------------------------------------------ 6. logs -f
 
 

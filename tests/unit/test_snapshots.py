@@ -163,9 +163,9 @@ def _fake_init(agent: Agent, lines: list[str], *, confirm: bool = True) -> threa
                 except BlockingIOError:
                     time.sleep(0.005)
             lines.append(data.decode())
-            _, host, mid, _seed = data.decode().split()
+            _, host, mid, _seed, *net = data.decode().split()
             if confirm:
-                (agent.root / "identity").write_text(f"{host} {mid}\n")
+                (agent.root / "identity").write_text(" ".join([host, mid, *net]) + "\n")
         finally:
             os.close(fd)
 
@@ -200,9 +200,42 @@ def test_identity_goes_to_init_and_is_answered_once_applied(agent: Agent) -> Non
     conn.close()
 
 
+def test_identity_with_net_readdresses_through_init(agent: Agent) -> None:
+    """A TAP clone's MAC, address and gateway ride on the same ctl line to /init,
+    and the reply (and so the host) sees them only once /init confirmed them."""
+    conn = agent.connect()
+    seed = bytes(range(32))
+    lines: list[str] = []
+    thread = _fake_init(agent, lines)
+    mid = "fedcba9876543210fedcba9876543210"
+    net = "52:54:00:0a:0b:0c,10.213.7.3/28,10.213.7.1"
+    conn.send(
+        {
+            "t": "identity",
+            "id": 1,
+            "hostname": "tclone",
+            "machine_id": mid,
+            "seed": base64.b64encode(seed).decode(),
+            "net": net,
+        }
+    )
+    reply = conn.expect(1)
+    thread.join(5)
+    assert reply["t"] == "identity" and reply["net"] == net, reply
+    assert lines == [f"identity tclone {mid} {seed.hex()} {net}\n"]
+    conn.close()
+
+
+_SEED = base64.b64encode(b"s" * 32).decode()
+
+
 @pytest.mark.parametrize(
     "fields",
     [
+        {"hostname": "ok", "machine_id": "0" * 32, "seed": _SEED, "net": "52:54:00:0a:0b:0c x"},
+        {"hostname": "ok", "machine_id": "0" * 32, "seed": _SEED, "net": "1.2.3.4;reboot"},
+        {"hostname": "ok", "machine_id": "0" * 32, "seed": _SEED, "net": "a" * 65},
+        {"hostname": "ok", "machine_id": "0" * 32, "seed": _SEED, "net": 7},
         {"hostname": "bad host", "machine_id": "0" * 32, "seed": "AA=="},
         {"hostname": "-x", "machine_id": "0" * 32, "seed": base64.b64encode(b"s" * 32).decode()},
         {"hostname": "ok", "machine_id": "0" * 31, "seed": base64.b64encode(b"s" * 32).decode()},

@@ -56,6 +56,21 @@ static int valid_machine_id(const char *m, size_t n)
 	return 1;
 }
 
+/* "MAC,IP/PREFIX,GATEWAY" for a TAP clone's NIC: only the characters those use, so
+ * the value can go on /init's control line unquoted. /init checks the shape. */
+static int valid_net(const char *v, size_t n)
+{
+	if (n < 15 || n > 64 || strlen(v) < n)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		char c = v[i];
+		if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || c == ':' || c == '.' ||
+		      c == '/' || c == ','))
+			return 0;
+	}
+	return 1;
+}
+
 /* The file /init writes once it applied an identity: next to the control FIFO. */
 static void confirm_path(char *out, size_t len)
 {
@@ -98,12 +113,23 @@ static void set_identity(session_t *s, int64_t id, const jdoc_t *d)
 		send_error(s, id, "E_IDENTITY_ARGS", "seed must be %d bytes of base64", SEED_BYTES);
 		return;
 	}
+	const char *net = "";
+	size_t nlen = 0;
+	int has_net = json_get_str(d, 0, "net", &net, &nlen);
+	if (has_net < 0 || (has_net == 1 && !valid_net(net, nlen))) {
+		send_error(s, id, "E_IDENTITY_ARGS", "net must be MAC,IP/PREFIX,GATEWAY");
+		return;
+	}
+	if (has_net != 1)
+		nlen = 0;
 	char hex[2 * SEED_BYTES + 1];
 	for (int i = 0; i < SEED_BYTES; i++)
 		snprintf(hex + 2 * i, 3, "%02x", raw[i]);
-	char want[128], line[256], path[512];
-	snprintf(want, sizeof want, "%.*s %.*s", (int)hlen, host, (int)mlen, mid);
-	snprintf(line, sizeof line, "identity %s %s\n", want, hex);
+	char want[192], line[320], path[512];
+	snprintf(want, sizeof want, "%.*s %.*s%s%.*s", (int)hlen, host, (int)mlen, mid,
+		 nlen ? " " : "", (int)nlen, net);
+	snprintf(line, sizeof line, "identity %.*s %.*s %s%s%.*s\n", (int)hlen, host, (int)mlen,
+		 mid, hex, nlen ? " " : "", (int)nlen, net);
 	confirm_path(path, sizeof path);
 
 	int fd = open(g_cfg.ctl, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
@@ -130,6 +156,8 @@ static void set_identity(session_t *s, int64_t id, const jdoc_t *d)
 				frame_begin(&f, s, "identity", id);
 				fw_str(&f, "hostname", host, hlen);
 				fw_str(&f, "machine_id", mid, mlen);
+				if (nlen)
+					fw_str(&f, "net", net, nlen);
 				fw_int(&f, "uptime_ms", uptime_ms());
 				frame_end(&f);
 				agent_log("identity %s applied", want);

@@ -475,6 +475,7 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
             memory_mib=snap.memory_mib,
             accel=Accel(snap.accel),
             incoming=snap.state_path,
+            agent_vsock=snap.agent_transport == "vsock",
         )
 
     def _record_spec(self) -> dict[str, Any]:

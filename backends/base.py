@@ -56,6 +56,9 @@ class VmSpec:
     accel: Accel = Accel.AUTO
     rootfs_read_only: bool = False
     incoming: Path | None = None  # restore from this snapshot file instead of booting
+    # The agent channel: None lets the backend choose (vhost-vsock where the host has
+    # it); a restore passes its snapshot's, since the device model must match.
+    agent_vsock: bool | None = None
 
 
 @attrs.frozen

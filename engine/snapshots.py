@@ -210,13 +210,8 @@ async def take_snapshot(store: StateStore, vm: str, name: str) -> SnapshotMeta:
     spec: dict[str, Any] = json.loads(rec.spec_json or "{}")
     _check_snapshottable(vm, rec.backend, spec)
     plan = load_plan(Path(rec.run_dir))
+    # Clones get a new guest CID with their new run dir (see QemuBackend._use_vsock).
     transport: AgentTransport = "vsock" if plan.agent_socket.name.startswith("vsock-") else "serial"
-    if transport == "vsock":
-        raise BackendError(
-            f"VM {vm!r} uses vhost-vsock: clones would keep the source's guest CID",
-            code="E_SNAPSHOT_UNSUPPORTED",
-            hint="snapshots are supported with the virtio-serial agent channel",
-        )
     image = Image.load(Path(rec.image))
     backend = get_backend(rec.backend)
     root = snapshots_root()

@@ -173,10 +173,21 @@ class QemuBackend:
             return Availability(False, f"{self.qemu} not found on PATH ({SETUP_HINT})")
         return Availability(True, f"{path}")
 
-    def _use_vsock(self) -> bool:
-        if self.vsock is not None:
-            return self.vsock
-        return Path("/dev/vhost-vsock").exists()
+    def _use_vsock(self, spec: VmSpec) -> bool:
+        host_has_it = self.vsock if self.vsock is not None else Path("/dev/vhost-vsock").exists()
+        if spec.agent_vsock is None:
+            return host_has_it
+        if spec.agent_vsock and not host_has_it:
+            raise ConfigError(
+                f"{spec.name}: the snapshot's agent channel is vhost-vsock, which this host "
+                "lacks (no /dev/vhost-vsock)",
+                code="E_SNAPSHOT_TRANSPORT",
+                hint="clone it on a host with vhost-vsock (modprobe vhost_vsock), or snapshot "
+                "a VM started here",
+            )
+        # A new run dir is a new guest CID: after the restore QEMU sends the guest a
+        # vsock transport reset, and the guest driver re-reads its CID from the device.
+        return spec.agent_vsock
 
     def prepare(self, spec: VmSpec) -> LaunchPlan:
         check_inputs(spec.kernel, spec.rootfs, spec.incoming)
@@ -185,7 +196,7 @@ class QemuBackend:
                 raise ConfigError(f"drive {drive.path} does not exist", code="E_DRIVE_MISSING")
         accel = resolve_accel(spec.accel)
         tsc = host_tsc_khz() if accel is Accel.TCG else None
-        cid = vsock_cid_for(spec.run_dir) if self._use_vsock() else None
+        cid = vsock_cid_for(spec.run_dir) if self._use_vsock(spec) else None
         argv, cmdline = build_argv(spec, accel=accel, tsc_khz=tsc, vsock_cid=cid, qemu=self.qemu)
         paths = RunPaths(spec.run_dir)
         agent = spec.run_dir / f"vsock-{cid}-{AGENT_VSOCK_PORT}" if cid is not None else paths.agent

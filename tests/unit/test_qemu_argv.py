@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import anyio
+import attrs
 import pytest
 
 from mvm.backends.base import Accel, Drive, NetDevice, VmSpec
@@ -216,6 +217,30 @@ def test_prepare_with_vsock_dials_the_guest_cid(
     assert backend.prepare(_spec(tmp_path)).agent_socket == plan.agent_socket
     other = backend.prepare(_spec(tmp_path, run_dir=tmp_path / "run2"))
     assert other.agent_socket != plan.agent_socket
+
+
+def test_restore_keeps_the_snapshots_agent_channel_with_a_new_cid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clone's device model follows its snapshot (vsock or serial), whatever the
+    host would pick for a new VM; a vsock clone gets its own CID from its run dir."""
+    monkeypatch.setenv("MVM_ACCEL", "kvm")
+    state = tmp_path / "state.bin"
+    state.write_bytes(b"x")
+    source = QemuBackend(vsock=True).prepare(_spec(tmp_path, run_dir=tmp_path / "src"))
+    clone_spec = _spec(tmp_path, run_dir=tmp_path / "clone", incoming=state, agent_vsock=True)
+    clone = QemuBackend(vsock=True).prepare(clone_spec)
+    src_cid = QemuBackend().agent_endpoint(source)
+    new_cid = QemuBackend().agent_endpoint(clone)
+    assert isinstance(src_cid, VsockEndpoint) and isinstance(new_cid, VsockEndpoint)
+    assert new_cid.cid != src_cid.cid
+    assert f"vhost-vsock-device,guest-cid={new_cid.cid}" in clone.argv
+    serial = QemuBackend(vsock=True).prepare(attrs.evolve(clone_spec, agent_vsock=False))
+    assert not any("vhost-vsock" in arg for arg in serial.argv)
+    assert serial.agent_socket == tmp_path / "clone" / "agent.sock"
+    with pytest.raises(ConfigError) as err:
+        QemuBackend(vsock=False).prepare(clone_spec)
+    assert err.value.code == "E_SNAPSHOT_TRANSPORT"
 
 
 @pytest.mark.parametrize(

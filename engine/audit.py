@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +37,7 @@ import structlog
 from mvm.engine.errors import AuditTampered, ConfigError
 from mvm.engine.ir.canonical import canonical_json
 from mvm.engine.paths import mvm_home
+from mvm.engine.store_connection import enable_wal
 
 log = structlog.get_logger()
 
@@ -87,26 +87,13 @@ def _connect(path: Path) -> sqlite3.Connection:
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
     conn = sqlite3.connect(path, timeout=30, isolation_level=None)
     try:
-        _enable_wal(conn)
+        enable_wal(conn, 30.0)
         conn.execute("PRAGMA synchronous=FULL")
         conn.executescript(_SCHEMA)
     except BaseException:
         conn.close()
         raise
     return conn
-
-
-def _enable_wal(conn: sqlite3.Connection) -> None:
-    """Switch to WAL once per file. SQLite does not run its busy handler for a journal
-    mode change, so a second process racing the first one retries here instead."""
-    deadline = time.monotonic() + 30
-    while conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
 
 
 def entry_hash(prev_hash: str, body: Mapping[str, Any]) -> str:

@@ -1,7 +1,7 @@
 # The image derivation: vmlinux + rootfs.ext4 + mvm-meta.json, the layout the
 # offline builder (backends/image_builder.py) writes, so the runtime cannot tell
 # the two paths apart. The guest tree is the same busybox-as-PID-1 layout
-# (`_populate`): /init and the agent come from the SAME sources in
+# (image_tree.`_populate`): /init and the agent come from the SAME sources in
 # backends/guest/ (never a fork), the generated /etc files come from
 # spec.nix's `layout`, and the filesystem is made with the same mke2fs recipe
 # (mkfs.ext4 -d, fixed times/UUID/hash seed, ownership set with debugfs).
@@ -136,7 +136,7 @@ let
         esac
       ''}
 
-      # The filesystem, with image_builder._make_filesystem's recipe.
+      # The filesystem, with ext4._make_filesystem's recipe.
       export LC_ALL=C E2FSPROGS_FAKE_TIME=${toString sourceDateEpoch} SOURCE_DATE_EPOCH=${toString sourceDateEpoch}
       printf '%s' ${q mke2fsConf} > mke2fs.conf
       export MKE2FS_CONFIG="$PWD/mke2fs.conf"

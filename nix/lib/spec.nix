@@ -1,9 +1,9 @@
 # mkGuest's arguments -> a checked, normalised spec, its metadata and the
 # generated files of the guest tree. Pure builtins: this is the part tests
 # evaluate against the stub package set, and it mirrors engine/imagespec.py and
-# backends/image_builder.py (`image_meta`, `_validate_spec`, `_populate`) rule
-# for rule, so both build paths boot the same guest and write the same
-# mvm-meta.json.
+# backends/ image_builder.py (`image_meta`), image_checks.py (`_validate_spec`)
+# and image_tree.py (`_populate`) rule for rule, so both build paths boot the
+# same guest and write the same mvm-meta.json.
 let
   u = import ./util.nix;
   inherit (u) matches repr;
@@ -28,7 +28,7 @@ let
   isInt = builtins.isInt;
   startsWith = p: s: builtins.substring 0 (builtins.stringLength p) s == p;
 
-  # image_builder._check_guest_path
+  # image_checks._check_guest_path
   guestPathChecks = code: path: [
     {
       ok = matches "/[A-Za-z0-9._+@%=,:~/ -]*" path
@@ -66,7 +66,7 @@ let
   };
 
   # The checks in the offline builder's order: ImageSpec.__attrs_post_init__,
-  # then image_builder._validate_spec.
+  # then image_checks._validate_spec.
   checksFor = fn: args:
     let
       name = args.name or null;
@@ -293,7 +293,7 @@ rec {
       inherit meta;
     };
 
-  # The files and directories the builder generates (image_builder._populate),
+  # The files and directories the builder generates (image_tree._populate),
   # as { files.<guest path> = { text; mode; }; dirs = [ { path; mode; uid; } ]; }.
   # Busybox, its applet links, /init, the agent, packages and extra files are
   # added by the rootfs derivation itself.

@@ -39,7 +39,7 @@ rec {
     else if builtins.match "[A-Za-z0-9_@%+=:,./-]+" s != null then s
     else "'" + builtins.replaceStrings [ "'" ] [ "'\"'\"'" ] s + "'";
 
-  # image_builder._sh_quote: always single-quoted, so scripts read uniformly.
+  # image_tree._sh_quote: always single-quoted, so scripts read uniformly.
   shSingleQuote = s: "'" + builtins.replaceStrings [ "'" ] [ "'\\''" ] s + "'";
 
   # Keys of `attrs` that are not in `allowed`.

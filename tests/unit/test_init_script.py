@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from mvm.backends.guest.build import agent_binary, init_script
-from mvm.backends.image_builder import BUSYBOX, _populate, _Tree, image_meta
+from mvm.backends.image_builder import BUSYBOX, image_meta
+from mvm.backends.image_tree import _populate, _Tree
 from mvm.engine.imagespec import ImageSpec, Service, Uids
 
 

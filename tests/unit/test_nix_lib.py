@@ -648,3 +648,16 @@ async def test_nix_built_image_has_the_offline_builders_tree(tmp_path: Path) -> 
                  "/srv/www/index.html"):  # fmt: skip
         assert _debugfs_cat(out / "rootfs.ext4", path) == _debugfs_cat(offline.rootfs, path), path
     assert _debugfs_cat(out / "rootfs.ext4", "/init") == init.read_bytes()
+
+
+def test_nix_rootfs_uses_the_offline_builders_mke2fs_recipe() -> None:
+    """Both build paths must make the same filesystem: the Nix copy of the mke2fs
+    config (Nix cannot import Python) is the offline builder's, line for line."""
+    from mvm.backends import ext4
+
+    text = (REPO / "nix" / "lib" / "rootfs.nix").read_text()
+    found = re.search(r"mke2fsConf = ''\n(.*?)\n  '';", text, re.S)
+    assert found is not None
+    nix_conf = "\n".join(line.removeprefix("    ") for line in found.group(1).splitlines())
+    assert nix_conf + "\n" == ext4._MKE2FS_CONF
+    assert f"sourceDateEpoch = {ext4.SOURCE_DATE_EPOCH};" in text

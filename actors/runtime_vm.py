@@ -49,6 +49,7 @@ from mvm.engine.paths import vm_dir
 from mvm.engine.planfile import PLAN_FILE, load_plan, save_plan
 from mvm.engine.process import is_same_process, process_start_time
 from mvm.engine.runfiles import remove_run_files
+from mvm.engine.snapshot_volumes import clone_drives
 from mvm.engine.snapshots import SnapshotMeta, new_identity
 from mvm.engine.store import PortRecord, StateStore, VmRecord
 from mvm.engine.supervisor import RestartPolicy, Supervisor
@@ -177,14 +178,17 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
         """Steps of a cold start: claim the name, volumes, network, then the VMM."""
         req = self.request
         await self._claim_name()
-        drives = [
-            Drive(
-                await prepare_volume(req.name, vol, self.run_dir),
-                read_only=vol.read_only,
-                ident=vol.slug,
-            )
-            for vol in req.volumes
-        ]
+        if self.restore is not None:  # the snapshot's disks, copy-on-write
+            drives = await clone_drives(self.restore.directory, self.restore.drives, self.run_dir)
+        else:
+            drives = [
+                Drive(
+                    await prepare_volume(req.name, vol, self.run_dir),
+                    read_only=vol.read_only,
+                    ident=vol.slug,
+                )
+                for vol in req.volumes
+            ]
         if req.net == "tap":
             self.lease = await network.acquire(req.name, bridged=self.restore is None)
         plan = self.backend.prepare(self._vm_spec(tuple(drives)))

@@ -10,8 +10,9 @@ check command lines and lets ``mvmctl doctor`` explain a plan without booting.
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import anyio.abc
 import attrs
@@ -23,6 +24,9 @@ class Accel(enum.Enum):
     TCG = "tcg"
 
 
+PausedHook = Callable[[], Awaitable[None]]
+
+
 @attrs.frozen
 class Drive:
     """A block device given to the guest, in attach order (vda, vdb, ...)."""
@@ -30,6 +34,8 @@ class Drive:
     path: Path
     read_only: bool = False
     ident: str = ""
+    # qcow2 only for a clone's copy-on-write overlay over a snapshot's volume disk
+    format: Literal["raw", "qcow2"] = "raw"
 
 
 @attrs.frozen
@@ -123,6 +129,12 @@ class Backend(Protocol):
 
     async def resume(self, handle: VmmHandle) -> None: ...
 
-    async def snapshot(self, handle: VmmHandle, path: Path) -> None: ...
+    async def snapshot(
+        self, handle: VmmHandle, path: Path, *, while_paused: PausedHook | None = None
+    ) -> None:
+        """Save the VM's state at ``path``; the VM runs on afterwards if it ran.
+        ``while_paused`` runs once the state is saved and before the VM runs again:
+        disks copied there agree with the saved memory."""
+        ...
 
     def agent_endpoint(self, plan: LaunchPlan) -> AgentEndpoint: ...

@@ -22,7 +22,15 @@ import anyio
 import anyio.abc
 import attrs
 
-from mvm.backends.base import Accel, AgentEndpoint, Availability, LaunchPlan, VmmHandle, VmSpec
+from mvm.backends.base import (
+    Accel,
+    AgentEndpoint,
+    Availability,
+    LaunchPlan,
+    PausedHook,
+    VmmHandle,
+    VmSpec,
+)
 from mvm.backends.guest.build import agent_binary
 from mvm.engine.errors import BackendUnavailable
 from mvm.engine.process import wait_process_exit
@@ -165,7 +173,9 @@ class StubBackend:
     async def resume(self, handle: VmmHandle) -> None:
         os.kill(handle.pid, signal.SIGCONT)
 
-    async def snapshot(self, handle: VmmHandle, path: Path) -> None:
+    async def snapshot(
+        self, handle: VmmHandle, path: Path, *, while_paused: PausedHook | None = None
+    ) -> None:
         raise BackendUnavailable(
             "the stub backend has no guest memory to snapshot", code="E_SNAPSHOT_UNSUPPORTED"
         )

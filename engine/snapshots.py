@@ -10,8 +10,9 @@ QEMU pauses it only for the last pass of the migration.
 
 Clones share the image's rootfs file untouched: mvm mounts the rootfs read-only
 (``ro``, ``readonly=on``) and keeps every runtime write on tmpfs, so sharing is
-the zero-copy answer (no reflink, no overlay, nothing to clean up). What a clone
-must not share is identity, which ``new_identity`` makes fresh.
+the zero-copy answer (no reflink, no overlay, nothing to clean up). Volume disks
+are saved with the state and given to clones copy-on-write (``snapshot_volumes``).
+What a clone must not share is identity, which ``new_identity`` makes fresh.
 """
 
 from __future__ import annotations
@@ -31,14 +32,17 @@ import attrs
 import cattrs
 import structlog
 
+from mvm.backends.base import Backend, VmmHandle
 from mvm.backends.registry import get_backend
 from mvm.engine.errors import BackendError, ConfigError, ConflictError, NotFoundError, StateError
 from mvm.engine.image import Image
 from mvm.engine.paths import mvm_home
 from mvm.engine.planfile import load_plan
 from mvm.engine.process import is_same_process
+from mvm.engine.snapshot_volumes import SnapshotDrive, save_volume_disks
 from mvm.engine.store import StateStore
 from mvm.engine.vmrequest import NetMode
+from mvm.engine.volumes import Volume
 
 log = structlog.get_logger("mvm.snapshots")
 
@@ -73,6 +77,7 @@ class SnapshotMeta:
     state_bytes: int
     format: int = FORMAT
     net: NetMode = "none"  # "tap": each clone gets its own TAP, MAC and address
+    drives: tuple[SnapshotDrive, ...] = ()  # volume disks saved with the state
 
     @property
     def directory(self) -> Path:
@@ -219,7 +224,7 @@ async def take_snapshot(store: StateStore, vm: str, name: str) -> SnapshotMeta:
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     t0 = time.monotonic()
     try:
-        await backend.snapshot(backend.attach(plan, rec.pid), tmp_dir / STATE_FILE)
+        drives = await _save_state(vm, spec, backend, backend.attach(plan, rec.pid), tmp_dir)
         meta = SnapshotMeta(
             name=name,
             source=vm,
@@ -235,6 +240,7 @@ async def take_snapshot(store: StateStore, vm: str, name: str) -> SnapshotMeta:
             created_at=time.time(),
             state_bytes=(tmp_dir / STATE_FILE).stat().st_size,
             net="tap" if spec.get("net") == "tap" else "none",
+            drives=drives,
         )
         write_meta(tmp_dir, meta)
         publish(tmp_dir, name)
@@ -251,16 +257,34 @@ async def take_snapshot(store: StateStore, vm: str, name: str) -> SnapshotMeta:
     return meta
 
 
+async def _save_state(
+    vm: str, spec: dict[str, Any], backend: Backend, handle: VmmHandle, dest: Path
+) -> tuple[SnapshotDrive, ...]:
+    """Memory (and, with volumes, their disks at the same instant) into ``dest``."""
+    volumes = [_recorded_volume(text) for text in spec.get("volumes") or []]
+    saved: tuple[SnapshotDrive, ...] = ()
+
+    async def copy_disks() -> None:  # the VM is paused: disks agree with the saved memory
+        nonlocal saved
+        saved = await save_volume_disks(vm, volumes, handle.plan.run_dir, dest)
+
+    # Not pause + snapshot + resume: QEMU records the run state in the stream, and a
+    # clone of a paused source would wake up paused.
+    await backend.snapshot(handle, dest / STATE_FILE, while_paused=copy_disks if volumes else None)
+    return saved
+
+
+def _recorded_volume(text: str) -> Volume:
+    """A volume as the VM's row recorded it (``Volume.parse`` would also insist that
+    the host folder still exists, which a snapshot does not need)."""
+    host, guest, *size = text.split(":")
+    return Volume(host=host, guest=guest, size_mb=int(size[0]) if size else None)
+
+
 def _check_snapshottable(vm: str, backend: str, spec: dict[str, Any]) -> None:
     if backend != "qemu":
         raise BackendError(
             f"snapshots of {backend} VMs are not implemented here",
             code="E_SNAPSHOT_UNSUPPORTED",
             hint="the qemu backend supports snapshot and clone",
-        )
-    if spec.get("volumes"):
-        raise BackendError(
-            f"VM {vm!r} has volumes: clones would share its writable disks",
-            code="E_SNAPSHOT_UNSUPPORTED",
-            hint="snapshot VMs without -v (their rootfs is read-only and shared by clones)",
         )

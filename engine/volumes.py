@@ -147,14 +147,21 @@ async def _mkfs(image: Path, source: Path, size_bytes: int, label: str) -> None:
     tmp.rename(image)
 
 
+def volume_disk(vm: str, vol: Volume, run_dir: Path) -> Path:
+    """Where the block image of ``vol`` lives while ``vm`` runs (snapshots copy it)."""
+    if vol.read_only:
+        return run_dir / f"vol-{vol.slug}.overlay"
+    return persistent_volume_path(vm, vol)
+
+
 async def prepare_volume(vm: str, vol: Volume, run_dir: Path) -> Path:
     """The block image for one volume: a fresh read-only snapshot, or the persistent disk."""
     if vol.read_only:
-        image = run_dir / f"vol-{vol.slug}.overlay"
+        image = volume_disk(vm, vol, run_dir)
         size = max(_MIN_RO_BYTES, int(_folder_bytes(Path(vol.host)) * 1.3))
         await _mkfs(image, Path(vol.host), size, vol.slug)
         return image
-    image = persistent_volume_path(vm, vol)
+    image = volume_disk(vm, vol, run_dir)
     if image.exists():
         return image
     image.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,15 @@ import anyio
 import attrs
 import structlog
 
-from mvm.backends.base import Accel, AgentEndpoint, Availability, LaunchPlan, VmmHandle, VmSpec
+from mvm.backends.base import (
+    Accel,
+    AgentEndpoint,
+    Availability,
+    LaunchPlan,
+    PausedHook,
+    VmmHandle,
+    VmSpec,
+)
 from mvm.backends.cloud_hypervisor.api import ChApi
 from mvm.backends.cloud_hypervisor.config import ChPaths, cmdline, snapshot_url, vm_config
 from mvm.backends.firecracker.backend import NESTED_HINT, guests_run_under_kvm, kvm_status
@@ -332,7 +340,14 @@ class CloudHypervisorBackend:
         async with ChApi.open(handle.plan.control_socket) as api:
             await api.put("vm.resume")
 
-    async def snapshot(self, handle: VmmHandle, path: Path, *, timeout: float = 300.0) -> None:
+    async def snapshot(
+        self,
+        handle: VmmHandle,
+        path: Path,
+        *,
+        while_paused: PausedHook | None = None,
+        timeout: float = 300.0,
+    ) -> None:
         """Snapshot into the directory ``path`` (Cloud Hypervisor's layout); only a paused
         VM can be snapshotted, so a running one is paused and resumed around it."""
         path.mkdir(parents=True, exist_ok=True)
@@ -342,6 +357,8 @@ class CloudHypervisorBackend:
                 await api.put("vm.pause")
             try:
                 await api.put("vm.snapshot", {"destination_url": snapshot_url(path)})
+                if while_paused is not None:
+                    await while_paused()
             finally:
                 if running:
                     with anyio.CancelScope(shield=True):

@@ -34,7 +34,15 @@ import anyio
 import attrs
 import structlog
 
-from mvm.backends.base import Accel, AgentEndpoint, Availability, LaunchPlan, VmmHandle, VmSpec
+from mvm.backends.base import (
+    Accel,
+    AgentEndpoint,
+    Availability,
+    LaunchPlan,
+    PausedHook,
+    VmmHandle,
+    VmSpec,
+)
 from mvm.backends.fetch_firecracker import cached_binary
 from mvm.backends.firecracker.api import FirecrackerApi, FirecrackerApiError
 from mvm.backends.firecracker.config import ApiCall, FcPaths, config_calls, snapshot_files
@@ -440,7 +448,14 @@ class FirecrackerBackend:
         async with FirecrackerApi.open(handle.plan.control_socket) as api:
             await api.patch("/vm", {"state": "Resumed"})
 
-    async def snapshot(self, handle: VmmHandle, path: Path, *, timeout: float = 300.0) -> None:
+    async def snapshot(
+        self,
+        handle: VmmHandle,
+        path: Path,
+        *,
+        while_paused: PausedHook | None = None,
+        timeout: float = 300.0,
+    ) -> None:
         """Write a full snapshot: VM state at ``path``, guest memory at ``path.mem``.
 
         Firecracker snapshots only a paused VM; a running one is paused for the
@@ -463,6 +478,8 @@ class FirecrackerBackend:
                             "mem_file_path": str(tmp_mem),
                         },
                     )
+                    if while_paused is not None:
+                        await while_paused()
                 finally:
                     if running:
                         with anyio.CancelScope(shield=True):

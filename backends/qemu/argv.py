@@ -82,8 +82,10 @@ def kernel_cmdline(spec: VmSpec, accel: Accel, *, tsc_khz: int | None, vsock: bo
     return " ".join(args)
 
 
-def _drive(ident: str, path: Path, *, read_only: bool, serial: str = "") -> list[str]:
-    drive = f"id={ident},file={opt(path)},format=raw,if=none"
+def _drive(
+    ident: str, path: Path, *, read_only: bool, serial: str = "", fmt: str = "raw"
+) -> list[str]:
+    drive = f"id={ident},file={opt(path)},format={fmt},if=none"
     if read_only:
         drive += ",readonly=on"
     device = f"virtio-blk-device,drive={ident}"
@@ -137,7 +139,9 @@ def build_argv(
     ]
     argv += _drive("root", spec.rootfs, read_only=spec.rootfs_read_only, serial="rootfs")
     for i, drive in enumerate(spec.drives):
-        argv += _drive(f"drive{i}", drive.path, read_only=drive.read_only, serial=drive.ident)
+        argv += _drive(
+            f"drive{i}", drive.path, read_only=drive.read_only, serial=drive.ident, fmt=drive.format
+        )
     for i, nic in enumerate(spec.net):
         argv += [
             "-netdev",

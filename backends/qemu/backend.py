@@ -33,6 +33,7 @@ from mvm.backends.base import (
     AgentEndpoint,
     Availability,
     LaunchPlan,
+    PausedHook,
     VmmHandle,
     VmSpec,
 )
@@ -348,7 +349,14 @@ class QemuBackend:
         async with QmpClient.connect(handle.plan.control_socket) as qmp:
             await qmp.execute("cont")
 
-    async def snapshot(self, handle: VmmHandle, path: Path, *, timeout: float = 300.0) -> None:
+    async def snapshot(
+        self,
+        handle: VmmHandle,
+        path: Path,
+        *,
+        while_paused: PausedHook | None = None,
+        timeout: float = 300.0,
+    ) -> None:
         """Save the VM's full state to ``path`` (a QEMU migration stream).
 
         The VM keeps running afterwards if it was running. Boot a copy with
@@ -362,8 +370,13 @@ class QemuBackend:
                 await qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(tmp))}"})
                 await _migration_done(qmp, timeout)
                 os.replace(tmp, path)
-                if running:  # the source is left in "postmigrate" (paused) otherwise
-                    await qmp.execute("cont")
+                try:
+                    if while_paused is not None:  # disks are flushed and inactive here
+                        await while_paused()
+                finally:
+                    if running:  # the source is left in "postmigrate" (paused) otherwise
+                        with anyio.CancelScope(shield=True):
+                            await qmp.execute("cont")
         finally:
             tmp.unlink(missing_ok=True)
         log.info("qemu.snapshot", pid=handle.pid, path=str(path))

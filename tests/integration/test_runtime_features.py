@@ -371,6 +371,48 @@ def test_readonly_config_and_persistent_data_volume(rt_image: Image, tmp_path: P
         _ok(mvmctl("down", "vol1"))
 
 
+def test_clones_get_the_snapshots_volumes_copy_on_write(rt_image: Image, tmp_path: Path) -> None:
+    """A snapshot saves the volume disks at the instant of the memory image; each
+    clone reads them as they were, writes to its own overlay, and neither the
+    source, the snapshot nor a sibling sees those writes."""
+    config, data = tmp_path / "config", tmp_path / "data"
+    config.mkdir()
+    data.mkdir()
+    (config / "app.conf").write_text("mode=clone\n")
+    (data / "shared").mkdir()
+    (data / "shared").chmod(0o777)  # exec runs as the agent's uid
+    vols = ["-v", f"{config}:/mnt/config", "-v", f"{data}:/mnt/data:32"]
+
+    def sh(vm: str, script: str) -> str:
+        return _ok(mvmctl("exec", vm, "--", "sh", "-c", script)).stdout
+
+    _ok(mvmctl("up", str(rt_image.directory), "--name", "vsrc", *vols))
+    try:
+        # Written just before the snapshot: still in the guest's page cache.
+        sh("vsrc", "echo before > /mnt/data/shared/note")
+        _ok(mvmctl("snapshot", "vsrc", "--as", "volsnap"))
+        sh("vsrc", "echo after-source > /mnt/data/shared/note")
+        _ok(mvmctl("clone", "volsnap", "--name", "vc", "--count", "2"))
+        for clone in ("vc-1", "vc-2"):
+            assert sh(clone, "cat /mnt/data/shared/note") == "before\n"
+            assert sh(clone, "cat /mnt/config/app.conf") == "mode=clone\n"
+        sh("vc-1", "echo mine > /mnt/data/shared/c1 && sync")
+        assert sh("vc-1", "cat /mnt/data/shared/c1") == "mine\n"
+        assert sh("vc-2", "ls /mnt/data/shared") == "note\n"
+        assert sh("vsrc", "ls /mnt/data/shared; cat /mnt/data/shared/note") == (
+            "note\nafter-source\n"
+        )
+        overlays = sorted(p.name for p in (_home() / "vms" / "vc-1").glob("*.qcow2"))
+        assert overlays == ["vol-mnt-data.qcow2"], overlays  # the ro disk is shared as is
+    finally:
+        down = mvmctl("down", "vc-1", "vc-2", "vsrc")
+    _ok(down)
+    assert not list((_home() / "vms").glob("vc-*/*.qcow2"))
+    saved = sorted(p.name for p in (_home() / "snapshots" / "volsnap").iterdir())
+    assert saved == ["snapshot.json", "state.bin", "vol0-mnt-config.img", "vol1-mnt-data.img"]
+    _ok(mvmctl("snapshots", "--rm", "volsnap"))
+
+
 # ------------------------------------------------------------------ 5. TAP networking
 
 

@@ -37,7 +37,7 @@ HELLO = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "hello"
 def _emit(project: Path) -> Path:
     """The project's IR next to it (its paths are relative to the file)."""
     out = subprocess.run(
-        [sys.executable, "-m", "mvm.cli", "emit", str(project / "entry.py")],
+        [sys.executable, "-P", "-m", "mvm.cli", "emit", str(project / "entry.py")],
         capture_output=True,
         text=True,
         check=True,

@@ -67,8 +67,10 @@ async def _spawn_shim(name: str, *shim_args: str) -> dict[str, Any]:
     read_fd, write_fd = os.pipe()
     try:
         with open(run_dir / "shim.log", "ab") as shim_log:
+            # -P: without it ``-m`` puts the caller's cwd first on sys.path, and run from
+            # a checkout of mvm, ./mvm (sources only) shadows the installed package.
             proc = subprocess.Popen(
-                [sys.executable, "-m", "mvm.engine.shim", str(write_fd), *shim_args],
+                [sys.executable, "-P", "-m", "mvm.engine.shim", str(write_fd), *shim_args],
                 stdin=subprocess.DEVNULL,
                 stdout=shim_log,
                 stderr=shim_log,

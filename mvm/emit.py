@@ -49,7 +49,7 @@ def emit_ir(entry: Path, *, timeout: float = EMIT_TIMEOUT_SECS) -> str:
         env.pop("MVM_IR_OUT", None)  # the child reports to us; the CLI decides where IR goes
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", "mvm.emit", str(entry), str(out), str(err_file)],
+                [sys.executable, "-P", "-m", "mvm.emit", str(entry), str(out), str(err_file)],
                 cwd=entry.parent,
                 env=env,
                 capture_output=True,

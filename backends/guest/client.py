@@ -112,6 +112,12 @@ class AgentClient:
                     yield client
                 finally:
                     tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The read loop never raises, so a lone error is the caller's own: give it
+            # back unwrapped, so ``except MvmError`` around this block works.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
         finally:
             client._finish("client closed")
             with anyio.CancelScope(shield=True):

@@ -122,7 +122,7 @@ async def cmd_start(args: argparse.Namespace) -> int:
         return 0
     _dir().mkdir(parents=True, exist_ok=True)
     _socket().unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "mvm.cli", "persistent-builder", "serve"]
+    argv = [sys.executable, "-P", "-m", "mvm.cli", "persistent-builder", "serve"]
     argv += ["--builder", args.builder, "--size", str(args.size)]
     with (_dir() / "builder.log").open("ab") as log_file:
         proc = subprocess.Popen(

@@ -44,9 +44,9 @@ class AgentConnection(Actor[None]):
     async def run(
         self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        with anyio.fail_after(self._hello_timeout):
-            stream = await self._endpoint.connect()
         try:
+            with anyio.fail_after(self._hello_timeout):  # the channel may never open
+                stream = await self._endpoint.connect()
             async with AgentClient.connect(stream, hello_timeout=self._hello_timeout) as client:
                 self.connects += 1
                 self.hello = dict(client.hello)

@@ -45,8 +45,10 @@ from mvm.engine.actor import Actor
 from mvm.engine.errors import BackendError, MvmError
 from mvm.engine.events import Event, EventBus
 from mvm.engine.image import Image
+from mvm.engine.launch_gate import LaunchGate
 from mvm.engine.paths import vm_dir
 from mvm.engine.planfile import PLAN_FILE, load_plan, save_plan
+from mvm.engine.plans import ExecutionPlan
 from mvm.engine.process import is_same_process, process_start_time
 from mvm.engine.runfiles import remove_run_files
 from mvm.engine.snapshot_volumes import clone_drives
@@ -130,8 +132,11 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
         bus: EventBus,
         adopt_from: VmRecord | None = None,
         restore: SnapshotMeta | None = None,
+        gate: LaunchGate | None = None,
     ) -> None:
         super().__init__(f"vm/{request.name}")
+        self._gate = gate  # None only for adoption: that VMM was admitted when it launched
+        self.exec_plan: ExecutionPlan | None = None
         self.request = request
         self.image = image
         self.backend = backend
@@ -164,7 +169,8 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
             for mapping in req.ports:
                 listeners.append(await bind_forward_listener(mapping))
             plan = await (self._adopt() if self.adopt_from is not None else self._launch())
-        except BaseException:
+        except BaseException as exc:
+            await self._record_failed(exc)
             with anyio.CancelScope(shield=True):
                 for listener in listeners:
                     await listener.aclose()
@@ -172,7 +178,12 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
                     remove_run_files(self.run_dir)  # volume snapshots made before the VMM
                     await self._release_network()
             raise
-        await self._supervise(plan, listeners, task_status)
+        try:
+            await self._supervise(plan, listeners, task_status)
+        except BaseException as exc:
+            if self.ready_at is None:
+                await self._record_failed(exc)
+            raise
 
     async def _launch(self) -> LaunchPlan:
         """Steps of a cold start: claim the name, volumes, network, then the VMM."""
@@ -192,6 +203,8 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
         if req.net == "tap":
             self.lease = await network.acquire(req.name, bridged=self.restore is None)
         plan = self.backend.prepare(self._vm_spec(tuple(drives)))
+        if self._gate is not None:  # admission: the last step before the VMM exists
+            self.exec_plan = await self._gate.admit(req, self.image)
         self._publish("vm.starting", backend=self.backend.name, accel=plan.accel.value)
         self.handle = await self.backend.start(plan, detached=True)
         save_plan(plan)
@@ -273,6 +286,12 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
                     boot_s=round(self.ready_at - self.started_at, 3),
                     hello=self.agent.hello,
                 )
+                if self._gate is not None and self.exec_plan is not None:
+                    await self._gate.launched(
+                        self.exec_plan,
+                        pid=self.handle.pid if self.handle else None,
+                        boot_s=round(self.ready_at - self.started_at, 3),
+                    )
                 task_status.started()
                 async for msg in self.inbox:
                     if isinstance(msg, StopVm):
@@ -344,6 +363,12 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
         self.exited.set()
 
     # -- helpers -----------------------------------------------------------------------------
+
+    async def _record_failed(self, exc: BaseException) -> None:
+        """plan.failed for an admitted launch that never became ready."""
+        if self._gate is not None and self.exec_plan is not None:
+            plan, self.exec_plan = self.exec_plan, None  # once, even if both paths see it
+            await self._gate.failed(plan, exc)
 
     async def _power_off_guest(self) -> None:
         """Ask the guest to sync and power off; the VMM is stopped only after that.

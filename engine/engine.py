@@ -31,6 +31,7 @@ from mvm.engine.errors import (
 from mvm.engine.events import Event, EventBus
 from mvm.engine.image import Image
 from mvm.engine.imagespec import ImageSpec
+from mvm.engine.launch_gate import LaunchGate
 from mvm.engine.reconcile import adopt_orphaned, reconcile
 from mvm.engine.snapshots import SnapshotMeta, load_snapshot, take_snapshot
 from mvm.engine.store import StateStore, VmRecord
@@ -116,6 +117,7 @@ class Engine:
         self.bus = bus
         self._sup = supervisor
         self._vms: dict[str, RuntimeVM] = {}
+        self._gate = LaunchGate()
 
     @classmethod
     @asynccontextmanager
@@ -186,7 +188,15 @@ class Engine:
         avail = backend.availability()
         if not avail.ok:
             raise BackendUnavailable(f"backend {backend.name} is unavailable: {avail.reason}")
-        vm = RuntimeVM(request, image, backend, store=self.store, bus=self.bus, restore=restore)
+        vm = RuntimeVM(
+            request,
+            image,
+            backend,
+            store=self.store,
+            bus=self.bus,
+            restore=restore,
+            gate=self._gate,
+        )
         await self._sup.start(vm, policy=RestartPolicy(kind="never"))
         self._vms[request.name] = vm
         return VmHandle(vm)

@@ -82,6 +82,7 @@ class VmRequest:
     health_action: HealthAction = "none"
     volumes: tuple[Volume, ...] = ()
     net: NetMode = "none"  # "tap": a real NIC on the mvm bridge (root only)
+    ir_hash: str | None = None  # set when launched from Workload IR: signed into the plan
 
     def __attrs_post_init__(self) -> None:
         seen: set[tuple[str, int]] = set()

@@ -16,6 +16,7 @@ from mvm.engine.build import build_offline_image
 from mvm.engine.errors import ConfigError
 from mvm.engine.image import Image
 from mvm.engine.imagespec import ImageSpec
+from mvm.engine.ir import ir_hash, validate_text
 from mvm.engine.ir_image import load_ir_spec
 from mvm.engine.specfile import load_spec
 
@@ -28,6 +29,14 @@ def _is_workload_ir(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and "schema_version" in data
+
+
+def workload_ir_hash(ref: str) -> str | None:
+    """The IR hash when ``ref`` is a Workload IR file: it is what the launch's plan signs."""
+    path = Path(ref)
+    if path.suffix != ".json" or not _is_workload_ir(path):
+        return None
+    return ir_hash(validate_text(path.read_bytes(), base_dir=path.resolve().parent))
 
 
 def builtin_spec(ref: str) -> ImageSpec | None:

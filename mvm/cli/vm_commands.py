@@ -17,7 +17,7 @@ import structlog
 import trio
 
 from mvm.backends.registry import get_backend
-from mvm.cli.images import resolve_image
+from mvm.cli.images import resolve_image, workload_ir_hash
 from mvm.engine.agent_access import open_vm_agent
 from mvm.engine.detached import adopt_detached, start_detached, stop_vm_record
 from mvm.engine.engine import Engine, VmHandle
@@ -123,6 +123,7 @@ def _request(args: argparse.Namespace, image_dir: Path, name: str, mode: str) ->
         volumes=tuple(Volume.parse(v) for v in args.volume),
         health_action=args.health_action,
         net=args.net,
+        ir_hash=workload_ir_hash(args.image),
     )
 
 

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from mvm.backends.stub import StubBackend
+from mvm.backends.base import AgentEndpoint, LaunchPlan
+from mvm.backends.stub import StubBackend, TcpEndpoint, _free_port
 
 
 class FakeBackend(StubBackend):
@@ -12,3 +13,17 @@ class FakeBackend(StubBackend):
 
 def factory() -> FakeBackend:
     return FakeBackend()
+
+
+class MuteBackend(StubBackend):
+    """Its VMM runs but the host dials a port nobody listens on: a boot that never
+    greets, for the paths that handle a launch failing after admission."""
+
+    name = "mute"
+
+    def agent_endpoint(self, plan: LaunchPlan) -> AgentEndpoint:
+        return TcpEndpoint(_free_port())
+
+
+def mute_factory() -> MuteBackend:
+    return MuteBackend()

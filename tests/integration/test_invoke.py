@@ -25,9 +25,11 @@ import trio
 from mvm import Image
 from mvm.backends.guest.build import agent_binary
 from mvm.backends.guest.client import AgentClient
+from mvm.engine.audit import AuditLog
 from mvm.engine.build import build_offline_image
 from mvm.engine.errors import AgentError
 from mvm.engine.invoke import FunctionError, WarmPool, invoke
+from mvm.engine.ir import ir_hash, validate_text
 from mvm.engine.ir_image import load_ir_spec
 
 from .conftest import qemu_pids
@@ -218,3 +220,11 @@ def test_hello_greet_in_a_real_guest(hello_ir: Path) -> None:
         down = mvmctl("down", "hello")
     assert down.returncode == 0, down.stderr
     assert qemu_pids() == before
+    # The launch went through a signed plan naming this exact IR, admitted before dispatch.
+    expected = ir_hash(validate_text(hello_ir.read_bytes(), base_dir=hello_ir.parent))
+    events = [(e.event, e.data) for e in AuditLog().entries() if e.data.get("vm") == "hello"]
+    assert [kind for kind, _ in events] == ["plan.admitted", "plan.launched"], events
+    assert {data["ir_hash"] for _, data in events} == {expected}
+    assert {data["admission_profile"] for _, data in events} == {"prod"}  # sealed image
+    verify = mvmctl("audit", "verify")
+    assert verify.returncode == 0 and "2 entries" in verify.stdout, verify.stdout

@@ -8,6 +8,7 @@ reconciliation and detached lifecycle through the shim.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -19,9 +20,11 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import attrs
 import pytest
 
-from mvm import ConflictError, Engine, Image, PortMapping, VmRequest
+from mvm import ConflictError, Engine, Image, MvmError, PortMapping, VmRequest
+from mvm.engine.audit import AuditLog
 from mvm.engine.detached import start_detached, stop_vm_record
 from mvm.engine.paths import vm_dir
 from mvm.engine.process import is_same_process, process_start_time
@@ -33,7 +36,10 @@ TESTS_DIR = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def fake_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MVM_BACKEND_PLUGINS", "fake=fakes.process_backend:factory")
+    monkeypatch.setenv(
+        "MVM_BACKEND_PLUGINS",
+        "fake=fakes.process_backend:factory,mute=fakes.process_backend:mute_factory",
+    )
     monkeypatch.setenv("PYTHONPATH", f"{TESTS_DIR}:{os.environ.get('PYTHONPATH', '')}")
     if str(TESTS_DIR) not in sys.path:
         sys.path.insert(0, str(TESTS_DIR))
@@ -278,3 +284,28 @@ def test_engine_public_api_on_asyncio(image: Image) -> None:
     assert isinstance(kinds, list) and kinds.index("vm.ready") < kinds.index("vm.stopped"), kinds
     assert seen["state"] == "exited"
     assert [p for p in vm_dir("aio").iterdir() if p.name.endswith((".sock", ".pid"))] == []
+
+
+async def test_every_launch_is_admitted_and_its_outcome_audited(image: Image) -> None:
+    """plan.admitted before the VMM starts, then plan.launched once the agent greeted
+    or plan.failed with the error's code; the chain verifies."""
+    async with Engine.open() as engine:
+        await engine.start(_request(image, "good"), image)
+        bad = attrs.evolve(_request(image, "bad"), backend="mute", boot_timeout_s=0.5)
+        with pytest.raises(MvmError) as err:
+            await engine.start(bad, image)
+        assert err.value.code == "E_BOOT_TIMEOUT"
+    log = AuditLog()
+    events = [(e.event, e.data["vm"]) for e in log.entries()]
+    assert events == [
+        ("plan.admitted", "good"),
+        ("plan.launched", "good"),
+        ("plan.admitted", "bad"),
+        ("plan.failed", "bad"),
+    ]
+    first, launched, _, failed = log.entries()
+    meta_hash = hashlib.sha256((image.directory / "mvm-meta.json").read_bytes()).hexdigest()
+    assert first.data["ir_hash"] == meta_hash  # no IR, no spec hash: the image's metadata
+    assert first.data["admission_profile"] == "dev" and first.data["plan"] == launched.data["plan"]
+    assert failed.data["code"] == "E_BOOT_TIMEOUT"
+    assert log.verify().ok

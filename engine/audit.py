@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,9 +68,13 @@ def audit_db_path() -> Path:
 
 @contextmanager
 def transaction(path: Path) -> Iterator[sqlite3.Connection]:
-    """One write transaction (``BEGIN IMMEDIATE``) on the audit database."""
-    conn = _connect(path)
-    try:
+    """One write transaction (``BEGIN IMMEDIATE``) on the audit database.
+
+    Every launch writes here twice, so the connection is kept open per file and
+    process (used by one thread at a time under a lock): a fresh connection per
+    append re-ran the schema and paid a WAL checkpoint at every close, ~2 ms CPU."""
+    with _WRITERS_LOCK:
+        conn = _writer(path)
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -77,15 +82,32 @@ def transaction(path: Path) -> Iterator[sqlite3.Connection]:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-    finally:
-        conn.close()
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+_WRITERS: dict[Path, tuple[sqlite3.Connection, int]] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writer(path: Path) -> sqlite3.Connection:
+    """The cached connection for ``path``, reopened if the file was replaced."""
+    inode = path.stat().st_ino if path.exists() else -1
+    cached = _WRITERS.get(path)
+    if cached is not None and cached[1] == inode:
+        return cached[0]
+    if cached is not None:
+        cached[0].close()
+    conn = _connect(path, check_same_thread=False)
+    _WRITERS[path] = (conn, path.stat().st_ino)
+    return conn
+
+
+def _connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    conn = sqlite3.connect(
+        path, timeout=30, isolation_level=None, check_same_thread=check_same_thread
+    )
     try:
         enable_wal(conn, 30.0)
         conn.execute("PRAGMA synchronous=FULL")

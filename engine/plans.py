@@ -94,7 +94,7 @@ class ExecutionPlan:
     def signing_bytes(self) -> bytes:
         return canonical_json(self.body())
 
-    @property
+    @functools.cached_property
     def plan_hash(self) -> str:
         """Names this exact signed plan in the audit log."""
         return hashlib.sha256(canonical_json(self.to_dict())).hexdigest()

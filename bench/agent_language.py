@@ -28,8 +28,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,7 @@ from mvm.backends.guest.build import agent_binary, init_script
 from mvm.backends.guest.protocol import FrameReader, encode_frame
 from mvm.backends.image_builder import build_image, check_spec
 from mvm.backends.kernel_build import ensure_kernel
-from mvm.bench.boot import bare_argv
+from mvm.bench.boot import bare_qemu, connect_agent
 from mvm.bench.common import host_info, summary
 from mvm.engine.errors import AgentError
 from mvm.engine.image import Image
@@ -225,14 +223,6 @@ async def _memory(agent: RawAgent, pid: int) -> dict[str, int]:
     return parse_status(text)
 
 
-async def _connect(sock: Path) -> anyio.abc.SocketStream:
-    while True:
-        try:
-            return await anyio.connect_unix(str(sock))
-        except OSError:
-            await anyio.sleep(0.002)
-
-
 async def _python_starts(agent: RawAgent, python: str) -> dict[str, list[float]]:
     """Warm (page-cached) interpreter starts in the guest, through ``exec``.
 
@@ -258,50 +248,38 @@ async def boot_once(
     """Boot, time the hello, then the requests; the VM is killed afterwards.
 
     With ``python`` (the guest interpreter's path) also time interpreter starts."""
-    with tempfile.TemporaryDirectory(prefix="mvmal-", dir="/tmp") as tmp:
-        run_dir = Path(tmp)
-        t0 = time.monotonic()
-        proc = subprocess.Popen(
-            bare_argv(image, run_dir),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
+    async with bare_qemu(image, "mvmal-") as (run_dir, t0):
+        with anyio.fail_after(BOOT_TIMEOUT_S):
+            stream = await connect_agent(run_dir / "agent.sock")
+        async with stream:
+            agent = RawAgent(stream)
             with anyio.fail_after(BOOT_TIMEOUT_S):
-                stream = await _connect(run_dir / "agent.sock")
-            async with stream:
-                agent = RawAgent(stream)
-                with anyio.fail_after(BOOT_TIMEOUT_S):
-                    hello = await agent.frame()
-                boot_s = time.monotonic() - t0
-                if hello["t"] != "hello":
-                    raise BenchAgentError(f"first frame is {hello['t']!r}, not hello")
-                sample: dict[str, Any] = {"boot_to_hello_s": boot_s, "agent": hello["agent"]}
-                sample.update(_guest_clock(run_dir / "console.log", hello))
-                pid = int(hello["pid"])
-                sample["memory_after_hello_kib"] = await _memory(agent, pid)
-                rtts: list[float] = []
-                for _ in range(pings):
-                    t = time.perf_counter()
-                    await agent.request({"t": "ping"}, "pong")
-                    rtts.append(time.perf_counter() - t)
-                sample["ping_s"] = rtts
-                execs_s: list[float] = []
-                for _ in range(execs):
-                    t = time.perf_counter()
-                    code, _ = await agent.exec_output(["true"])
-                    execs_s.append(time.perf_counter() - t)
-                    if code != 0:
-                        raise BenchAgentError(f"exec true exited {code}")
-                sample["exec_true_s"] = execs_s
-                sample["memory_after_requests_kib"] = await _memory(agent, pid)
-                if python is not None:
-                    sample["python_start_s"] = await _python_starts(agent, python)
-                return sample
-        finally:
-            proc.kill()
-            proc.wait()
+                hello = await agent.frame()
+            boot_s = time.monotonic() - t0
+            if hello["t"] != "hello":
+                raise BenchAgentError(f"first frame is {hello['t']!r}, not hello")
+            sample: dict[str, Any] = {"boot_to_hello_s": boot_s, "agent": hello["agent"]}
+            sample.update(_guest_clock(run_dir / "console.log", hello))
+            pid = int(hello["pid"])
+            sample["memory_after_hello_kib"] = await _memory(agent, pid)
+            rtts: list[float] = []
+            for _ in range(pings):
+                t = time.perf_counter()
+                await agent.request({"t": "ping"}, "pong")
+                rtts.append(time.perf_counter() - t)
+            sample["ping_s"] = rtts
+            execs_s: list[float] = []
+            for _ in range(execs):
+                t = time.perf_counter()
+                code, _ = await agent.exec_output(["true"])
+                execs_s.append(time.perf_counter() - t)
+                if code != 0:
+                    raise BenchAgentError(f"exec true exited {code}")
+            sample["exec_true_s"] = execs_s
+            sample["memory_after_requests_kib"] = await _memory(agent, pid)
+            if python is not None:
+                sample["python_start_s"] = await _python_starts(agent, python)
+            return sample
 
 
 def _guest_clock(console: Path, hello: dict[str, Any]) -> dict[str, float]:

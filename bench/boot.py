@@ -19,10 +19,13 @@ import struct
 import subprocess
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from mvm import Engine, Image, VmRequest
 from mvm.backends.demo import DEMO_SPEC
@@ -72,8 +75,11 @@ def bare_argv(image: Image, run_dir: Path) -> list[str]:
     ]
 
 
-async def bare_boot(image: Image) -> float:
-    with tempfile.TemporaryDirectory(prefix="mvmb-", dir="/tmp") as tmp:
+@asynccontextmanager
+async def bare_qemu(image: Image, prefix: str) -> AsyncIterator[tuple[Path, float]]:
+    """The bare hand-written QEMU (``bare_argv``) in a temporary run dir: yields the
+    run dir and the spawn time; the VMM is killed on exit."""
+    with tempfile.TemporaryDirectory(prefix=prefix, dir="/tmp") as tmp:
         run_dir = Path(tmp)
         t0 = time.monotonic()
         proc = subprocess.Popen(
@@ -83,27 +89,34 @@ async def bare_boot(image: Image) -> float:
             stderr=subprocess.DEVNULL,
         )
         try:
-            sock = run_dir / "agent.sock"
-            while True:
-                try:
-                    stream = await anyio.connect_unix(str(sock))
-                    break
-                except OSError:
-                    await anyio.sleep(0.002)
-            async with stream:
-                header = b""
-                while len(header) < 4:
-                    header += await stream.receive(4 - len(header))
-                (length,) = struct.unpack(">I", header)
-                body = b""
-                while len(body) < length:
-                    body += await stream.receive(length - len(body))
-            elapsed = time.monotonic() - t0
-            assert json.loads(body)["t"] == "hello"
-            return elapsed
+            yield run_dir, t0
         finally:
             proc.kill()
             proc.wait()
+
+
+async def connect_agent(sock: Path) -> anyio.abc.SocketStream:
+    """Dial the agent socket as soon as QEMU has created it."""
+    while True:
+        try:
+            return await anyio.connect_unix(str(sock))
+        except OSError:
+            await anyio.sleep(0.002)
+
+
+async def bare_boot(image: Image) -> float:
+    async with bare_qemu(image, "mvmb-") as (run_dir, t0):
+        async with await connect_agent(run_dir / "agent.sock") as stream:
+            header = b""
+            while len(header) < 4:
+                header += await stream.receive(4 - len(header))
+            (length,) = struct.unpack(">I", header)
+            body = b""
+            while len(body) < length:
+                body += await stream.receive(length - len(body))
+        elapsed = time.monotonic() - t0
+        assert json.loads(body)["t"] == "hello"
+        return elapsed
 
 
 async def engine_boot(engine: Engine, image: Image, i: int) -> tuple[float, dict[str, Any]]:

@@ -190,3 +190,17 @@ class BuildPhaseError(BuildError):
     def __init__(self, phase: str, message: str, *, code: str, hint: str | None = None) -> None:
         self.phase = phase
         super().__init__(f"{phase}: {message}", code=code, hint=hint)
+
+
+def error_leaves(exc: BaseException) -> list[BaseException]:
+    """The errors inside (possibly nested) exception groups, in order."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in error_leaves(sub)]
+    return [exc]
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """A group holding a single error (what a task group makes of one failure) -> that
+    error, so callers can match on MvmError codes."""
+    leaves = error_leaves(exc)
+    return leaves[0] if len(leaves) == 1 else exc

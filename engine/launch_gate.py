@@ -24,7 +24,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from mvm.engine.errors import MvmError
+from mvm.engine.errors import MvmError, error_leaves
 from mvm.engine.image import Image
 from mvm.engine.ir.model import Resources
 from mvm.engine.plans import Admission, ExecutionPlan
@@ -90,14 +90,5 @@ class LaunchGate:
 
 def _primary(error: BaseException) -> BaseException:
     """The error worth recording: the first MvmError inside task-group wrapping."""
-    if not isinstance(error, BaseExceptionGroup):
-        return error
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [error]
-    while stack:
-        exc = stack.pop(0)
-        if isinstance(exc, BaseExceptionGroup):
-            stack[:0] = list(exc.exceptions)
-        else:
-            leaves.append(exc)
-    return next((e for e in leaves if isinstance(e, MvmError)), leaves[0] if leaves else error)
+    leaves = error_leaves(error)
+    return next((e for e in leaves if isinstance(e, MvmError)), leaves[0])

@@ -38,6 +38,8 @@ from mvm.engine.errors import (
     ConflictError,
     MvmError,
     RestartBudgetExhausted,
+    error_leaves,
+    unwrap,
 )
 from mvm.engine.events import Event, EventBus
 
@@ -80,22 +82,9 @@ class RestartPolicy:
         return min(self.backoff_max_s, self.backoff_initial_s * self.backoff_factor**exponent)
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
-
-
-def unwrap(exc: BaseException) -> BaseException:
-    """A group holding a single error (what a task group makes of one failure) -> that
-    error, so callers can match on MvmError codes."""
-    leaves = _leaves(exc)
-    return leaves[0] if len(leaves) == 1 else exc
-
-
 def _is_cancellation(exc: BaseException) -> bool:
     cancelled = anyio.get_cancelled_exc_class()
-    return all(isinstance(leaf, cancelled) for leaf in _leaves(exc))
+    return all(isinstance(leaf, cancelled) for leaf in error_leaves(exc))
 
 
 def _error_data(exc: BaseException) -> dict[str, Any]:
@@ -188,7 +177,7 @@ class Supervisor:
         try:
             await self._tg.__aexit__(exc_type, exc, tb)
         except BaseExceptionGroup as group:
-            if exc is not None and _leaves(group) == [exc]:
+            if exc is not None and error_leaves(group) == [exc]:
                 return False  # re-raise the body's own exception, unwrapped
             raise
         if self._escalation is not None and (exc is None or _is_cancellation(exc)):

@@ -24,7 +24,7 @@ import structlog
 from mvm.backends.guest.channel import Channel
 from mvm.backends.guest.protocol import VERSION, FrameReader, ProtocolError, encode_frame
 from mvm.backends.guest.streams import AgentStream, ExecSession
-from mvm.engine.errors import AgentError, RequestTimeout
+from mvm.engine.errors import AgentError, RequestTimeout, unwrap
 
 log = structlog.get_logger("mvm.agent.client")
 
@@ -115,9 +115,10 @@ class AgentClient:
         except BaseExceptionGroup as group:
             # The read loop never raises, so a lone error is the caller's own: give it
             # back unwrapped, so ``except MvmError`` around this block works.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
+            single = unwrap(group)
+            if single is group:
+                raise
+            raise single from None
         finally:
             client._finish("client closed")
             with anyio.CancelScope(shield=True):

@@ -30,7 +30,7 @@ from mvm.cli import (
     lifecycle_commands,
     vm_commands,
 )
-from mvm.engine.errors import MvmError
+from mvm.engine.errors import MvmError, error_leaves
 from mvm.engine.log import configure_logging
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("interrupted; everything this command started was torn down", file=sys.stderr)
         raise SystemExit(130) from None
     except BaseExceptionGroup as group:
-        leaves = _leaves(group)
+        leaves = error_leaves(group)
         if any(isinstance(e, KeyboardInterrupt) for e in leaves):
             print("interrupted; everything this command started was torn down", file=sys.stderr)
             raise SystemExit(130) from None
@@ -108,13 +108,3 @@ async def _until_terminated(command: Callable[[], Awaitable[int]]) -> int:
             nursery.start_soon(on_signal)
             nursery.start_soon(run)
     return status
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            out.extend(_leaves(exc))
-        else:
-            out.append(exc)
-    return out

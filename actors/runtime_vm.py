@@ -286,13 +286,14 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
                     boot_s=round(self.ready_at - self.started_at, 3),
                     hello=self.agent.hello,
                 )
+                task_status.started()
                 if self._gate is not None and self.exec_plan is not None:
+                    # After started(): the caller need not wait for this fsynced append.
                     await self._gate.launched(
                         self.exec_plan,
                         pid=self.handle.pid if self.handle else None,
                         boot_s=round(self.ready_at - self.started_at, 3),
                     )
-                task_status.started()
                 async for msg in self.inbox:
                     if isinstance(msg, StopVm):
                         self.exit_reason = msg.reason

@@ -21,6 +21,7 @@ import os
 import secrets
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import anyio
 import attrs
@@ -160,17 +161,21 @@ def _create_tap(lease: Lease, config: NetConfig, *, bridged: bool) -> None:
         ipr.link("add", ifname=lease.tap, kind="tuntap", mode="tap")
         tap = ipr.link_lookup(ifname=lease.tap)[0]
         ipr.link("set", index=tap, state="up")
-    if bridged:
-        _join_bridge(lease, config)
+        if bridged:
+            _enslave(ipr, lease, config)
+
+
+def _enslave(ipr: Any, lease: Lease, config: NetConfig) -> None:
+    tap = ipr.link_lookup(ifname=lease.tap)[0]
+    bridge = ipr.link_lookup(ifname=config.bridge)[0]
+    ipr.link("set", index=tap, master=bridge)
 
 
 def _join_bridge(lease: Lease, config: NetConfig) -> None:
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
-        tap = ipr.link_lookup(ifname=lease.tap)[0]
-        bridge = ipr.link_lookup(ifname=config.bridge)[0]
-        ipr.link("set", index=tap, master=bridge)
+        _enslave(ipr, lease, config)
 
 
 def _delete_tap(tap: str) -> None:

@@ -9,24 +9,46 @@ let
   inherit (u) matches repr;
 
   agentUid = 990;
-  agentBinary = "/usr/bin/mvm-agent";
-  expectedBootMs = 700;
-  hypervisors = [ "qemu" "firecracker" "cloud-hypervisor" "stub" ];
+  agentPath = "/usr/bin/mvm-agent";
+  # passthru.mvm.agentBinary: "stub" | "real" (the seeds' field). Ours is the
+  # real C agent built from backends/guest, never a placeholder script.
+  agentBinary = "real";
+  # The seeds' boot budget (<= 300 ms cold p50), surfaced as expectedBootMs.
+  expectedBootMs = 300;
+  # `hypervisor` is a preference the image records; "auto" (the default) means
+  # the best one available at run time (DESIGN.md section 1).
+  hypervisors = [ "auto" "firecracker" "cloud-hypervisor" "qemu" "stub" "libkrun" "apple-container" ];
   restarts = [ "always" "on-failure" "never" ];
   baseDirs = [ "/proc" "/sys" "/dev" "/run" "/tmp" "/var" "/mnt" "/root" "/home" "/srv" ];
-  reserved = [ "/init" "/bin/busybox" agentBinary "/etc/passwd" "/etc/group" ];
+  reserved = [ "/init" "/bin/busybox" agentPath "/etc/passwd" "/etc/group" ];
   reservedTrees = [ "/etc/mvm" "/proc" "/sys" "/dev" ];
+  defaultShell = "/bin/sh";
+  nixpkgsHint = "nixpkgs, which cannot be fetched here (no network for github:NixOS/nixpkgs)";
 
+  # The seeds' arguments, plus the old spellings (`command`, `memoryMib`) and
+  # the Nix-only `extraTrees` and `kernel`.
   guestArgs = [
-    "name" "command" "services" "packages" "extraFiles" "extraTrees" "uids" "dev"
-    "vcpus" "memoryMib" "healthChecks" "hypervisor" "kernel"
+    "name" "entrypoint" "services" "packages" "hypervisor" "vcpus" "memory_mib" "dev"
+    "uids" "extraFiles" "healthChecks" "command" "memoryMib" "extraTrees" "kernel"
   ];
+  entrypointArgs = [ "shell" "command" "services" ];
   serviceArgs = [ "command" "preStart" "env" "restart" ];
   healthArgs = [ "healthCmd" "healthIntervalSecs" "healthTimeoutSecs" ];
   uidArgs = [ "agent" "entrypoint" ];
+  fileArgs = [ "content" "mode" ];
 
   isInt = builtins.isInt;
+  isSet = builtins.isAttrs;
+  setOr = x: if isSet x then x else { };
   startsWith = p: s: builtins.substring 0 (builtins.stringLength p) s == p;
+  # A command: argv (non-empty list of strings) or a shell string.
+  commandOk = c: (builtins.isString c && c != "") || (builtins.isList c && c != [ ] && builtins.all builtins.isString c);
+  # entrypoint.command as argv: a string runs under /bin/sh -c (both builders agree).
+  argv = c: if builtins.isString c then [ "/bin/sh" "-c" c ] else c;
+
+  # The package set decides what is available: nix/stub-pkgs/offline marks every
+  # package it cannot provide with `mvmUnavailable` (its outPath throws).
+  unavailableOf = p: if isSet p && p ? mvmUnavailable then p.mvmUnavailable else null;
 
   # image_checks._check_guest_path
   guestPathChecks = code: path: [
@@ -45,9 +67,9 @@ let
   ];
 
   keyCheck = code: what: allowed: attrs: {
-    ok = builtins.isAttrs attrs && u.unknownKeys allowed attrs == [ ];
+    ok = isSet attrs && u.unknownKeys allowed attrs == [ ];
     inherit code;
-    msg = if builtins.isAttrs attrs
+    msg = if isSet attrs
       then "${what}: unknown argument(s) ${u.showList (u.unknownKeys allowed attrs)} (allowed: ${builtins.concatStringsSep ", " allowed})"
       else "${what} must be an attribute set";
   };
@@ -65,57 +87,105 @@ let
     healthTimeoutSecs = h.healthTimeoutSecs or 3;
   };
 
-  # The checks in the offline builder's order: ImageSpec.__attrs_post_init__,
-  # then image_checks._validate_spec.
+  # extraFiles."/p" = "text" | { content; mode ? "0644"; } | a path or derivation.
+  fileContent = f: if isSet f && !(u.isDerivation f) && f ? content then f.content else f;
+  fileMode = f: if isSet f && !(u.isDerivation f) && f ? mode then u.parseMode f.mode else null;
+
+  # What mkGuest reads from its arguments, each part defaulted and type-guarded
+  # so every check below can be evaluated on its own (all are reported at once).
+  view = args:
+    let
+      ep = setOr (args.entrypoint or { });
+      epServices = setOr (ep.services or { });
+      topServices = setOr (args.services or { });
+      command = if ep ? command then ep.command else args.command or null;
+      kind = if command != null then "command"
+        else if ep ? shell then "shell"
+        else if ep ? services || topServices != { } then "services"
+        else "shell";
+      devGiven = args.dev or null;
+      accessible = if builtins.isBool devGiven then devGiven else kind == "shell";
+      uids = setOr (args.uids or { });
+      agent = uids.agent or agentUid;
+      entrypoint = if (uids.entrypoint or null) != null then uids.entrypoint else if accessible then 0 else 1000;
+    in
+    {
+      inherit ep epServices topServices command kind devGiven accessible uids agent entrypoint;
+      services = epServices // topServices;
+      healthChecks = setOr (args.healthChecks or { });
+      extraFiles = setOr (args.extraFiles or { });
+      extraTrees = setOr (args.extraTrees or { });
+      packages = args.packages or [ ];
+      vcpus = args.vcpus or 1;
+      memoryMib = args.memory_mib or args.memoryMib or 256;
+      hypervisor = args.hypervisor or "auto";
+    };
+
+  # Every check (engine/imagespec.py and image_checks._validate_spec say the same).
   checksFor = fn: args:
     let
+      v = view args;
+      inherit (v) ep services healthChecks extraFiles extraTrees uids vcpus memoryMib packages hypervisor agent entrypoint;
       name = args.name or null;
-      command = args.command or null;
-      services = args.services or { };
-      healthChecks = args.healthChecks or { };
-      extraFiles = args.extraFiles or { };
-      extraTrees = args.extraTrees or { };
-      uids = args.uids or { };
-      vcpus = args.vcpus or 1;
-      memoryMib = args.memoryMib or 256;
-      dev = args.dev or false;
-      packages = args.packages or [ ];
-      hypervisor = args.hypervisor or "qemu";
-      agent = uids.agent or agentUid;
-      entrypoint = if (uids.entrypoint or null) != null then uids.entrypoint else if dev == true then 0 else 1000;
-      sets = { inherit services healthChecks extraFiles extraTrees uids; };
+      epKeys = builtins.filter (k: builtins.elem k entrypointArgs) (builtins.attrNames ep);
     in
     [ (keyCheck "E_SPEC_INVALID" fn guestArgs args) ]
     ++ map (k: {
-      ok = builtins.isAttrs sets.${k};
+      ok = !(args ? ${k}) || isSet args.${k};
       code = "E_SPEC_INVALID";
       msg = "${k} must be an attribute set";
-    }) (builtins.attrNames sets)
+    }) [ "entrypoint" "services" "healthChecks" "extraFiles" "extraTrees" "uids" ]
     ++ [
       { ok = name != null; code = "E_SPEC_NAME"; msg = "name is required"; }
       {
-        ok = matches "[a-z0-9][a-z0-9-]{0,62}" name;
+        ok = name == null || matches "[a-z0-9][a-z0-9-]{0,62}" name;
         code = "E_SPEC_NAME";
-        msg = "image name ${repr name} is invalid (use 1-63 lowercase letters, digits and '-')";
+        msg = "image name ${if builtins.isString name then repr name else builtins.typeOf name} is invalid (use 1-63 lowercase letters, digits and '-')";
+      }
+      (keyCheck "E_SPEC_ENTRYPOINT" "entrypoint" entrypointArgs ep)
+      {
+        ok = !(args ? entrypoint) || builtins.length epKeys == 1;
+        code = "E_SPEC_ENTRYPOINT";
+        msg = "entrypoint must declare exactly one of shell, command, services (got ${if epKeys == [ ] then "none" else builtins.concatStringsSep ", " epKeys})";
       }
       {
-        ok = command == null || (builtins.isList command && builtins.all builtins.isString command);
-        code = "E_SPEC_COMMAND";
-        msg = "command must be a list of strings (argv) or null";
+        ok = !(ep ? command && args ? command);
+        code = "E_SPEC_ENTRYPOINT";
+        msg = "command is given twice (entrypoint.command and command): keep entrypoint.command";
       }
-      { ok = command != [ ]; code = "E_SPEC_COMMAND"; msg = "command is empty (omit it or give argv)"; }
-      { ok = builtins.isBool dev; code = "E_SPEC_INVALID"; msg = "dev must be a boolean"; }
+      {
+        ok = !(ep ? shell) || (builtins.isString ep.shell && startsWith "/" ep.shell);
+        code = "E_SPEC_ENTRYPOINT";
+        msg = "entrypoint.shell must be an absolute path such as \"/bin/sh\"";
+      }
+      {
+        ok = !(ep ? services) || isSet ep.services;
+        code = "E_SPEC_ENTRYPOINT";
+        msg = "entrypoint.services must be an attribute set of services";
+      }
+      {
+        ok = v.command == null || commandOk v.command;
+        code = "E_SPEC_COMMAND";
+        msg = "command must be a non-empty list of strings (argv) or a non-empty string";
+      }
+      { ok = v.devGiven == null || builtins.isBool v.devGiven; code = "E_SPEC_INVALID"; msg = "dev must be a boolean"; }
+      { ok = !(args ? memory_mib && args ? memoryMib); code = "E_SPEC_INVALID"; msg = "give memory_mib once (memoryMib is its old name)"; }
       {
         ok = isInt vcpus && vcpus >= 1 && vcpus <= 64;
         code = "E_SPEC_VCPUS";
-        msg = "vcpus=${toString vcpus} out of range 1..64";
+        msg = "vcpus=${if isInt vcpus then toString vcpus else builtins.typeOf vcpus} out of range 1..64";
       }
       {
         ok = isInt memoryMib && memoryMib >= 64 && memoryMib <= 65536;
         code = "E_SPEC_MEMORY";
-        msg = "memory_mib=${toString memoryMib} out of range 64..65536";
+        msg = "memory_mib=${if isInt memoryMib then toString memoryMib else builtins.typeOf memoryMib} out of range 64..65536";
       }
     ]
+    ++ map (n: {
+      ok = !(v.topServices ? ${n});
+      code = "E_SPEC_SERVICE";
+      msg = "service ${repr n} is defined both in entrypoint.services and in services";
+    }) (builtins.attrNames v.epServices)
     ++ map (svc: {
       ok = services ? ${svc};
       code = "E_SPEC_HEALTH";
@@ -145,11 +215,15 @@ let
       }
     ]
     ++ u.concatMap (n:
-      let s = services.${n}; in
+      let s0 = services.${n}; s = setOr s0; in
       [
         { ok = matches "[A-Za-z0-9][A-Za-z0-9_.-]{0,62}" n; code = "E_SPEC_SERVICE"; msg = "service name ${repr n} is invalid"; }
-        (keyCheck "E_SPEC_SERVICE" "services.${n}" serviceArgs s)
-        { ok = builtins.isString (s.command or null); code = "E_SPEC_SERVICE"; msg = "service ${n}: command must be a string"; }
+        (keyCheck "E_SPEC_SERVICE" "services.${n}" serviceArgs s0)
+        {
+          ok = commandOk (s.command or null);
+          code = "E_SPEC_SERVICE";
+          msg = "service ${n}: command must be a non-empty list of strings (argv) or a non-empty string";
+        }
         {
           ok = (s.preStart or null) == null || builtins.isString s.preStart;
           code = "E_SPEC_SERVICE";
@@ -158,19 +232,20 @@ let
         {
           ok = builtins.elem (s.restart or "always") restarts;
           code = "E_SPEC_RESTART";
-          msg = "service ${n}: restart must be one of always, on-failure, never (got ${repr (s.restart or "")})";
+          msg = "service ${n}: restart must be one of always, on-failure, never (got ${if builtins.isString (s.restart or null) then repr s.restart else builtins.typeOf (s.restart or null)})";
         }
+        { ok = isSet (s.env or { }); code = "E_SPEC_ENV"; msg = "service ${n}: env must be an attribute set"; }
       ]
       ++ map (k: {
         ok = matches "[A-Za-z_][A-Za-z0-9_]*" k && builtins.isString s.env.${k} && !(u.hasNewline s.env.${k});
         code = "E_SPEC_ENV";
         msg = "service ${n}: env ${repr k} must be a shell name with a one-line value";
-      }) (builtins.attrNames (s.env or { }))
+      }) (builtins.attrNames (setOr (s.env or { })))
     ) (builtins.attrNames services)
     ++ u.concatMap (n:
-      let h = healthChecks.${n}; in
+      let h0 = healthChecks.${n}; h = setOr h0; in
       [
-        (keyCheck "E_SPEC_HEALTH" "healthChecks.${n}" healthArgs h)
+        (keyCheck "E_SPEC_HEALTH" "healthChecks.${n}" healthArgs h0)
         { ok = builtins.isString (h.healthCmd or null); code = "E_SPEC_HEALTH"; msg = "health check ${n}: healthCmd must be a string"; }
         {
           ok = isInt (h.healthIntervalSecs or 5) && isInt (h.healthTimeoutSecs or 3)
@@ -179,29 +254,52 @@ let
           msg = "health check ${n}: interval and timeout must be positive";
         }
       ]) (builtins.attrNames healthChecks)
-    ++ u.concatMap (guestPathChecks "E_SPEC_PATH") (builtins.attrNames extraFiles ++ builtins.attrNames extraTrees)
+    ++ u.concatMap (guestPathChecks "E_SPEC_PATH") (builtins.filter builtins.isString (builtins.attrNames extraFiles ++ builtins.attrNames extraTrees))
+    ++ [{ ok = builtins.isList packages; code = "E_SPEC_PACKAGE"; msg = "packages must be a list"; }]
     ++ map (p: {
       ok = u.isDerivation p || builtins.isPath p || matches "[A-Za-z0-9][A-Za-z0-9_.+-]*" p;
       code = "E_SPEC_PACKAGE";
       msg = "package ${if builtins.isString p then repr p else builtins.typeOf p} is neither a derivation nor a busybox applet name";
-    }) (if builtins.isList packages then packages else [ null ])
-    ++ map (p: {
-      ok = builtins.isString extraFiles.${p} || builtins.isPath extraFiles.${p} || u.isDerivation extraFiles.${p};
-      code = "E_SPEC_PATH";
-      msg = "extra file ${p}: content must be a string, a path or a derivation";
-    }) (builtins.attrNames extraFiles)
+    }) (if builtins.isList packages then packages else [ ])
+    ++ u.concatMap (p:
+      let f = extraFiles.${p}; c = fileContent f; in
+      [
+        {
+          ok = builtins.isString c || builtins.isPath c || u.isDerivation c;
+          code = "E_SPEC_PATH";
+          msg = "extra file ${p}: content must be a string, a path or a derivation";
+        }
+        (if isSet f && !(u.isDerivation f) then keyCheck "E_SPEC_PATH" "extraFiles.${p}" fileArgs f else { ok = true; })
+        {
+          ok = !(isSet f && !(u.isDerivation f) && f ? mode) || (let m = fileMode f; in m != null && m <= 511);
+          code = "E_SPEC_MODE";
+          msg = "extra file ${p}: mode must be octal permissions such as \"0644\" or \"0755\" (0..0777)";
+        }
+      ]) (builtins.attrNames extraFiles)
     ++ [{
       ok = builtins.elem hypervisor hypervisors;
       code = "E_SPEC_HYPERVISOR";
-      msg = "unknown hypervisor ${repr hypervisor} (one of ${builtins.concatStringsSep ", " hypervisors})";
+      msg = "unknown hypervisor ${if builtins.isString hypervisor then repr hypervisor else builtins.typeOf hypervisor} (one of ${builtins.concatStringsSep ", " hypervisors})";
     }];
+
+  # Packages the package set cannot provide: ONE coded line naming all of them,
+  # checked before anything else (the other checks would force their outPath).
+  nixpkgsCheck = fn: args:
+    let
+      pkgs = args.packages or [ ];
+      missing = builtins.filter (x: x != null) (map unavailableOf (if builtins.isList pkgs then pkgs else [ ]));
+      names = builtins.concatStringsSep ", " (map (n: "pkgs.${n}") missing);
+    in
+    if missing == [ ] then null
+    else u.fail "E_NIXPKGS_UNAVAILABLE" fn "${names} ${if builtins.length missing == 1 then "needs" else "need"} ${nixpkgsHint}";
 
   # The ImageSpec-shaped view (snake_case, cattrs' unstructured form): what the
   # offline builder hashes as spec_hash. Nix-only inputs join the hash under a
   # separate key only when used, so a spec the offline builder could also take
   # hashes the same on both paths.
   imageSpecView = spec: {
-    inherit (spec) name dev vcpus;
+    inherit (spec) name vcpus;
+    dev = spec.devGiven;
     command = spec.command;
     services = builtins.mapAttrs (n: s: {
       inherit (s) command env restart;
@@ -216,78 +314,83 @@ let
       health_interval_secs = h.healthIntervalSecs;
       health_timeout_secs = h.healthTimeoutSecs;
     }) spec.healthChecks;
-  };
+  }
+  # Newer ImageSpec fields are absent when unused (image_key.spec_json drops them too).
+  // (if spec.shell != null then { inherit (spec) shell; } else { })
+  // (if spec.extraFileModes != { } then { extra_file_modes = spec.extraFileModes; } else { })
+  // (if spec.hypervisor != "auto" then { inherit (spec) hypervisor; } else { });
 
   specHash = spec:
     let
       view = imageSpecView spec;
       nixOnly = { }
-        // (if spec.extraTrees != { } then { extra_trees = builtins.mapAttrs (p: t: toString t) spec.extraTrees; } else { })
-        // (if spec.hypervisor != "qemu" then { inherit (spec) hypervisor; } else { });
+        // (if spec.extraTrees != { } then { extra_trees = builtins.mapAttrs (p: t: toString t) spec.extraTrees; } else { });
     in
     builtins.hashString "sha256" (builtins.toJSON (if nixOnly == { } then view else view // { nix = nixOnly; }));
 
 in
 rec {
-  inherit agentUid agentBinary expectedBootMs hypervisors;
+  inherit agentUid agentBinary agentPath expectedBootMs hypervisors defaultShell;
 
-  # mkGuest's arguments -> the normalised spec (throws a coded error on bad input).
+  # mkGuest's arguments -> the normalised spec (throws coded errors on bad input:
+  # nixpkgs first, as one line, then every other problem, one line each).
   normalize = fn: args:
-    u.checked fn (checksFor fn args) (
-      let
-        dev = args.dev or false;
-        uidsGiven = { agent = (args.uids or { }).agent or agentUid; entrypoint = (args.uids or { }).entrypoint or null; };
-        command = args.command or null;
-        services = builtins.mapAttrs normService (args.services or { });
-      in
+    let missing = nixpkgsCheck fn args; in
+    if missing != null then missing else
+    u.checkedAll fn (checksFor fn args) (
+      let v = view args; in
       rec {
         inherit (args) name;
-        inherit dev command services uidsGiven;
-        packages = args.packages or [ ];
-        extraFiles = args.extraFiles or { };
-        extraTrees = args.extraTrees or { };
-        healthChecks = builtins.mapAttrs normHealth (args.healthChecks or { });
-        vcpus = args.vcpus or 1;
-        memoryMib = args.memoryMib or 256;
-        hypervisor = args.hypervisor or "qemu";
-        # The inference rules (engine/imagespec.py says the same).
-        entrypointKind = if command != null then "command" else if services != { } then "services" else "shell";
-        accessible = dev;
-        sealed = !dev;
-        uids = {
-          agent = uidsGiven.agent;
-          entrypoint = if uidsGiven.entrypoint != null then uidsGiven.entrypoint else if dev then 0 else 1000;
-        };
+        inherit (v) devGiven accessible packages extraTrees vcpus memoryMib hypervisor;
+        dev = v.accessible;
+        entrypointKind = v.kind;
+        command = if v.command == null then null else argv v.command;
+        shell = if v.ep ? shell then v.ep.shell else null;
+        services = builtins.mapAttrs normService v.services;
+        extraFiles = builtins.mapAttrs (p: f: fileContent f) v.extraFiles;
+        extraFileModes = builtins.mapAttrs (p: f: fileMode f)
+          (u.filterAttrs (f: fileMode f != null && fileMode f != 420) v.extraFiles);
+        healthChecks = builtins.mapAttrs normHealth v.healthChecks;
+        uidsGiven = { agent = v.agent; entrypoint = v.uids.entrypoint or null; };
+        # The inference rules (engine/imagespec.py says the same): shell =>
+        # accessible, command/services => sealed, unless `dev` says otherwise.
+        sealed = !v.accessible;
+        uids = { agent = v.agent; entrypoint = v.entrypoint; };
         rootlessEntrypoint = uids.entrypoint != 0;
       });
 
-  # mvm-meta.json, key for key what image_builder.image_meta writes, plus the
-  # Nix-only `builder` and `hypervisor`.
+  # mvm-meta.json, key for key what image_builder.image_meta writes (the IR
+  # seed's snake_case fields), `builder` aside ("nix" here, "offline" there).
   metaJson = spec: {
-    inherit (spec) name accessible sealed entrypointKind vcpus;
+    inherit (spec) name accessible sealed entrypointKind vcpus hypervisor;
     init_system = "busybox";
     expected_boot_ms = expectedBootMs;
     agent_binary = agentBinary;
+    agent_path = agentPath;
     rootless_entrypoint = spec.rootlessEntrypoint;
     uids = spec.uids;
     vmlinux_present = true;
+    initrd_present = false;
     memory_mib = spec.memoryMib;
     services = builtins.attrNames spec.services;
     health_checks = builtins.attrNames spec.healthChecks;
     spec_hash = specHash spec;
     builder = "nix";
-    hypervisor = spec.hypervisor;
   };
 
-  # passthru.mvm: the same facts under mkGuest's camelCase names, plus the meta itself.
+  # passthru.mvm: the meta's snake_case fields (what `nix eval --json
+  # '.#default.passthru.mvm'` shows in the IR seed) plus the same facts under
+  # the camelCase names the other seeds use, plus the meta itself.
   passthruMvm = spec:
-    let meta = metaJson spec; in {
-      inherit (spec) name accessible sealed entrypointKind vcpus memoryMib uids rootlessEntrypoint hypervisor;
+    let meta = metaJson spec; in
+    removeAttrs meta [ "builder" ] // {
+      inherit (spec) memoryMib rootlessEntrypoint;
       initSystem = meta.init_system;
       expectedBootMs = meta.expected_boot_ms;
       agentBinary = meta.agent_binary;
-      vmlinuxPresent = true;
-      services = meta.services;
+      agentPath = meta.agent_path;
+      vmlinuxPresent = meta.vmlinux_present;
+      initrdPresent = meta.initrd_present;
       healthChecks = meta.health_checks;
       specHash = meta.spec_hash;
       inherit meta;
@@ -313,15 +416,16 @@ rec {
         MVM_AGENT_UID = toString agent;
         MVM_SEALED = if spec.sealed then "1" else "0";
         MVM_SERVICES = builtins.concatStringsSep " " (builtins.attrNames spec.services);
+        MVM_SHELL = if spec.shell != null then spec.shell else defaultShell;
       };
       # image.env keeps _populate's key order (not alphabetical).
-      envOrder = [ "MVM_NAME" "MVM_ENTRYPOINT_KIND" "MVM_ENTRYPOINT_UID" "MVM_AGENT_UID" "MVM_SEALED" "MVM_SERVICES" ];
+      envOrder = [ "MVM_NAME" "MVM_ENTRYPOINT_KIND" "MVM_ENTRYPOINT_UID" "MVM_AGENT_UID" "MVM_SEALED" "MVM_SERVICES" "MVM_SHELL" ];
       f = text: { inherit text; mode = "0644"; };
       x = text: { inherit text; mode = "0755"; };
       svcFiles = n: s:
         let base = "/etc/mvm/services/${n}"; in
         {
-          "${base}/run" = x "#!/bin/sh\nexec sh -c ${u.shSingleQuote s.command}\n";
+          "${base}/run" = x (runScript s.command);
           "${base}/env" = f (u.concatStrings (u.mapAttrsToList (k: v: "${k}=${u.shellQuote v}\n") s.env));
           "${base}/restart" = f "${s.restart}\n";
         } // (if s.preStart != null && s.preStart != "" then {
@@ -335,12 +439,17 @@ rec {
           "${base}/timeout" = f "${toString h.healthTimeoutSecs}\n";
         };
       merge = builtins.foldl' (a: b: a // b) { };
+      # image_tree._run_script: argv is exec'd as is, a string runs under sh -c.
+      runScript = c: if builtins.isList c
+        then "#!/bin/sh\nexec ${builtins.concatStringsSep " " (map u.shSingleQuote c)}\n"
+        else "#!/bin/sh\nexec sh -c ${u.shSingleQuote c}\n";
     in
     {
       files = {
         "/etc/passwd" = f (line (e: "${at e 0}:x:${toString (at e 1)}:${toString (at e 1)}:${at e 0}:${at e 2}:${at e 3}\n"));
         "/etc/group" = f (line (e: "${at e 0}:x:${toString (at e 1)}:\n"));
         "/etc/hostname" = f "${spec.name}\n";
+        "/etc/mvm/name" = f "${spec.name}\n";
         "/etc/hosts" = f "127.0.0.1\tlocalhost\n127.0.1.1\t${spec.name}\n";
         "/etc/machine-id" = f "";
         "/etc/sysctl.conf" = f "net.ipv4.ip_unprivileged_port_start=0\n";

@@ -45,8 +45,13 @@ def test_image_bad_meta_json(tmp_path: Path) -> None:
 
 
 def test_spec_inference_rules() -> None:
+    # The seeds' rule: a shell entrypoint is accessible (dev), unless dev = false says otherwise.
     shell = ImageSpec(name="a")
-    assert (shell.entrypoint_kind, shell.sealed, shell.entrypoint_uid) == ("shell", True, 1000)
+    assert (shell.entrypoint_kind, shell.sealed, shell.entrypoint_uid) == ("shell", False, 0)
+    sealed_shell = ImageSpec(name="a", shell="/bin/sh", dev=False)
+    assert (sealed_shell.sealed, sealed_shell.entrypoint_uid) == (True, 1000)
+    string_cmd = spec_from_dict({"name": "s", "command": "echo hi"})
+    assert (string_cmd.command, string_cmd.sealed) == (("/bin/sh", "-c", "echo hi"), True)
     dev = spec_from_dict({"name": "b", "dev": True, "services": {"w": {"command": "httpd"}}})
     assert (dev.entrypoint_kind, dev.accessible, dev.entrypoint_uid) == ("services", True, 0)
     cmd = spec_from_dict({"name": "c", "command": ["/bin/true"], "uids": {"entrypoint": 7}})

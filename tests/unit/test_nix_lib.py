@@ -2,8 +2,9 @@
 
 Parity with the offline builder is checked field by field: mvm-meta.json
 (`image_meta`), the generated guest files (`_populate`), and error codes for the
-same bad input. Only `builder` and `hypervisor` are Nix-only meta fields;
-`spec_hash` matches too whenever the spec is one the offline builder can take.
+same bad input. Both paths write the same keys; only `builder`'s value differs
+("nix" / "offline"); `spec_hash` matches too whenever the spec is one the
+offline builder can take.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ pytestmark = pytest.mark.skipif(not nix_meta.nix_available(), reason="needs nix-
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
-# Fields of the Nix path's mvm-meta.json that the offline builder does not write.
-NIX_ONLY_FIELDS = {"builder", "hypervisor"}
+# The one meta field whose value says which path built the image.
+NIX_ONLY_FIELDS = {"builder"}
 CAMEL = {
     "entrypointKind": "entrypointKind",
     "initSystem": "init_system",
@@ -42,6 +43,8 @@ CAMEL = {
     "agentBinary": "agent_binary",
     "rootlessEntrypoint": "rootless_entrypoint",
     "vmlinuxPresent": "vmlinux_present",
+    "initrdPresent": "initrd_present",
+    "agentPath": "agent_path",
     "memoryMib": "memory_mib",
     "healthChecks": "health_checks",
     "specHash": "spec_hash",
@@ -85,16 +88,27 @@ def offline_meta(spec: ImageSpec) -> dict[str, Any]:
     return ib.image_meta(spec, hashlib.sha256(ib.spec_json(spec)).hexdigest())
 
 
+def _same_but_builder(nix: dict[str, Any], offline: dict[str, Any]) -> bool:
+    """Equal metas: same keys, same values except `builder` ("nix" vs "offline")."""
+    drop = NIX_ONLY_FIELDS
+    return (nix["builder"], offline["builder"]) == ("nix", "offline") and {
+        k: v for k, v in nix.items() if k not in drop
+    } == {k: v for k, v in offline.items() if k not in drop}
+
+
 async def test_meta_matches_offline_builder_field_by_field() -> None:
     infos = await nix_meta.guests_info([("mkGuest", nix_meta.spec_to_nix_args(s)) for s in SPECS])
     assert len(infos) == len(SPECS)
     for spec, info in zip(SPECS, infos, strict=True):
         nix, offline = info["meta"], offline_meta(spec)
-        assert set(nix) - NIX_ONLY_FIELDS == set(offline), spec.name
+        assert set(nix) == set(offline), spec.name
         for key, value in offline.items():
-            assert nix[key] == value, f"{spec.name}: {key}: nix {nix[key]!r} != {value!r}"
-        assert nix["builder"] == "nix"
-        assert nix["hypervisor"] == "qemu"
+            if key not in NIX_ONLY_FIELDS:
+                assert nix[key] == value, f"{spec.name}: {key}: nix {nix[key]!r} != {value!r}"
+        assert (nix["builder"], offline["builder"]) == ("nix", "offline")
+        assert nix["hypervisor"] == "auto"
+        assert (nix["expected_boot_ms"], nix["agent_binary"]) == (300, "real")
+        assert (nix["vmlinux_present"], nix["initrd_present"]) == (True, False)
 
 
 async def test_passthru_mvm_is_the_meta_under_camel_case_names() -> None:
@@ -110,8 +124,22 @@ async def test_passthru_mvm_is_the_meta_under_camel_case_names() -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        ({"name": "a"}, ("shell", False, True, 1000, True)),
+        ({"name": "a"}, ("shell", True, False, 0, False)),
         ({"name": "a", "dev": True}, ("shell", True, False, 0, False)),
+        ({"name": "a", "dev": False}, ("shell", False, True, 1000, True)),
+        ({"name": "a", "entrypoint": {"shell": "/bin/sh"}}, ("shell", True, False, 0, False)),
+        (
+            {"name": "a", "entrypoint": {"shell": "/bin/sh"}, "services": {"s": {"command": "x"}}},
+            ("shell", True, False, 0, False),
+        ),
+        (
+            {"name": "a", "entrypoint": {"command": "echo hi"}},
+            ("command", False, True, 1000, True),
+        ),
+        (
+            {"name": "a", "entrypoint": {"services": {"s": {"command": ["x"]}}}},
+            ("services", False, True, 1000, True),
+        ),
         ({"name": "a", "command": ["true"]}, ("command", False, True, 1000, True)),
         (
             {"name": "a", "command": ["true"], "services": {"s": {"command": "x"}}},
@@ -119,7 +147,7 @@ async def test_passthru_mvm_is_the_meta_under_camel_case_names() -> None:
         ),
         ({"name": "a", "services": {"s": {"command": "x"}}}, ("services", False, True, 1000, True)),
         ({"name": "a", "dev": True, "uids": {"entrypoint": 7}}, ("shell", True, False, 7, True)),
-        ({"name": "a", "uids": {"entrypoint": 0}}, ("shell", False, True, 0, False)),
+        ({"name": "a", "dev": False, "uids": {"entrypoint": 0}}, ("shell", False, True, 0, False)),
     ],
 )
 async def test_inference_rules(args: dict[str, Any], expected: tuple[Any, ...]) -> None:
@@ -132,16 +160,30 @@ async def test_inference_rules(args: dict[str, Any], expected: tuple[Any, ...]) 
     )
     assert info["uids"] == {"agent": 990, "entrypoint": uid}
     assert info["rootlessEntrypoint"] is rootless
-    assert (info["vcpus"], info["memoryMib"], info["expectedBootMs"]) == (1, 256, 700)
-    assert info["agentBinary"] == "/usr/bin/mvm-agent"
+    assert (info["vcpus"], info["memoryMib"], info["expectedBootMs"]) == (1, 256, 300)
+    assert (info["agentBinary"], info["agent_binary"]) == ("real", "real")
+    entry = args.get("entrypoint") or {}
+    services = {**entry.get("services", {}), **args.get("services", {})}
+    spec = ImageSpec(
+        name="a",
+        command=entry.get("command", args.get("command")),
+        shell=entry.get("shell"),
+        services={n: Service(command=s["command"]) for n, s in services.items()},
+        dev=args.get("dev"),
+        uids=Uids(**args.get("uids", {})),
+    )  # the offline builder infers the same
+    assert (spec.entrypoint_kind, spec.accessible, spec.entrypoint_uid) == (kind, accessible, uid)
+    assert info["meta"]["spec_hash"] == offline_meta(spec)["spec_hash"]
 
 
 async def test_hypervisor_is_recorded_and_changes_the_hash() -> None:
     default, fc = await nix_meta.guests_info(
         [("mkGuest", {"name": "a"}), ("mkGuest", {"name": "a", "hypervisor": "firecracker"})]
     )
-    assert (default["hypervisor"], fc["hypervisor"]) == ("qemu", "firecracker")
+    assert (default["hypervisor"], fc["hypervisor"]) == ("auto", "firecracker")
     assert default["specHash"] == offline_meta(ImageSpec(name="a"))["spec_hash"]
+    fc_offline = offline_meta(ImageSpec(name="a", hypervisor="firecracker"))
+    assert (fc["specHash"], fc_offline["hypervisor"]) == (fc_offline["spec_hash"], "firecracker")
     assert fc["specHash"] != default["specHash"]
 
 
@@ -171,10 +213,10 @@ async def test_generated_files_match_the_offline_tree(spec: ImageSpec, tmp_path:
         host = tree.host(guest)
         assert int(entry["mode"], 8) == host.stat().st_mode & 0o7777, guest
         if guest == "/etc/mvm/mvm-meta.json":
-            nix_meta_json = json.loads(entry["text"])
+            nix_meta_json, offline_json = json.loads(entry["text"]), json.loads(host.read_text())
             for key in NIX_ONLY_FIELDS:
-                del nix_meta_json[key]
-            assert nix_meta_json == json.loads(host.read_text())
+                del nix_meta_json[key], offline_json[key]
+            assert nix_meta_json == offline_json
             assert entry["text"].startswith('{\n  "accessible": ')  # same indent=2 format
         else:
             assert entry["text"] == host.read_text(), guest
@@ -198,10 +240,10 @@ GUEST_ERRORS: list[tuple[dict[str, Any], str, str, dict[str, Any] | None]] = [
     (
         {"name": "a", "command": []},
         "E_SPEC_COMMAND",
-        "command is empty",
+        "command must be a non-empty list",
         {"name": "a", "command": ()},
     ),
-    ({"name": "a", "command": "true"}, "E_SPEC_COMMAND", "must be a list of strings", None),
+    ({"name": "a", "command": 7}, "E_SPEC_COMMAND", "must be a non-empty list of strings", None),
     (
         {"name": "a", "vcpus": 0},
         "E_SPEC_VCPUS",
@@ -269,9 +311,9 @@ GUEST_ERRORS: list[tuple[dict[str, Any], str, str, dict[str, Any] | None]] = [
         None,
     ),
     (
-        {"name": "a", "memory_mib": 512},
+        {"name": "a", "memoryMiB": 512},
         "E_SPEC_INVALID",
-        "unknown argument(s) ['memory_mib']",
+        "unknown argument(s) ['memoryMiB']",
         None,
     ),
     ({"name": "a", "hypervisor": "vbox"}, "E_SPEC_HYPERVISOR", "unknown hypervisor 'vbox'", None),
@@ -338,7 +380,7 @@ async def test_function_workload_and_service_guests() -> None:
         name="hello", command=tuple(spec["command"]), extra_files=spec["extraFiles"]
     )
     expected = offline_meta(equivalent)
-    for key in set(expected) - {"spec_hash"}:  # packages differ: derivations vs applets
+    for key in set(expected) - {"spec_hash", "builder"}:  # packages: derivations vs applets
         assert mvm["meta"][key] == expected[key], key
 
     mvm, spec = service["mvm"], service["spec"]
@@ -509,7 +551,7 @@ async def test_derivation_evaluates_and_uses_the_shared_guest_sources() -> None:
 
 async def test_demo_nix_is_the_demo_spec() -> None:
     meta = await nix_meta.evaluate(f"(lib.mkGuest (import {REPO}/nix/demo.nix)).passthru.mvm.meta")
-    assert {k: v for k, v in meta.items() if k not in NIX_ONLY_FIELDS} == offline_meta(DEMO_SPEC)
+    assert _same_but_builder(meta, offline_meta(DEMO_SPEC))
 
 
 async def test_flake_exposes_lib_per_system(tmp_path: Path) -> None:
@@ -561,7 +603,7 @@ async def test_host_path_packages_cannot_become_nix_args() -> None:
 )
 async def test_meta_with_real_nixpkgs() -> None:
     meta = await nix_meta.meta_for_spec(DEMO_SPEC, pkgs="nixpkgs")
-    assert {k: v for k, v in meta.items() if k not in NIX_ONLY_FIELDS} == offline_meta(DEMO_SPEC)
+    assert _same_but_builder(meta, offline_meta(DEMO_SPEC))
 
 
 # --------------------------------------------------------------- a real Nix build
@@ -634,7 +676,7 @@ async def test_nix_built_image_has_the_offline_builders_tree(tmp_path: Path) -> 
         DEMO_SPEC, kernel=kernel, agent=agent, init=init, cache=tmp_path / "cache"
     )
     nix_meta_json = json.loads((out / "mvm-meta.json").read_text())
-    assert {k: v for k, v in nix_meta_json.items() if k not in NIX_ONLY_FIELDS} == offline.meta
+    assert _same_but_builder(nix_meta_json, offline.meta)
 
     nix_tree = _debugfs_tree(out / "rootfs.ext4")
     offline_tree = _debugfs_tree(offline.rootfs)

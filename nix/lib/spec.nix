@@ -264,12 +264,12 @@ let
     ++ u.concatMap (p:
       let f = extraFiles.${p}; c = fileContent f; in
       [
+        (if isSet f && !(u.isDerivation f) then keyCheck "E_SPEC_PATH" "extraFiles.${p}" fileArgs f else { ok = true; })
         {
           ok = builtins.isString c || builtins.isPath c || u.isDerivation c;
           code = "E_SPEC_PATH";
           msg = "extra file ${p}: content must be a string, a path or a derivation";
         }
-        (if isSet f && !(u.isDerivation f) then keyCheck "E_SPEC_PATH" "extraFiles.${p}" fileArgs f else { ok = true; })
         {
           ok = !(isSet f && !(u.isDerivation f) && f ? mode) || (let m = fileMode f; in m != null && m <= 511);
           code = "E_SPEC_MODE";

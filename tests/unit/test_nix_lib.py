@@ -81,6 +81,24 @@ SPECS = [
         vcpus=2,
         memory_mib=512,
     ),
+    # The seeds' shapes: argv services, a multi-line preStart, a named shell with
+    # auxiliary services, a string command, file modes, a hypervisor preference.
+    ImageSpec(
+        name="seed-shapes",
+        shell="/bin/ash",
+        services={
+            "web": Service(
+                command=("httpd", "-f", "-p", "8080", "-h", "/tmp/www"),
+                pre_start=(
+                    "mkdir -p /tmp/www\necho '<h1>Hello from mvm!</h1>' > /tmp/www/index.html\n"
+                ),
+            ),
+        },
+        extra_files={"/usr/local/bin/hi": "#!/bin/sh\necho hi\n", "/etc/x": "x"},
+        extra_file_modes={"/usr/local/bin/hi": 0o755},
+        hypervisor="firecracker",
+    ),
+    ImageSpec(name="string-cmd", command="echo hi && sleep 1", dev=True),  # type: ignore[arg-type]
 ]
 
 
@@ -106,13 +124,14 @@ async def test_meta_matches_offline_builder_field_by_field() -> None:
             if key not in NIX_ONLY_FIELDS:
                 assert nix[key] == value, f"{spec.name}: {key}: nix {nix[key]!r} != {value!r}"
         assert (nix["builder"], offline["builder"]) == ("nix", "offline")
-        assert nix["hypervisor"] == "auto"
+        assert nix["hypervisor"] == spec.hypervisor
         assert (nix["expected_boot_ms"], nix["agent_binary"]) == (300, "real")
         assert (nix["vmlinux_present"], nix["initrd_present"]) == (True, False)
 
 
 async def test_passthru_mvm_is_the_meta_under_camel_case_names() -> None:
-    info = await nix_meta.guest_info("mkGuest", nix_meta.spec_to_nix_args(SPECS[-1]))
+    (multi,) = [s for s in SPECS if s.name == "multi"]
+    info = await nix_meta.guest_info("mkGuest", nix_meta.spec_to_nix_args(multi))
     meta = info["meta"]
     for key, value in info.items():
         if key == "meta":
@@ -318,6 +337,76 @@ GUEST_ERRORS: list[tuple[dict[str, Any], str, str, dict[str, Any] | None]] = [
     ),
     ({"name": "a", "hypervisor": "vbox"}, "E_SPEC_HYPERVISOR", "unknown hypervisor 'vbox'", None),
     ({"name": "a", "packages": ["../x"]}, "E_SPEC_PACKAGE", "package '../x' is neither", None),
+    (
+        {"name": "a", "entrypoint": {"shell": "/bin/sh", "command": ["x"]}},
+        "E_SPEC_ENTRYPOINT",
+        "entrypoint must declare exactly one of shell, command, services (got command, shell)",
+        None,
+    ),
+    (
+        {"name": "a", "entrypoint": {}},
+        "E_SPEC_ENTRYPOINT",
+        "exactly one of shell, command, services (got none)",
+        None,
+    ),
+    (
+        {"name": "a", "entrypoint": {"shell": "bash"}},
+        "E_SPEC_ENTRYPOINT",
+        "entrypoint.shell must be an absolute path",
+        {"name": "a", "shell": "bash"},
+    ),
+    (
+        {"name": "a", "entrypoint": {"cmd": ["x"]}},
+        "E_SPEC_ENTRYPOINT",
+        "entrypoint: unknown argument(s) ['cmd']",
+        None,
+    ),
+    (
+        {"name": "a", "entrypoint": {"command": ["x"]}, "command": ["y"]},
+        "E_SPEC_ENTRYPOINT",
+        "command is given twice",
+        None,
+    ),
+    (
+        {
+            "name": "a",
+            "entrypoint": {"services": {"web": {"command": ["x"]}}},
+            "services": {"web": {"command": "y"}},
+        },
+        "E_SPEC_SERVICE",
+        "service 'web' is defined both in entrypoint.services and in services",
+        None,
+    ),
+    (
+        {"name": "a", "services": {"s": {"command": []}}},
+        "E_SPEC_SERVICE",
+        "service s: command must be a non-empty list of strings (argv) or a non-empty string",
+        None,
+    ),
+    (
+        {"name": "a", "extraFiles": {"/x": {"content": "y", "mode": "rwx"}}},
+        "E_SPEC_MODE",
+        "extra file /x: mode must be octal permissions",
+        None,
+    ),
+    (
+        {"name": "a", "extraFiles": {"/x": {"content": "y", "mode": "4755"}}},
+        "E_SPEC_MODE",
+        "(0..0777)",
+        None,
+    ),
+    (
+        {"name": "a", "extraFiles": {"/x": {"text": "y"}}},
+        "E_SPEC_PATH",
+        "extraFiles./x: unknown argument(s) ['text']",
+        None,
+    ),
+    (
+        {"name": "a", "memory_mib": 512, "memoryMib": 512},
+        "E_SPEC_INVALID",
+        "give memory_mib once",
+        None,
+    ),
 ]
 
 
@@ -328,14 +417,129 @@ async def test_mkguest_errors_have_the_offline_builders_codes(
     args: dict[str, Any], code: str, part: str, offline: dict[str, Any] | None
 ) -> None:
     err = await _nix_error("mkGuest", args)
-    assert isinstance(err, ConfigError)
+    assert isinstance(err, nix_meta.SpecErrors)
     assert err.code == code
     assert err.message.startswith("mkGuest: ")
     assert part in err.message
+    assert all(e.code.startswith("E_") and "\n" not in e.message for e in err.all_errors)
     if offline is not None:
         with pytest.raises(ConfigError) as py:
             ib._validate_spec(ImageSpec(**offline))
         assert py.value.code == code
+
+
+async def test_every_problem_is_reported_one_coded_line_each() -> None:
+    """Nix `throw` stops at the first; spec.nix collects every check and nix_meta splits
+    the joined lines back into one ConfigError each."""
+    err = await _nix_error(
+        "mkGuest",
+        {
+            "name": "Bad_Name",
+            "vcpus": 0,
+            "memory_mib": 1,
+            "entrypoint": {"shell": "sh"},
+            "services": {"web": {"command": 3, "restart": "sometimes"}},
+            "extraFiles": {"/x": {"content": "y", "mode": "9"}},
+            "hypervisor": "vbox",
+        },
+    )
+    assert isinstance(err, nix_meta.SpecErrors)
+    codes = [e.code for e in err.all_errors]
+    assert codes == [
+        "E_SPEC_NAME", "E_SPEC_ENTRYPOINT", "E_SPEC_VCPUS", "E_SPEC_MEMORY",
+        "E_SPEC_SERVICE", "E_SPEC_RESTART", "E_SPEC_MODE", "E_SPEC_HYPERVISOR",
+    ]  # fmt: skip
+    assert all(e.message.startswith("mkGuest: ") and "\n" not in e.message for e in err.all_errors)
+    assert (err.code, err.message) == (codes[0], err.all_errors[0].message)
+
+
+async def test_unavailable_packages_are_one_line_before_anything_else(tmp_path: Path) -> None:
+    """The offline package set decides: its placeholders are refused as ONE coded line,
+    even when other arguments are wrong too, and an interpolated one is that line too."""
+    offline = f"import {nix_meta.nix_dir()}/stub-pkgs/offline {{ }}"
+    result = await nix_meta.evaluate(
+        f'let pkgs = {offline}; in builtins.tryEval (lib.mkGuest {{ name = "a"; }})',
+    )
+    assert result["success"] is True
+    for body, message in [
+        (
+            'lib.mkGuest { name = "Bad"; vcpus = 0; packages = with pkgs; [ jq curl ]; }',
+            "mkGuest: pkgs.jq, pkgs.curl need nixpkgs",
+        ),
+        (
+            'lib.mkGuest { name = "a"; services.s.command = "${pkgs.redis}/bin/redis-server"; }',
+            "nixpkgs: pkgs.redis needs nixpkgs",
+        ),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            await nix_meta.evaluate(f"let pkgs = {offline}; in (({body}).passthru.mvm)")
+        assert info.value.code == "E_NIXPKGS_UNAVAILABLE"
+        assert info.value.message.startswith(message)
+        assert info.value.message.endswith("(no network for github:NixOS/nixpkgs)")
+        assert len(getattr(info.value, "all_errors", ())) == 1
+        assert info.value.hint is not None and "busybox applet" in info.value.hint
+
+
+async def test_offline_flake_with_an_unknown_package_name(tmp_path: Path) -> None:
+    from mvm.engine.builders.offline import flake_to_spec
+
+    (tmp_path / "flake.nix").write_text(
+        "{ outputs = { self, nixpkgs, mvm }: let pkgs = import nixpkgs { system = "
+        '"x86_64-linux"; }; in { packages.x86_64-linux.default = mvm.lib.x86_64-linux.mkGuest'
+        ' { name = "a"; packages = with pkgs; [ no-such-package ]; }; }; }'
+    )
+    with pytest.raises(ConfigError) as info:
+        await flake_to_spec(tmp_path, "default")
+    assert info.value.code == "E_NIXPKGS_UNAVAILABLE"
+    assert "'no-such-package' is not defined here" in info.value.message
+
+
+async def test_seed_arguments_build_the_same_spec_offline(tmp_path: Path) -> None:
+    """A seed-shaped flake (entrypoint.shell + services with argv and a multi-line
+    preStart, extraFiles { content; mode; }, memory_mib) becomes the ImageSpec whose
+    offline meta equals the Nix meta."""
+    from mvm.engine.builders.offline import flake_info, spec_from_nix
+
+    (tmp_path / "flake.nix").write_text(
+        """{
+  outputs = { self, nixpkgs, mvm, ... }: {
+    packages.x86_64-linux.default = mvm.lib.x86_64-linux.mkGuest {
+      name = "shapes";
+      entrypoint.shell = "/bin/ash";
+      services.web = {
+        preStart = ''
+          mkdir -p /tmp/www
+          echo '<h1>Hello from mvm!</h1>' > /tmp/www/index.html
+        '';
+        command = [ "httpd" "-f" "-p" "8080" "-h" "/tmp/www" ];
+        env = { PORT = "8080"; };
+      };
+      extraFiles."/usr/local/bin/hi" = { content = "#!/bin/sh\necho hi\n"; mode = "0755"; };
+      extraFiles."/etc/motd" = "hello\n";
+      vcpus = 2;
+      memory_mib = 1024;
+      hypervisor = "firecracker";
+    };
+  };
+}
+"""
+    )
+    info = await flake_info(tmp_path, "default")
+    spec = spec_from_nix(info["spec"])
+    assert spec.services["web"].pre_start == (
+        "mkdir -p /tmp/www\necho '<h1>Hello from mvm!</h1>' > /tmp/www/index.html\n"
+    )
+    assert spec.services["web"].command == ("httpd", "-f", "-p", "8080", "-h", "/tmp/www")
+    assert (spec.extra_file_modes, spec.memory_mib, spec.shell) == (
+        {"/usr/local/bin/hi": 0o755}, 1024, "/bin/ash",
+    )  # fmt: skip
+    assert _same_but_builder(info["mvm"]["meta"], offline_meta(spec))
+    tree = _populated(spec, tmp_path)
+    assert tree.host("/usr/local/bin/hi").stat().st_mode & 0o777 == 0o755
+    assert tree.host("/etc/mvm/name").read_text() == "shapes\n"
+    assert "MVM_SHELL=/bin/ash\n" in tree.host("/etc/mvm/image.env").read_text()
+    run = tree.host("/etc/mvm/services/web/run").read_text()
+    assert run == "#!/bin/sh\nexec 'httpd' '-f' '-p' '8080' '-h' '/tmp/www'\n"
 
 
 # --------------------------------------------------------------- function guests

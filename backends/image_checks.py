@@ -88,10 +88,13 @@ async def _checked_spec(spec: ImageSpec, busybox: Path) -> tuple[list[str], list
 
 
 def _check_entrypoint(spec: ImageSpec, applets: list[str], packages: list[Path]) -> None:
-    """A command entrypoint must name a program the image will contain."""
-    if spec.command is None:
+    """A command (or a named shell) entrypoint must name a program the image will contain."""
+    if spec.command is not None:
+        program = spec.command[0]
+    elif spec.entrypoint_kind == "shell" and spec.shell is not None:
+        program = spec.shell
+    else:
         return
-    program = spec.command[0]
     if _image_has_program(program, spec, applets, packages):
         return
     raise ConfigError(

@@ -2,15 +2,16 @@
 # (nix/flake.nix) wraps this per system; tests import it directly with the stub
 # package set (nix/stub-pkgs), which evaluates everything but builds nothing.
 #
-#   mkGuest            { name, command?, services?, packages?, extraFiles?, extraTrees?,
-#                        uids?, dev?, vcpus?, memoryMib?, healthChecks?, hypervisor?, kernel? }
+#   mkGuest            { name, entrypoint? ({ shell | command | services }), services?,
+#                        packages?, hypervisor?, vcpus?, memory_mib?, dev?, uids?,
+#                        extraFiles?, healthChecks?, extraTrees?, kernel? }  (README.md)
 #   mkFunctionWorkload { ir, src?, dev?, extraArgs? }        (one-shot function guest)
 #   mkFunctionService  { ir, src?, port?, dev?, extraArgs? } (long-running function guest)
 #
 # Each returns the image derivation (vmlinux, rootfs.ext4, mvm-meta.json) with
 # `passthru.mvm` (also reachable as `.mvm`): accessible, sealed, entrypointKind,
-# expectedBootMs, agentBinary, uids, rootlessEntrypoint, ..., and `meta`, the
-# exact mvm-meta.json attribute set.
+# expectedBootMs, agentBinary, uids, rootlessEntrypoint, ... (and the snake_case
+# init_system, expected_boot_ms, ...), and `meta`, the exact mvm-meta.json set.
 { pkgs
 , guestSrc ? ../../backends/guest  # the shared /init and agent sources
 }:

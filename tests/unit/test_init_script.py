@@ -264,3 +264,30 @@ def test_init_defines_functions_before_calling_them_at_top_level() -> None:
         name = words[0]
         if name in defined and not line.startswith(f"{name}()"):
             assert defined[name] < number, f"line {number + 1}: {name} called before defined"
+
+
+@needs_ns
+def test_top_level_services_run_next_to_a_command_entrypoint(
+    tmp_path: Path, guest_factory: list[Guest]
+) -> None:
+    """mkGuest's top-level `services` are auxiliary: they run in the background while the
+    command entrypoint keeps the foreground (argv service commands are exec'd as is)."""
+    spec = ImageSpec(
+        name="aux",
+        command=(
+            "sh",
+            "-c",
+            "until [ -s /tmp/aux-up ]; do sleep 0.05; done; cat /tmp/aux-up; exit 3",
+        ),
+        services={
+            "aux": Service(command=("sh", "-c", "echo aux-ran > /tmp/aux-up; exec sleep 300"))
+        },
+        dev=True,
+    )
+    guest = Guest(_tree(tmp_path, spec))
+    guest_factory.append(guest)
+    guest.wait_line(r"^mvm-init: service aux started pid=\d+$")
+    guest.wait_line(r"^mvm-init: services started: aux$")
+    guest.wait_line(r"^mvm-init: entrypoint command as uid 0$")
+    guest.wait_line(r"^aux-ran$")
+    guest.wait_line(r"^mvm-exit: 3$")

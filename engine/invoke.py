@@ -158,7 +158,7 @@ async def invoke(
     """One cold call: a fresh wrapper process in the guest."""
     request = encode_request(args, kwargs or {})
     result = await client.run(request, timeout=timeout)
-    return decode_reply(result.exit_code, result.stdout, result.stderr)
+    return decode_reply(result.code, result.stdout, result.stderr)
 
 
 class _Session:
@@ -168,12 +168,16 @@ class _Session:
         self.proc = proc
         self._chunks: AsyncIterator[tuple[int, bytes]] = proc.output()
         self._buf = bytearray()
+        self._err = bytearray()
 
     async def _fill(self, n: int) -> None:
         while len(self._buf) < n:
             try:
                 fd, data = await self._chunks.__anext__()
             except StopAsyncIteration:
+                last = bytes(self._err).strip().splitlines()[-1:]
+                if last and last[0].startswith(b'{"error"'):
+                    raise _function_error(last[0]) from None  # e.g. E_WRAPPER_MODE
                 raise AgentError(
                     f"the warm wrapper exited (code {self.proc.exit_code})",
                     code="E_INVOKE_NO_REPLY",
@@ -181,6 +185,7 @@ class _Session:
             if fd == 1:
                 self._buf.extend(data)
             else:
+                self._err = (self._err + data)[-4096:]
                 log.debug("invoke.stderr", pid=self.proc.pid, data=data[:200])
 
     async def call(self, request: bytes) -> tuple[int, bytes]:

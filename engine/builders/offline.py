@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mvm.backends import nix_meta
-from mvm.engine.builders import ARTIFACTS, BuildJob, BuildMode, LogFn
+from mvm.engine.builders import ARTIFACTS, BuildJob, BuildMode, LogFn, offline_function
 from mvm.engine.errors import BuildPhaseError, ConfigError, MvmError
 from mvm.engine.imagespec import HealthCheck, ImageSpec, Service, Uids
 
@@ -40,6 +40,8 @@ in
     throw "E_FLAKE_OFFLINE: offline: the flake needs inputs ${toString missing}"
   else if !(pkgs ? ${args.attr}) then
     throw "E_FLAKE_OFFLINE: offline: the flake has no packages.x86_64-linux.${args.attr}"
+  else if (pkgs.${args.attr}.passthru or { }) ? mvmFunctionWorkload then
+    { inherit (pkgs.${args.attr}.passthru) mvmFunctionWorkload; }
   else if !((pkgs.${args.attr}.passthru or { }) ? spec) then
     throw "E_FLAKE_OFFLINE: offline: packages.x86_64-linux.${args.attr} is not an mkGuest image"
   else pkgs.${args.attr}.passthru.spec
@@ -71,6 +73,8 @@ async def flake_to_spec(source: Path, attr: str) -> ImageSpec:
         spec = await nix_meta.evaluate(_FLAKE_SPEC, args=args)
     except MvmError as exc:
         raise _refuse(exc.message) from None
+    if offline_function.KEY in spec:  # mkFunctionWorkload: built from its IR
+        return await offline_function.function_workload_spec(spec[offline_function.KEY])
     return spec_from_nix(spec)
 
 

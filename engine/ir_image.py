@@ -278,7 +278,7 @@ def workload_image_spec(
     app = workload.apps[0]
     if app.mounts:
         log.warning("ir_image.mounts_ignored", app=name, mounts=len(app.mounts))
-    if app.network.ports:
+    if app.network is not None and app.network.ports:
         log.warning("ir_image.ports_ignored", app=name, ports=list(app.network.ports))
     if not isinstance(app.image, NixPackages):
         raise ConfigError(
@@ -288,7 +288,7 @@ def workload_image_spec(
     common = {"name": name, "dev": dev, "vcpus": app.resources.vcpus}
     common["memory_mib"] = app.resources.memory_mb
     if isinstance(entry, CommandEntrypoint):
-        return ImageSpec(command=entry.argv, **common)  # type: ignore[arg-type]
+        return ImageSpec(command=entry.command, **common)  # type: ignore[arg-type]
     if entry.language != "python":
         raise ConfigError(
             f"function language {entry.language!r}: the offline builder supports python only",

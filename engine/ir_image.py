@@ -229,7 +229,7 @@ def _pick_function(workload: Workload) -> tuple[str, FunctionEntrypoint | Comman
 
 def concurrency_block(workload: Workload, entry: FunctionEntrypoint) -> dict[str, Any] | None:
     """The entrypoint's ADR-0011 block, verbatim (None: oneshot)."""
-    block = getattr(entry, "concurrency", None)
+    block = entry.concurrency
     if block is None and CONCURRENCY_EXTENSION in workload.extensions:
         concurrency(workload)  # checks the legacy extension's shape
         block = workload.extensions[CONCURRENCY_EXTENSION]
@@ -240,7 +240,7 @@ def concurrency(workload: Workload) -> int:
     """Warm-pool size: ``warm`` of the primary entrypoint's concurrency block, or of
     the legacy extension ``"mvm.concurrency"`` (0: no pool)."""
     fns = [e for a in workload.apps for e in a.entrypoints if isinstance(e, FunctionEntrypoint)]
-    blocks = [getattr(e, "concurrency", None) for e in fns]
+    blocks = [e.concurrency for e in fns]
     block = next((b for b in blocks if b is not None), None)
     if block is None:
         block = workload.extensions.get(CONCURRENCY_EXTENSION)
@@ -314,7 +314,7 @@ def function_files(
     workload: Workload, entry: FunctionEntrypoint, *, dev: bool
 ) -> dict[str, str]:
     """/etc/mvm/wrapper.json and runtime.json, exactly the seed's keys."""
-    working_dir = str(getattr(entry, "working_dir", None) or DEFAULT_WORKING_DIR)
+    working_dir = entry.working_dir or DEFAULT_WORKING_DIR
     wrapper = {
         "module": entry.module,
         "function": entry.function,
@@ -352,9 +352,8 @@ def workload_image_spec(
     app = workload.apps[0]
     if app.mounts:
         log.warning("ir_image.mounts_ignored", app=name, mounts=len(app.mounts))
-    ports = list(getattr(app.network, "ports", None) or ())
-    if ports:
-        log.warning("ir_image.ports_ignored", app=name, ports=ports)
+    if app.network is not None and app.network.ports:
+        log.warning("ir_image.ports_ignored", app=name, ports=list(app.network.ports))
     if not isinstance(app.image, NixPackages):
         raise ConfigError(
             f"app {name!r}: the offline builder supports nix_packages images only",
@@ -363,8 +362,7 @@ def workload_image_spec(
     common = {"name": name, "dev": dev, "vcpus": app.resources.vcpus}
     common["memory_mib"] = app.resources.memory_mb
     if isinstance(entry, CommandEntrypoint):
-        argv = getattr(entry, "command", None) or getattr(entry, "argv", ())
-        return ImageSpec(command=tuple(argv), **common)  # type: ignore[arg-type]
+        return ImageSpec(command=entry.command, **common)  # type: ignore[arg-type]
     if entry.language != "python":
         raise ConfigError(
             f"function language {entry.language!r}: the offline builder supports python only",
@@ -391,7 +389,7 @@ def workload_image_spec(
     env = {"PYTHONHOME": "/usr", "PYTHONDONTWRITEBYTECODE": "1", **app.env}
     variant = "longrunning" if concurrency_block(workload, entry) is not None else "oneshot"
     runner = _host_runner(runner_text(rt.executable, variant, env))
-    working_dir = str(getattr(entry, "working_dir", None) or DEFAULT_WORKING_DIR)
+    working_dir = entry.working_dir or DEFAULT_WORKING_DIR
     host_files = {
         rt.zip_guest: str(rt.zip_host),
         RUNNER_GUEST: str(runner),

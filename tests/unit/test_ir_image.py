@@ -131,11 +131,12 @@ def test_concurrency_extension(hello_doc: dict[str, Any]) -> None:
     ("change", "code"),
     [
         (lambda d: d["apps"].append({**d["apps"][0], "name": "other"}), "E_IR_APPS"),
-        (lambda d: d["apps"][0]["entrypoints"][0]["function"].update(format="msgpack"),
+        (lambda d: d["apps"][0]["entrypoints"][0].update(format="msgpack"),
          "E_IR_FORMAT"),
         (lambda d: d["apps"][0].update(
-            image={"oci_base": {"ref": "python", "digest": "sha256:" + "a" * 64}}), "E_IR_IMAGE"),
-        (lambda d: d["apps"][0].update(source={"nix_derivation": {"flake": ".", "attr": "x"}}),
+            image={"kind": "oci_base", "reference": "python", "digest": "sha256:" + "a" * 64}),
+         "E_IR_IMAGE"),
+        (lambda d: d["apps"][0].update(source={"kind": "nix_derivation", "expr": "x"}),
          "E_IR_SOURCE"),
     ],
 )  # fmt: skip

@@ -289,12 +289,12 @@ def runner_text(python: str, variant: str, env: dict[str, str]) -> str:
     interpreter on this file), Python sees a string literal and goes on."""
     assigns = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(env.items()))
     line = f'exec /bin/env {assigns} {python} -s "$0" --variant {variant} "$@"'
-    if "\'\'\'" in line or "\n" in line:
-        raise ConfigError("app env values must not contain newlines or \'\'\'", code="E_IR_ENV")
+    if "'''" in line or "\n" in line:
+        raise ConfigError("app env values must not contain newlines or '''", code="E_IR_ENV")
     # The header string is the module's docstring now, so the wrapper's
     # `from __future__` (legal only first) goes: 3.10+ evaluates its annotations fine.
     body = wrapper_source().replace("from __future__ import annotations\n", "", 1)
-    return f"#!/bin/sh\n\'\'\'\'{line} #\'\'\'\n" + body
+    return f"#!/bin/sh\n''''{line} #'''\n" + body
 
 
 def _host_runner(text: str) -> Path:
@@ -310,9 +310,7 @@ def _host_runner(text: str) -> Path:
     return target
 
 
-def function_files(
-    workload: Workload, entry: FunctionEntrypoint, *, dev: bool
-) -> dict[str, str]:
+def function_files(workload: Workload, entry: FunctionEntrypoint, *, dev: bool) -> dict[str, str]:
     """/etc/mvm/wrapper.json and runtime.json, exactly the seed's keys."""
     working_dir = entry.working_dir or DEFAULT_WORKING_DIR
     wrapper = {

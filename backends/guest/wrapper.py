@@ -430,20 +430,20 @@ def main(argv: list[str]) -> int:
     err_out = sys.stderr.buffer
     try:
         runtime = Runtime.from_file(config, variant=variant)
-    except WrapperError as err:
-        err_out.write(encode_envelope(err, prod=True) + b"\n")
+    except WrapperError as exc:
+        err_out.write(encode_envelope(exc, prod=True) + b"\n")
         return 2
     if runtime.prod:
         harden()
     if mode == "boot":
         boot(runtime)
     if mode not in ("oneshot", "longrunning") or (mode == "longrunning" and variant == "oneshot"):
-        err = WrapperError(
+        refusal = WrapperError(
             E_WRAPPER_MODE,
             f"mode {mode!r} is not served by the {variant} wrapper"
             + (" (the IR's entrypoint has no concurrency block)" if variant == "oneshot" else ""),
         )
-        err_out.write(encode_envelope(err, prod=runtime.prod) + b"\n")
+        err_out.write(encode_envelope(refusal, prod=runtime.prod) + b"\n")
         return 2
     out = _private_stdout()
     stdin = sys.stdin.buffer

@@ -182,7 +182,7 @@ def _debugfs_cat(rootfs: Path, path: str) -> str:
 
 
 # The seed's worked example (workload-ir-to-image, "The emitted IR"), verbatim.
-SEED_IR = """{ "schema_version": "0.1", "id": "hello", "apps": [ { "name": "hello", "source": { "kind": "local_path", "path": "./src", "include": ["**"], "exclude": [] }, "image": { "kind": "nix_packages", "packages": ["python3"] }, "entrypoints": [ { "kind": "function", "language": "python", "module": "app", "function": "greet", "format": "json", "primary": true } ], "resources": { "vcpus": 1, "memory_mb": 256, "boot_timeout_secs": 30 }, "dependencies": { "kind": "none" } } ], "volumes": [], "extensions": {}}"""
+SEED_IR = """{ "schema_version": "0.1", "id": "hello", "apps": [ { "name": "hello", "source": { "kind": "local_path", "path": "./src", "include": ["**"], "exclude": [] }, "image": { "kind": "nix_packages", "packages": ["python3"] }, "entrypoints": [ { "kind": "function", "language": "python", "module": "app", "function": "greet", "format": "json", "primary": true } ], "resources": { "vcpus": 1, "memory_mb": 256, "boot_timeout_secs": 30 }, "dependencies": { "kind": "none" } } ], "volumes": [], "extensions": {}}"""  # noqa: E501 (verbatim seed)
 SEED_APP_PY = """def greet(name: str) -> str: return f"hello, {name}"
 """
 
@@ -223,14 +223,24 @@ def test_hello_greet_in_a_real_guest(hello_ir: Path) -> None:
 
     image = trio.run(build)
     assert image.sealed and image.meta["entrypointKind"] == "command"
-    files = {p: _debugfs_cat(image.directory / "rootfs.ext4", p) for p in (
-        "/etc/mvm/wrapper.json", "/etc/mvm/runtime.json", "/etc/mvm/entrypoint")}
+    files = {
+        p: _debugfs_cat(image.directory / "rootfs.ext4", p)
+        for p in ("/etc/mvm/wrapper.json", "/etc/mvm/runtime.json", "/etc/mvm/entrypoint")
+    }
     assert json.loads(files["/etc/mvm/wrapper.json"]) == {
-        "module": "app", "function": "greet", "format": "json", "working_dir": "/app",
-        "mode": "prod"}
+        "module": "app",
+        "function": "greet",
+        "format": "json",
+        "working_dir": "/app",
+        "mode": "prod",
+    }
     assert json.loads(files["/etc/mvm/runtime.json"]) == {
-        "language": "python", "module": "app", "function": "greet", "format": "json",
-        "source_path": "/app"}
+        "language": "python",
+        "module": "app",
+        "function": "greet",
+        "format": "json",
+        "source_path": "/app",
+    }
     assert "/usr/lib/mvm/wrappers/runner" in files["/etc/mvm/entrypoint"]
     before = qemu_pids()
     up = mvmctl("up", str(hello_ir), "--name", "hello")  # the IR file itself, as a user would

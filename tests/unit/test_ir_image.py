@@ -64,7 +64,7 @@ def test_hello_maps_to_a_sealed_function_image(hello_doc: dict[str, Any]) -> Non
     assert spec.host_files[rt.zip_guest] == str(rt.zip_host)
     runner = Path(spec.host_files[RUNNER_GUEST]).read_text()
     assert runner.startswith("#!/bin/sh\n")
-    assert f"{rt.executable} -s \"$0\" --variant oneshot" in runner.splitlines()[1]
+    assert f'{rt.executable} -s "$0" --variant oneshot' in runner.splitlines()[1]
     assert "PYTHONHOME=/usr" in runner.splitlines()[1]
     assert "def decode_request" in runner
     assert Path(spec.host_files[RUNNER_GUEST]).stat().st_mode & 0o111

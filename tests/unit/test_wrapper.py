@@ -42,7 +42,13 @@ def _runtime(
         name = f"fnmod{next(_modules)}"
         (app_dir / f"{name}.py").write_text(source)
         cfg.setdefault("module", name)
-    config = {"module": "app", "function": "greet", "format": "json", "working_dir": str(app_dir), "mode": mode}
+    config = {
+        "module": "app",
+        "function": "greet",
+        "format": "json",
+        "working_dir": str(app_dir),
+        "mode": mode,
+    }
     config.update(cfg)
     return w.Runtime(config)
 
@@ -226,7 +232,9 @@ def test_fuzz_json_like_text(text: str) -> None:
     _assert_envelope(_FUZZ_RT.handle(text.encode()))
 
 
-_FUZZ_RT = w.Runtime({"module": "app", "function": "greet", "working_dir": str(HELLO), "mode": "prod"})
+_FUZZ_RT = w.Runtime(
+    {"module": "app", "function": "greet", "working_dir": str(HELLO), "mode": "prod"}
+)
 
 
 # ------------------------------------------------------------------------- real processes
@@ -237,14 +245,21 @@ def _config(tmp_path: Path, source: str, function: str, mode: str = "prod") -> P
     cfg = tmp_path / "wrapper.json"
     cfg.write_text(
         json.dumps(
-            {"module": "fnmod", "function": function, "format": "json",
-             "working_dir": str(tmp_path), "mode": mode}
+            {
+                "module": "fnmod",
+                "function": function,
+                "format": "json",
+                "working_dir": str(tmp_path),
+                "mode": mode,
+            }
         )
     )
     return cfg
 
 
-def _run(cfg: Path, stdin: bytes, mode: str, variant: str = "oneshot") -> subprocess.CompletedProcess[bytes]:
+def _run(
+    cfg: Path, stdin: bytes, mode: str, variant: str = "oneshot"
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, str(WRAPPER), "--config", str(cfg), "--variant", variant],
         input=stdin,
@@ -272,11 +287,16 @@ def test_oneshot_error_is_an_envelope_on_stderr_and_nonzero_exit(tmp_path: Path)
     proc = _run(cfg, b'[["/srv/app/data"], {}]', "oneshot")
     assert proc.returncode == 1 and proc.stdout == b""
     assert _envelope(proc.stderr) == {
-        "error": {"code": w.E_FUNCTION_FAILED, "type": "ValueError",
-                  "message": "ValueError (details withheld in prod images)"}
+        "error": {
+            "code": w.E_FUNCTION_FAILED,
+            "type": "ValueError",
+            "message": "ValueError (details withheld in prod images)",
+        }
     }
     assert b"Traceback" not in proc.stderr and b"/srv/app" not in proc.stderr
-    dev = _run(_config(tmp_path, FAILING, "boom", mode="dev"), b'[["/srv/app/data"], {}]', "oneshot")
+    dev = _run(
+        _config(tmp_path, FAILING, "boom", mode="dev"), b'[["/srv/app/data"], {}]', "oneshot"
+    )
     assert dev.returncode == 1
     assert "in boom" in _envelope(dev.stderr)["error"]["traceback"]
 
@@ -292,7 +312,9 @@ def test_oneshot_caps_stdin_at_16_mib(tmp_path: Path) -> None:
 
 def test_oneshot_second_invocation_is_a_hard_error(tmp_path: Path) -> None:
     (tmp_path / "m.py").write_text("def f(x):\n    return x\n")
-    rt = w.Runtime({"module": "m", "function": "f", "working_dir": str(tmp_path)}, variant="oneshot")
+    rt = w.Runtime(
+        {"module": "m", "function": "f", "working_dir": str(tmp_path)}, variant="oneshot"
+    )
     assert rt.handle(b"[[1], {}]") == (True, b"1")
     ok, out = rt.handle(b"[[2], {}]")
     assert not ok and json.loads(out)["error"]["code"] == w.E_WRAPPER_REUSED

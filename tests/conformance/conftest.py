@@ -49,11 +49,12 @@ def seed_outcome(request: pytest.FixtureRequest) -> Iterator[SeedOutcome]:
     doc, example = marker.args
     outcome = SeedOutcome(doc, example)
     yield outcome
+    rep = getattr(request.node, "rep_call", None)
+    if rep is None or not rep.passed:
+        return  # a failing test proves nothing: record nothing, add no second error
     if not outcome.status:
         raise AssertionError(f"{request.node.nodeid}: the test never said works() or refused()")
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.passed:
-        _RESULTS.append(attrs.asdict(outcome) | {"test": request.node.nodeid})
+    _RESULTS.append(attrs.asdict(outcome) | {"test": request.node.nodeid})
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -80,9 +80,9 @@ async def test_seed_flake_verbatim_aarch64_is_refused(tmp_path: Path, seed_outco
     root = _project(tmp_path / "proj", SEED_FLAKE)
     with pytest.raises(ConfigError) as info:
         await flake_to_spec(root, "default")
-    assert info.value.code == "E_FLAKE_OFFLINE"
+    assert info.value.code == "E_FLAKE_SYSTEM"
     assert "x86_64-linux" in info.value.message
-    seed_outcome.refused("E_FLAKE_OFFLINE", "an x86_64 host builds only packages.x86_64-linux")
+    seed_outcome.refused("E_FLAKE_SYSTEM", "an x86_64 host builds only packages.x86_64-linux images")
 
 
 # ------------------------------------------------------------------------- nix/lib

@@ -29,7 +29,7 @@ RECIPE_VERSION = "1"
 def spec_json(spec: ImageSpec) -> bytes:
     """Canonical (RFC 8785) JSON of the spec: the stable identity of what was asked for."""
     data = cattrs.Converter().unstructure(spec)
-    for field in ("host_files", "mvm_files"):  # newer fields: absent when unused, so
+    for field in ("host_files", "mvm_files", "shell"):  # newer fields: absent when unused, so
         if not data[field]:  # images built before they existed keep their hash
             del data[field]
     encoded: bytes = rfc8785.dumps(data)

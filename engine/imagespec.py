@@ -63,6 +63,8 @@ class ImageSpec:
     host_files: dict[str, str] = attrs.field(factory=dict)
     # file name -> text under /etc/mvm (e.g. wrapper.json, runtime.json for functions)
     mvm_files: dict[str, str] = attrs.field(factory=dict)
+    # entrypoint.shell: the interactive shell program (kind "shell"); also what console opens
+    shell: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -95,6 +97,14 @@ class ImageSpec:
                     code="E_SPEC_PATH",
                 )
 
+        if self.shell is not None and (
+            not self.shell.startswith("/") or self.command is not None or self.services
+        ):
+            raise ConfigError(
+                f"shell {self.shell!r} must be an absolute path and the only entrypoint",
+                code="E_SPEC_ENTRYPOINT",
+                hint="entrypoint declares exactly one of shell, command, services",
+            )
         for name in self.mvm_files:
             if not _MVM_FILE.match(name) or name in _BUILDER_MVM_FILES:
                 raise ConfigError(

@@ -234,8 +234,16 @@ def test_uids_reports_agent_entrypoint_and_services_from_proc(tmp_path: Path) ->
 def test_spawnd_refuses_other_peer_uids(tmp_path: Path) -> None:
     sock = tmp_path / "s.sock"
     proc = subprocess.Popen(
-        [str(agent_binary()), "spawnd", "--socket", str(sock), "--uid", "0",
-         "--peer-uid", str(os.geteuid() + 1)],
+        [
+            str(agent_binary()),
+            "spawnd",
+            "--socket",
+            str(sock),
+            "--uid",
+            "0",
+            "--peer-uid",
+            str(os.geteuid() + 1),
+        ],
         stderr=subprocess.PIPE,
     )
     assert proc.stderr is not None

@@ -7,10 +7,16 @@ is driven as a PTY from here: type a command, read its answer.
 
 from __future__ import annotations
 
+import os
 import re
+import select
+import subprocess
+import sys
+import time
 
 import anyio
 import pytest
+import trio
 
 from mvm import Engine, Image, ImageSpec, VmRequest
 from mvm.backends.guest.streams import ExecSession
@@ -93,3 +99,68 @@ async def test_sealed_shell_image_refuses_console() -> None:
         assert info.value.code == "E_SEALED"
         line = await vm_uid_status("sealedsh1")
         assert line == "uids: agent 990 (ok), entrypoint 1000 (ok)"
+
+
+def _mvmctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mvm.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def _read_until(fd: int, needle: bytes, timeout: float = 60.0) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, seen
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the console process closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+def test_cli_console_and_status_of_a_detached_rootless_bash_vm() -> None:
+    """`mvmctl console VM` on a real terminal: the shell entrypoint's bash, as uid 1000."""
+    spec = ImageSpec(name="clish", shell="/bin/bash", uids=Uids(entrypoint=1000), dev=True)
+    image = trio.run(build_offline_image, spec)
+    up = _mvmctl("up", str(image.directory), "--name", "clish1")
+    assert up.returncode == 0, up.stderr
+    try:
+        status = _mvmctl("status", "clish1")
+        assert status.returncode == 0, status.stderr
+        assert "uids: agent 990 (ok), entrypoint 1000 (ok)" in status.stdout.splitlines()
+        master, slave = os.openpty()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mvm.cli", "console", "clish1"],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+        )
+        os.close(slave)
+        try:
+            # Type once bash prompts: entering raw mode flushes what was typed before.
+            assert b"bash-5" in _read_until(master, b"$ ")
+            os.write(master, b'echo "U=$(id -u) B=${BASH_VERSION%%.*}"\n')
+            assert b"U=1000 B=5" in _read_until(master, b"U=1000 B=5")
+            os.write(master, b"exit 4\n")
+            assert b"console of clish1 closed" in _read_until(master, b"closed]")
+            assert proc.wait(timeout=60) == 4
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(master)
+    finally:
+        down = _mvmctl("down", "clish1")
+    assert down.returncode == 0, down.stderr

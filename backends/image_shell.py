@@ -42,8 +42,13 @@ def _spec_provides(spec: ImageSpec, path: str) -> bool:
 
 
 def add_console_shell(tree: _TreeLike, spec: ImageSpec, bash: Path = BASH_STATIC) -> None:
-    """Write /etc/mvm/console; bring /bin/bash from bash-static if the shell is bash."""
+    """Write /etc/mvm/console; bring /bin/bash from bash-static if the shell is bash.
+
+    Without it /init and the agent use busybox sh, so images without
+    entrypoint.shell stay byte-identical to the Nix library's layout."""
     shell = console_shell(spec)
+    if shell == DEFAULT_SHELL and not spec.shell:
+        return
     tree.file(CONSOLE_FILE, f"{shell}\n")
     if shell != BASH or _spec_provides(spec, BASH):
         return

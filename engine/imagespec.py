@@ -97,13 +97,12 @@ class ImageSpec:
                     code="E_SPEC_PATH",
                 )
 
-        if self.shell is not None and (
-            not self.shell.startswith("/") or self.command is not None or self.services
-        ):
+        # dev-image.txt: a shell entrypoint may run services in the background.
+        if self.shell is not None and (not self.shell.startswith("/") or self.command is not None):
             raise ConfigError(
-                f"shell {self.shell!r} must be an absolute path and the only entrypoint",
+                f"shell {self.shell!r} must be an absolute path, and not given with a command",
                 code="E_SPEC_ENTRYPOINT",
-                hint="entrypoint declares exactly one of shell, command, services",
+                hint="entrypoint declares one of shell, command (services may join a shell)",
             )
         for name in self.mvm_files:
             if not _MVM_FILE.match(name) or name in _BUILDER_MVM_FILES:
@@ -116,6 +115,8 @@ class ImageSpec:
     def entrypoint_kind(self) -> EntrypointKind:
         if self.command is not None:
             return "command"
+        if self.shell is not None:
+            return "shell"
         if self.services:
             return "services"
         return "shell"

@@ -70,12 +70,11 @@ def test_console_shell_hook(tmp_path: Path) -> None:
     assert info.value.code == "E_SPEC_SHELL"
 
 
-def test_shell_must_be_absolute_and_the_only_entrypoint() -> None:
-    for bad in (
-        {"shell": "bash"},
-        {"shell": "/bin/bash", "command": ("x",)},
-        {"shell": "/bin/bash", "services": {"w": Service(command="x")}},
-    ):
+def test_shell_must_be_absolute_and_not_with_a_command() -> None:
+    for bad in ({"shell": "bash"}, {"shell": "/bin/bash", "command": ("x",)}):
         with pytest.raises(ConfigError) as info:
             ImageSpec(name="e", uids=Uids(), **bad)  # type: ignore[arg-type]
         assert info.value.code == "E_SPEC_ENTRYPOINT"
+    # dev-image.txt: services next to the shell entrypoint, which stays the kind.
+    both = ImageSpec(name="f", shell="/bin/bash", services={"db": Service(command="x")}, dev=True)
+    assert both.entrypoint_kind == "shell"

@@ -279,12 +279,19 @@ def test_shell_entrypoint_runs_the_console_shell_as_its_uid(
 ) -> None:
     """/init runs the image's console shell (entrypoint.shell) and records its pid,
     which the agent's `uids` request reads for `mvmctl status`."""
-    spec = ImageSpec(name="sh", shell="/bin/sh", uids=Uids(entrypoint=1000), dev=True)
+    spec = ImageSpec(
+        name="sh",
+        shell="/bin/sh",
+        services={"bg": Service(command="exec sleep 300")},  # dev-image.txt: shell + services
+        uids=Uids(entrypoint=1000),
+        dev=True,
+    )
     tree = _tree(tmp_path, spec)
     assert (tree / "etc/mvm/console").read_text() == "/bin/sh\n"
     guest = Guest(tree)
     guest_factory.append(guest)
     guest.wait_line(r"^mvm-init: shell /bin/sh as uid 1000$")
+    guest.wait_line(r"^mvm-init: service bg started pid=\d+$")
     pid = guest.run("cat /run/mvm/entrypoint.pid").strip()
     status = guest.run(f"cat /proc/{pid}/status")
     assert re.search(r"^Uid:\s+1000\s+1000\s+1000\s+1000$", status, re.M)

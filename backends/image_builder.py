@@ -43,7 +43,10 @@ from mvm.engine.paths import cache_dir
 
 log = structlog.get_logger("mvm.image")
 
-EXPECTED_BOOT_MS = 700
+# The seeds' boot budget (passthru.mvm.expectedBootMs): <= 300 ms cold p50.
+EXPECTED_BOOT_MS = 300
+# passthru.mvm.agentBinary is "stub" | "real"; ours is the real C agent.
+AGENT_BINARY = "real"
 
 
 @attrs.frozen
@@ -115,7 +118,9 @@ async def build_image(
 
 
 def image_meta(spec: ImageSpec, spec_hash: str) -> dict[str, Any]:
-    """mvm-meta.json: the fields of mkGuest's ``passthru.mvm`` plus sizing and names."""
+    """mvm-meta.json: the snake_case fields of mkGuest's ``passthru.mvm`` (the IR
+    seed's list) plus sizing and names; nix/lib/spec.nix ``metaJson`` writes the
+    same keys and values, ``builder`` aside."""
     return {
         "name": spec.name,
         "accessible": spec.accessible,
@@ -123,15 +128,19 @@ def image_meta(spec: ImageSpec, spec_hash: str) -> dict[str, Any]:
         "entrypointKind": spec.entrypoint_kind,
         "init_system": "busybox",
         "expected_boot_ms": EXPECTED_BOOT_MS,
-        "agent_binary": AGENT_PATH,
+        "agent_binary": AGENT_BINARY,
+        "agent_path": AGENT_PATH,
         "rootless_entrypoint": spec.entrypoint_uid != 0,
         "uids": {"agent": spec.uids.agent, "entrypoint": spec.entrypoint_uid},
         "vmlinux_present": True,
+        "initrd_present": False,
         "vcpus": spec.vcpus,
         "memory_mib": spec.memory_mib,
         "services": sorted(spec.services),
         "health_checks": sorted(spec.health_checks),
+        "hypervisor": spec.hypervisor,
         "spec_hash": spec_hash,
+        "builder": "offline",
     }
 
 
@@ -164,6 +173,7 @@ def _load_existing(directory: Path, key: str) -> ImageArtifacts | None:
 
 
 __all__ = [
+    "AGENT_BINARY",
     "AGENT_PATH",
     "BASE_DIRS",
     "BUSYBOX",

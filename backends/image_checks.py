@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 import anyio
 
 from mvm.backends.image_layout import _SKIP_APPLETS, AGENT_PATH, BASE_DIRS, BUSYBOX, SETUP_HINT
+from mvm.backends.image_shell import bash_provided
 from mvm.engine.errors import BuildError, ConfigError
 from mvm.engine.imagespec import ImageSpec
 
@@ -88,12 +89,15 @@ async def _checked_spec(spec: ImageSpec, busybox: Path) -> tuple[list[str], list
 
 
 def _check_entrypoint(spec: ImageSpec, applets: list[str], packages: list[Path]) -> None:
-    """A command entrypoint must name a program the image will contain."""
-    if spec.command is None:
+    """A command (or a named shell) entrypoint must name a program the image will contain."""
+    if spec.command is not None:
+        program = spec.command[0]
+    elif spec.entrypoint_kind == "shell" and spec.shell is not None:
+        program = spec.shell
+    else:
         return
-    program = spec.command[0]
-    if _image_has_program(program, spec, applets, packages):
-        return
+    if _image_has_program(program, spec, applets, packages) or bash_provided(program, spec):
+        return  # bash_provided: image_shell's bash-static hook brings /bin/bash
     raise ConfigError(
         f"entrypoint {program!r} does not exist in the image",
         code="E_SPEC_ENTRYPOINT",

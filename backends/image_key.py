@@ -23,15 +23,17 @@ from mvm.engine.errors import ConfigError
 from mvm.engine.imagespec import ImageSpec
 
 # Bump when the rootfs layout or the mkfs recipe changes.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 
 
 def spec_json(spec: ImageSpec) -> bytes:
     """Canonical (RFC 8785) JSON of the spec: the stable identity of what was asked for."""
     data = cattrs.Converter().unstructure(spec)
-    for field in ("host_files", "mvm_files", "shell"):  # newer fields: absent when unused, so
-        if not data[field]:  # images built before they existed keep their hash
+    for field in ("host_files", "mvm_files", "shell", "extra_file_modes"):  # newer fields:
+        if not data[field]:  # absent when unused, so images built before them keep their hash
             del data[field]
+    if data["hypervisor"] == "auto":
+        del data["hypervisor"]
     encoded: bytes = rfc8785.dumps(data)
     return encoded
 

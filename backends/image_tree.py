@@ -75,6 +75,13 @@ def _sh_quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
+def _run_script(command: str | tuple[str, ...]) -> str:
+    """A service's run script: argv is exec'd as is, a string runs under sh -c."""
+    if isinstance(command, str):
+        return f"#!/bin/sh\nexec sh -c {_sh_quote(command)}\n"
+    return "#!/bin/sh\nexec " + " ".join(_sh_quote(a) for a in command) + "\n"
+
+
 def _populate(
     tree: _Tree,
     spec: ImageSpec,
@@ -125,6 +132,7 @@ def _populate(
     tree.file("/etc/passwd", "".join(f"{n}:x:{u}:{u}:{n}:{h}:{s}\n" for n, u, h, s in users))
     tree.file("/etc/group", "".join(f"{n}:x:{u}:\n" for n, u, _, _ in users))
     tree.file("/etc/hostname", f"{spec.name}\n")
+    tree.file("/etc/mvm/name", f"{spec.name}\n")
     tree.file("/etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{spec.name}\n")
     tree.file("/etc/machine-id", b"")
     # Single-tenant guest: let the (non-root) workload bind ports below 1024;
@@ -138,6 +146,7 @@ def _populate(
         "MVM_AGENT_UID": str(agent_uid),
         "MVM_SEALED": "1" if spec.sealed else "0",
         "MVM_SERVICES": " ".join(sorted(spec.services)),
+        "MVM_SHELL": spec.shell_program,
     }
     tree.file("/etc/mvm/image.env", "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
     if spec.command is not None:
@@ -147,7 +156,7 @@ def _populate(
         base = f"/etc/mvm/services/{name}"
         tree.dir("/etc/mvm/services")
         tree.dir(base)
-        tree.file(f"{base}/run", f"#!/bin/sh\nexec sh -c {_sh_quote(svc.command)}\n", 0o755)
+        tree.file(f"{base}/run", _run_script(svc.command), 0o755)
         if svc.pre_start:
             tree.file(
                 f"{base}/prestart", f"#!/bin/sh\nexec sh -c {_sh_quote(svc.pre_start)}\n", 0o755
@@ -166,12 +175,12 @@ def _populate(
     tree.file("/etc/mvm/mvm-meta.json", _meta_bytes(meta))
     for name, content in sorted(spec.mvm_files.items()):
         tree.file(f"/etc/mvm/{name}", content)
-    add_console_shell(tree, spec)  # /etc/mvm/console (+ /bin/bash from bash-static)
+    add_console_shell(tree, spec)  # /bin/bash from bash-static for entrypoint.shell
 
     for pkg in packages:
         _copy_package(tree, pkg)
     for guest, content in sorted(spec.extra_files.items()):
-        tree.file(guest, content)
+        tree.file(guest, content, spec.extra_file_modes.get(guest, 0o644))
     for guest, source in sorted(spec.host_files.items()):
         src = Path(source)
         tree.copy(guest, src, stat.S_IMODE(src.stat().st_mode) & 0o755)

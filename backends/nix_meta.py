@@ -109,11 +109,34 @@ async def evaluate(
     return json.loads(result.stdout)
 
 
+class SpecErrors(ConfigError):
+    """Every problem the library reported (``throw`` carries one string, so
+    spec.nix joins one ``E_CODE: fn: message`` line per problem): this error is
+    the first of them, ``all_errors`` holds each one as its own coded error."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        first = errors[0]
+        super().__init__(first.message, code=first.code, hint=first.hint)
+        self.all_errors: tuple[ConfigError, ...] = tuple(errors)
+
+
+# What to do about a library error, by code (the library's throw has no hint).
+_HINTS = {
+    "E_NIXPKGS_UNAVAILABLE": "use busybox applet names in packages, or build where nixpkgs "
+    "can be fetched (a Nix builder: host Nix with a store, or MVM_BUILDER_SSH)",
+}
+
+
 def _eval_error(stderr: str) -> BuildError | ConfigError:
-    """The library's coded throw as a ConfigError; anything else is a BuildError."""
-    match = _CODED.search(stderr)
-    if match:
-        return ConfigError(match.group(2).strip(), code=match.group(1))
+    """The library's coded throw as a ConfigError (one per line); anything else is a
+    BuildError."""
+    coded = [
+        ConfigError(m.group(2).strip(), code=m.group(1), hint=_HINTS.get(m.group(1)))
+        for m in (_CODED.search(line) for line in stderr.splitlines())
+        if m is not None
+    ]
+    if coded:
+        return SpecErrors(coded)
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     first = next((line for line in lines if line.startswith("error:")), lines[0] if lines else "")
     return BuildError(f"nix evaluation failed: {first}", code="E_NIX_EVAL")
@@ -157,7 +180,7 @@ def spec_to_nix_args(spec: ImageSpec) -> dict[str, Any]:
         "name": spec.name,
         "services": {
             name: {
-                "command": svc.command,
+                "command": svc.command if isinstance(svc.command, str) else list(svc.command),
                 "preStart": svc.pre_start,
                 "env": dict(svc.env),
                 "restart": svc.restart,
@@ -165,11 +188,17 @@ def spec_to_nix_args(spec: ImageSpec) -> dict[str, Any]:
             for name, svc in spec.services.items()
         },
         "packages": list(spec.packages),
-        "extraFiles": dict(spec.extra_files),
+        "extraFiles": {
+            path: (
+                {"content": text, "mode": f"{spec.extra_file_modes[path]:04o}"}
+                if path in spec.extra_file_modes
+                else text
+            )
+            for path, text in spec.extra_files.items()
+        },
         "uids": {"agent": spec.uids.agent, "entrypoint": spec.uids.entrypoint},
-        "dev": spec.dev,
         "vcpus": spec.vcpus,
-        "memoryMib": spec.memory_mib,
+        "memory_mib": spec.memory_mib,
         "healthChecks": {
             name: {
                 "healthCmd": hc.health_cmd,
@@ -179,8 +208,14 @@ def spec_to_nix_args(spec: ImageSpec) -> dict[str, Any]:
             for name, hc in spec.health_checks.items()
         },
     }
+    if spec.dev is not None:
+        args["dev"] = spec.dev
+    if spec.hypervisor != "auto":
+        args["hypervisor"] = spec.hypervisor
     if spec.command is not None:
-        args["command"] = list(spec.command)
+        args["entrypoint"] = {"command": list(spec.command)}
+    elif spec.shell is not None:
+        args["entrypoint"] = {"shell": spec.shell}
     return args
 
 

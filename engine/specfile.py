@@ -18,6 +18,19 @@ from mvm.engine.imagespec import HealthCheck, ImageSpec, Service, Uids
 _conv = cattrs.Converter(forbid_extra_keys=True)
 
 
+def _command(value: Any, _type: Any) -> Any:
+    """A command is argv (a list of strings) or one shell string, as in mkGuest."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(a, str) for a in value):
+        return tuple(value)
+    raise ConfigError("command must be a list of strings or a string", code="E_SPEC_COMMAND")
+
+
+_conv.register_structure_hook(str | tuple[str, ...], _command)
+_conv.register_structure_hook(tuple[str, ...] | None, _command)
+
+
 def spec_from_dict(data: dict[str, Any], *, origin: str = "spec") -> ImageSpec:
     try:
         return _conv.structure(data, ImageSpec)

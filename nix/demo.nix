@@ -11,5 +11,5 @@
   extraFiles."/srv/www/index.html" = "<h1>Hello from mvm</h1>\n<p>Served by busybox httpd inside a microVM.</p>\n";
   dev = false;
   vcpus = 1;
-  memoryMib = 256;
+  memory_mib = 256;
 }

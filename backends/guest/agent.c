@@ -53,7 +53,7 @@ config_t g_cfg = {
 	.log_dir = "/var/log/mvm",
 	.ctl = "/run/mvm/ctl",
 	.wrapper = "/etc/mvm/wrapper.json",
-	.console = "/etc/mvm/console",
+	.console_shell = "/bin/sh",
 	.run_dir = "/run/mvm",
 };
 int g_more_work;
@@ -70,7 +70,8 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: mvm-agent [--serial DEV|NAME] [--vsock PORT] [--tcp-listen HOST:PORT]\n"
 		"                 [--sealed] [--health-dir DIR] [--log-dir DIR] [--ctl FIFO]\n"
-		"                 [--wrapper FILE] [--spawn SOCKET] [--console FILE] [--run-dir DIR]\n"
+		"                 [--wrapper FILE] [--spawn SOCKET] [--console-shell PROG]\n"
+		"                 [--run-dir DIR]\n"
 		"       mvm-agent spawnd --socket PATH --uid U [--peer-uid A]\n"
 		"       mvm-agent setpriv [--reuid=U] [--regid=G] [--clear-groups] [--no-new-privs] "
 		"PROG [ARGS..]\n");
@@ -516,8 +517,8 @@ int main(int argc, char **argv)
 			g_cfg.wrapper = v;
 		else if (!strcmp(a, "--spawn"))
 			g_cfg.spawn = v;
-		else if (!strcmp(a, "--console"))
-			g_cfg.console = v;
+		else if (!strcmp(a, "--console-shell"))
+			g_cfg.console_shell = v;
 		else if (!strcmp(a, "--run-dir"))
 			g_cfg.run_dir = v;
 		else

@@ -159,6 +159,8 @@ async def _probe_offline(job: BuildJob) -> tuple[Probe, BuildJob]:
     try:
         spec = await flake_to_spec(job.source, job.attr)
     except ConfigError as exc:
+        if exc.code != "E_FLAKE_OFFLINE":
+            raise  # the flake itself is refused (bad mkGuest input, no nixpkgs, other system)
         return Probe("offline", False, exc.message), job
     reason = (
         f"falling back: {job.source}#{job.attr} is a plain mkGuest image ({spec.name}) "

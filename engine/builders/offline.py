@@ -12,38 +12,60 @@ learns why their flake needs a real Nix builder.
 from __future__ import annotations
 
 import os
+import platform
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from mvm.backends import nix_meta
-from mvm.engine.builders import ARTIFACTS, BuildJob, BuildMode, LogFn
+from mvm.engine.builders import ARTIFACTS, BuildJob, BuildMode, LogFn, offline_function
 from mvm.engine.errors import BuildPhaseError, ConfigError, MvmError
 from mvm.engine.imagespec import HealthCheck, ImageSpec, Service, Uids
 
+SYSTEMS = ("x86_64-linux", "aarch64-linux")
+NIXPKGS_HINT = "use busybox applet names in packages, or build where nixpkgs can be fetched"
+
+# The user's flake with its inputs substituted: `mvm` is this repository's
+# library (per system), `nixpkgs` the offline package set (nix/stub-pkgs/offline,
+# importable as `import nixpkgs { inherit system; }`), which decides what is
+# available. The package is looked up for the host system first.
 _FLAKE_SPEC = """
 let
   flake = import (/. + args.src + "/flake.nix");
-  stub = import (/. + args.stub) { system = "x86_64-linux"; };
+  stubs = /. + args.stub;
+  systems = [ "x86_64-linux" "aarch64-linux" ];
+  forAll = f: builtins.listToAttrs (map (s: { name = s; value = f s; }) systems);
+  offlinePkgs = system: import (stubs + "/offline") { inherit system; };
+  libFor = system: import (/. + args.nixdir + "/lib") {
+    pkgs = import stubs { inherit system; } // offlinePkgs system;
+  };
   known = {
-    mvm = { lib = { x86_64-linux = lib; aarch64-linux = lib; }; outPath = args.nixdir; };
-    nixpkgs = { legacyPackages = { x86_64-linux = stub; aarch64-linux = stub; }; };
+    mvm = { lib = forAll libFor; outPath = args.nixdir; };
+    nixpkgs = { outPath = stubs + "/offline"; legacyPackages = forAll offlinePkgs; };
   };
   wanted = builtins.functionArgs flake.outputs;
   missing = builtins.filter (n: n != "self" && !(known ? ${n}) && !wanted.${n})
     (builtins.attrNames wanted);
   self = outputs // { outPath = args.src; };
   outputs = flake.outputs (builtins.intersectAttrs wanted (known // { inherit self; }));
-  pkgs = (outputs.packages or { }).x86_64-linux or { };
+  pkgsFor = s: (outputs.packages or { }).${s} or { };
+  order = [ args.system ] ++ builtins.filter (s: s != args.system) systems;
+  found = builtins.filter (s: (pkgsFor s) ? ${args.attr}) order;
+  system = builtins.head found;
+  drv = (pkgsFor system).${args.attr};
 in
   if missing != [ ] then
     throw "E_FLAKE_OFFLINE: offline: the flake needs inputs ${toString missing}"
-  else if !(pkgs ? ${args.attr}) then
-    throw "E_FLAKE_OFFLINE: offline: the flake has no packages.x86_64-linux.${args.attr}"
-  else if !((pkgs.${args.attr}.passthru or { }) ? spec) then
-    throw "E_FLAKE_OFFLINE: offline: packages.x86_64-linux.${args.attr} is not an mkGuest image"
-  else pkgs.${args.attr}.passthru.spec
+  else if found == [ ] then
+    throw "E_FLAKE_OFFLINE: offline: the flake has no packages.${args.system}.${args.attr}"
+  else if (drv.passthru or { }) ? mvmFunctionWorkload then
+    { inherit system; inherit (drv.passthru) mvmFunctionWorkload; }
+  else if !((drv.passthru or { }) ? spec) then
+    throw "E_FLAKE_OFFLINE: offline: packages.${system}.${args.attr} is not an mkGuest image"
+  else { inherit system; inherit (drv.passthru) spec mvm; }
 """
+_UNDEFINED = re.compile(r"undefined variable '([^']+)'")
 
 
 def _refuse(reason: str) -> ConfigError:
@@ -54,8 +76,15 @@ def _refuse(reason: str) -> ConfigError:
     )
 
 
-async def flake_to_spec(source: Path, attr: str) -> ImageSpec:
-    """The ImageSpec of ``source#attr`` if the offline builder can express it."""
+def host_system() -> str:
+    """The Nix system name of this host (what the offline builder's binaries run on)."""
+    machine = platform.machine().lower()
+    return "aarch64-linux" if machine in ("aarch64", "arm64") else "x86_64-linux"
+
+
+async def flake_info(source: Path, attr: str) -> dict[str, Any]:
+    """``{system, spec, mvm}`` of ``source#attr``: the flake evaluated offline, its
+    ``mvm`` and ``nixpkgs`` inputs substituted (see ``_FLAKE_SPEC``)."""
     if not (source / "flake.nix").is_file():
         raise ConfigError(f"{source} has no flake.nix", code="E_BUILD_SOURCE")
     if not nix_meta.nix_available():
@@ -66,12 +95,47 @@ async def flake_to_spec(source: Path, attr: str) -> ImageSpec:
         "attr": attr,
         "stub": str(root / "stub-pkgs"),
         "nixdir": str(root),
+        "system": host_system(),
     }
     try:
-        spec = await nix_meta.evaluate(_FLAKE_SPEC, args=args)
+        info = await nix_meta.evaluate(_FLAKE_SPEC, args=args)
+    except ConfigError:
+        raise  # the library's (or the offline package set's) own coded errors
     except MvmError as exc:
-        raise _refuse(exc.message) from None
-    return spec_from_nix(spec)
+        raise _translate(exc.message) from None
+    if not isinstance(info, dict):  # pragma: no cover - the expression returns a set
+        raise _refuse("the flake evaluated to something else than an image")
+    return info
+
+
+def _translate(message: str) -> ConfigError:
+    """A raw Nix error while evaluating a user flake, as one coded line."""
+    undefined = _UNDEFINED.search(message)
+    if undefined:
+        name = undefined.group(1)
+        return ConfigError(
+            f"{name!r} is not defined here; if it is a nixpkgs package, pkgs.{name} needs "
+            "nixpkgs, which cannot be fetched here (no network for github:NixOS/nixpkgs)",
+            code="E_NIXPKGS_UNAVAILABLE",
+            hint=NIXPKGS_HINT,
+        )
+    return _refuse(message)
+
+
+async def flake_to_spec(source: Path, attr: str) -> ImageSpec:
+    """The ImageSpec of ``source#attr`` if the offline builder can express it."""
+    info = await flake_info(source, attr)
+    system = info["system"]
+    if system != host_system():
+        raise ConfigError(
+            f"{source}#{attr} is an image for {system} (packages.{system}.{attr}); this host "
+            f"is {host_system()} and the offline builder only assembles {host_system()} images",
+            code="E_FLAKE_SYSTEM",
+            hint=f"add packages.{host_system()}.{attr}, or build on a {system} host",
+        )
+    if offline_function.KEY in info:  # mkFunctionWorkload: built from its IR
+        return await offline_function.function_workload_spec(info[offline_function.KEY])
+    return spec_from_nix(info["spec"])
 
 
 def spec_from_nix(spec: dict[str, Any]) -> ImageSpec:
@@ -89,6 +153,7 @@ def spec_from_nix(spec: dict[str, Any]) -> ImageSpec:
     return ImageSpec(
         name=spec["name"],
         command=tuple(command) if command is not None else None,
+        shell=spec.get("shell"),
         services={
             name: Service(
                 command=svc["command"],
@@ -100,8 +165,9 @@ def spec_from_nix(spec: dict[str, Any]) -> ImageSpec:
         },
         packages=tuple(spec.get("packages", ())),
         extra_files=dict(files),
+        extra_file_modes={k: int(v) for k, v in spec.get("extraFileModes", {}).items()},
         uids=Uids(agent=uids.get("agent", 990), entrypoint=uids.get("entrypoint")),
-        dev=bool(spec.get("dev", False)),
+        dev=spec.get("devGiven"),
         vcpus=int(spec.get("vcpus", 1)),
         memory_mib=int(spec.get("memoryMib", 256)),
         health_checks={
@@ -112,6 +178,7 @@ def spec_from_nix(spec: dict[str, Any]) -> ImageSpec:
             )
             for name, hc in spec.get("healthChecks", {}).items()
         },
+        hypervisor=str(spec.get("hypervisor", "auto")),
     )
 
 

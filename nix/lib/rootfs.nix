@@ -59,11 +59,14 @@ let
     let
       drvPackages = builtins.filter (p: !(builtins.isString p)) spec.packages;
       applets = builtins.filter builtins.isString spec.packages;
-      textFiles = layout.files // builtins.mapAttrs (p: c: { text = c; mode = "0644"; })
+      modeOf = p: if spec.extraFileModes ? ${p} then u.toOctal spec.extraFileModes.${p} else "0644";
+      textFiles = layout.files // builtins.mapAttrs (p: c: { text = c; mode = modeOf p; })
         (u.filterAttrs builtins.isString spec.extraFiles);
       copiedFiles = u.filterAttrs (c: !(builtins.isString c)) spec.extraFiles;
       closure = pkgs.closureInfo { rootPaths = drvPackages; };
-      program = if spec.command == null then null else builtins.head spec.command;
+      program = if spec.command != null then builtins.head spec.command
+        else if spec.entrypointKind == "shell" && spec.shell != null then spec.shell
+        else null;
     in
     ''
       set -euo pipefail
@@ -103,7 +106,7 @@ let
       ${u.concatStrings (u.mapAttrsToList (path: src: ''
         mkdir -p "$(dirname "$tree"${q path})"
         cp --no-preserve=ownership ${src} "$tree"${q path}
-        chmod u+w "$tree"${q path}
+        chmod ${if spec.extraFileModes ? ${path} then modeOf path else "u+w"} "$tree"${q path}
       '') copiedFiles)}
       ${u.concatStrings (u.mapAttrsToList (path: src: ''
         mkdir -p "$tree"${q path}

@@ -13,6 +13,35 @@ rec {
     let bad = builtins.filter (c: !c.ok) checks;
     in if bad == [ ] then null else fail (builtins.head bad).code fn (builtins.head bad).msg;
 
+  # Every failing check, one `E_CODE: fn: message` line each, joined by newlines
+  # (a Nix throw carries one string; backends/nix_meta.py splits it back into
+  # one error per line). Validators report every problem, not the first.
+  allErrors = fn: checks:
+    let bad = builtins.filter (c: !c.ok) checks;
+    in if bad == [ ] then null
+    else throw (builtins.concatStringsSep "\n" (map (c: "${c.code}: ${fn}: ${c.msg}") bad));
+
+  # Evaluate `value` only after every check passed (all failures reported at once).
+  checkedAll = fn: checks: value:
+    let err = allErrors fn checks;
+    in if err == null then value else err;
+
+  # Octal digits (a string "0755" or an int written 755 / 0755) -> the number, or null.
+  parseMode = m:
+    let
+      s = if builtins.isInt m then toString m else if builtins.isString m then m else "";
+      digits = builtins.match "0*([0-7]{1,4})" s;
+      chars = d: builtins.genList (i: builtins.substring i 1 d) (builtins.stringLength d);
+    in
+    if digits == null then null
+    else builtins.foldl' (acc: c: acc * 8 + builtins.fromJSON c) 0 (chars (builtins.head digits));
+
+  # 420 -> "0644": the octal text chmod takes.
+  toOctal = n:
+    let go = x: if x == 0 then "" else go (x / 8) + toString (x - (x / 8) * 8);
+        s = go n;
+    in "0" + (if s == "" then "0" else s);
+
   # Evaluate `value` only after `checks` passed.
   checked = fn: checks: value:
     let err = firstError fn checks;

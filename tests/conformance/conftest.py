@@ -45,7 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def seed_outcome(request: pytest.FixtureRequest) -> Iterator[SeedOutcome]:
     marker = request.node.get_closest_marker("seed")
     if marker is None:
-        raise pytest.UsageError(f"{request.node.nodeid} uses seed_outcome without @pytest.mark.seed")
+        raise pytest.UsageError(f"{request.node.nodeid}: seed_outcome needs @pytest.mark.seed")
     doc, example = marker.args
     outcome = SeedOutcome(doc, example)
     yield outcome

@@ -74,7 +74,7 @@ def test_rootless_dev_shell(tmp_path: Path, seed_outcome) -> None:  # type: igno
     assert meta["rootless_entrypoint"] is True and meta["accessible"] is True
     env = _image_env(root)
     assert (env["MVM_ENTRYPOINT_KIND"], env["MVM_ENTRYPOINT_UID"]) == ("shell", "1000")
-    assert (root / "etc/mvm/console").read_text() == "/bin/bash\n"
+    assert env["MVM_SHELL"] == "/bin/bash"
     assert "app:x:1000:1000:app:/home/app:/bin/sh" in (root / "etc/passwd").read_text()
     if os.geteuid() != 0:
         pytest.skip("running bash as uid 1000 in the tree needs root (chroot)")
@@ -105,7 +105,7 @@ def test_rootful_prod_workload(tmp_path: Path, seed_outcome) -> None:  # type: i
     assert meta["rootless_entrypoint"] is False and meta["sealed"] is True
     env = _image_env(root)
     assert (env["MVM_ENTRYPOINT_UID"], env["MVM_SEALED"]) == ("0", "1")
-    assert not (root / "etc/mvm/console").exists()  # busybox sh (and sealed: refused anyway)
+    assert env["MVM_SHELL"] == "/bin/sh"  # what console would open (sealed: refused anyway)
     seed_outcome.works("sealed command image whose entrypoint runs as uid 0")
 
 

@@ -32,7 +32,6 @@ class SpawnAgent(Agent):
 
     def __init__(self, root: Path, uid: int, *, sealed: bool = False) -> None:
         self.sock = root / "spawn.sock"
-        self.console_file = root / "console"
         self.run_dir = root / "run"
         (self.run_dir / "services").mkdir(parents=True)
         self.spawnd = subprocess.Popen(
@@ -48,8 +47,8 @@ class SpawnAgent(Agent):
         return [
             "--spawn",
             str(self.sock),
-            "--console",
-            str(self.console_file),
+            "--console-shell",
+            "/bin/sh",
             "--run-dir",
             str(self.run_dir),
         ]
@@ -164,7 +163,6 @@ def test_console_opens_the_console_shell_on_a_pty_as_the_entrypoint_uid(
     tmp_path: Path,
 ) -> None:
     agent = SpawnAgent(tmp_path, 1000)
-    agent.console_file.write_text("/bin/sh\n")
     conn = agent.connect()
     try:
         conn.send({"t": "console", "id": 1, "rows": 40, "cols": 120})

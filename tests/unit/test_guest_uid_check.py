@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mvm.backends.image_shell import add_console_shell, console_shell
+from mvm.backends.image_shell import add_console_shell
 from mvm.engine.errors import ConfigError
-from mvm.engine.imagespec import ImageSpec, Service, Uids
+from mvm.engine.imagespec import ImageSpec, Service
 from mvm.engine.uid_check import declared_uids, uid_check_line
 
 
@@ -40,26 +40,20 @@ def test_every_uid_must_match_and_services_are_checked() -> None:
 
 class _Rec:
     def __init__(self) -> None:
-        self.files: dict[str, str] = {}
         self.copies: dict[str, Path] = {}
-
-    def file(self, guest: str, data: bytes | str, mode: int = 0o644) -> None:
-        self.files[guest] = str(data)
 
     def copy(self, guest: str, source: Path, mode: int) -> None:
         self.copies[guest] = source
 
 
-def test_console_shell_hook(tmp_path: Path) -> None:
-    assert console_shell(ImageSpec(name="a", command=("x",), dev=True)) == "/bin/sh"
+def test_bash_hook_copies_bash_static_only_when_needed(tmp_path: Path) -> None:
     plain = _Rec()
-    add_console_shell(plain, ImageSpec(name="a", services={"w": Service(command="x")}))
-    assert plain.files == {} and plain.copies == {}
+    add_console_shell(plain, ImageSpec(name="a", shell="/bin/sh"))
+    assert plain.copies == {}
     fake_bash = tmp_path / "bash-static"
     fake_bash.write_text("#!/bin/sh\n")
     bash = _Rec()
-    add_console_shell(bash, ImageSpec(name="b", shell="/bin/bash", dev=True), bash=fake_bash)
-    assert bash.files == {"/etc/mvm/console": "/bin/bash\n"}
+    add_console_shell(bash, ImageSpec(name="b", shell="/bin/bash"), bash=fake_bash)
     assert bash.copies == {"/bin/bash": fake_bash}
     own = _Rec()
     spec = ImageSpec(name="c", shell="/bin/bash", extra_files={"/bin/bash": "#!/bin/sh\n"})
@@ -70,11 +64,7 @@ def test_console_shell_hook(tmp_path: Path) -> None:
     assert info.value.code == "E_SPEC_SHELL"
 
 
-def test_shell_must_be_absolute_and_not_with_a_command() -> None:
-    for bad in ({"shell": "bash"}, {"shell": "/bin/bash", "command": ("x",)}):
-        with pytest.raises(ConfigError) as info:
-            ImageSpec(name="e", uids=Uids(), **bad)  # type: ignore[arg-type]
-        assert info.value.code == "E_SPEC_ENTRYPOINT"
+def test_services_next_to_a_shell_keep_the_shell_kind() -> None:
     # dev-image.txt: services next to the shell entrypoint, which stays the kind.
-    both = ImageSpec(name="f", shell="/bin/bash", services={"db": Service(command="x")}, dev=True)
-    assert both.entrypoint_kind == "shell"
+    both = ImageSpec(name="f", shell="/bin/bash", services={"db": Service(command="x")})
+    assert both.entrypoint_kind == "shell" and both.accessible

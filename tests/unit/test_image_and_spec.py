@@ -45,8 +45,13 @@ def test_image_bad_meta_json(tmp_path: Path) -> None:
 
 
 def test_spec_inference_rules() -> None:
+    # The seeds' rule: a shell entrypoint is accessible (dev), unless dev = false says otherwise.
     shell = ImageSpec(name="a")
-    assert (shell.entrypoint_kind, shell.sealed, shell.entrypoint_uid) == ("shell", True, 1000)
+    assert (shell.entrypoint_kind, shell.sealed, shell.entrypoint_uid) == ("shell", False, 0)
+    sealed_shell = ImageSpec(name="a", shell="/bin/sh", dev=False)
+    assert (sealed_shell.sealed, sealed_shell.entrypoint_uid) == (True, 1000)
+    string_cmd = spec_from_dict({"name": "s", "command": "echo hi"})
+    assert (string_cmd.command, string_cmd.sealed) == (("/bin/sh", "-c", "echo hi"), True)
     dev = spec_from_dict({"name": "b", "dev": True, "services": {"w": {"command": "httpd"}}})
     assert (dev.entrypoint_kind, dev.accessible, dev.entrypoint_uid) == ("services", True, 0)
     cmd = spec_from_dict({"name": "c", "command": ["/bin/true"], "uids": {"entrypoint": 7}})
@@ -60,6 +65,14 @@ def test_spec_inference_rules() -> None:
         ({"name": "x", "vcpus": "two"}, "E_SPEC_INVALID"),
         ({"name": "Bad Name"}, "E_SPEC_NAME"),
         ({"name": "x", "command": []}, "E_SPEC_COMMAND"),
+        ({"name": "x", "command": 7}, "E_SPEC_COMMAND"),
+        ({"name": "x", "shell": "bash"}, "E_SPEC_ENTRYPOINT"),
+        ({"name": "x", "hypervisor": "vbox"}, "E_SPEC_HYPERVISOR"),
+        (
+            {"name": "x", "extra_files": {"/x": ""}, "extra_file_modes": {"/x": 0o4755}},
+            "E_SPEC_MODE",
+        ),
+        ({"name": "x", "extra_file_modes": {"/y": 0o755}}, "E_SPEC_MODE"),
         ({"name": "x", "memory_mib": 1}, "E_SPEC_MEMORY"),
         ({"name": "x", "health_checks": {"web": {"health_cmd": "true"}}}, "E_SPEC_HEALTH"),
         ({"name": "x", "extra_files": {"etc/x": ""}}, "E_SPEC_PATH"),

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.skipif(
 
 META_FIELDS = {
     "name", "accessible", "sealed", "entrypointKind", "init_system", "expected_boot_ms",
-    "agent_binary", "rootless_entrypoint", "uids", "vmlinux_present", "vcpus", "memory_mib",
+    "agent_binary", "agent_path", "rootless_entrypoint", "uids", "vmlinux_present",
+    "initrd_present", "hypervisor", "builder", "vcpus", "memory_mib",
     "services", "health_checks", "spec_hash",
 }  # fmt: skip
 
@@ -104,6 +105,7 @@ async def test_demo_image_content(inputs: Inputs) -> None:
         "MVM_AGENT_UID": "990",
         "MVM_SEALED": "1",
         "MVM_SERVICES": "web",
+        "MVM_SHELL": "/bin/sh",
     }
     assert cat(img, "/etc/mvm/services/web/run") == (
         "#!/bin/sh\nexec sh -c 'httpd -f -p 80 -h /srv/www'\n"
@@ -261,11 +263,15 @@ async def test_meta_for_services_image(inputs: Inputs) -> None:
         "sealed": True,
         "entrypointKind": "services",
         "init_system": "busybox",
-        "expected_boot_ms": ib.EXPECTED_BOOT_MS,
-        "agent_binary": "/usr/bin/mvm-agent",
+        "expected_boot_ms": 300,
+        "agent_binary": "real",
+        "agent_path": "/usr/bin/mvm-agent",
         "rootless_entrypoint": True,
         "uids": {"agent": 990, "entrypoint": 1000},
         "vmlinux_present": True,
+        "initrd_present": False,
+        "hypervisor": "auto",
+        "builder": "offline",
         "vcpus": 1,
         "memory_mib": 256,
         "services": ["web"],

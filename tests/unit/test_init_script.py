@@ -222,7 +222,8 @@ def test_services_are_supervised_and_controlled(tmp_path: Path, guest_factory: l
     guest.wait_line(r"^mvm-init: service once exited rc=0$")
     # Accessible: the agent execs through spawnd (root), which only the agent's uid may use.
     guest.wait_line(
-        r"^mvm-init: agent started pid=\d+ \(--vsock 5252 --spawn /run/mvm/spawn.sock\)$"
+        r"^mvm-init: agent started pid=\d+ "
+        r"\(--vsock 5252 --spawn /run/mvm/spawn.sock --console-shell /bin/sh\)$"
     )
     spawnd = int(guest.wait_line(r"^mvm-init: spawnd started pid=(\d+) \(uid 1000\)$")[1])
     assert re.search(r"^Uid:\s+0\s", guest.run(f"cat /proc/{spawnd}/status"), re.M)
@@ -287,7 +288,7 @@ def test_shell_entrypoint_runs_the_console_shell_as_its_uid(
         dev=True,
     )
     tree = _tree(tmp_path, spec)
-    assert (tree / "etc/mvm/console").read_text() == "/bin/sh\n"
+    assert "MVM_SHELL=/bin/sh\n" in (tree / "etc/mvm/image.env").read_text()
     guest = Guest(tree)
     guest_factory.append(guest)
     guest.wait_line(r"^mvm-init: shell /bin/sh as uid 1000$")
@@ -310,3 +311,30 @@ def test_sealed_image_starts_no_spawnd(tmp_path: Path, guest_factory: list[Guest
     assert guest.run("test -e /run/mvm/spawn.sock || echo absent").strip() == "absent"
     pid = guest.run("cat /run/mvm/entrypoint.pid").strip()
     assert re.search(r"^Uid:\s+1000\s", guest.run(f"cat /proc/{pid}/status"), re.M)
+
+
+@needs_ns
+def test_top_level_services_run_next_to_a_command_entrypoint(
+    tmp_path: Path, guest_factory: list[Guest]
+) -> None:
+    """mkGuest's top-level `services` are auxiliary: they run in the background while the
+    command entrypoint keeps the foreground (argv service commands are exec'd as is)."""
+    spec = ImageSpec(
+        name="aux",
+        command=(
+            "sh",
+            "-c",
+            "until [ -s /tmp/aux-up ]; do sleep 0.05; done; cat /tmp/aux-up; exit 3",
+        ),
+        services={
+            "aux": Service(command=("sh", "-c", "echo aux-ran > /tmp/aux-up; exec sleep 300"))
+        },
+        dev=True,
+    )
+    guest = Guest(_tree(tmp_path, spec))
+    guest_factory.append(guest)
+    guest.wait_line(r"^mvm-init: service aux started pid=\d+$")
+    guest.wait_line(r"^mvm-init: services started: aux$")
+    guest.wait_line(r"^mvm-init: entrypoint command as uid 0$")
+    guest.wait_line(r"^aux-ran$")
+    guest.wait_line(r"^mvm-exit: 3$")

@@ -2,8 +2,9 @@
 
 Parity with the offline builder is checked field by field: mvm-meta.json
 (`image_meta`), the generated guest files (`_populate`), and error codes for the
-same bad input. Only `builder` and `hypervisor` are Nix-only meta fields;
-`spec_hash` matches too whenever the spec is one the offline builder can take.
+same bad input. Both paths write the same keys; only `builder`'s value differs
+("nix" / "offline"); `spec_hash` matches too whenever the spec is one the
+offline builder can take.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +33,8 @@ pytestmark = pytest.mark.skipif(not nix_meta.nix_available(), reason="needs nix-
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
-# Fields of the Nix path's mvm-meta.json that the offline builder does not write.
-NIX_ONLY_FIELDS = {"builder", "hypervisor"}
+# The one meta field whose value says which path built the image.
+NIX_ONLY_FIELDS = {"builder"}
 CAMEL = {
     "entrypointKind": "entrypointKind",
     "initSystem": "init_system",
@@ -42,6 +42,8 @@ CAMEL = {
     "agentBinary": "agent_binary",
     "rootlessEntrypoint": "rootless_entrypoint",
     "vmlinuxPresent": "vmlinux_present",
+    "initrdPresent": "initrd_present",
+    "agentPath": "agent_path",
     "memoryMib": "memory_mib",
     "healthChecks": "health_checks",
     "specHash": "spec_hash",
@@ -78,6 +80,24 @@ SPECS = [
         vcpus=2,
         memory_mib=512,
     ),
+    # The seeds' shapes: argv services, a multi-line preStart, a named shell with
+    # auxiliary services, a string command, file modes, a hypervisor preference.
+    ImageSpec(
+        name="seed-shapes",
+        shell="/bin/ash",
+        services={
+            "web": Service(
+                command=("httpd", "-f", "-p", "8080", "-h", "/tmp/www"),
+                pre_start=(
+                    "mkdir -p /tmp/www\necho '<h1>Hello from mvm!</h1>' > /tmp/www/index.html\n"
+                ),
+            ),
+        },
+        extra_files={"/usr/local/bin/hi": "#!/bin/sh\necho hi\n", "/etc/x": "x"},
+        extra_file_modes={"/usr/local/bin/hi": 0o755},
+        hypervisor="firecracker",
+    ),
+    ImageSpec(name="string-cmd", command="echo hi && sleep 1", dev=True),  # type: ignore[arg-type]
 ]
 
 
@@ -85,20 +105,32 @@ def offline_meta(spec: ImageSpec) -> dict[str, Any]:
     return ib.image_meta(spec, hashlib.sha256(ib.spec_json(spec)).hexdigest())
 
 
+def _same_but_builder(nix: dict[str, Any], offline: dict[str, Any]) -> bool:
+    """Equal metas: same keys, same values except `builder` ("nix" vs "offline")."""
+    drop = NIX_ONLY_FIELDS
+    return (nix["builder"], offline["builder"]) == ("nix", "offline") and {
+        k: v for k, v in nix.items() if k not in drop
+    } == {k: v for k, v in offline.items() if k not in drop}
+
+
 async def test_meta_matches_offline_builder_field_by_field() -> None:
     infos = await nix_meta.guests_info([("mkGuest", nix_meta.spec_to_nix_args(s)) for s in SPECS])
     assert len(infos) == len(SPECS)
     for spec, info in zip(SPECS, infos, strict=True):
         nix, offline = info["meta"], offline_meta(spec)
-        assert set(nix) - NIX_ONLY_FIELDS == set(offline), spec.name
+        assert set(nix) == set(offline), spec.name
         for key, value in offline.items():
-            assert nix[key] == value, f"{spec.name}: {key}: nix {nix[key]!r} != {value!r}"
-        assert nix["builder"] == "nix"
-        assert nix["hypervisor"] == "qemu"
+            if key not in NIX_ONLY_FIELDS:
+                assert nix[key] == value, f"{spec.name}: {key}: nix {nix[key]!r} != {value!r}"
+        assert (nix["builder"], offline["builder"]) == ("nix", "offline")
+        assert nix["hypervisor"] == spec.hypervisor
+        assert (nix["expected_boot_ms"], nix["agent_binary"]) == (300, "real")
+        assert (nix["vmlinux_present"], nix["initrd_present"]) == (True, False)
 
 
 async def test_passthru_mvm_is_the_meta_under_camel_case_names() -> None:
-    info = await nix_meta.guest_info("mkGuest", nix_meta.spec_to_nix_args(SPECS[-1]))
+    (multi,) = [s for s in SPECS if s.name == "multi"]
+    info = await nix_meta.guest_info("mkGuest", nix_meta.spec_to_nix_args(multi))
     meta = info["meta"]
     for key, value in info.items():
         if key == "meta":
@@ -110,8 +142,22 @@ async def test_passthru_mvm_is_the_meta_under_camel_case_names() -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        ({"name": "a"}, ("shell", False, True, 1000, True)),
+        ({"name": "a"}, ("shell", True, False, 0, False)),
         ({"name": "a", "dev": True}, ("shell", True, False, 0, False)),
+        ({"name": "a", "dev": False}, ("shell", False, True, 1000, True)),
+        ({"name": "a", "entrypoint": {"shell": "/bin/sh"}}, ("shell", True, False, 0, False)),
+        (
+            {"name": "a", "entrypoint": {"shell": "/bin/sh"}, "services": {"s": {"command": "x"}}},
+            ("shell", True, False, 0, False),
+        ),
+        (
+            {"name": "a", "entrypoint": {"command": "echo hi"}},
+            ("command", False, True, 1000, True),
+        ),
+        (
+            {"name": "a", "entrypoint": {"services": {"s": {"command": ["x"]}}}},
+            ("services", False, True, 1000, True),
+        ),
         ({"name": "a", "command": ["true"]}, ("command", False, True, 1000, True)),
         (
             {"name": "a", "command": ["true"], "services": {"s": {"command": "x"}}},
@@ -119,7 +165,7 @@ async def test_passthru_mvm_is_the_meta_under_camel_case_names() -> None:
         ),
         ({"name": "a", "services": {"s": {"command": "x"}}}, ("services", False, True, 1000, True)),
         ({"name": "a", "dev": True, "uids": {"entrypoint": 7}}, ("shell", True, False, 7, True)),
-        ({"name": "a", "uids": {"entrypoint": 0}}, ("shell", False, True, 0, False)),
+        ({"name": "a", "dev": False, "uids": {"entrypoint": 0}}, ("shell", False, True, 0, False)),
     ],
 )
 async def test_inference_rules(args: dict[str, Any], expected: tuple[Any, ...]) -> None:
@@ -132,16 +178,30 @@ async def test_inference_rules(args: dict[str, Any], expected: tuple[Any, ...]) 
     )
     assert info["uids"] == {"agent": 990, "entrypoint": uid}
     assert info["rootlessEntrypoint"] is rootless
-    assert (info["vcpus"], info["memoryMib"], info["expectedBootMs"]) == (1, 256, 700)
-    assert info["agentBinary"] == "/usr/bin/mvm-agent"
+    assert (info["vcpus"], info["memoryMib"], info["expectedBootMs"]) == (1, 256, 300)
+    assert (info["agentBinary"], info["agent_binary"]) == ("real", "real")
+    entry = args.get("entrypoint") or {}
+    services = {**entry.get("services", {}), **args.get("services", {})}
+    spec = ImageSpec(
+        name="a",
+        command=entry.get("command", args.get("command")),
+        shell=entry.get("shell"),
+        services={n: Service(command=s["command"]) for n, s in services.items()},
+        dev=args.get("dev"),
+        uids=Uids(**args.get("uids", {})),
+    )  # the offline builder infers the same
+    assert (spec.entrypoint_kind, spec.accessible, spec.entrypoint_uid) == (kind, accessible, uid)
+    assert info["meta"]["spec_hash"] == offline_meta(spec)["spec_hash"]
 
 
 async def test_hypervisor_is_recorded_and_changes_the_hash() -> None:
     default, fc = await nix_meta.guests_info(
         [("mkGuest", {"name": "a"}), ("mkGuest", {"name": "a", "hypervisor": "firecracker"})]
     )
-    assert (default["hypervisor"], fc["hypervisor"]) == ("qemu", "firecracker")
+    assert (default["hypervisor"], fc["hypervisor"]) == ("auto", "firecracker")
     assert default["specHash"] == offline_meta(ImageSpec(name="a"))["spec_hash"]
+    fc_offline = offline_meta(ImageSpec(name="a", hypervisor="firecracker"))
+    assert (fc["specHash"], fc_offline["hypervisor"]) == (fc_offline["spec_hash"], "firecracker")
     assert fc["specHash"] != default["specHash"]
 
 
@@ -171,10 +231,10 @@ async def test_generated_files_match_the_offline_tree(spec: ImageSpec, tmp_path:
         host = tree.host(guest)
         assert int(entry["mode"], 8) == host.stat().st_mode & 0o7777, guest
         if guest == "/etc/mvm/mvm-meta.json":
-            nix_meta_json = json.loads(entry["text"])
+            nix_meta_json, offline_json = json.loads(entry["text"]), json.loads(host.read_text())
             for key in NIX_ONLY_FIELDS:
-                del nix_meta_json[key]
-            assert nix_meta_json == json.loads(host.read_text())
+                del nix_meta_json[key], offline_json[key]
+            assert nix_meta_json == offline_json
             assert entry["text"].startswith('{\n  "accessible": ')  # same indent=2 format
         else:
             assert entry["text"] == host.read_text(), guest
@@ -198,10 +258,10 @@ GUEST_ERRORS: list[tuple[dict[str, Any], str, str, dict[str, Any] | None]] = [
     (
         {"name": "a", "command": []},
         "E_SPEC_COMMAND",
-        "command is empty",
+        "command must be a non-empty list",
         {"name": "a", "command": ()},
     ),
-    ({"name": "a", "command": "true"}, "E_SPEC_COMMAND", "must be a list of strings", None),
+    ({"name": "a", "command": 7}, "E_SPEC_COMMAND", "must be a non-empty list of strings", None),
     (
         {"name": "a", "vcpus": 0},
         "E_SPEC_VCPUS",
@@ -269,13 +329,83 @@ GUEST_ERRORS: list[tuple[dict[str, Any], str, str, dict[str, Any] | None]] = [
         None,
     ),
     (
-        {"name": "a", "memory_mib": 512},
+        {"name": "a", "memoryMiB": 512},
         "E_SPEC_INVALID",
-        "unknown argument(s) ['memory_mib']",
+        "unknown argument(s) ['memoryMiB']",
         None,
     ),
     ({"name": "a", "hypervisor": "vbox"}, "E_SPEC_HYPERVISOR", "unknown hypervisor 'vbox'", None),
     ({"name": "a", "packages": ["../x"]}, "E_SPEC_PACKAGE", "package '../x' is neither", None),
+    (
+        {"name": "a", "entrypoint": {"shell": "/bin/sh", "command": ["x"]}},
+        "E_SPEC_ENTRYPOINT",
+        "entrypoint must declare exactly one of shell, command, services (got command, shell)",
+        None,
+    ),
+    (
+        {"name": "a", "entrypoint": {}},
+        "E_SPEC_ENTRYPOINT",
+        "exactly one of shell, command, services (got none)",
+        None,
+    ),
+    (
+        {"name": "a", "entrypoint": {"shell": "bash"}},
+        "E_SPEC_ENTRYPOINT",
+        "entrypoint.shell must be an absolute path",
+        {"name": "a", "shell": "bash"},
+    ),
+    (
+        {"name": "a", "entrypoint": {"cmd": ["x"]}},
+        "E_SPEC_ENTRYPOINT",
+        "entrypoint: unknown argument(s) ['cmd']",
+        None,
+    ),
+    (
+        {"name": "a", "entrypoint": {"command": ["x"]}, "command": ["y"]},
+        "E_SPEC_ENTRYPOINT",
+        "command is given twice",
+        None,
+    ),
+    (
+        {
+            "name": "a",
+            "entrypoint": {"services": {"web": {"command": ["x"]}}},
+            "services": {"web": {"command": "y"}},
+        },
+        "E_SPEC_SERVICE",
+        "service 'web' is defined both in entrypoint.services and in services",
+        None,
+    ),
+    (
+        {"name": "a", "services": {"s": {"command": []}}},
+        "E_SPEC_SERVICE",
+        "service s: command must be a non-empty list of strings (argv) or a non-empty string",
+        None,
+    ),
+    (
+        {"name": "a", "extraFiles": {"/x": {"content": "y", "mode": "rwx"}}},
+        "E_SPEC_MODE",
+        "extra file /x: mode must be octal permissions",
+        None,
+    ),
+    (
+        {"name": "a", "extraFiles": {"/x": {"content": "y", "mode": "4755"}}},
+        "E_SPEC_MODE",
+        "(0..0777)",
+        None,
+    ),
+    (
+        {"name": "a", "extraFiles": {"/x": {"text": "y"}}},
+        "E_SPEC_PATH",
+        "extraFiles./x: unknown argument(s) ['text']",
+        None,
+    ),
+    (
+        {"name": "a", "memory_mib": 512, "memoryMib": 512},
+        "E_SPEC_INVALID",
+        "give memory_mib once",
+        None,
+    ),
 ]
 
 
@@ -286,14 +416,129 @@ async def test_mkguest_errors_have_the_offline_builders_codes(
     args: dict[str, Any], code: str, part: str, offline: dict[str, Any] | None
 ) -> None:
     err = await _nix_error("mkGuest", args)
-    assert isinstance(err, ConfigError)
+    assert isinstance(err, nix_meta.SpecErrors)
     assert err.code == code
     assert err.message.startswith("mkGuest: ")
     assert part in err.message
+    assert all(e.code.startswith("E_") and "\n" not in e.message for e in err.all_errors)
     if offline is not None:
         with pytest.raises(ConfigError) as py:
             ib._validate_spec(ImageSpec(**offline))
         assert py.value.code == code
+
+
+async def test_every_problem_is_reported_one_coded_line_each() -> None:
+    """Nix `throw` stops at the first; spec.nix collects every check and nix_meta splits
+    the joined lines back into one ConfigError each."""
+    err = await _nix_error(
+        "mkGuest",
+        {
+            "name": "Bad_Name",
+            "vcpus": 0,
+            "memory_mib": 1,
+            "entrypoint": {"shell": "sh"},
+            "services": {"web": {"command": 3, "restart": "sometimes"}},
+            "extraFiles": {"/x": {"content": "y", "mode": "9"}},
+            "hypervisor": "vbox",
+        },
+    )
+    assert isinstance(err, nix_meta.SpecErrors)
+    codes = [e.code for e in err.all_errors]
+    assert codes == [
+        "E_SPEC_NAME", "E_SPEC_ENTRYPOINT", "E_SPEC_VCPUS", "E_SPEC_MEMORY",
+        "E_SPEC_SERVICE", "E_SPEC_RESTART", "E_SPEC_MODE", "E_SPEC_HYPERVISOR",
+    ]  # fmt: skip
+    assert all(e.message.startswith("mkGuest: ") and "\n" not in e.message for e in err.all_errors)
+    assert (err.code, err.message) == (codes[0], err.all_errors[0].message)
+
+
+async def test_unavailable_packages_are_one_line_before_anything_else(tmp_path: Path) -> None:
+    """The offline package set decides: its placeholders are refused as ONE coded line,
+    even when other arguments are wrong too, and an interpolated one is that line too."""
+    offline = f"import {nix_meta.nix_dir()}/stub-pkgs/offline {{ }}"
+    result = await nix_meta.evaluate(
+        f'let pkgs = {offline}; in builtins.tryEval (lib.mkGuest {{ name = "a"; }})',
+    )
+    assert result["success"] is True
+    for body, message in [
+        (
+            'lib.mkGuest { name = "Bad"; vcpus = 0; packages = with pkgs; [ jq curl ]; }',
+            "mkGuest: pkgs.jq, pkgs.curl need nixpkgs",
+        ),
+        (
+            'lib.mkGuest { name = "a"; services.s.command = "${pkgs.redis}/bin/redis-server"; }',
+            "nixpkgs: pkgs.redis needs nixpkgs",
+        ),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            await nix_meta.evaluate(f"let pkgs = {offline}; in (({body}).passthru.mvm)")
+        assert info.value.code == "E_NIXPKGS_UNAVAILABLE"
+        assert info.value.message.startswith(message)
+        assert info.value.message.endswith("(no network for github:NixOS/nixpkgs)")
+        assert len(getattr(info.value, "all_errors", ())) == 1
+        assert info.value.hint is not None and "busybox applet" in info.value.hint
+
+
+async def test_offline_flake_with_an_unknown_package_name(tmp_path: Path) -> None:
+    from mvm.engine.builders.offline import flake_to_spec
+
+    (tmp_path / "flake.nix").write_text(
+        "{ outputs = { self, nixpkgs, mvm }: let pkgs = import nixpkgs { system = "
+        '"x86_64-linux"; }; in { packages.x86_64-linux.default = mvm.lib.x86_64-linux.mkGuest'
+        ' { name = "a"; packages = with pkgs; [ no-such-package ]; }; }; }'
+    )
+    with pytest.raises(ConfigError) as info:
+        await flake_to_spec(tmp_path, "default")
+    assert info.value.code == "E_NIXPKGS_UNAVAILABLE"
+    assert "'no-such-package' is not defined here" in info.value.message
+
+
+async def test_seed_arguments_build_the_same_spec_offline(tmp_path: Path) -> None:
+    """A seed-shaped flake (entrypoint.shell + services with argv and a multi-line
+    preStart, extraFiles { content; mode; }, memory_mib) becomes the ImageSpec whose
+    offline meta equals the Nix meta."""
+    from mvm.engine.builders.offline import flake_info, spec_from_nix
+
+    (tmp_path / "flake.nix").write_text(
+        """{
+  outputs = { self, nixpkgs, mvm, ... }: {
+    packages.x86_64-linux.default = mvm.lib.x86_64-linux.mkGuest {
+      name = "shapes";
+      entrypoint.shell = "/bin/ash";
+      services.web = {
+        preStart = ''
+          mkdir -p /tmp/www
+          echo '<h1>Hello from mvm!</h1>' > /tmp/www/index.html
+        '';
+        command = [ "httpd" "-f" "-p" "8080" "-h" "/tmp/www" ];
+        env = { PORT = "8080"; };
+      };
+      extraFiles."/usr/local/bin/hi" = { content = "#!/bin/sh\necho hi\n"; mode = "0755"; };
+      extraFiles."/etc/motd" = "hello\n";
+      vcpus = 2;
+      memory_mib = 1024;
+      hypervisor = "firecracker";
+    };
+  };
+}
+"""
+    )
+    info = await flake_info(tmp_path, "default")
+    spec = spec_from_nix(info["spec"])
+    assert spec.services["web"].pre_start == (
+        "mkdir -p /tmp/www\necho '<h1>Hello from mvm!</h1>' > /tmp/www/index.html\n"
+    )
+    assert spec.services["web"].command == ("httpd", "-f", "-p", "8080", "-h", "/tmp/www")
+    assert (spec.extra_file_modes, spec.memory_mib, spec.shell) == (
+        {"/usr/local/bin/hi": 0o755}, 1024, "/bin/ash",
+    )  # fmt: skip
+    assert _same_but_builder(info["mvm"]["meta"], offline_meta(spec))
+    tree = _populated(spec, tmp_path)
+    assert tree.host("/usr/local/bin/hi").stat().st_mode & 0o777 == 0o755
+    assert tree.host("/etc/mvm/name").read_text() == "shapes\n"
+    assert "MVM_SHELL=/bin/ash\n" in tree.host("/etc/mvm/image.env").read_text()
+    run = tree.host("/etc/mvm/services/web/run").read_text()
+    assert run == "#!/bin/sh\nexec 'httpd' '-f' '-p' '8080' '-h' '/tmp/www'\n"
 
 
 # --------------------------------------------------------------- function guests
@@ -304,98 +549,78 @@ def hello_ir() -> dict[str, Any]:
     return doc
 
 
-def fn_args(ir: Any, **extra: Any) -> dict[str, Any]:
-    return {"ir": ir, "src": str(FIXTURES / "hello"), **extra}
-
-
-async def test_function_workload_and_service_guests() -> None:
-    body = (
-        "map (g: { inherit (g.passthru) mvm; spec = { inherit (g.passthru.spec)"
-        " command services healthChecks extraFiles extraTrees vcpus memoryMib;"
-        " packages = map (p: p.name) g.passthru.spec.packages; }; })"
-        " [ (lib.mkFunctionWorkload args.w) (lib.mkFunctionService args.s) ]"
+def _workload_expr(body: str) -> str:
+    """``w`` is mkFunctionWorkload of args.irFile / args.appPkg (absolute path strings)."""
+    return (
+        "let w = lib.mkFunctionWorkload { irFile = /. + args.irFile; appPkg = /. + args.appPkg; };"
+        f" in {body}"
     )
+
+
+def _write_ir(tmp_path: Path, ir: dict[str, Any]) -> dict[str, str]:
+    (tmp_path / "ir.json").write_text(json.dumps(ir))
+    return {"irFile": str(tmp_path / "ir.json"), "appPkg": str(FIXTURES / "hello")}
+
+
+async def test_function_workload_guest(tmp_path: Path) -> None:
     ir = hello_ir()
-    ir["apps"][0]["network"]["ports"] = [9000]
     ir["apps"][0]["resources"].update(vcpus=2, memory_mb=512)
-    workload, service = await nix_meta.evaluate(
-        body, args={"w": fn_args(hello_ir()), "s": fn_args(ir)}
+    out = await nix_meta.evaluate(
+        _workload_expr(
+            "{ inherit (w.passthru) mvm; spec = { inherit (w.passthru.spec) command extraTrees"
+            " vcpus memoryMib; files = builtins.attrNames w.passthru.spec.extraFiles;"
+            " packages = map (p: p.name) w.passthru.spec.packages; };"
+            " offline = w.mvmFunctionWorkload; svc = { inherit (w.functionService) language"
+            " variant service; }; }"
+        ),
+        args=_write_ir(tmp_path, ir),
     )
-
-    mvm, spec = workload["mvm"], workload["spec"]
-    assert mvm["function"] == {
-        "language": "python", "module": "app", "function": "greet", "format": "json",
-        "irId": "hello", "kind": "workload",
-    }  # fmt: skip
+    mvm, spec = out["mvm"], out["spec"]
     assert (mvm["name"], mvm["entrypointKind"], mvm["sealed"]) == ("hello", "command", True)
     assert mvm["uids"] == {"agent": 990, "entrypoint": 1000}
-    assert spec["packages"] == ["python3"]
-    assert spec["extraTrees"] == {"/srv/app": str(FIXTURES / "hello")}
-    assert spec["command"][:2] == ["/bin/sh", "-c"]
-    assert "exec python3 /usr/lib/mvm/function/wrapper.py" in spec["command"][2]
-    # Same meta as the offline builder would write for the equivalent ImageSpec.
-    equivalent = ImageSpec(
-        name="hello", command=tuple(spec["command"]), extra_files=spec["extraFiles"]
-    )
-    expected = offline_meta(equivalent)
-    for key in set(expected) - {"spec_hash"}:  # packages differ: derivations vs applets
-        assert mvm["meta"][key] == expected[key], key
-
-    mvm, spec = service["mvm"], service["spec"]
-    assert mvm["function"]["kind"] == "service" and mvm["function"]["port"] == 9000
-    assert (mvm["entrypointKind"], mvm["services"], mvm["healthChecks"]) == (
-        "services", ["function"], ["function"],
-    )  # fmt: skip
-    assert (mvm["vcpus"], mvm["memoryMib"]) == (2, 512)
-    assert spec["services"]["function"]["restart"] == "always"
-    assert spec["services"]["function"]["command"].endswith("wrapper.py --serve 9000")
-    assert spec["healthChecks"]["function"]["healthCmd"].endswith("--check 9000")
+    assert (spec["vcpus"], spec["memoryMib"]) == (2, 512)
+    assert set(spec["packages"]) == {"python3"}  # servicePackages + map (p: pkgs.${p})
+    assert list(spec["extraTrees"]) == ["/app"]  # appPkg (copied to the store) at working_dir
+    assert spec["extraTrees"]["/app"].endswith("-hello")
+    assert spec["command"] == ["/bin/sh", "/usr/lib/mvm/wrappers/runner"]
+    assert spec["files"] == [
+        "/etc/mvm/runtime.json",
+        "/etc/mvm/wrapper.json",
+        "/usr/lib/mvm/wrappers/runner",
+    ]  # fmt: skip  (mkGuest writes /etc/mvm/entrypoint from command)
+    assert out["offline"]["irFile"] == str(tmp_path / "ir.json")
+    assert out["svc"] == {
+        "language": "python", "variant": "oneshot",
+        "service": {"hello": {"command": "exec /bin/sh /usr/lib/mvm/wrappers/runner",
+                              "restart": "always"}},
+    }  # fmt: skip
 
 
-def _run_wrapper(wrapper: Path, *argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(FIXTURES / "hello")}
-    return subprocess.run(
-        [sys.executable, str(wrapper), *argv],
-        input=stdin, capture_output=True, text=True, env=env, timeout=10, check=False,
-    )  # fmt: skip
-
-
-async def test_the_generated_python_wrapper_really_runs(tmp_path: Path) -> None:
+async def test_the_nix_runner_really_runs(tmp_path: Path) -> None:
     files = await nix_meta.evaluate(
-        "(lib.mkFunctionWorkload args).passthru.spec.extraFiles", args=fn_args(hello_ir())
+        _workload_expr("w.functionService.extraFiles"), args=_write_ir(tmp_path, hello_ir())
     )
-    wrapper = tmp_path / "wrapper.py"
-    wrapper.write_text(files["/usr/lib/mvm/function/wrapper.py"])
-
-    ok = _run_wrapper(wrapper, stdin='{"name": "nix"}')
-    assert (ok.returncode, json.loads(ok.stdout)) == (0, {"ok": True, "result": "hello, nix"})
-    bad = _run_wrapper(wrapper, stdin='{"nom": "x"}')
-    assert bad.returncode == 1
-    assert json.loads(bad.stdout)["error"]["type"] == "TypeError"
-
-    # Service mode: newline-delimited JSON over TCP on 127.0.0.1, plus --check.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(FIXTURES / "hello")}
-    server = subprocess.Popen([sys.executable, str(wrapper), "--serve", str(port)], env=env)
-    try:
-        for _ in range(100):
-            if _run_wrapper(wrapper, "--check", str(port)).returncode == 0:
-                break
-            await trio.sleep(0.05)
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            await stream.send_all(b'{"name": "a"}\n["b"]\n')
-            data = b""
-            while data.count(b"\n") < 2:
-                data += await stream.receive_some()
-        replies = [json.loads(line) for line in data.decode().splitlines()]
-        assert replies == [{"ok": True, "result": "hello, a"}, {"ok": True, "result": "hello, b"}]
-    finally:
-        server.kill()
-        server.wait()
-    assert _run_wrapper(wrapper, "--check", str(port)).returncode != 0
+    text = files["/usr/lib/mvm/wrappers/runner"]
+    header = text.splitlines()[1]
+    store_python = header.split()[1]
+    assert store_python.endswith("/bin/python3")
+    runner = tmp_path / "runner"
+    runner.write_text(text.replace(store_python, sys.executable, 1))
+    config = json.loads(files["/etc/mvm/wrapper.json"]) | {"working_dir": str(FIXTURES / "hello")}
+    (tmp_path / "wrapper.json").write_text(json.dumps(config))
+    env = {"MVM_RUN_MODE": "oneshot", "MVM_WRAPPER_JSON": str(tmp_path / "wrapper.json"),
+           "PATH": "/usr/bin:/bin"}  # fmt: skip
+    ok = subprocess.run(
+        ["/bin/sh", str(runner)], input=b'[[], {"name": "nix"}]', capture_output=True,
+        env=env, timeout=30, check=False,
+    )  # fmt: skip
+    assert (ok.returncode, json.loads(ok.stdout)) == (0, "hello, nix"), ok.stderr
+    bad = subprocess.run(
+        ["/bin/sh", str(runner)], input=b'[[], {"nom": "x"}]', capture_output=True,
+        env=env, timeout=30, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 1 and bad.stdout == b""
+    assert json.loads(bad.stderr.splitlines()[-1])["error"]["code"] == "E_FUNCTION_ARGS"
 
 
 def _ir_with(**changes: Any) -> dict[str, Any]:
@@ -404,86 +629,58 @@ def _ir_with(**changes: Any) -> dict[str, Any]:
     for key, value in changes.items():
         if key == "apps":
             ir["apps"] = value(app)
-        elif key == "schema_version":
-            ir[key] = value
         else:
             app[key] = value
     return ir
 
 
-FUNCTION_ERRORS: list[tuple[str, Any, str, str]] = [
-    (
-        "mkFunctionWorkload",
-        fn_args(_ir_with(apps=lambda a: [a, {**a, "name": "two"}])),
-        "E_IR_APPS",
-        "mkFunctionWorkload: IR must have exactly one app (got 2)",
-    ),
-    (
-        "mkFunctionService",
-        fn_args(_ir_with(apps=lambda a: [])),
-        "E_IR_APPS",
-        "mkFunctionService: IR must have exactly one app (got 0)",
-    ),
-    ("mkFunctionWorkload", fn_args(_ir_with(schema_version="9.9")), "E_IR_SCHEMA", "'9.9'"),
-    (
-        "mkFunctionWorkload",
-        fn_args(_ir_with(entrypoints=[{"command": {"argv": ["true"]}}])),
-        "E_IR_ENTRYPOINT",
-        "app 'hello' has no function entrypoint",
-    ),
-    (
-        "mkFunctionWorkload",
-        fn_args(
-            _ir_with(
-                entrypoints=[
-                    {"function": {"language": "python", "module": "a", "function": "f"}},
-                    {"function": {"language": "python", "module": "a", "function": "g"}},
-                ]
-            )
-        ),
-        "E_IR_ENTRYPOINT",
-        "2 function entrypoints; mark exactly one primary",
-    ),
-    (
-        "mkFunctionWorkload",
-        fn_args(
-            _ir_with(
-                entrypoints=[{"function": {"language": "cobol", "module": "a", "function": "f"}}]
-            )
-        ),
-        "E_IR_LANGUAGE",
-        "'cobol' is not supported",
-    ),
-    (
-        "mkFunctionWorkload",
-        fn_args(_ir_with(image={"nix_packages": {"packages": ["no-such-pkg"]}})),
-        "E_IR_PACKAGE",
-        "package 'no-such-pkg' is not in the package set",
-    ),
-    ("mkFunctionWorkload", {"ir": hello_ir()}, "E_IR_SOURCE", "pass src = ./."),
-    ("mkFunctionWorkload", {"src": "/x"}, "E_IR_INVALID", "ir is required"),
-    (
-        "mkFunctionWorkload",
-        fn_args(hello_ir(), port=1),
-        "E_IR_INVALID",
-        "unknown argument(s) ['port']",
-    ),
-    ("mkFunctionService", fn_args(hello_ir(), port=70000), "E_IR_PORT", "port 70000 out of range"),
-]
+FUNCTION_ERRORS: list[tuple[dict[str, Any], str, str]] = [
+    (_ir_with(apps=lambda a: [a, {**a, "name": "two"}]), "E_IR_APPS",
+     "mkFunctionWorkload: IR must have exactly one app"),
+    (_ir_with(apps=lambda a: []), "E_IR_APPS", "mkFunctionWorkload: IR must have exactly one app"),
+    (_ir_with(image={"kind": "oci_base", "reference": "python", "digest": "sha256:" + "a" * 64}),
+     "E_IR_IMAGE", 'mkFunctionWorkload: app.image.kind must be "nix_packages"'),
+    (_ir_with(entrypoints=[{"kind": "command", "command": ["true"]}]), "E_IR_ENTRYPOINT",
+     "mkFunctionWorkload: expected exactly one primary function entrypoint"),
+    (_ir_with(entrypoints=[
+        {"kind": "function", "language": "python", "module": "a", "function": "f", "primary": True},
+        {"kind": "function", "language": "python", "module": "a", "function": "g", "primary": True},
+    ]), "E_IR_ENTRYPOINT", "mkFunctionWorkload: expected exactly one primary function entrypoint"),
+    (_ir_with(entrypoints=[
+        {"kind": "function", "language": "cobol", "module": "a", "function": "f", "primary": True},
+    ]), "E_IR_LANGUAGE",
+     'mkFunctionService: language "cobol" has no entry in the language registry'),
+    (_ir_with(entrypoints=[
+        {"kind": "function", "language": "python", "module": "a", "function": "f",
+         "format": "msgpack", "primary": True},
+    ]), "E_IR_FORMAT", "no msgpack implementation in the image"),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize(("function", "args", "code", "part"), FUNCTION_ERRORS)
-async def test_function_guest_errors(function: str, args: Any, code: str, part: str) -> None:
-    err = await _nix_error(function, args)
-    assert isinstance(err, ConfigError)
-    assert (err.code, part in err.message) == (code, True), err.message
+@pytest.mark.parametrize(("ir", "code", "part"), FUNCTION_ERRORS)
+async def test_function_workload_errors(
+    tmp_path: Path, ir: dict[str, Any], code: str, part: str
+) -> None:
+    with pytest.raises(MvmError) as info:
+        await nix_meta.evaluate(_workload_expr("w.drvPath"), args=_write_ir(tmp_path, ir))
+    assert isinstance(info.value, ConfigError)
+    assert (info.value.code, part in info.value.message) == (code, True), info.value.message
 
 
-async def test_ir_may_be_given_as_json_text() -> None:
-    info = await nix_meta.guest_info(
-        "mkFunctionWorkload", fn_args((FIXTURES / "ir" / "hello.pretty.json").read_text())
+async def test_mkfunctionservice_is_the_language_factory() -> None:
+    out = await nix_meta.evaluate(
+        'let s = lib.mkFunctionService { language = "node"; module = "app"; function = "greet";'
+        ' concurrency = { warm = 2; }; workloadId = "hello"; dev = true; };'
+        " in { inherit (s) language variant; files = s.extraFiles;"
+        " packages = map (p: p.name) s.servicePackages; }",
+        args={},
     )
-    assert info["function"]["function"] == "greet"
+    assert (out["language"], out["variant"], out["packages"]) == ("node", "longrunning", ["nodejs"])
+    assert json.loads(out["files"]["/etc/mvm/wrapper.json"])["mode"] == "dev"
+    assert json.loads(out["files"]["/etc/mvm/runtime.json"]) == {
+        "language": "node", "module": "app", "function": "greet", "format": "json",
+        "source_path": "/app", "concurrency": {"warm": 2},
+    }  # fmt: skip
 
 
 # --------------------------------------------------------------- derivation and sources
@@ -509,7 +706,7 @@ async def test_derivation_evaluates_and_uses_the_shared_guest_sources() -> None:
 
 async def test_demo_nix_is_the_demo_spec() -> None:
     meta = await nix_meta.evaluate(f"(lib.mkGuest (import {REPO}/nix/demo.nix)).passthru.mvm.meta")
-    assert {k: v for k, v in meta.items() if k not in NIX_ONLY_FIELDS} == offline_meta(DEMO_SPEC)
+    assert _same_but_builder(meta, offline_meta(DEMO_SPEC))
 
 
 async def test_flake_exposes_lib_per_system(tmp_path: Path) -> None:
@@ -561,7 +758,7 @@ async def test_host_path_packages_cannot_become_nix_args() -> None:
 )
 async def test_meta_with_real_nixpkgs() -> None:
     meta = await nix_meta.meta_for_spec(DEMO_SPEC, pkgs="nixpkgs")
-    assert {k: v for k, v in meta.items() if k not in NIX_ONLY_FIELDS} == offline_meta(DEMO_SPEC)
+    assert _same_but_builder(meta, offline_meta(DEMO_SPEC))
 
 
 # --------------------------------------------------------------- a real Nix build
@@ -634,7 +831,7 @@ async def test_nix_built_image_has_the_offline_builders_tree(tmp_path: Path) -> 
         DEMO_SPEC, kernel=kernel, agent=agent, init=init, cache=tmp_path / "cache"
     )
     nix_meta_json = json.loads((out / "mvm-meta.json").read_text())
-    assert {k: v for k, v in nix_meta_json.items() if k not in NIX_ONLY_FIELDS} == offline.meta
+    assert _same_but_builder(nix_meta_json, offline.meta)
 
     nix_tree = _debugfs_tree(out / "rootfs.ext4")
     offline_tree = _debugfs_tree(offline.rootfs)

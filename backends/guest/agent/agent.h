@@ -109,7 +109,7 @@ typedef struct {
 	const char *ctl;
 	const char *wrapper; /* run-entrypoint: {"argv": [..], "env": {..}?, "cwd": ..?} */
 	const char *spawn;   /* spawnd socket: exec/console run as the entrypoint uid (NULL: own uid) */
-	const char *console; /* file naming the console shell (the shell entrypoint's program) */
+	const char *console_shell; /* what `console` opens: the shell entrypoint's program */
 	const char *run_dir; /* /init's runtime dir: entrypoint.pid, services/NAME.pid */
 } config_t;
 

@@ -28,14 +28,9 @@ void console_start(session_t *s, int64_t id, const jdoc_t *d, int req)
 		rows = 24;
 	if (cols < 1 || cols > 1000)
 		cols = 80;
-	/* The shell entrypoint's program (e.g. /bin/bash); busybox sh otherwise. */
-	char *shell = read_small_file(g_cfg.console, 4096);
-	if (shell)
-		strip_trailing_ws(shell);
-	if (!shell || shell[0] != '/') {
-		free(shell);
-		shell = strdup("/bin/sh");
-	}
+	/* The shell entrypoint's program (e.g. /bin/bash; /init passes MVM_SHELL), else sh. */
+	const char *prog = g_cfg.console_shell;
+	char *shell = strdup(prog && prog[0] == '/' ? prog : "/bin/sh");
 	char **argv = calloc(3, sizeof *argv);
 	if (!argv || !shell)
 		_exit(70);

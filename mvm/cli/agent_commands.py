@@ -99,7 +99,7 @@ def _raw_terminal() -> Iterator[None]:
         yield
         return
     saved = termios.tcgetattr(fd)
-    tty.setraw(fd)
+    tty.setraw(fd, termios.TCSADRAIN)  # keep what was typed before the shell was up
     try:
         yield
     finally:

@@ -359,6 +359,27 @@ class AgentClient:
             with anyio.CancelScope(shield=True):
                 await channel.close()
 
+    @asynccontextmanager
+    async def open_console(
+        self, *, rows: int = 24, cols: int = 80, env: dict[str, str] | None = None
+    ) -> AsyncIterator[ExecSession]:
+        """The image's console shell (its shell entrypoint, else busybox sh) on a PTY,
+        as the entrypoint's uid. Sealed images refuse it with E_SEALED."""
+        fields: dict[str, Any] = {"rows": rows, "cols": cols}
+        if env:
+            fields["env"] = env
+        channel = await self.open_channel("console", **fields)
+        try:
+            started = await channel.next()
+            yield ExecSession(channel, pid=int(started.get("pid", 0)))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await channel.close()
+
+    async def uids(self, timeout: float = 10.0) -> dict[str, Any]:
+        """What the guest's /proc says the agent, entrypoint and services run as."""
+        return await self._call("uids", timeout=timeout)
+
     async def exec(
         self,
         argv: Sequence[str],

@@ -26,6 +26,7 @@ from mvm.engine.paths import vm_dir
 from mvm.engine.process import is_same_process
 from mvm.engine.reconcile import owner_alive
 from mvm.engine.store import StateStore, VmRecord
+from mvm.engine.uid_check import vm_uid_status
 from mvm.engine.vmrequest import PortMapping, VmRequest, check_vm_name
 from mvm.engine.volumes import Volume
 
@@ -315,6 +316,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     for r in await _rows():
         if r["name"] == args.name:
             print(json.dumps(r, indent=2))
+            print(await vm_uid_status(args.name))  # declared uids vs the guest's /proc
             return 0
     raise NotFoundError(f"no VM named {args.name!r}", code="E_VM_NOT_FOUND")
 

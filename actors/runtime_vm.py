@@ -46,7 +46,7 @@ from mvm.engine.errors import BackendError, MvmError
 from mvm.engine.events import Event, EventBus
 from mvm.engine.image import Image
 from mvm.engine.launch_gate import LaunchGate
-from mvm.engine.paths import vm_dir
+from mvm.engine.paths import ensure_private_dir, vm_dir
 from mvm.engine.planfile import PLAN_FILE, load_plan, save_plan
 from mvm.engine.plans import ExecutionPlan
 from mvm.engine.process import is_same_process, process_start_time
@@ -435,7 +435,7 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
         """Insert the VM row and its ports in one transaction; an exited VM of the same
         name is replaced, a live one is not (E_NAME_TAKEN), even across processes."""
         req = self.request
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(self.run_dir)
         await self._store.claim_vm(
             VmRecord(
                 name=req.name,

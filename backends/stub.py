@@ -33,6 +33,7 @@ from mvm.backends.base import (
 )
 from mvm.backends.guest.build import agent_binary
 from mvm.engine.errors import BackendUnavailable
+from mvm.engine.paths import ensure_private_dir
 from mvm.engine.process import wait_process_exit
 from mvm.engine.runfiles import remove_run_files
 
@@ -117,7 +118,7 @@ class StubBackend:
         )
 
     async def start(self, plan: LaunchPlan, *, detached: bool = False) -> ProcessHandle:
-        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(plan.run_dir)
         (plan.run_dir / "health").mkdir(exist_ok=True)
         (plan.run_dir / "logs").mkdir(exist_ok=True)
         fifo = plan.run_dir / "ctl.fifo"

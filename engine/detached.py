@@ -25,7 +25,7 @@ import structlog
 
 from mvm.engine import network
 from mvm.engine.errors import BackendError, MvmError
-from mvm.engine.paths import vm_dir
+from mvm.engine.paths import ensure_private_dir, vm_dir
 from mvm.engine.process import is_same_process, kill_verified
 from mvm.engine.reconcile import owner_alive
 from mvm.engine.runfiles import remove_run_dir
@@ -63,7 +63,7 @@ async def adopt_detached(name: str) -> dict[str, Any]:
 
 async def _spawn_shim(name: str, *shim_args: str) -> dict[str, Any]:
     run_dir = vm_dir(name)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(run_dir)
     read_fd, write_fd = os.pipe()
     try:
         with open(run_dir / "shim.log", "ab") as shim_log:

@@ -17,7 +17,7 @@ from typing import Literal
 
 import attrs
 
-from mvm.engine.paths import cache_dir, mvm_home
+from mvm.engine.paths import cache_dir, make_private_dirs, mvm_home
 
 Status = Literal["ok", "warn", "fail"]
 SETUP_HINT = "run ./scripts/setup"
@@ -150,7 +150,7 @@ def _kernel() -> Check:
 def _state_dir() -> Check:
     home = mvm_home()
     try:
-        home.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(home)
         probe = home / ".doctor-probe"
         probe.write_text("ok")
         probe.unlink()

@@ -42,6 +42,7 @@ from mvm.backends.qemu.argv import AGENT_VSOCK_PORT, RunPaths, build_argv
 from mvm.backends.qemu.endpoint import UnixSocketEndpoint, VsockEndpoint, parse_vsock_address
 from mvm.backends.qemu.qmp import QmpClient
 from mvm.engine.errors import BackendError, ConfigError
+from mvm.engine.paths import ensure_private_dir
 from mvm.engine.process import (
     is_same_process,
     kill_verified,
@@ -224,7 +225,7 @@ class QemuBackend:
         check_inputs(
             Path(kernel) if kernel else None, _root_drive(plan.argv), _incoming_file(plan.argv)
         )
-        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(plan.run_dir)
         for stale in (plan.control_socket, plan.agent_socket, plan.pid_file):
             if stale.name.endswith((".sock", ".pid")):
                 stale.unlink(missing_ok=True)

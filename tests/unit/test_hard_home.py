@@ -1,0 +1,61 @@
+"""$MVM_HOME is private (0700 dirs, 0600 files) whoever creates it, and an unwritable
+home is one coded line, not a traceback (issue 15)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _mvmctl(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MVM_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "mvm.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def _modes(home: Path) -> dict[str, int]:
+    out = {".": stat.S_IMODE(home.stat().st_mode)}
+    for p in home.rglob("*"):
+        out[str(p.relative_to(home))] = stat.S_IMODE(p.lstat().st_mode)
+    return out
+
+
+@pytest.mark.parametrize("first", [("doctor",), ("audit", "verify")])
+def test_first_command_creates_private_home(tmp_path: Path, first: tuple[str, ...]) -> None:
+    old = os.umask(0o022)
+    try:
+        home = tmp_path / "fresh" / "mvm-home"
+        _mvmctl(*first, home=home)
+    finally:
+        os.umask(old)
+    modes = _modes(home)
+    assert modes["."] == 0o700, modes
+    for name, mode in modes.items():
+        is_dir = (home / name).is_dir()
+        assert mode & 0o077 == 0, f"{name} is {mode:04o}"
+        if not is_dir:
+            assert mode == 0o600, f"{name} is {mode:04o}"
+
+
+@pytest.mark.parametrize("command", [("up", "--backend", "stub"), ("audit", "verify")])
+def test_unwritable_home_is_one_coded_line(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """A home that cannot be created (its parent is a file: fails for root too, unlike
+    a chmod 0500 directory) gives one coded line and no traceback."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    result = _mvmctl(*command, home=blocker / "home")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error[E_HOME_UNWRITABLE]"), result.stderr

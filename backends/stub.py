@@ -5,7 +5,12 @@ stack (RuntimeVM, AgentConnection, PortForward, shim, reconcile, down) runs for
 real in milliseconds. It is what control-plane benchmarks (``mvmctl bench scale``,
 ``bench forward --backend stub``) and the engine's unit tests use to measure and
 test mvm itself without a guest kernel; real VMs are proven by the QEMU tests.
+
+It ISOLATES NOTHING: ``exec`` runs commands on the host, as the user running mvm
+(root if mvm runs as root), with the host's filesystem and network. Never use it
+for untrusted code; ``doctor`` and the availability reason say so.
 """
+
 
 from __future__ import annotations
 
@@ -36,6 +41,11 @@ from mvm.engine.errors import BackendUnavailable
 from mvm.engine.paths import ensure_private_dir
 from mvm.engine.process import wait_process_exit
 from mvm.engine.runfiles import remove_run_files
+
+NO_ISOLATION = (
+    "host process running the guest agent; ISOLATES NOTHING: exec runs on the host "
+    "as the calling user (root if mvm runs as root) - tests and benchmarks only"
+)
 
 
 @functools.cache
@@ -86,7 +96,7 @@ class StubBackend:
         return _cached_agent()
 
     def availability(self) -> Availability:
-        return Availability(True, "host process running the guest agent")
+        return Availability(True, NO_ISOLATION)
 
     def prepare(self, spec: VmSpec) -> LaunchPlan:
         port = _free_port()

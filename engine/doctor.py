@@ -100,6 +100,13 @@ def _backend(name: str) -> Check:
     return Check(name, "warn", detail, fix=fix, required=False)
 
 
+def _stub_backend() -> Check:
+    """``--backend stub`` is always there and runs exec on the host: say so."""
+    from mvm.backends.stub import NO_ISOLATION
+
+    return Check("stub", "warn", NO_ISOLATION, fix="use it for tests only", required=False)
+
+
 def _busybox() -> Check:
     path = Path("/bin/busybox")
     if not path.exists():
@@ -217,6 +224,7 @@ CHECKS: tuple[Callable[[], Check], ...] = (
     _nix_builder,
     lambda: _backend("firecracker"),
     lambda: _backend("cloud-hypervisor"),
+    _stub_backend,
     _state_dir,
 )
 

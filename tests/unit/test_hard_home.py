@@ -59,3 +59,9 @@ def test_unwritable_home_is_one_coded_line(tmp_path: Path, command: tuple[str, .
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error[E_HOME_UNWRITABLE]"), result.stderr
+
+
+def test_doctor_says_stub_isolates_nothing(tmp_path: Path) -> None:
+    result = _mvmctl("doctor", home=tmp_path / "h")
+    stub = [line for line in result.stdout.splitlines() if " stub " in f" {line} "]
+    assert stub and "ISOLATES NOTHING" in stub[0], result.stdout

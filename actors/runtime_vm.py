@@ -39,7 +39,6 @@ from mvm.backends.base import (
     VmmHandle,
     VmSpec,
 )
-from mvm.backends.guest.protocol import encode_frame
 from mvm.engine import network
 from mvm.engine.actor import Actor
 from mvm.engine.errors import BackendError, MvmError
@@ -100,25 +99,20 @@ def engine_owner() -> str:
 
 
 class RegreetEndpoint:
-    """Dials like ``inner`` and then asks the agent to greet again.
+    """Dials like ``inner``; the re-greet itself is now AgentClient.connect's.
 
     A restored guest may believe its source's host is still attached (the
     virtio-serial port was open when the snapshot was taken, and a reconnect can
     be too quick for the agent to see a hang-up), so it would never say hello on
-    its own. A host ``hello`` makes it drop that stale session and greet now."""
+    its own. The client sends a host ``hello`` on every dial (not only for clones),
+    which makes the agent drop that stale session and greet now; sending a second
+    one here would read as an unasked-for hello (an agent restart)."""
 
     def __init__(self, inner: AgentEndpoint) -> None:
         self._inner = inner
 
     async def connect(self) -> anyio.abc.ByteStream:
-        stream = await self._inner.connect()
-        try:
-            await stream.send(encode_frame({"t": "hello", "id": 0}))
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
-            raise
-        return stream
+        return await self._inner.connect()
 
 
 class RuntimeVM(Actor[StopVm | DetachVm]):

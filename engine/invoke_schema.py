@@ -50,7 +50,7 @@ class FunctionSchemas:
 def _problems(schema: Mapping[str, Any], value: Any) -> list[str]:
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
-        cls.check_schema(schema)
+        cls.check_schema(dict(schema))
     except jsonschema.exceptions.SchemaError as exc:
         return [f"the IR's schema is itself invalid: {exc.message}"]
     validator = cls(schema)

@@ -167,3 +167,48 @@ async def test_forwarded_connection_is_closed_when_agent_restarts(agent: Agent) 
                         pass  # closed: what we want
             assert client.restarts == 1
         tg.cancel_scope.cancel()
+
+
+class _FakeHealthClient:
+    """Reports the service healthy; ``restarts`` is bumped to simulate a restart."""
+
+    def __init__(self) -> None:
+        self.restarts = 0
+        self.checked = 0
+        self.closed = False
+
+    async def health(self) -> dict[str, dict[str, object]]:
+        self.checked += 1000
+        return {"web": {"status": "healthy", "checked_uptime_ms": self.checked}}
+
+
+async def test_health_goes_unknown_after_an_agent_restart() -> None:
+    from typing import cast
+
+    from mvm.actors.health_check import HealthCheck, HealthPolicy
+    from mvm.engine.events import EventBus
+
+    fake = _FakeHealthClient()
+
+    class Src:
+        async def client(self, timeout: float = 30.0) -> AgentClient:
+            return cast(AgentClient, fake)
+
+    changes: list[str] = []
+
+    async def on_change(service: str, state: str) -> None:
+        changes.append(state)
+
+    check = HealthCheck(
+        "vm", "web", Src(), bus=EventBus(), policy=HealthPolicy(healthy_after=2),
+        on_change=on_change,
+    )  # fmt: skip
+    await check._poll_once()
+    await check._poll_once()
+    assert check.state == "healthy"
+    fake.restarts = 1
+    await check._poll_once()  # resets, then sees one healthy verdict: not enough yet
+    assert check.state == "unknown"
+    assert changes == ["healthy", "unknown"]
+    await check._poll_once()
+    assert check.state == "healthy"

@@ -11,7 +11,6 @@ It ISOLATES NOTHING: ``exec`` runs commands on the host, as the user running mvm
 for untrusted code; ``doctor`` and the availability reason say so.
 """
 
-
 from __future__ import annotations
 
 import contextlib

@@ -81,7 +81,6 @@ class HostKey:
             _create(path)
         return cls(private_key=_load(path), path=path)
 
-
     @classmethod
     def load_existing(cls, path: Path) -> HostKey:
         """Load without creating (``audit verify`` must not mint a new key)."""

@@ -45,7 +45,7 @@ from mvm.engine.errors import BackendError, MvmError
 from mvm.engine.events import Event, EventBus
 from mvm.engine.image import Image
 from mvm.engine.launch_gate import LaunchGate
-from mvm.engine.paths import ensure_private_dir, vm_dir
+from mvm.engine.paths import ensure_private_dir, vm_dir, write_private
 from mvm.engine.planfile import PLAN_FILE, load_plan, save_plan
 from mvm.engine.plans import ExecutionPlan
 from mvm.engine.process import is_same_process, process_start_time
@@ -409,11 +409,12 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
 
     def _write_mode(self, mode: str | None = None) -> None:
         """mode.json mirrors the row's mode for humans (DESIGN: Lifecycle modes)."""
-        (self.run_dir / "mode.json").write_text(
+        write_private(
+            self.run_dir / "mode.json",
             json.dumps(
                 {"name": self.request.name, "mode": mode or self.request.mode}, sort_keys=True
             )
-            + "\n"
+            + "\n",
         )
 
     async def _release_network(self) -> None:

@@ -37,7 +37,7 @@ from mvm.backends.base import (
 )
 from mvm.backends.guest.build import agent_binary
 from mvm.engine.errors import BackendUnavailable
-from mvm.engine.paths import ensure_private_dir
+from mvm.engine.paths import CHILD_UMASK, ensure_private_dir, private_opener
 from mvm.engine.process import wait_process_exit
 from mvm.engine.runfiles import remove_run_files
 
@@ -133,9 +133,10 @@ class StubBackend:
         fifo = plan.run_dir / "ctl.fifo"
         if not fifo.exists():
             os.mkfifo(fifo)
-        with open(plan.console_log, "ab") as console:
+        with open(plan.console_log, "ab", opener=private_opener) as console:
             proc = subprocess.Popen(
                 list(plan.argv),
+                umask=CHILD_UMASK,
                 stdin=subprocess.DEVNULL,
                 stdout=console,
                 stderr=console,

@@ -25,7 +25,7 @@ import structlog
 
 from mvm.engine import network
 from mvm.engine.errors import BackendError, MvmError
-from mvm.engine.paths import ensure_private_dir, vm_dir
+from mvm.engine.paths import CHILD_UMASK, ensure_private_dir, private_opener, vm_dir
 from mvm.engine.process import is_same_process, kill_verified
 from mvm.engine.reconcile import owner_alive
 from mvm.engine.runfiles import remove_run_dir
@@ -66,11 +66,12 @@ async def _spawn_shim(name: str, *shim_args: str) -> dict[str, Any]:
     ensure_private_dir(run_dir)
     read_fd, write_fd = os.pipe()
     try:
-        with open(run_dir / "shim.log", "ab") as shim_log:
+        with open(run_dir / "shim.log", "ab", opener=private_opener) as shim_log:
             # -P: without it ``-m`` puts the caller's cwd first on sys.path, and run from
             # a checkout of mvm, ./mvm (sources only) shadows the installed package.
             proc = subprocess.Popen(
                 [sys.executable, "-P", "-m", "mvm.engine.shim", str(write_fd), *shim_args],
+                umask=CHILD_UMASK,
                 stdin=subprocess.DEVNULL,
                 stdout=shim_log,
                 stderr=shim_log,

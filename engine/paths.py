@@ -88,3 +88,21 @@ def ensure_private_dir(directory: Path) -> Path:
         return make_private_dirs(directory)
     except OSError as exc:
         raise home_error(directory, exc) from None
+
+
+def private_opener(path: str, flags: int) -> int:
+    """``open(..., opener=private_opener)``: a new file is 0600 whatever the umask."""
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a small text file under the home (plans, mode.json), mode 0600."""
+    with open(path, "w", encoding="utf-8", opener=private_opener) as fh:
+        fh.write(text)
+
+
+# Passed as ``umask=`` to the VMM / agent / shim processes: what they create under the
+# home (console logs, pid files, sockets, overlays) is private too.
+CHILD_UMASK = 0o077

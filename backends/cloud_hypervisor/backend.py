@@ -40,7 +40,7 @@ from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
 from mvm.backends.hybrid_vsock import HybridVsockEndpoint
 from mvm.backends.qemu.backend import check_inputs
 from mvm.engine.errors import BackendError, BackendUnavailable, ConfigError
-from mvm.engine.paths import ensure_private_dir
+from mvm.engine.paths import CHILD_UMASK, ensure_private_dir
 from mvm.engine.process import (
     is_same_process,
     kill_verified,
@@ -208,6 +208,7 @@ class CloudHypervisorBackend:
             with open(paths.log, "ab") as out:
                 proc = subprocess.Popen(
                     list(plan.argv),
+                    umask=CHILD_UMASK,
                     cwd=plan.run_dir,
                     stdin=subprocess.DEVNULL,
                     stdout=out,

@@ -50,7 +50,7 @@ from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
 from mvm.backends.hybrid_vsock import HybridVsockEndpoint
 from mvm.backends.qemu.backend import check_inputs
 from mvm.engine.errors import BackendError, BackendUnavailable, ConfigError
-from mvm.engine.paths import ensure_private_dir
+from mvm.engine.paths import CHILD_UMASK, ensure_private_dir, private_opener
 from mvm.engine.process import (
     is_same_process,
     kill_verified,
@@ -293,9 +293,10 @@ class FirecrackerBackend:
         for sink in (paths.log, paths.metrics):  # Firecracker refuses a missing log file
             sink.touch()
         try:
-            with open(plan.console_log, "ab") as console:
+            with open(plan.console_log, "ab", opener=private_opener) as console:
                 proc = subprocess.Popen(
                     list(plan.argv),
+                    umask=CHILD_UMASK,
                     cwd=plan.run_dir,
                     stdin=subprocess.DEVNULL,
                     stdout=console,

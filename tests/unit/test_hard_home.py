@@ -65,3 +65,35 @@ def test_doctor_says_stub_isolates_nothing(tmp_path: Path) -> None:
     result = _mvmctl("doctor", home=tmp_path / "h")
     stub = [line for line in result.stdout.splitlines() if " stub " in f" {line} "]
     assert stub and "ISOLATES NOTHING" in stub[0], result.stdout
+
+
+def test_up_on_stub_leaves_nothing_readable_by_others(tmp_path: Path) -> None:
+    """console.log, plan.json and the rest of a VM's run directory are private."""
+    home = tmp_path / "h"
+    old = os.umask(0o022)
+    try:
+        up = _mvmctl("up", "--backend", "stub", "--name", "permvm", home=home)
+        assert up.returncode == 0, up.stderr
+        try:
+            modes = _modes(home)
+        finally:
+            _mvmctl("down", "permvm", home=home)
+    finally:
+        os.umask(old)
+    run_dir = "vms/permvm"
+    assert modes[run_dir] == 0o700
+    assert modes[f"{run_dir}/console.log"] == 0o600
+    assert modes[f"{run_dir}/plan.json"] == 0o600
+    loose = {n: f"{m:04o}" for n, m in modes.items() if m & 0o077}
+    assert not loose, loose
+
+
+def test_full_disk_is_its_own_code(tmp_path: Path) -> None:
+    import errno
+
+    from mvm.engine.paths import home_error
+
+    full = home_error(tmp_path, OSError(errno.ENOSPC, "No space left on device"))
+    ro = home_error(tmp_path, OSError(errno.EROFS, "Read-only file system"))
+    assert getattr(full, "code", None) == "E_DISK_FULL"
+    assert getattr(ro, "code", None) == "E_HOME_UNWRITABLE"

@@ -34,6 +34,7 @@ from mvm.backends.guest import wrapper
 from mvm.backends.guest.client import AgentClient
 from mvm.backends.guest.streams import ExecSession
 from mvm.engine.errors import AgentError, ConfigError, MvmError, RequestTimeout
+from mvm.engine.invoke_schema import FunctionSchemas, check_args, check_result
 
 log = structlog.get_logger("mvm.invoke")
 
@@ -154,11 +155,14 @@ async def invoke(
     kwargs: dict[str, Any] | None = None,
     *,
     timeout: float = DEFAULT_TIMEOUT,
+    schemas: FunctionSchemas | None = None,
 ) -> Any:
-    """One cold call: a fresh wrapper process in the guest."""
+    """One cold call: a fresh wrapper process in the guest. ``schemas``: the IR's
+    args/return schemas, enforced on both sides of the call (engine/invoke_schema.py)."""
+    check_args(schemas, args, kwargs or {})
     request = encode_request(args, kwargs or {})
     result = await client.run(request, timeout=timeout)
-    return decode_reply(result.code, result.stdout, result.stderr)
+    return check_result(schemas, decode_reply(result.code, result.stdout, result.stderr))
 
 
 class _Session:
@@ -274,7 +278,9 @@ class WarmPool:
         kwargs: dict[str, Any] | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        schemas: FunctionSchemas | None = None,
     ) -> Any:
+        check_args(schemas, args, kwargs or {})
         request = encode_request(args, kwargs or {})
         send, receive = anyio.create_memory_object_stream[_Reply](1)
         with receive:
@@ -287,4 +293,4 @@ class WarmPool:
                 )
         if isinstance(reply, BaseException):
             raise reply
-        return decode_frame(*reply)
+        return check_result(schemas, decode_frame(*reply))

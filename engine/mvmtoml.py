@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from mvm.engine.errors import ConfigError
-from mvm.engine.vmrequest import PortMapping
+from mvm.engine.vmrequest import MEMORY_MIB_RANGE, VCPU_RANGE, PortMapping
 from mvm.engine.volumes import Volume
 
 HYPERVISORS = ("qemu", "firecracker", "cloud-hypervisor", "stub")
@@ -83,7 +83,7 @@ def parse_mvm_toml(data: dict[str, Any], path: Path) -> MvmToml:
             kind = wanted.__name__ if isinstance(wanted, type) else "value"
             raise _bad(path, key, f"must be a {kind}, not {type(value).__name__}", "E_TOML_TYPE")
     fields: dict[str, Any] = {k: data[k] for k in ("flake", "profile", "hypervisor") if k in data}
-    for key, low, high in (("vcpus", 1, 64), ("memory_mib", 64, 1024 * 1024)):
+    for key, (low, high) in (("vcpus", VCPU_RANGE), ("memory_mib", MEMORY_MIB_RANGE)):
         if key in data:
             if not low <= data[key] <= high:
                 raise _bad(path, key, f"must be between {low} and {high}", "E_TOML_RANGE")

@@ -29,6 +29,7 @@ RETURNS = {"type": "string"}
 class _Result:
     stdout: bytes
     stderr: bytes = b""
+    code: int = 0
 
 
 @attrs.define
@@ -40,7 +41,7 @@ class FakeAgent:
 
     async def run(self, request: bytes, *, timeout: float) -> _Result:
         self.sent.append(request)
-        return _Result(json.dumps({"ok": True, "result": self.reply}).encode())
+        return _Result(json.dumps(self.reply).encode())  # the seed: the value, not wrapped
 
 
 def _call(agent: FakeAgent, kwargs: dict[str, Any], args: tuple[Any, ...] = ()) -> Any:

@@ -15,7 +15,10 @@ is reported (one line each, joined), not only the first.
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -24,6 +27,11 @@ import jsonschema.exceptions
 import jsonschema.validators
 
 from mvm.engine.errors import ConfigError, MvmError
+
+# The schemas travel with the image: /etc/mvm/<SCHEMAS_FILE> in the rootfs (written by
+# engine/ir_image.py only when the IR declares one), read back on the host by debugfs,
+# so `mvmctl invoke` checks the contract of the image the VM really runs.
+SCHEMAS_FILE = "function-schemas.json"
 
 
 class FunctionReturnError(MvmError):
@@ -103,3 +111,26 @@ def check_result(schemas: FunctionSchemas | None, result: Any) -> Any:
             hint="the function broke its declared contract; fix the function or the schema",
         )
     return result
+
+
+def schemas_of_image(image_dir: Path) -> FunctionSchemas:
+    """The schemas baked into an image's rootfs; none when it has no schemas file."""
+    rootfs = image_dir / "rootfs.ext4"
+    if not rootfs.is_file():
+        return FunctionSchemas()
+    try:
+        out = subprocess.run(
+            ["debugfs", "-R", f"cat /etc/mvm/{SCHEMAS_FILE}", str(rootfs)],
+            capture_output=True,
+            check=False,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return FunctionSchemas()
+    try:
+        doc = json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else {}
+    except ValueError:
+        return FunctionSchemas()
+    if not isinstance(doc, dict):
+        return FunctionSchemas()
+    return FunctionSchemas(doc.get("args_schema"), doc.get("return_schema"))

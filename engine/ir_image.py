@@ -48,6 +48,7 @@ import structlog
 
 from mvm.engine.errors import BuildError, ConfigError
 from mvm.engine.imagespec import ImageSpec
+from mvm.engine.invoke_schema import SCHEMAS_FILE
 from mvm.engine.ir import (
     CommandEntrypoint,
     FunctionEntrypoint,
@@ -330,10 +331,14 @@ def function_files(workload: Workload, entry: FunctionEntrypoint, *, dev: bool) 
     block = concurrency_block(workload, entry)
     if block is not None:
         runtime["concurrency"] = block
-    return {
+    files = {
         "wrapper.json": json.dumps(wrapper, indent=2) + "\n",
         "runtime.json": json.dumps(runtime, indent=2) + "\n",
     }
+    if entry.args_schema is not None or entry.return_schema is not None:
+        schemas = {"args_schema": entry.args_schema, "return_schema": entry.return_schema}
+        files[SCHEMAS_FILE] = json.dumps(schemas, indent=2, sort_keys=True) + "\n"
+    return files
 
 
 def workload_image_spec(

@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mvm.engine.agent_access import open_vm_agent
+import anyio
+
+from mvm.engine.agent_access import open_vm_agent, running_vm
 from mvm.engine.errors import ConfigError
 from mvm.engine.invoke import (
     DEFAULT_TIMEOUT,
@@ -23,6 +25,7 @@ from mvm.engine.invoke import (
     parse_inputs,
     parse_request_file,
 )
+from mvm.engine.invoke_schema import schemas_of_image
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,12 +66,18 @@ async def cmd_invoke(args: argparse.Namespace) -> int:
     call_args, kwargs = _request(args)
     if args.count < 1 or args.warm < 0:
         raise ConfigError("--count must be >= 1 and --warm >= 0", code="E_INVOKE_ARGS")
+    record = await running_vm(args.name)
+    schemas = await anyio.to_thread.run_sync(schemas_of_image, Path(record.image))
     async with open_vm_agent(args.name) as client:
         if args.warm:
             async with WarmPool.open(client, args.warm) as pool:
                 for _ in range(args.count):
-                    _print(await pool.invoke(call_args, kwargs, timeout=args.timeout))
+                    _print(
+                        await pool.invoke(call_args, kwargs, timeout=args.timeout, schemas=schemas)
+                    )
         else:
             for _ in range(args.count):
-                _print(await invoke(client, call_args, kwargs, timeout=args.timeout))
+                _print(
+                    await invoke(client, call_args, kwargs, timeout=args.timeout, schemas=schemas)
+                )
     return 0

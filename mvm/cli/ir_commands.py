@@ -16,7 +16,9 @@ from mvm.engine.mvmtoml import load_mvm_toml
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     emit = sub.add_parser("emit", help="run an SDK entry file and print its canonical Workload IR")
-    emit.add_argument("entry", type=Path, help="Python file declaring @mvm.app / @mvm.function")
+    emit.add_argument(
+        "entry", type=Path, help="entry.py (@mvm.app) or entry.ts/.js (mvm-sdk's mvm.app)"
+    )
     emit.add_argument("-o", "--out", type=Path, help="write here (default: $MVM_IR_OUT or stdout)")
     emit.set_defaults(func=cmd_emit)
 

@@ -57,7 +57,7 @@ def test_hello_maps_to_a_sealed_function_image(hello_doc: dict[str, Any]) -> Non
     wrapper = json.loads(spec.mvm_files["wrapper.json"])
     assert wrapper["argv"] == [rt.executable, "-s", WRAPPER_GUEST]
     assert wrapper["cwd"] == APP_DIR and wrapper["env"]["PYTHONHOME"] == "/usr"
-    assert spec.host_files[f"{APP_DIR}/app.py"] == str(HELLO / "app.py")
+    assert spec.host_files[f"{APP_DIR}/app.py"] == str(HELLO / "src" / "app.py")
     assert spec.host_files[rt.zip_guest] == str(rt.zip_host)
     assert "def decode_request" in spec.extra_files[WRAPPER_GUEST]
     assert rt.executable in spec.packages

@@ -33,7 +33,7 @@ def _runtime(
     tmp_path: Path, source: str | None = None, mode: str = "prod", **cfg: Any
 ) -> w.Runtime:
     """A runtime for the hello app, or for ``source`` as a fresh module (never cached)."""
-    app_dir = HELLO
+    app_dir = HELLO / "src"
     if source is not None:
         app_dir = tmp_path / "app"
         app_dir.mkdir(exist_ok=True)
@@ -205,7 +205,7 @@ def test_fuzz_json_like_text(text: str) -> None:
     _assert_envelope(_FUZZ_RT.handle(text.encode()))
 
 
-_FUZZ_RT = w.Runtime({"module": "app", "function": "greet", "app_dir": str(HELLO), "mode": "prod"})
+_FUZZ_RT = w.Runtime({"module": "app", "function": "greet", "app_dir": str(HELLO / "src"), "mode": "prod"})
 
 
 # ------------------------------------------------------------------------- real processes

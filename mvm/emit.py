@@ -34,6 +34,8 @@ EMIT_TIMEOUT_SECS = 120.0
 class ValidatedIr:
     workload: Workload
     ir_hash: str
+    # Fields of an original-SDK document that have no effect here, one line each.
+    warnings: tuple[str, ...] = ()
 
 
 JS_SUFFIXES = (".ts", ".mts", ".js", ".mjs")
@@ -159,8 +161,9 @@ def validate_file(
     except OSError as exc:
         raise ConfigError(f"cannot read IR file {path}: {exc.strerror}", code="E_IR_FILE") from None
     root = (base_dir or Path(path).parent) if check_files else None
-    workload = validate_text(text, base_dir=root)
-    return ValidatedIr(workload=workload, ir_hash=ir_hash(workload))
+    warnings: list[str] = []
+    workload = validate_text(text, base_dir=root, warnings=warnings)
+    return ValidatedIr(workload=workload, ir_hash=ir_hash(workload), warnings=tuple(warnings))
 
 
 def emit_declared(base_dir: Path | None = None) -> int:

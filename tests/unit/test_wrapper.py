@@ -205,7 +205,9 @@ def test_fuzz_json_like_text(text: str) -> None:
     _assert_envelope(_FUZZ_RT.handle(text.encode()))
 
 
-_FUZZ_RT = w.Runtime({"module": "app", "function": "greet", "app_dir": str(HELLO / "src"), "mode": "prod"})
+_FUZZ_RT = w.Runtime(
+    {"module": "app", "function": "greet", "app_dir": str(HELLO / "src"), "mode": "prod"}
+)
 
 
 # ------------------------------------------------------------------------- real processes

@@ -72,3 +72,7 @@ __all__ = [
     "workload",
 ]
 __version__ = "0.1.0"
+
+from mvm.sdk import arm_auto_emit as _arm_auto_emit
+
+_arm_auto_emit()

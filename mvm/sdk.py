@@ -23,8 +23,10 @@ obvious (an OCI ref without a digest), everything else is validated on emit.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -75,6 +77,8 @@ class _Registry:
         self.volumes: list[Volume] = []
         self.workload_id: str | None = None
         self.extensions: dict[str, Any] = {}
+        self.auto_emit = False
+        self.failed = False
 
 
 _registry = _Registry()
@@ -291,6 +295,44 @@ def declared_workload() -> Workload:
 
 def reset_declarations() -> None:
     _registry.reset()
+
+
+def arm_auto_emit() -> None:
+    """Under ``MVM_EMITTING=1`` (``MVM_EMITTING=1 python entry.py``), emit at exit.
+
+    Called when ``mvm`` is imported: the entry file declares, the interpreter exits,
+    and the declared workload lands, canonical, at ``$MVM_IR_OUT`` (stdout when unset).
+    An entry file that raised emits nothing. Only a ``.py`` main program arms it;
+    ``mvmctl emit``'s child disarms it and reports to its parent instead.
+    """
+    if not emitting() or _registry.auto_emit:
+        return
+    if not sys.argv or not sys.argv[0].endswith(".py"):
+        return  # mvmctl, python -m / -c: not an entry file; they emit (or not) themselves
+    _registry.auto_emit = True
+    previous = sys.excepthook
+
+    def excepthook(*exc_info: Any) -> None:
+        _registry.failed = True
+        previous(*exc_info)
+
+    sys.excepthook = excepthook
+    atexit.register(_emit_at_exit)
+
+
+def disarm_auto_emit() -> None:
+    _registry.auto_emit = False
+
+
+def _emit_at_exit() -> None:
+    if not _registry.auto_emit or _registry.failed:
+        return
+    from mvm.emit import emit_declared  # the emitter imports the IR validator: lazy
+
+    code = emit_declared()
+    if code:
+        sys.stderr.flush()
+        os._exit(code)
 
 
 __all__ = [

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mvm.engine.errors import IrError
-from mvm.engine.ir import lockfiles
+from mvm.engine.ir import legacy, lockfiles
 from mvm.engine.ir.convert import json_path, structure_workload
 from mvm.engine.ir.model import (
     SCHEMA_VERSION,
@@ -123,8 +123,19 @@ def check_workload(workload: Workload, *, base_dir: Path | None = None) -> list[
     return errors
 
 
-def validate(data: object, *, base_dir: Path | None = None) -> Workload:
-    """Parse and check; raises the first IrError (all of them in ``.all_errors``)."""
+def validate(
+    data: object, *, base_dir: Path | None = None, warnings: list[str] | None = None
+) -> Workload:
+    """Parse and check; raises the first IrError (all of them in ``.all_errors``).
+
+    IR emitted by the original's SDK (PyPI ``mvm``) is mapped onto our model first;
+    what it holds that has no effect here is appended to ``warnings``, one line each.
+    """
+    if legacy.is_original(data):
+        assert isinstance(data, dict)
+        data, notes = legacy.translate(data)
+        if warnings is not None:
+            warnings.extend(notes)
     workload = parse_workload(data)
     errors = check_workload(workload, base_dir=base_dir)
     if errors:
@@ -134,8 +145,10 @@ def validate(data: object, *, base_dir: Path | None = None) -> Workload:
     return workload
 
 
-def validate_text(text: str | bytes, *, base_dir: Path | None = None) -> Workload:
-    return validate(loads(text), base_dir=base_dir)
+def validate_text(
+    text: str | bytes, *, base_dir: Path | None = None, warnings: list[str] | None = None
+) -> Workload:
+    return validate(loads(text), base_dir=base_dir, warnings=warnings)
 
 
 def _sub(at: str, *segs: str | int) -> str:

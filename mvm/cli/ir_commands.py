@@ -11,12 +11,15 @@ import anyio
 
 from mvm.emit import emit_ir, validate_file, write_ir
 from mvm.engine.audit import AuditLog
+from mvm.engine.errors import IrError
 from mvm.engine.mvmtoml import load_mvm_toml
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     emit = sub.add_parser("emit", help="run an SDK entry file and print its canonical Workload IR")
-    emit.add_argument("entry", type=Path, help="Python file declaring @mvm.app / @mvm.function")
+    emit.add_argument(
+        "entry", type=Path, help="entry.py (@mvm.app) or entry.ts/.js (mvm-sdk's mvm.app)"
+    )
     emit.add_argument("-o", "--out", type=Path, help="write here (default: $MVM_IR_OUT or stdout)")
     emit.set_defaults(func=cmd_emit)
 
@@ -32,8 +35,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify.set_defaults(func=cmd_audit_verify)
 
 
+def _print_all(err: IrError) -> int:
+    """Every problem of an invalid IR, one coded line each (the CLI prints only one)."""
+    for problem in err.all_errors:
+        print(problem.one_line(), file=sys.stderr)
+    return 2
+
+
 async def cmd_emit(args: argparse.Namespace) -> int:
-    text = await anyio.to_thread.run_sync(lambda: emit_ir(args.entry))
+    try:
+        text = await anyio.to_thread.run_sync(lambda: emit_ir(args.entry))
+    except IrError as err:
+        return _print_all(err)
     written = write_ir(text, args.out)
     if written is not None:
         print(f"wrote {written}", file=sys.stderr)
@@ -44,9 +57,14 @@ async def cmd_validate(args: argparse.Namespace) -> int:
     path: Path = args.file
     if path.name == "mvm.toml" or path.suffix == ".toml":
         return await _validate_toml(path)
-    result = await anyio.to_thread.run_sync(
-        lambda: validate_file(path, check_files=not args.no_files)
-    )
+    try:
+        result = await anyio.to_thread.run_sync(
+            lambda: validate_file(path, check_files=not args.no_files)
+        )
+    except IrError as err:
+        return _print_all(err)
+    for line in result.warnings:
+        print(f"warning: {line}", file=sys.stderr)
     apps = ", ".join(app.name for app in result.workload.apps)
     print(f"ok: {path} (ir_hash {result.ir_hash}; apps: {apps})")
     return 0

@@ -26,7 +26,7 @@ from mvm.engine.ir import (
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 HELLO_IR = FIXTURES / "ir" / "hello.json"
 HELLO_DIR = FIXTURES / "hello"
-HELLO_HASH = "6abb52628ae34b2102bf0efb195cf925bcc9251e16fd2e6cd61e862bd8cebb4c"
+HELLO_HASH = "c63313ca4993c7ce013449ab77c635f7f271466dff234631a32bba4bb1a1af01"
 DIGEST = "sha256:" + "ab" * 32
 
 
@@ -59,7 +59,7 @@ def test_hello_fixture_parses_and_hashes_to_its_canonical_bytes() -> None:
     assert ir_hash(workload) == HELLO_HASH == hashlib.sha256(raw).hexdigest()
     app = workload.apps[0]
     assert app.name == "hello"
-    assert app.source == LocalPath(".", include=("**",), exclude=())
+    assert app.source == LocalPath("./src", include=("**",), exclude=())
     assert app.dependencies == PythonDeps(lockfile="uv.lock", tool="uv")
     assert isinstance(app.entrypoints[0].function, str)  # type: ignore[union-attr]
 
@@ -250,14 +250,15 @@ def test_node_deps_with_python_function_is_inconsistent() -> None:
 
 
 def test_lockfile_content_is_checked_against_the_project_dir(tmp_path: Path) -> None:
-    (tmp_path / "uv.lock").write_text(
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "uv.lock").write_text(
         'version = 1\n\n[[package]]\nname = "requests"\nversion = "2.32.3"\n'
         'source = { registry = "https://pypi.org/simple" }\n'
     )
     err = one_error(hello(), base_dir=tmp_path)
     assert (err.code, err.path) == ("E_UNPINNED_DEPS", "$.apps[0].dependencies.lockfile")
     assert "requests" in err.message
-    (tmp_path / "uv.lock").unlink()
+    (tmp_path / "src" / "uv.lock").unlink()
     err = one_error(hello(), base_dir=tmp_path)
     assert err.code == "E_UNPINNED_DEPS" and "not found" in err.message
     assert validate(hello()) is not None  # no base_dir: IR alone is fine

@@ -60,7 +60,7 @@ def test_hello_maps_to_a_sealed_function_image(hello_doc: dict[str, Any]) -> Non
     }  # fmt: skip
     assert sorted(spec.mvm_files) == ["runtime.json", "wrapper.json"]
     assert DEFAULT_WORKING_DIR == "/app"
-    assert spec.host_files["/app/app.py"] == str(HELLO / "app.py")
+    assert spec.host_files["/app/app.py"] == str(HELLO / "src" / "app.py")
     assert spec.host_files[rt.zip_guest] == str(rt.zip_host)
     runner = Path(spec.host_files[RUNNER_GUEST]).read_text()
     assert runner.startswith("#!/bin/sh\n")

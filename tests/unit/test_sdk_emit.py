@@ -27,7 +27,9 @@ from mvm.engine.ir import (
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 HELLO_DIR = FIXTURES / "hello"
 GOLDEN = FIXTURES / "ir" / "hello.json"
-HELLO_HASH = "6abb52628ae34b2102bf0efb195cf925bcc9251e16fd2e6cd61e862bd8cebb4c"
+HELLO_HASH = "c63313ca4993c7ce013449ab77c635f7f271466dff234631a32bba4bb1a1af01"
+SEED_HASH = "a092d69684c32f32d54f203d63ae8458f94f109be93c7c0a504c9987f58e16e3"
+SEED_GOLDEN = FIXTURES / "ir" / "seed-hello.json"
 DIGEST = "sha256:" + "12" * 32
 
 
@@ -38,21 +40,56 @@ def clean_registry() -> Iterator[None]:
     sdk.reset_declarations()
 
 
+# The richer golden (tests/fixtures/ir/hello.json): uv.lock deps and argument schemas.
+LOCKED_ENTRY = """
+import mvm
+
+@mvm.app(
+    name="hello",
+    source=mvm.source.local("./src"),
+    image=mvm.image.nix_packages(["python3"]),
+    resources=mvm.resources(vcpus=1, memory_mb=256, boot_timeout_secs=30),
+    dependencies=mvm.deps.python(lockfile="uv.lock", tool="uv"),
+)
+@mvm.function(
+    language="python",
+    module="app",
+    function="greet",
+    format="json",
+    primary=True,
+    args_schema={
+        "type": "object",
+        "properties": {"name": {"type": "string"}},
+        "required": ["name"],
+    },
+    return_schema={"type": "string"},
+)
+def hello() -> None: ...
+"""
+
+
 def project(tmp_path: Path, entry: str, *, lock: bool = True) -> Path:
     (tmp_path / "entry.py").write_text(textwrap.dedent(entry))
-    (tmp_path / "app.py").write_text("def greet(name):\n    return f'hello, {name}'\n")
+    (tmp_path / "src").mkdir(exist_ok=True)
+    (tmp_path / "src" / "app.py").write_text("def greet(name):\n    return f'hello, {name}'\n")
     if lock:
-        (tmp_path / "uv.lock").write_text((HELLO_DIR / "uv.lock").read_text())
+        (tmp_path / "src" / "uv.lock").write_text((HELLO_DIR / "src" / "uv.lock").read_text())
     return tmp_path / "entry.py"
 
 
-def test_hello_worked_example_emits_the_golden_ir() -> None:
+def test_hello_worked_example_emits_the_seed_ir() -> None:
     text = emit_ir(HELLO_DIR / "entry.py")
+    assert text.encode() == SEED_GOLDEN.read_bytes()
+    assert hashlib.sha256(text.encode()).hexdigest() == SEED_HASH
+    # ...and the declared function really does what the example says.
+    app = runpy.run_path(str(HELLO_DIR / "src" / "app.py"))
+    assert app["greet"]("world") == "hello, world"
+
+
+def test_locked_entry_emits_the_golden_ir(tmp_path: Path) -> None:
+    text = emit_ir(project(tmp_path, LOCKED_ENTRY))
     assert text.encode() == GOLDEN.read_bytes()
     assert hashlib.sha256(text.encode()).hexdigest() == HELLO_HASH
-    # ...and the declared function really does what the example says.
-    app = runpy.run_path(str(HELLO_DIR / "app.py"))
-    assert app["greet"]("world") == "hello, world"
 
 
 def test_emit_is_deterministic_and_independent_of_cwd(
@@ -144,12 +181,12 @@ def test_oci_without_digest_in_entry_file_surfaces_with_its_code(tmp_path: Path)
 
 
 def test_unpinned_or_missing_lockfile_fails_emit_with_json_path(tmp_path: Path) -> None:
-    entry = project(tmp_path, (HELLO_DIR / "entry.py").read_text(), lock=False)
+    entry = project(tmp_path, LOCKED_ENTRY, lock=False)
     with pytest.raises(IrError) as info:
         emit_ir(entry)
     assert info.value.code == "E_UNPINNED_DEPS"
     assert info.value.message.startswith("$.apps[0].dependencies.lockfile: ")
-    (tmp_path / "uv.lock").write_text(
+    (tmp_path / "src" / "uv.lock").write_text(
         'version = 1\n[[package]]\nname = "six"\nversion = "1.16.0"\n'
         'source = { registry = "https://pypi.org/simple" }\n'
     )
@@ -221,7 +258,7 @@ def test_validate_file_checks_lockfiles_relative_to_base_dir(tmp_path: Path) -> 
 
 def test_emitted_ir_validates_in_place(tmp_path: Path) -> None:
     out = tmp_path / "mvm.ir.json"
-    entry = project(tmp_path, (HELLO_DIR / "entry.py").read_text())
+    entry = project(tmp_path, LOCKED_ENTRY)
     write_ir(emit_ir(entry), out)
     assert validate_file(out).ir_hash == HELLO_HASH
     assert validate_text(out.read_text()).apps[0].entrypoints

@@ -35,7 +35,7 @@ def _runtime(
 ) -> w.Runtime:
     # variant longrunning: these tests call handle() more than once per runtime
     """A runtime for the hello app, or for ``source`` as a fresh module (never cached)."""
-    app_dir = HELLO
+    app_dir = HELLO / "src"
     if source is not None:
         app_dir = tmp_path / "app"
         app_dir.mkdir(exist_ok=True)
@@ -233,7 +233,7 @@ def test_fuzz_json_like_text(text: str) -> None:
 
 
 _FUZZ_RT = w.Runtime(
-    {"module": "app", "function": "greet", "working_dir": str(HELLO), "mode": "prod"}
+    {"module": "app", "function": "greet", "working_dir": str(HELLO / "src"), "mode": "prod"}
 )
 
 

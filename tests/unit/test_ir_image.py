@@ -76,7 +76,7 @@ def test_hello_maps_to_a_sealed_function_image(hello_doc: dict[str, Any]) -> Non
 
 def test_runner_answers_the_seed_protocol(hello_doc: dict[str, Any], tmp_path: Path) -> None:
     spec = _spec(hello_doc)
-    cfg = json.loads(spec.mvm_files["wrapper.json"]) | {"working_dir": str(HELLO)}
+    cfg = json.loads(spec.mvm_files["wrapper.json"]) | {"working_dir": str(HELLO / "src")}
     (tmp_path / "wrapper.json").write_text(json.dumps(cfg))
     text = Path(spec.host_files[RUNNER_GUEST]).read_text().replace("PYTHONHOME=/usr", "")
     runner = tmp_path / "runner"

@@ -305,8 +305,20 @@ async def _serve_build(
         choice = await choose_builder(job, args.builder)
         for line in choice.explanation.splitlines():
             await send({"log": line})
-        async with builder_pool(choice.builder, size=args.size, cache=cache) as pool:
-            outcome = await pool.build(choice.job, on_log=lines.append)
+        try:
+            async with builder_pool(choice.builder, size=args.size, cache=cache) as pool:
+                outcome = await pool.build(choice.job, on_log=lines.append)
+        except MvmError as exc:
+            if (
+                args.builder != "auto"
+                or choice.mode != "host"
+                or not _is_offline_failure(exc.message)
+            ):
+                raise
+            await send({"log": "host Nix cannot fetch the flake's inputs: offline builder"})
+            choice = await choose_builder(job, "offline")
+            async with builder_pool(choice.builder, size=args.size, cache=cache) as pool:
+                outcome = await pool.build(choice.job, on_log=lines.append)
         for line in lines:
             await send({"log": line})
         await send(

@@ -210,8 +210,8 @@ def _dev_image_present() -> bool:
     """Whether the default dev image (demo-dev) is already built in the offline cache."""
     from mvm.engine.paths import cache_dir
 
-    builds = cache_dir() / "builds"
-    for meta in list(builds.glob("*/mvm-meta.json")) if builds.is_dir() else []:
+    metas = [m for sub in ("images", "builds") for m in (cache_dir() / sub).glob("*/mvm-meta.json")]
+    for meta in metas:
         try:
             if json.loads(meta.read_text()).get("name") == "demo-dev":
                 return True

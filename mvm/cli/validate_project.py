@@ -62,7 +62,6 @@ async def validate_project(path: Path | None) -> int:
         for line in _lines(problem):
             print(line, file=sys.stderr)
     if problems:
-        print(f"{len(problems)} problem(s) in {folder}", file=sys.stderr)
         return 1
     print(f"ok: {toml_path if toml_path.is_file() else folder} ({summary}; {checked} evaluates)")
     return 0

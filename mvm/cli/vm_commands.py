@@ -222,9 +222,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
         return await cmd_up(args)
     project = _precheck(args)
     image = await _image(args, project)
-    request = _request(
-        args, image.directory, args.name or image.name, "attached", _toml(project)
-    )
+    request = _request(args, image.directory, args.name or image.name, "attached", _toml(project))
     async with Engine.open() as engine:
         vm = await engine.start(request, image)
         write_mode(request.name, "attached", pid=os.getpid())
@@ -294,9 +292,7 @@ async def _hand_over(name: str) -> int:
 async def cmd_up(args: argparse.Namespace) -> int:
     project = _precheck(args)
     image = await _image(args, project)
-    request = _request(
-        args, image.directory, args.name or image.name, "detached", _toml(project)
-    )
+    request = _request(args, image.directory, args.name or image.name, "detached", _toml(project))
     info = await start_detached(request)
     write_mode(request.name, "detached", supervisor_pid=info.get("pid"))
     _say(

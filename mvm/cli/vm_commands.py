@@ -176,8 +176,8 @@ def _precheck(args: argparse.Namespace) -> Project | None:
     if args.backend is None and project and project.toml and "hypervisor" not in _keys(project):
         wanted = "auto"
     args.backend = resolve_hypervisor(wanted)
-    if wanted == "auto":
-        _say(f"hypervisor: {args.backend} (best available here; see mvmctl doctor)")
+    if wanted == "auto":  # `mvmctl ls` / `status` show the pick; stderr stays one line
+        log.info("run.hypervisor_chosen", backend=args.backend, reason="best available")
     return project
 
 

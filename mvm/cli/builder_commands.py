@@ -86,7 +86,7 @@ async def build_project(
     except MvmError as exc:
         if mode != "auto" or choice.mode != "host" or not _is_offline_failure(exc.message):
             raise
-        say("host Nix cannot fetch the flake's inputs (no network): using the offline builder")
+        say(f"host Nix failed ({exc.code}): using the offline builder")
         choice = await choose_builder(job, "offline")
         async with builder_pool(choice.builder, size=1) as pool:
             outcome = await pool.build(choice.job, on_log=log)
@@ -98,9 +98,17 @@ async def build_project(
 
 
 def _is_offline_failure(message: str) -> bool:
+    """Host Nix failures the offline assembler can route around: inputs that need the
+    network, or a flake whose ``path:`` inputs point outside its store copy."""
     return any(
         m in message
-        for m in ("unable to download", "Couldn't resolve host", "could not resolve", "network")
+        for m in (
+            "unable to download",
+            "Couldn't resolve host",
+            "could not resolve",
+            "network",
+            "points outside of its parent's store path",
+        )
     )
 
 

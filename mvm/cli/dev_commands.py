@@ -104,9 +104,18 @@ async def _build_dev(args: argparse.Namespace, project: Project | None) -> Image
         choice = await choose_builder(job, "offline") if args.builder == "auto" else None
     except MvmError as exc:
         if "has no packages." in exc.message and not args.profile:
-            _say(f"dev up: {job.label} has no dev output: the default dev image")
-            return await resolve_image("demo-dev")
-        choice = None
+            try:  # the project's own image, when it is an accessible one (dev = true)
+                choice = await choose_builder(project.job, "offline")
+            except MvmError:
+                choice = None
+            spec = choice.job.spec if choice else None
+            if choice is None or spec is None or not (spec.dev or spec.shell):
+                _say(f"dev up: {job.label} has no dev output: the default dev image")
+                return await resolve_image("demo-dev")
+            _say(f"dev up: no dev output; {project.job.label} is accessible: using it")
+            job = choice.job
+        else:
+            choice = None
     if choice is not None and choice.job.spec is not None and not choice.job.spec.dev:
         _say("dev up: building the offline image with dev = true (accessible)")
         job = attrs.evolve(choice.job, spec=attrs.evolve(choice.job.spec, dev=True))

@@ -39,7 +39,7 @@ def _firecracker_problem() -> str | None:
             "firecracker needs KVM that runs guests; this host's /dev/kvm failed a test "
             "boot (nested virtualization), so only QEMU with TCG works here"
         )
-    availability = get_backend("firecracker").availability()  # type: ignore[attr-defined]
+    availability = get_backend("firecracker").availability()
     return None if availability.ok else str(availability.reason)
 
 

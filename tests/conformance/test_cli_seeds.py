@@ -287,3 +287,34 @@ def test_build_profile_and_no_persistent_builder(tmp_path: Path, seed_outcome) -
 def test_bad_flag_values_are_one_coded_line(tmp_path: Path, line: str, code: str) -> None:
     root = project(tmp_path, HELLO_FLAKE)
     refused(mvmctl(line, root, timeout=120), code)
+
+
+QUITS_FLAKE = """{
+  inputs = { mvm.url = "github:tinylabscom/mvm"; };
+  outputs = { mvm, ... }: {
+    packages.x86_64-linux.default = mvm.lib.x86_64-linux.mkGuest {
+      name = "my-app";
+      entrypoint.command = [ "/bin/sh" "-c" "sleep 3; echo bye; exit 3" ];
+    };
+  };
+}
+"""
+
+
+@pytest.mark.seed(BUILDING, "mvmctl run --attached / mvmctl wait my-app / status")
+def test_run_attached_returns_the_guests_exit_status(tmp_path: Path, seed_outcome) -> None:  # type: ignore[no-untyped-def]
+    root = project(tmp_path, QUITS_FLAKE, MY_APP_TOML)
+    run = mvmctl("mvmctl run --attached # attached mode; CLI Ctrl-C kills VM", root)
+    try:
+        assert run.returncode == 3, run.stderr  # the guest's `exit 3`
+        assert "my-app: exited (3)" in run.stderr
+        waited = mvmctl(
+            "mvmctl wait my-app # block until VM exits (only meaningful for attached)", root
+        )
+        assert waited.returncode == 1 and waited.stdout.strip() == "3"
+        status = ok(mvmctl("mvmctl status my-app", root)).stdout
+        assert "start mode: attached" in status and "exit:       3" in status
+        assert "bye" in ok(mvmctl("mvmctl logs my-app", root)).stdout
+    finally:
+        ok(mvmctl("mvmctl down my-app", root))
+    seed_outcome.works("attached run exits with the guest's status 3; mode.json says attached")

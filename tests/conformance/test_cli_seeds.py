@@ -79,7 +79,8 @@ nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
 
 def mvmctl(line: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run a seed command line (``mvmctl ...``) in ``cwd`` with the installed mvmctl."""
-    argv = shlex.split(line, comments=True)  # the seeds annotate lines with # ...
+    # a shell joins "\\<newline>" continuations; the seeds annotate lines with "# ..."
+    argv = shlex.split(line.replace("\\\n", " "), comments=True)
     assert argv[0] == "mvmctl"
     return subprocess.run(
         [sys.executable, "-m", "mvm.cli", *argv[1:]],
@@ -318,3 +319,63 @@ def test_run_attached_returns_the_guests_exit_status(tmp_path: Path, seed_outcom
     finally:
         ok(mvmctl("mvmctl down my-app", root))
     seed_outcome.works("attached run exits with the guest's status 3; mode.json says attached")
+
+
+@pytest.mark.seed(
+    BEGINNERS, "mvmctl up --flake . -p 8080:8080 -v ./config -v ./secrets -v ./data:1024"
+)
+def test_up_with_volumes_then_logs_follow_forward_and_down(tmp_path: Path, seed_outcome) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import time
+    import urllib.request
+
+    root = project(tmp_path, HELLO_FLAKE.replace('"-h" "/etc"', '"-h" "/mnt"'))
+    for folder in ("config", "secrets", "data"):
+        (root / folder).mkdir()
+    (root / "config" / "app.json").write_text('{"greeting": "hi"}\n')
+    ok(
+        mvmctl(
+            "mvmctl up --flake . -p 8080:8080 \\\n-v ./config:/mnt/config \\\n"
+            "-v ./secrets:/mnt/secrets \\\n-v ./data:/mnt/data:1024",
+            root,
+        )
+    )
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "mvm.cli", *shlex.split("mvmctl logs hello -f")[1:]],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    forward = subprocess.Popen(
+        [sys.executable, "-m", "mvm.cli", *shlex.split("mvmctl forward hello -p 9090:9090")[1:]],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert forward.stderr is not None
+        announced = forward.stderr.readline()  # the forward announces itself once it listens
+        assert "9090" in announced, announced
+        import socket
+
+        socket.create_connection(("127.0.0.1", 9090), timeout=10).close()  # the host side
+        answer = b""
+        deadline = time.monotonic() + 30
+        while not answer and time.monotonic() < deadline:
+            try:  # 9090 in the guest: nothing listens; the host side must accept
+                url = "http://127.0.0.1:8080/config/app.json"  # httpd -h /mnt in the guest
+                with urllib.request.urlopen(url, timeout=10) as r:
+                    answer = r.read().strip()
+            except OSError:
+                time.sleep(0.2)
+        assert answer == b'{"greeting": "hi"}'
+    finally:
+        forward.send_signal(signal.SIGINT)
+        forward.wait(timeout=30)
+        ok(mvmctl("mvmctl down hello", root))
+    out, _ = follow.communicate(timeout=60)  # -f ends when the VM is down
+    assert "mvm-init" in out and follow.returncode == 0
+    assert (root / "data").exists()
+    seed_outcome.works("relative -v paths mount config/secrets read-only and a 1024 MB data volume")

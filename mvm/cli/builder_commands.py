@@ -30,7 +30,6 @@ from mvm.engine.builders import MODES, BuildJob, ModeChoice
 from mvm.engine.builders.auto import choose_builder
 from mvm.engine.builders.cache import BuildCache
 from mvm.engine.errors import ConfigError, MvmError, NotFoundError
-from mvm.engine.mvmtoml import MvmToml, load_mvm_toml
 from mvm.engine.paths import mvm_home
 from mvm.engine.process import is_same_process, process_start_time
 
@@ -39,23 +38,6 @@ Say = Callable[[str], None]
 
 def _say(text: str) -> None:
     print(text, file=sys.stderr)
-
-
-def find_project(ref: str) -> tuple[Path, str, MvmToml | None] | None:
-    """(flake dir, attr, mvm.toml) when ``ref`` names a project, else None."""
-    path = Path(ref)
-    toml_path = path if path.name == "mvm.toml" else path / "mvm.toml"
-    if toml_path.is_file():
-        toml = load_mvm_toml(toml_path)
-        flake_dir = (toml_path.parent / toml.flake).resolve()
-        if not (flake_dir / "flake.nix").is_file():
-            raise ConfigError(
-                f"{toml_path}: flake {toml.flake} has no flake.nix", code="E_TOML_PATH"
-            )
-        return flake_dir, toml.profile, toml
-    if path.is_dir() and (path / "flake.nix").is_file():
-        return path.resolve(), "default", None
-    return None
 
 
 async def build_project(

@@ -35,8 +35,13 @@ log = structlog.get_logger("mvm.agent.mux")
 MUX_SOCKET = "agent.mux.sock"
 DETACH_REQUEST = "mvm.detach"  # mux-level extension: hand the VM over to a detached shim
 # Requests answered by exactly one frame; others end with these frame types.
-_SINGLE_REPLY = frozenset({"ping", "health", "shutdown", "service"})
-_FINAL = {"exec": frozenset({"exit"}), "logs": frozenset({"end"}), "connect": frozenset({"close"})}
+_SINGLE_REPLY = frozenset({"ping", "health", "shutdown", "service", "uids"})
+_FINAL = {
+    "exec": frozenset({"exit"}),
+    "console": frozenset({"exit"}),
+    "logs": frozenset({"end"}),
+    "connect": frozenset({"close"}),
+}
 
 
 def _final(request: str, reply: str) -> bool:

@@ -60,6 +60,16 @@ class HealthTracker:
         """No verdict pending: only a push from the agent can change the state now."""
         return self.state == "unhealthy" or (self.state == "healthy" and self._bad == 0)
 
+    def reset(self) -> HealthState | None:
+        """The agent restarted: nothing it said before counts. ``unknown`` until the new
+        agent reports; returns the new state if it changed."""
+        self._bad = self._good = 0
+        self._last_checked = None
+        if self.state == "unknown":
+            return None
+        self.state = "unknown"
+        return self.state
+
     def observe(self, verdict: str, checked_uptime_ms: int | None) -> HealthState | None:
         """Feed one agent verdict; returns the new state if it changed."""
         if checked_uptime_ms is not None and checked_uptime_ms == self._last_checked:
@@ -98,6 +108,7 @@ class HealthCheck(Actor[None]):
         self.tracker = HealthTracker(self.policy)
         self._on_change = on_change
         self.restarts = 0
+        self._agent_restarts_seen = 0
 
     @property
     def state(self) -> HealthState:
@@ -127,6 +138,10 @@ class HealthCheck(Actor[None]):
     async def _poll_once(self) -> None:
         try:
             client = await self._agent.client(timeout=self.policy.poll_interval_s * 5)
+            restarted = client.restarts != self._agent_restarts_seen
+            self._agent_restarts_seen = client.restarts
+            if restarted and (reset := self.tracker.reset()) is not None:
+                await self._publish(reset, None)
             report = (await client.health()).get(self.service, {})
         except MvmError as exc:
             log.debug("health.poll_failed", vm=self.vm, service=self.service, code=exc.code)
@@ -137,18 +152,21 @@ class HealthCheck(Actor[None]):
         )
         if changed is None:
             return
+        await self._publish(changed, report.get("rc"))
+        if changed == "unhealthy":
+            await self._act()
+
+    async def _publish(self, changed: HealthState, rc: object) -> None:
         self._bus.publish(
             Event(
                 kind="health.changed",
                 source=self.name,
                 vm=self.vm,
-                data={"service": self.service, "status": changed, "rc": report.get("rc")},
+                data={"service": self.service, "status": changed, "rc": rc},
             )
         )
         if self._on_change is not None:
             await self._on_change(self.service, changed)
-        if changed == "unhealthy":
-            await self._act()
 
     async def _act(self) -> None:
         if self.policy.action == "restart-service":

@@ -48,20 +48,23 @@ async def bind_forward_listener(mapping: PortMapping) -> anyio.abc.Listener[anyi
         ) from None
 
 
-async def _pump(src: anyio.abc.ByteStream, dst: anyio.abc.ByteStream) -> None:
-    """Copy one direction until EOF, then half-close the other side."""
+async def _pump(src: anyio.abc.ByteStream, dst: anyio.abc.ByteStream) -> bool:
+    """Copy one direction until EOF, then half-close the other side. True when it
+    ended broken rather than at a clean EOF (e.g. the guest agent restarted)."""
+    broken = False
     try:
         while True:
             chunk = await src.receive(_CHUNK)
             await dst.send(chunk)
-    except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+    except anyio.EndOfStream:
         pass
-    except OSError:
-        pass
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+        broken = True
     with contextlib.suppress(
         anyio.ClosedResourceError, anyio.BrokenResourceError, OSError, NotImplementedError
     ):
         await dst.send_eof()
+    return broken
 
 
 class PortForward(Actor[None]):
@@ -104,7 +107,10 @@ class PortForward(Actor[None]):
                 return
             async with guest, anyio.create_task_group() as tg:
                 tg.start_soon(_pump, conn, guest)
-                await _pump(guest, conn)
+                if await _pump(guest, conn):
+                    # The guest leg broke (agent restarted, link lost): close the host
+                    # connection too instead of leaving the client hanging on it.
+                    tg.cancel_scope.cancel()
 
     async def teardown(self) -> None:
         await self._listener.aclose()

@@ -39,14 +39,13 @@ from mvm.backends.base import (
     VmmHandle,
     VmSpec,
 )
-from mvm.backends.guest.protocol import encode_frame
 from mvm.engine import network
 from mvm.engine.actor import Actor
 from mvm.engine.errors import BackendError, MvmError
 from mvm.engine.events import Event, EventBus
 from mvm.engine.image import Image
 from mvm.engine.launch_gate import LaunchGate
-from mvm.engine.paths import vm_dir
+from mvm.engine.paths import ensure_private_dir, vm_dir, write_private
 from mvm.engine.planfile import PLAN_FILE, load_plan, save_plan
 from mvm.engine.plans import ExecutionPlan
 from mvm.engine.process import is_same_process, process_start_time
@@ -100,25 +99,20 @@ def engine_owner() -> str:
 
 
 class RegreetEndpoint:
-    """Dials like ``inner`` and then asks the agent to greet again.
+    """Dials like ``inner``; the re-greet itself is now AgentClient.connect's.
 
     A restored guest may believe its source's host is still attached (the
     virtio-serial port was open when the snapshot was taken, and a reconnect can
     be too quick for the agent to see a hang-up), so it would never say hello on
-    its own. A host ``hello`` makes it drop that stale session and greet now."""
+    its own. The client sends a host ``hello`` on every dial (not only for clones),
+    which makes the agent drop that stale session and greet now; sending a second
+    one here would read as an unasked-for hello (an agent restart)."""
 
     def __init__(self, inner: AgentEndpoint) -> None:
         self._inner = inner
 
     async def connect(self) -> anyio.abc.ByteStream:
-        stream = await self._inner.connect()
-        try:
-            await stream.send(encode_frame({"t": "hello", "id": 0}))
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
-            raise
-        return stream
+        return await self._inner.connect()
 
 
 class RuntimeVM(Actor[StopVm | DetachVm]):
@@ -415,11 +409,12 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
 
     def _write_mode(self, mode: str | None = None) -> None:
         """mode.json mirrors the row's mode for humans (DESIGN: Lifecycle modes)."""
-        (self.run_dir / "mode.json").write_text(
+        write_private(
+            self.run_dir / "mode.json",
             json.dumps(
                 {"name": self.request.name, "mode": mode or self.request.mode}, sort_keys=True
             )
-            + "\n"
+            + "\n",
         )
 
     async def _release_network(self) -> None:
@@ -435,7 +430,7 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
         """Insert the VM row and its ports in one transaction; an exited VM of the same
         name is replaced, a live one is not (E_NAME_TAKEN), even across processes."""
         req = self.request
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(self.run_dir)
         await self._store.claim_vm(
             VmRecord(
                 name=req.name,

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 import anyio
 
 from mvm.backends.image_layout import _SKIP_APPLETS, AGENT_PATH, BASE_DIRS, BUSYBOX, SETUP_HINT
+from mvm.backends.image_shell import bash_provided
 from mvm.engine.errors import BuildError, ConfigError
 from mvm.engine.imagespec import ImageSpec
 
@@ -95,8 +96,8 @@ def _check_entrypoint(spec: ImageSpec, applets: list[str], packages: list[Path])
         program = spec.shell
     else:
         return
-    if _image_has_program(program, spec, applets, packages):
-        return
+    if _image_has_program(program, spec, applets, packages) or bash_provided(program, spec):
+        return  # bash_provided: image_shell's bash-static hook brings /bin/bash
     raise ConfigError(
         f"entrypoint {program!r} does not exist in the image",
         code="E_SPEC_ENTRYPOINT",

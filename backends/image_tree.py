@@ -22,6 +22,7 @@ import attrs
 from mvm.backends.image_checks import _check_guest_path
 from mvm.backends.image_key import _package_entries
 from mvm.backends.image_layout import _SKIP_APPLETS, AGENT_PATH, BASE_DIRS
+from mvm.backends.image_shell import add_console_shell
 from mvm.engine.errors import ConfigError
 from mvm.engine.imagespec import ImageSpec
 
@@ -174,6 +175,7 @@ def _populate(
     tree.file("/etc/mvm/mvm-meta.json", _meta_bytes(meta))
     for name, content in sorted(spec.mvm_files.items()):
         tree.file(f"/etc/mvm/{name}", content)
+    add_console_shell(tree, spec)  # /bin/bash from bash-static for entrypoint.shell
 
     for pkg in packages:
         _copy_package(tree, pkg)

@@ -5,6 +5,10 @@ stack (RuntimeVM, AgentConnection, PortForward, shim, reconcile, down) runs for
 real in milliseconds. It is what control-plane benchmarks (``mvmctl bench scale``,
 ``bench forward --backend stub``) and the engine's unit tests use to measure and
 test mvm itself without a guest kernel; real VMs are proven by the QEMU tests.
+
+It ISOLATES NOTHING: ``exec`` runs commands on the host, as the user running mvm
+(root if mvm runs as root), with the host's filesystem and network. Never use it
+for untrusted code; ``doctor`` and the availability reason say so.
 """
 
 from __future__ import annotations
@@ -33,8 +37,14 @@ from mvm.backends.base import (
 )
 from mvm.backends.guest.build import agent_binary
 from mvm.engine.errors import BackendUnavailable
+from mvm.engine.paths import CHILD_UMASK, ensure_private_dir, private_opener
 from mvm.engine.process import wait_process_exit
 from mvm.engine.runfiles import remove_run_files
+
+NO_ISOLATION = (
+    "host process running the guest agent; ISOLATES NOTHING: exec runs on the host "
+    "as the calling user (root if mvm runs as root) - tests and benchmarks only"
+)
 
 
 @functools.cache
@@ -85,7 +95,7 @@ class StubBackend:
         return _cached_agent()
 
     def availability(self) -> Availability:
-        return Availability(True, "host process running the guest agent")
+        return Availability(True, NO_ISOLATION)
 
     def prepare(self, spec: VmSpec) -> LaunchPlan:
         port = _free_port()
@@ -117,15 +127,16 @@ class StubBackend:
         )
 
     async def start(self, plan: LaunchPlan, *, detached: bool = False) -> ProcessHandle:
-        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(plan.run_dir)
         (plan.run_dir / "health").mkdir(exist_ok=True)
         (plan.run_dir / "logs").mkdir(exist_ok=True)
         fifo = plan.run_dir / "ctl.fifo"
         if not fifo.exists():
             os.mkfifo(fifo)
-        with open(plan.console_log, "ab") as console:
+        with open(plan.console_log, "ab", opener=private_opener) as console:
             proc = subprocess.Popen(
                 list(plan.argv),
+                umask=CHILD_UMASK,
                 stdin=subprocess.DEVNULL,
                 stdout=console,
                 stderr=console,

@@ -12,9 +12,10 @@ head and inserts the next row, so concurrent writers (threads or processes) seri
 and a crash leaves either the whole entry or none. The async wrappers run the
 blocking calls in a worker thread.
 
-The chain proves *integrity relative to the head*: someone who can rewrite the
-whole database and recompute every hash is not detected (that needs an external
-anchor such as a signed, exported head).
+The in-database head alone proves integrity only relative to itself, so every
+append also writes a signed head outside the database (engine/audit_head.py):
+``verify`` compares the two and names truncation with a rewritten head, wiped
+tables and a deleted database. Whoever holds the host key can still forge both.
 """
 
 from __future__ import annotations
@@ -35,9 +36,20 @@ import anyio.to_thread
 import attrs
 import structlog
 
+from mvm.engine.audit_head import (
+    HeadProblem,
+    SignedHead,
+    head_path,
+    key_path_for,
+    load_head,
+    read_db_head,
+    restore_head,
+    write_head,
+)
 from mvm.engine.errors import AuditTampered, ConfigError
 from mvm.engine.ir.canonical import canonical_json
-from mvm.engine.paths import mvm_home
+from mvm.engine.keys import HostKey
+from mvm.engine.paths import ensure_home, mvm_home
 from mvm.engine.store_connection import enable_wal
 
 log = structlog.get_logger()
@@ -66,8 +78,20 @@ def audit_db_path() -> Path:
     return mvm_home() / "audit.db"
 
 
+_KEYS: dict[Path, HostKey] = {}
+
+
+def _signer(path: Path, key: HostKey | None) -> HostKey:
+    if key is not None:
+        return key
+    cached = _KEYS.get(path)
+    if cached is None:
+        cached = _KEYS[path] = HostKey.load_or_create(key_path_for(path))
+    return cached
+
+
 @contextmanager
-def transaction(path: Path) -> Iterator[sqlite3.Connection]:
+def transaction(path: Path, key: HostKey | None = None) -> Iterator[sqlite3.Connection]:
     """One write transaction (``BEGIN IMMEDIATE``) on the audit database.
 
     Every launch writes here twice, so the connection is kept open per file and
@@ -75,13 +99,23 @@ def transaction(path: Path) -> Iterator[sqlite3.Connection]:
     append re-ran the schema and paid a WAL checkpoint at every close, ~2 ms CPU."""
     with _WRITERS_LOCK:
         conn = _writer(path)
+        signer = _signer(path, key)
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            # The signed head is written while this transaction still holds the
+            # write lock, so concurrent appenders cannot reorder head files.
+            head = read_db_head(conn)
+            previous = write_head(path, signer, *head) if head else None
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            if head:
+                restore_head(path, previous)
+            raise
 
 
 _WRITERS: dict[Path, tuple[sqlite3.Connection, int]] = {}
@@ -102,7 +136,7 @@ def _writer(path: Path) -> sqlite3.Connection:
 
 
 def _connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_home(path.parent)
     if not path.exists():
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
     conn = sqlite3.connect(
@@ -173,11 +207,12 @@ def append_in(conn: sqlite3.Connection, event: str, data: Mapping[str, Any]) -> 
 class AuditLog:
     """The audit chain in one SQLite file."""
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, *, key: HostKey | None = None) -> None:
         self.path = path or audit_db_path()
+        self.key = key
 
     def append(self, event: str, data: Mapping[str, Any]) -> AuditEntry:
-        with transaction(self.path) as conn:
+        with transaction(self.path, self.key) as conn:
             entry = append_in(conn, event, data)
         log.debug("audit_append", seq=entry.seq, audit_event=event)
         return entry
@@ -195,16 +230,32 @@ class AuditLog:
             conn.close()
 
     def verify(self) -> VerifyReport:
-        """Walk the chain; report the first entry that does not check out."""
-        conn = _connect(self.path)
+        """Walk the chain; report the first entry that does not check out, then hold
+        the chain's end against the signed head kept outside the database."""
+        ensure_home(self.path.parent)
+        signed: SignedHead | None = None
+        problem: str | None = None
         try:
-            rows = conn.execute(
-                "SELECT seq, prev_hash, hash, body FROM audit_log ORDER BY seq"
-            ).fetchall()
-            head = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
-        finally:
-            conn.close()
+            signed = load_head(self.path, self.key)
+        except HeadProblem as exc:
+            problem = str(exc)
+        if not self.path.exists():
+            rows: list[tuple[Any, ...]] = []
+            head = None
+            db_missing = True
+        else:
+            db_missing = False
+            conn = _connect(self.path)
+            try:
+                rows = conn.execute(
+                    "SELECT seq, prev_hash, hash, body FROM audit_log ORDER BY seq"
+                ).fetchall()
+                head = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+            finally:
+                conn.close()
         report = _verify_rows(rows, head)
+        if report.ok:
+            report = _against_signed(report, rows, signed, problem, db_missing, self.path)
         if report.ok:
             log.info("audit_verified", entries=report.entries)
         else:
@@ -260,3 +311,48 @@ def _verify_rows(rows: list[tuple[Any, ...]], head: tuple[Any, ...] | None) -> V
     if head_hash != prev:
         return VerifyReport(False, len(rows), last, "chain head hash differs (edited)")
     return VerifyReport(True, len(rows))
+
+
+def _against_signed(
+    report: VerifyReport,
+    rows: list[tuple[Any, ...]],
+    signed: SignedHead | None,
+    problem: str | None,
+    db_missing: bool,
+    path: Path,
+) -> VerifyReport:
+    """An intact chain must also end where the signed head says it ends."""
+    n = len(rows)
+    last_seq = int(rows[-1][0]) if rows else 0
+    last_hash = str(rows[-1][2]) if rows else GENESIS_HASH
+    if problem is not None:
+        return VerifyReport(False, n, last_seq or 1, problem)
+    if signed is None:
+        if rows:
+            return VerifyReport(
+                False, n, last_seq, f"the signed head {head_path(path)} is missing (deleted)"
+            )
+        return report
+    if db_missing:
+        return VerifyReport(
+            False,
+            0,
+            1,
+            f"the audit database {path} is missing (deleted); "
+            f"the signed head names {signed.seq} entries",
+        )
+    if signed.seq > last_seq:
+        what = "the tables were wiped" if not rows else "the database head was rewritten"
+        return VerifyReport(
+            False,
+            n,
+            last_seq + 1,
+            f"entries {last_seq + 1}..{signed.seq} are missing (truncated; {what})",
+        )
+    if signed.seq < last_seq:
+        return VerifyReport(
+            False, n, signed.seq + 1, "entry is not covered by the signed head (inserted)"
+        )
+    if signed.hash != last_hash:
+        return VerifyReport(False, n, last_seq, "hash differs from the signed head (edited)")
+    return report

@@ -25,7 +25,7 @@ import structlog
 
 from mvm.engine import network
 from mvm.engine.errors import BackendError, MvmError
-from mvm.engine.paths import vm_dir
+from mvm.engine.paths import CHILD_UMASK, ensure_private_dir, private_opener, vm_dir
 from mvm.engine.process import is_same_process, kill_verified
 from mvm.engine.reconcile import owner_alive
 from mvm.engine.runfiles import remove_run_dir
@@ -63,14 +63,15 @@ async def adopt_detached(name: str) -> dict[str, Any]:
 
 async def _spawn_shim(name: str, *shim_args: str) -> dict[str, Any]:
     run_dir = vm_dir(name)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(run_dir)
     read_fd, write_fd = os.pipe()
     try:
-        with open(run_dir / "shim.log", "ab") as shim_log:
+        with open(run_dir / "shim.log", "ab", opener=private_opener) as shim_log:
             # -P: without it ``-m`` puts the caller's cwd first on sys.path, and run from
             # a checkout of mvm, ./mvm (sources only) shadows the installed package.
             proc = subprocess.Popen(
                 [sys.executable, "-P", "-m", "mvm.engine.shim", str(write_fd), *shim_args],
+                umask=CHILD_UMASK,
                 stdin=subprocess.DEVNULL,
                 stdout=shim_log,
                 stderr=shim_log,

@@ -17,7 +17,7 @@ from typing import Literal
 
 import attrs
 
-from mvm.engine.paths import cache_dir, mvm_home
+from mvm.engine.paths import cache_dir, make_private_dirs, mvm_home
 
 Status = Literal["ok", "warn", "fail"]
 SETUP_HINT = "run ./scripts/setup"
@@ -100,6 +100,13 @@ def _backend(name: str) -> Check:
     return Check(name, "warn", detail, fix=fix, required=False)
 
 
+def _stub_backend() -> Check:
+    """``--backend stub`` is always there and runs exec on the host: say so."""
+    from mvm.backends.stub import NO_ISOLATION
+
+    return Check("stub", "warn", NO_ISOLATION, fix="use it for tests only", required=False)
+
+
 def _busybox() -> Check:
     path = Path("/bin/busybox")
     if not path.exists():
@@ -150,7 +157,7 @@ def _kernel() -> Check:
 def _state_dir() -> Check:
     home = mvm_home()
     try:
-        home.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(home)
         probe = home / ".doctor-probe"
         probe.write_text("ok")
         probe.unlink()
@@ -217,6 +224,7 @@ CHECKS: tuple[Callable[[], Check], ...] = (
     _nix_builder,
     lambda: _backend("firecracker"),
     lambda: _backend("cloud-hypervisor"),
+    _stub_backend,
     _state_dir,
 )
 

@@ -34,10 +34,12 @@ from mvm.backends.guest import wrapper
 from mvm.backends.guest.client import AgentClient
 from mvm.backends.guest.streams import ExecSession
 from mvm.engine.errors import AgentError, ConfigError, MvmError, RequestTimeout
+from mvm.engine.invoke_schema import FunctionSchemas, check_args, check_result
 
 log = structlog.get_logger("mvm.invoke")
 
-_HEADER = struct.Struct(">I")
+_LEN = struct.Struct(">I")
+_HEADER = struct.Struct(">IB")  # reply frames: length, status (0 value, 1 error)
 DEFAULT_TIMEOUT = 60.0
 
 
@@ -91,38 +93,60 @@ def parse_request_file(data: bytes) -> tuple[list[Any], dict[str, Any]]:
         raise ConfigError(exc.message, code=exc.code) from None
 
 
-def decode_reply(data: bytes, stderr: bytes = b"") -> Any:
-    """The result of a reply envelope, or FunctionError / AgentError."""
-    body = data.strip()
-    if not body:
-        tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
-        raise AgentError(
-            "the function wrapper gave no reply" + (f": {' | '.join(tail)}" if tail else ""),
-            code="E_INVOKE_NO_REPLY",
-        )
+def _function_error(envelope: bytes) -> FunctionError:
+    """A FunctionError from the wrapper's ``{"error": {code, type, message, traceback?}}``."""
     try:
-        reply = wrapper.decode_json(body)
+        doc = wrapper.decode_json(envelope)
     except wrapper.WrapperError as exc:
         raise AgentError(
-            f"malformed reply from the guest: {exc.message}", code="E_INVOKE_REPLY"
+            f"malformed error envelope from the guest: {exc.message}", code="E_INVOKE_REPLY"
         ) from None
-    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
-        raise AgentError("malformed reply envelope from the guest", code="E_INVOKE_REPLY")
-    if reply["ok"]:
-        return reply.get("result")
-    error = reply.get("error")
+    error = doc.get("error") if isinstance(doc, dict) else None
     if not isinstance(error, dict):
         raise AgentError("malformed error envelope from the guest", code="E_INVOKE_REPLY")
     code = str(error.get("code") or "E_FUNCTION_FAILED")
     if not code.startswith("E_") or not code[2:].replace("_", "").isalnum():
         code = "E_FUNCTION_FAILED"
     tb = error.get("traceback")
-    raise FunctionError(
+    return FunctionError(
         code,
         str(error.get("message", "")),
         error_type=str(error.get("type", "")),
         traceback=tb if isinstance(tb, str) else None,
     )
+
+
+def decode_value(data: bytes) -> Any:
+    """The encoded return value (the seed's protocol: not wrapped)."""
+    try:
+        return wrapper.decode_json(data)
+    except wrapper.WrapperError as exc:
+        raise AgentError(
+            f"malformed reply from the guest: {exc.message}", code="E_INVOKE_REPLY"
+        ) from None
+
+
+def decode_reply(exit_code: int | None, stdout: bytes, stderr: bytes = b"") -> Any:
+    """A oneshot run: exit 0 -> stdout is the value; otherwise the last stderr line is
+    the error envelope (user prints land on stderr before it), else E_INVOKE_NO_REPLY."""
+    if exit_code == 0 and stdout.strip():
+        return decode_value(stdout.strip())
+    lines = stderr.decode(errors="replace").strip().splitlines()
+    if exit_code not in (0, None) and lines and lines[-1].startswith('{"error"'):
+        raise _function_error(lines[-1].encode())
+    tail = lines[-3:]
+    raise AgentError(
+        f"the function wrapper gave no reply (exit {exit_code})"
+        + (f": {' | '.join(tail)}" if tail else ""),
+        code="E_INVOKE_NO_REPLY",
+    )
+
+
+def decode_frame(status: int, body: bytes) -> Any:
+    """A longrunning reply frame: status 0 -> the value, 1 -> the error envelope."""
+    if status == 0:
+        return decode_value(body)
+    raise _function_error(body)
 
 
 async def invoke(
@@ -131,11 +155,14 @@ async def invoke(
     kwargs: dict[str, Any] | None = None,
     *,
     timeout: float = DEFAULT_TIMEOUT,
+    schemas: FunctionSchemas | None = None,
 ) -> Any:
-    """One cold call: a fresh wrapper process in the guest."""
+    """One cold call: a fresh wrapper process in the guest. ``schemas``: the IR's
+    args/return schemas, enforced on both sides of the call (engine/invoke_schema.py)."""
+    check_args(schemas, args, kwargs or {})
     request = encode_request(args, kwargs or {})
     result = await client.run(request, timeout=timeout)
-    return decode_reply(result.stdout, result.stderr)
+    return check_result(schemas, decode_reply(result.code, result.stdout, result.stderr))
 
 
 class _Session:
@@ -145,12 +172,16 @@ class _Session:
         self.proc = proc
         self._chunks: AsyncIterator[tuple[int, bytes]] = proc.output()
         self._buf = bytearray()
+        self._err = bytearray()
 
     async def _fill(self, n: int) -> None:
         while len(self._buf) < n:
             try:
                 fd, data = await self._chunks.__anext__()
             except StopAsyncIteration:
+                last = bytes(self._err).strip().splitlines()[-1:]
+                if last and last[0].startswith(b'{"error"'):
+                    raise _function_error(last[0]) from None  # e.g. E_WRAPPER_MODE
                 raise AgentError(
                     f"the warm wrapper exited (code {self.proc.exit_code})",
                     code="E_INVOKE_NO_REPLY",
@@ -158,21 +189,23 @@ class _Session:
             if fd == 1:
                 self._buf.extend(data)
             else:
+                self._err = (self._err + data)[-4096:]
                 log.debug("invoke.stderr", pid=self.proc.pid, data=data[:200])
 
-    async def call(self, request: bytes) -> bytes:
-        await self.proc.write(_HEADER.pack(len(request)) + request)
+    async def call(self, request: bytes) -> tuple[int, bytes]:
+        await self.proc.write(_LEN.pack(len(request)) + request)
         await self._fill(_HEADER.size)
-        (n,) = _HEADER.unpack(self._buf[: _HEADER.size])
+        n, status = _HEADER.unpack(self._buf[: _HEADER.size])
         if n > wrapper.MAX_OUTPUT + 1024:
             raise AgentError(f"warm wrapper announced a {n}-byte reply", code="E_INVOKE_REPLY")
         await self._fill(_HEADER.size + n)
         body = bytes(self._buf[_HEADER.size : _HEADER.size + n])
         del self._buf[: _HEADER.size + n]
-        return body
+        return status, body
 
 
-_Job = tuple[bytes, "MemoryObjectSendStream[bytes | BaseException]"]
+_Reply = tuple[int, bytes] | BaseException
+_Job = tuple[bytes, "MemoryObjectSendStream[_Reply]"]
 
 
 class WarmPool:
@@ -220,14 +253,16 @@ class WarmPool:
             while True:
                 async with client.open_run(mode="longrunning") as proc:
                     session = _Session(proc)
-                    await session.call(b"")  # warm-up: the guest imports the function
+                    status, body = await session.call(b"")  # warm-up: the guest imports it
+                    if status != 0:
+                        raise _function_error(body)
                     if not started:
                         started = True
                         self.ready += 1
                         task_status.started()
                     async for request, reply_to in jobs:
                         try:
-                            reply: bytes | BaseException = await session.call(request)
+                            reply: _Reply = await session.call(request)
                         except MvmError as exc:
                             reply = exc
                         with reply_to:
@@ -243,9 +278,11 @@ class WarmPool:
         kwargs: dict[str, Any] | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        schemas: FunctionSchemas | None = None,
     ) -> Any:
+        check_args(schemas, args, kwargs or {})
         request = encode_request(args, kwargs or {})
-        send, receive = anyio.create_memory_object_stream[bytes | BaseException](1)
+        send, receive = anyio.create_memory_object_stream[_Reply](1)
         with receive:
             await self._jobs.send((request, send))
             with anyio.move_on_after(timeout) as scope:
@@ -256,4 +293,4 @@ class WarmPool:
                 )
         if isinstance(reply, BaseException):
             raise reply
-        return decode_reply(reply)
+        return check_result(schemas, decode_frame(*reply))

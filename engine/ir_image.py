@@ -1,25 +1,29 @@
 """Workload IR -> ImageSpec for the offline builder (hosts without Nix).
 
-The IR's one app becomes one image. A python function entrypoint gets:
+The IR's one app becomes one image, laid out as the seed's "What ends up in the
+rootfs" (workload-ir-to-image) so the agent and the wrapper see the same files a
+Nix-built function workload has (nix/lib/factories/mkFunctionService.nix):
 
-* the host's CPython (Debian 12: ``/usr/bin/python3.11``, dynamically linked) with
-  its shared-library closure (``ldd``) at the same guest paths;
-* the standard library as ``/usr/lib/python311.zip`` holding only *compiled*
-  modules (Debian's ``__pycache__`` files, renamed to their legacy names; tests,
-  GUI and build-tool packages left out), so the guest never compiles a module at
-  start-up and the zip stays a few MiB; the extension modules of ``lib-dynload``
-  that a server might import, with their libraries;
-* the app's files (``source.local_path``) under ``/srv/app``;
-* the wrapper (``/usr/lib/mvm/wrapper.py``) plus ``/etc/mvm/wrapper.json`` (what
-  the agent's ``run`` starts) and ``/etc/mvm/runtime.json`` (which function, prod
-  or dev error envelopes, concurrency);
-* a ``command`` entrypoint running the wrapper's ``--boot``, which imports the
-  function once so a broken app shows on the console, then becomes ``sleep``.
+* ``/etc/mvm/entrypoint``: ``exec /usr/lib/mvm/wrappers/runner`` (what /init runs
+  at boot: the wrapper imports the function once, then becomes ``sleep``; the
+  agent's ``run`` execs it per call with ``MVM_RUN_MODE``);
+* ``/usr/lib/mvm/wrappers/runner``: the Python wrapper (backends/guest/wrapper.py)
+  behind a two-line sh header naming the interpreter; variant ``oneshot`` without
+  a concurrency block in the IR's entrypoint, ``longrunning`` with one;
+* ``/etc/mvm/wrapper.json`` = {module, function, format, working_dir, mode};
+* ``/etc/mvm/runtime.json`` = {language, module, function, format, source_path,
+  concurrency? (verbatim)};
+* the app's files (``source.local_path``, or ``app_root``) under ``working_dir``
+  (default ``/app``);
+* the host's CPython (Debian 12: ``/usr/bin/python3.11``) with its shared-library
+  closure at the same guest paths, and the standard library as
+  ``/usr/lib/python311.zip`` holding only *compiled* modules, so the guest never
+  compiles a module at start-up.
 
 ``resources`` map to vcpus/memory; mounts and network ports are not supported by
-the offline builder and are ignored with a warning. The warm-pool size comes from
-the extension ``"mvm.concurrency": {"warm": N}`` (the IR schema 0.1 has no field
-for it; extensions are its namespaced escape hatch).
+the offline builder and are ignored with a warning. msgpack needs a msgpack
+implementation in the image, which the stdlib-only guest has none of: refused
+(E_IR_FORMAT) at build time.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import uuid
@@ -55,9 +60,9 @@ from mvm.engine.paths import cache_dir
 
 log = structlog.get_logger("mvm.ir_image")
 
-APP_DIR = "/srv/app"
-WRAPPER_GUEST = "/usr/lib/mvm/wrapper.py"
-CONCURRENCY_EXTENSION = "mvm.concurrency"
+DEFAULT_WORKING_DIR = "/app"
+RUNNER_GUEST = "/usr/lib/mvm/wrappers/runner"
+CONCURRENCY_EXTENSION = "mvm.concurrency"  # legacy: before entrypoint.concurrency existed
 ZIP_RECIPE = "1"
 MAX_APP_FILES = 2000
 MAX_APP_BYTES = 64 * 1024 * 1024
@@ -222,22 +227,35 @@ def _pick_function(workload: Workload) -> tuple[str, FunctionEntrypoint | Comman
     return app.name, app.entrypoints[0]
 
 
+def concurrency_block(workload: Workload, entry: FunctionEntrypoint) -> dict[str, Any] | None:
+    """The entrypoint's ADR-0011 block, verbatim (None: oneshot)."""
+    block = entry.concurrency
+    if block is None and CONCURRENCY_EXTENSION in workload.extensions:
+        concurrency(workload)  # checks the legacy extension's shape
+        block = workload.extensions[CONCURRENCY_EXTENSION]
+    return dict(block) if isinstance(block, dict) else None
+
+
 def concurrency(workload: Workload) -> int:
-    """Warm-pool size from ``extensions["mvm.concurrency"]["warm"]`` (0: no pool)."""
-    block = workload.extensions.get(CONCURRENCY_EXTENSION)
+    """Warm-pool size: ``warm`` of the primary entrypoint's concurrency block, or of
+    the legacy extension ``"mvm.concurrency"`` (0: no pool)."""
+    fns = [e for a in workload.apps for e in a.entrypoints if isinstance(e, FunctionEntrypoint)]
+    blocks = [e.concurrency for e in fns]
+    block = next((b for b in blocks if b is not None), None)
+    if block is None:
+        block = workload.extensions.get(CONCURRENCY_EXTENSION)
     if block is None:
         return 0
-    warm = block.get("warm") if isinstance(block, dict) else None
+    warm = block.get("warm", 0) if isinstance(block, dict) else None
     if not isinstance(warm, int) or isinstance(warm, bool) or not 0 <= warm <= 64:
         raise ConfigError(
-            f'extensions["{CONCURRENCY_EXTENSION}"] must be {{"warm": 0..64}}',
-            code="E_IR_CONCURRENCY",
+            'the concurrency block must be {"warm": 0..64, ...}', code="E_IR_CONCURRENCY"
         )
     return warm
 
 
-def _app_files(root: Path) -> dict[str, str]:
-    """Guest path under /srv/app -> host path, for every regular file of the source."""
+def _app_files(root: Path, working_dir: str) -> dict[str, str]:
+    """Guest path under working_dir -> host path, for every regular file of the source."""
     if not root.is_dir():
         raise ConfigError(f"app source {root} is not a directory", code="E_IR_SOURCE")
     files: dict[str, str] = {}
@@ -257,7 +275,7 @@ def _app_files(root: Path) -> dict[str, str]:
                     f"(limits: {MAX_APP_FILES} files, {MAX_APP_BYTES >> 20} MiB)",
                     code="E_IR_SOURCE",
                 )
-            files[str(PurePosixPath(APP_DIR) / path.relative_to(root).as_posix())] = str(path)
+            files[str(PurePosixPath(working_dir) / path.relative_to(root).as_posix())] = str(path)
     return files
 
 
@@ -266,19 +284,73 @@ def wrapper_source() -> str:
     return resources.files("mvm.backends.guest").joinpath("wrapper.py").read_text("utf-8")
 
 
+def runner_text(python: str, variant: str, env: dict[str, str]) -> str:
+    """The wrapper behind an sh/Python polyglot header: sh runs line 2 (exec the
+    interpreter on this file), Python sees a string literal and goes on."""
+    assigns = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(env.items()))
+    line = f'exec /bin/env {assigns} {python} -s "$0" --variant {variant} "$@"'
+    if "'''" in line or "\n" in line:
+        raise ConfigError("app env values must not contain newlines or '''", code="E_IR_ENV")
+    # The header string is the module's docstring now, so the wrapper's
+    # `from __future__` (legal only first) goes: 3.10+ evaluates its annotations fine.
+    body = wrapper_source().replace("from __future__ import annotations\n", "", 1)
+    return f"#!/bin/sh\n''''{line} #'''\n" + body
+
+
+def _host_runner(text: str) -> Path:
+    """The runner as an executable host file (host_files keep the exec bit)."""
+    digest = hashlib.sha256(text.encode()).hexdigest()[:32]
+    target = cache_dir() / "runners" / digest / "runner"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".runner.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        os.replace(tmp, target)
+    return target
+
+
+def function_files(workload: Workload, entry: FunctionEntrypoint, *, dev: bool) -> dict[str, str]:
+    """/etc/mvm/wrapper.json and runtime.json, exactly the seed's keys."""
+    working_dir = entry.working_dir or DEFAULT_WORKING_DIR
+    wrapper = {
+        "module": entry.module,
+        "function": entry.function,
+        "format": entry.format,
+        "working_dir": working_dir,
+        "mode": "dev" if dev else "prod",
+    }
+    runtime: dict[str, Any] = {
+        "language": entry.language,
+        "module": entry.module,
+        "function": entry.function,
+        "format": entry.format,
+        "source_path": working_dir,
+    }
+    block = concurrency_block(workload, entry)
+    if block is not None:
+        runtime["concurrency"] = block
+    return {
+        "wrapper.json": json.dumps(wrapper, indent=2) + "\n",
+        "runtime.json": json.dumps(runtime, indent=2) + "\n",
+    }
+
+
 def workload_image_spec(
     workload: Workload,
     *,
     base_dir: Path,
     dev: bool = False,
     runtime: PythonRuntime | None = None,
+    app_root: Path | None = None,
 ) -> ImageSpec:
-    """The ImageSpec of a validated workload (blocking: may build the stdlib zip)."""
+    """The ImageSpec of a validated workload (blocking: may build the stdlib zip).
+    ``app_root`` (mkFunctionWorkload's appPkg) replaces the IR's local_path source."""
     name, entry = _pick_function(workload)
     app = workload.apps[0]
     if app.mounts:
         log.warning("ir_image.mounts_ignored", app=name, mounts=len(app.mounts))
-    if app.network.ports:
+    if app.network is not None and app.network.ports:
         log.warning("ir_image.ports_ignored", app=name, ports=list(app.network.ports))
     if not isinstance(app.image, NixPackages):
         raise ConfigError(
@@ -288,7 +360,7 @@ def workload_image_spec(
     common = {"name": name, "dev": dev, "vcpus": app.resources.vcpus}
     common["memory_mib"] = app.resources.memory_mb
     if isinstance(entry, CommandEntrypoint):
-        return ImageSpec(command=entry.argv, **common)  # type: ignore[arg-type]
+        return ImageSpec(command=entry.command, **common)  # type: ignore[arg-type]
     if entry.language != "python":
         raise ConfigError(
             f"function language {entry.language!r}: the offline builder supports python only",
@@ -296,39 +368,36 @@ def workload_image_spec(
             hint="build with Nix (nix/lib) for other languages",
         )
     if entry.format != "json":
-        raise ConfigError(f"function format {entry.format!r} is not supported", code="E_IR_FORMAT")
-    if not isinstance(app.source, LocalPath):
         raise ConfigError(
-            f"app {name!r}: the offline builder needs a local_path source", code="E_IR_SOURCE"
+            f"function format {entry.format!r}: the guest's python has no msgpack "
+            "implementation (stdlib only), so the wrapper cannot decode it",
+            code="E_IR_FORMAT",
+            hint='use format="json"',
         )
+    if app_root is None:
+        if not isinstance(app.source, LocalPath):
+            raise ConfigError(
+                f"app {name!r}: the offline builder needs a local_path source", code="E_IR_SOURCE"
+            )
+        app_root = base_dir / app.source.path
     extra = [p for p in app.image.packages if p not in ("python3", "python311", "python3Minimal")]
     if extra:
         log.warning("ir_image.packages_ignored", app=name, packages=extra)
     rt = runtime or python_runtime()
     env = {"PYTHONHOME": "/usr", "PYTHONDONTWRITEBYTECODE": "1", **app.env}
-    python = [rt.executable, "-s", WRAPPER_GUEST]
-    runtime_json = {
-        "language": "python",
-        "module": entry.module,
-        "function": entry.function,
-        "format": entry.format,
-        "app_dir": APP_DIR,
-        "mode": "dev" if dev else "prod",
-        "concurrency": {"warm": concurrency(workload)},
-        "workload": workload.id,
+    variant = "longrunning" if concurrency_block(workload, entry) is not None else "oneshot"
+    runner = _host_runner(runner_text(rt.executable, variant, env))
+    working_dir = entry.working_dir or DEFAULT_WORKING_DIR
+    host_files = {
+        rt.zip_guest: str(rt.zip_host),
+        RUNNER_GUEST: str(runner),
+        **_app_files(app_root, working_dir),
     }
-    wrapper_json = {"argv": python, "env": env, "cwd": APP_DIR}
-    host_files = {rt.zip_guest: str(rt.zip_host), **_app_files(base_dir / app.source.path)}
-    env_argv = ["/bin/env", *(f"{k}={v}" for k, v in sorted(env.items()))]
     return ImageSpec(
-        command=(*env_argv, *python, "--boot"),
+        command=(RUNNER_GUEST,),
         packages=rt.files,
-        extra_files={WRAPPER_GUEST: wrapper_source()},
         host_files=host_files,
-        mvm_files={
-            "wrapper.json": json.dumps(wrapper_json, indent=2, sort_keys=True) + "\n",
-            "runtime.json": json.dumps(runtime_json, indent=2, sort_keys=True) + "\n",
-        },
+        mvm_files=function_files(workload, entry, dev=dev),
         **common,  # type: ignore[arg-type]
     )
 

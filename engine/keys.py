@@ -81,6 +81,11 @@ class HostKey:
             _create(path)
         return cls(private_key=_load(path), path=path)
 
+    @classmethod
+    def load_existing(cls, path: Path) -> HostKey:
+        """Load without creating (``audit verify`` must not mint a new key)."""
+        return cls(private_key=_load(path), path=path)
+
 
 def _refuse(path: Path, why: str, hint: str) -> KeyPermissions:
     return KeyPermissions(f"host signing key {path} {why}; refusing to use it", hint=hint)

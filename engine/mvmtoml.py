@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from mvm.engine.errors import ConfigError
-from mvm.engine.vmrequest import PortMapping
+from mvm.engine.vmrequest import MEMORY_MIB_RANGE, VCPU_RANGE, PortMapping
 from mvm.engine.volumes import Volume
 
 HYPERVISORS = ("qemu", "firecracker", "cloud-hypervisor", "stub")
@@ -112,7 +112,7 @@ def _check(data: dict[str, Any], path: Path) -> tuple[MvmToml | None, list[Confi
             continue
         good[key] = value
     fields: dict[str, Any] = {k: good[k] for k in ("flake", "profile", "hypervisor") if k in good}
-    for key, low, high in (("vcpus", 1, 64), ("memory_mib", 64, 1024 * 1024)):
+    for key, (low, high) in (("vcpus", VCPU_RANGE), ("memory_mib", MEMORY_MIB_RANGE)):
         if key in good:
             if not low <= good[key] <= high:
                 problems.append(

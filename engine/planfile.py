@@ -15,6 +15,7 @@ import cattrs
 
 from mvm.backends.base import LaunchPlan
 from mvm.engine.errors import StateError
+from mvm.engine.paths import write_private
 
 PLAN_FILE = "plan.json"
 
@@ -26,7 +27,7 @@ _conv.register_structure_hook(Path, lambda value, _: Path(value))
 def save_plan(plan: LaunchPlan) -> Path:
     path = plan.run_dir / PLAN_FILE
     tmp = path.with_name(PLAN_FILE + ".tmp")
-    tmp.write_text(json.dumps(_conv.unstructure(plan), sort_keys=True) + "\n")
+    write_private(tmp, json.dumps(_conv.unstructure(plan), sort_keys=True) + "\n")
     os.replace(tmp, path)
     return path
 

@@ -209,7 +209,7 @@ class Admission:
     def __init__(self, *, key: HostKey | None = None, db_path: Path | None = None) -> None:
         self.key = key or HostKey.load_or_create()
         self.db_path = db_path or audit_db_path()
-        self.audit = AuditLog(self.db_path)
+        self.audit = AuditLog(self.db_path, key=self.key)
 
     def issue(
         self,
@@ -238,7 +238,7 @@ class Admission:
         current = time.time() if now is None else now
         try:
             verify_plan(plan, self.key.public_key, now=current)
-            with transaction(self.db_path) as conn:
+            with transaction(self.db_path, self.key) as conn:
                 consume_nonce_in(conn, plan, now=current)
                 entry = append_in(conn, PLAN_ADMITTED, _summary(plan))
         except SecurityError as exc:

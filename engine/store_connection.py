@@ -21,6 +21,7 @@ from pathlib import Path
 
 from mvm.engine.errors import StateError
 from mvm.engine.migrations import apply_migrations
+from mvm.engine.paths import make_private_dirs
 from mvm.engine.store_errors import state_error
 
 
@@ -37,27 +38,12 @@ def enable_wal(conn: sqlite3.Connection, busy_timeout_s: float) -> None:
             time.sleep(0.01)
 
 
-def _make_private_dirs(directory: Path) -> None:
-    """Create missing parents 0700: the database names VMs, sockets and pids."""
-    missing: list[Path] = []
-    d = directory
-    while not d.exists():
-        missing.append(d)
-        d = d.parent
-    for d in reversed(missing):
-        try:
-            d.mkdir(mode=0o700)
-        except FileExistsError:
-            continue
-        os.chmod(d, 0o700)  # mkdir's mode is masked by the umask
-
-
 def open_connection(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
     """Create (0600, in 0700 directories), configure and migrate the database at
     ``path``; blocking. Raises StateError with an E_DB_* code for what SQLite
     reports about the file (newer schema, corrupt, unwritable)."""
     try:
-        _make_private_dirs(path.parent)
+        make_private_dirs(path.parent)
         os.close(os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600))
     except OSError as exc:
         hint = "check the permissions of MVM_HOME, or point MVM_HOME elsewhere"

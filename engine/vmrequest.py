@@ -6,6 +6,7 @@ coded one-line error and leaves nothing behind.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Literal
 
@@ -17,6 +18,10 @@ from mvm.engine.volumes import Volume, check_volumes
 Mode = Literal["attached", "detached"]
 
 _VM_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+# The same ranges mvm.toml accepts (engine/mvmtoml.py reads them from here).
+VCPU_RANGE = (1, 64)
+MEMORY_MIB_RANGE = (64, 1024 * 1024)
+
 _PORT_SPEC = re.compile(r"^(?:(?P<addr>[0-9.]+|localhost):)?(?P<host>\d{1,5}):(?P<guest>\d{1,5})$")
 
 
@@ -46,6 +51,14 @@ class PortMapping:
         addr = m["addr"] or "127.0.0.1"
         if addr == "localhost":
             addr = "127.0.0.1"
+        try:
+            ipaddress.IPv4Address(addr)
+        except ValueError:
+            raise ConfigError(
+                f"{addr!r} in port mapping {text!r} is not an IPv4 address",
+                code="E_PORT_SPEC",
+                hint="use [ADDR:]HOST:GUEST, for example -p 127.0.0.1:8080:80",
+            ) from None
         return cls(host_port=host, guest_port=guest, host_addr=addr)
 
     def __str__(self) -> str:
@@ -60,6 +73,34 @@ def check_vm_name(name: str) -> str:
             hint="use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit",
         )
     return name
+
+
+def check_resources(vcpus: int | None, memory_mib: int | None) -> None:
+    """Refuse out-of-range vCPUs/memory here, before any plan is signed or audited
+    (``0`` is an error, not "the default"); every problem is reported."""
+    problems: list[ConfigError] = []
+    for label, value, (low, high), code in (
+        ("vcpus", vcpus, VCPU_RANGE, "E_VCPUS"),
+        ("memory_mib", memory_mib, MEMORY_MIB_RANGE, "E_MEMORY"),
+    ):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            problems.append(
+                ConfigError(
+                    f"{label} {value!r} is out of range {low}..{high}",
+                    code=code,
+                    hint=f"give {label} between {low} and {high}",
+                )
+            )
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ConfigError(
+            "; ".join(f"[{p.code}] {p.message}" for p in problems),
+            code=problems[0].code,
+            hint="; ".join(p.hint or "" for p in problems),
+        )
 
 
 NetMode = Literal["none", "tap"]
@@ -85,6 +126,7 @@ class VmRequest:
     ir_hash: str | None = None  # set when launched from Workload IR: signed into the plan
 
     def __attrs_post_init__(self) -> None:
+        check_resources(self.vcpus, self.memory_mib)
         seen: set[tuple[str, int]] = set()
         for p in self.ports:
             key = (p.host_addr, p.host_port)

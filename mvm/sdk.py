@@ -101,18 +101,21 @@ def _split_oci(ref: str, digest: str | None, where: str) -> tuple[str, str]:
 
 class _SourceHelpers:
     @staticmethod
-    def local(path: str = ".") -> LocalPath:
-        """Code in a directory relative to the entry file's directory."""
-        return LocalPath(path=path)
+    def local(
+        path: str = ".", *, include: Iterable[str] = ("**",), exclude: Iterable[str] = ()
+    ) -> LocalPath:
+        """Code in a directory relative to the entry file's directory (glob filters)."""
+        return LocalPath(path=path, include=tuple(include), exclude=tuple(exclude))
 
     @staticmethod
-    def nix(flake: str, attr: str = "default") -> NixDerivation:
-        return NixDerivation(flake=flake, attr=attr)
+    def nix(expr: str) -> NixDerivation:
+        """Source produced by a Nix expression evaluated inside the same flake."""
+        return NixDerivation(expr=expr)
 
     @staticmethod
     def oci(ref: str, digest: str | None = None) -> OciImage:
         ref, digest = _split_oci(ref, digest, "mvm.source.oci()")
-        return OciImage(ref=ref, digest=digest)
+        return OciImage(reference=ref, digest=digest)
 
 
 class _ImageHelpers:
@@ -125,7 +128,7 @@ class _ImageHelpers:
     @staticmethod
     def oci_base(ref: str, digest: str | None = None) -> OciBase:
         ref, digest = _split_oci(ref, digest, "mvm.image.oci_base()")
-        return OciBase(ref=ref, digest=digest)
+        return OciBase(reference=ref, digest=digest)
 
 
 class _DepsHelpers:
@@ -188,6 +191,9 @@ def function(
     primary: bool = False,
     args_schema: Mapping[str, Any] | None = None,
     return_schema: Mapping[str, Any] | None = None,
+    concurrency: Mapping[str, Any] | None = None,
+    extra_imports: Iterable[str] = (),
+    working_dir: str = "/app",
 ) -> Callable[[F], F]:
     """Declare a function entrypoint ``module.function`` that the guest runtime invokes."""
     ep = FunctionEntrypoint(
@@ -198,6 +204,9 @@ def function(
         primary=primary,
         args_schema=dict(args_schema) if args_schema is not None else None,
         return_schema=dict(return_schema) if return_schema is not None else None,
+        concurrency=dict(concurrency) if concurrency is not None else None,
+        extra_imports=tuple(extra_imports),
+        working_dir=working_dir,
     )
 
     def decorate(target: F) -> F:
@@ -207,11 +216,13 @@ def function(
     return decorate
 
 
-def command(argv: Iterable[str]) -> Callable[[F], F]:
-    """Declare a command entrypoint (argv executed in the guest)."""
+def command(
+    argv: Iterable[str], *, working_dir: str = "/app", env: Mapping[str, str] | None = None
+) -> Callable[[F], F]:
+    """Declare a command entrypoint (argv executed in the guest once at boot)."""
     if isinstance(argv, str):
         raise ConfigError("command takes argv as a list, not one string")
-    ep = CommandEntrypoint(argv=tuple(argv))
+    ep = CommandEntrypoint(command=tuple(argv), working_dir=working_dir, env=dict(env or {}))
 
     def decorate(target: F) -> F:
         _add_entrypoint(target, ep)
@@ -223,30 +234,34 @@ def command(argv: Iterable[str]) -> Callable[[F], F]:
 def app(
     *,
     name: str,
-    source: Source,
     image: Image,
     dependencies: Dependencies,
+    source: Source | None = None,
     resources: Resources | None = None,
     env: Mapping[str, str] | None = None,
     mounts: Iterable[Mount] = (),
     network: Network | None = None,
-    threat_tier: ThreatTier = "standard",
+    threat_tier: ThreatTier = "untrusted",
     addons: Iterable[str] = (),
 ) -> Callable[[F], F]:
-    """Declare an app; put it above its ``@mvm.function`` / ``@mvm.command`` decorators."""
+    """Declare an app; put it above its ``@mvm.function`` / ``@mvm.command`` decorators.
+
+    ``source`` defaults to ``mvm.source.local(".")``: the directory holding the entry
+    file, which is where the seed's short example keeps ``app.py``.
+    """
 
     def decorate(target: F) -> F:
         entrypoints = getattr(target, _ENTRYPOINTS_ATTR, ())
         _registry.apps.append(
             App(
                 name=name,
-                source=source,
+                source=source if source is not None else LocalPath("."),
                 image=image,
                 entrypoints=tuple(entrypoints),
                 dependencies=dependencies,
                 env=dict(env or {}),
                 mounts=tuple(mounts),
-                network=network or Network(),
+                network=network,
                 resources=resources or Resources(),
                 threat_tier=threat_tier,
                 addons=tuple(addons),

@@ -40,6 +40,7 @@ from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
 from mvm.backends.hybrid_vsock import HybridVsockEndpoint
 from mvm.backends.qemu.backend import check_inputs
 from mvm.engine.errors import BackendError, BackendUnavailable, ConfigError
+from mvm.engine.paths import CHILD_UMASK, ensure_private_dir
 from mvm.engine.process import (
     is_same_process,
     kill_verified,
@@ -200,13 +201,14 @@ class CloudHypervisorBackend:
     async def spawn(self, plan: LaunchPlan) -> ChHandle:
         """Start the empty VMM and wait for ``vmm.ping``; creates no VM."""
         paths = ChPaths(plan.run_dir)
-        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(plan.run_dir)
         for stale in (paths.api, paths.vsock, paths.pid):
             stale.unlink(missing_ok=True)
         try:
             with open(paths.log, "ab") as out:
                 proc = subprocess.Popen(
                     list(plan.argv),
+                    umask=CHILD_UMASK,
                     cwd=plan.run_dir,
                     stdin=subprocess.DEVNULL,
                     stdout=out,

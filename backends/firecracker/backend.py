@@ -50,6 +50,7 @@ from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
 from mvm.backends.hybrid_vsock import HybridVsockEndpoint
 from mvm.backends.qemu.backend import check_inputs
 from mvm.engine.errors import BackendError, BackendUnavailable, ConfigError
+from mvm.engine.paths import CHILD_UMASK, ensure_private_dir, private_opener
 from mvm.engine.process import (
     is_same_process,
     kill_verified,
@@ -286,15 +287,16 @@ class FirecrackerBackend:
     async def spawn(self, plan: LaunchPlan) -> FirecrackerHandle:
         """Start the process and wait until its API answers; configures nothing."""
         paths = FcPaths(plan.run_dir)
-        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(plan.run_dir)
         for stale in (paths.api, paths.vsock, paths.pid):
             stale.unlink(missing_ok=True)
         for sink in (paths.log, paths.metrics):  # Firecracker refuses a missing log file
             sink.touch()
         try:
-            with open(plan.console_log, "ab") as console:
+            with open(plan.console_log, "ab", opener=private_opener) as console:
                 proc = subprocess.Popen(
                     list(plan.argv),
+                    umask=CHILD_UMASK,
                     cwd=plan.run_dir,
                     stdin=subprocess.DEVNULL,
                     stdout=console,

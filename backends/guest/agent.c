@@ -53,6 +53,8 @@ config_t g_cfg = {
 	.log_dir = "/var/log/mvm",
 	.ctl = "/run/mvm/ctl",
 	.wrapper = "/etc/mvm/wrapper.json",
+	.console_shell = "/bin/sh",
+	.run_dir = "/run/mvm",
 };
 int g_more_work;
 
@@ -68,7 +70,9 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: mvm-agent [--serial DEV|NAME] [--vsock PORT] [--tcp-listen HOST:PORT]\n"
 		"                 [--sealed] [--health-dir DIR] [--log-dir DIR] [--ctl FIFO]\n"
-		"                 [--wrapper FILE]\n"
+		"                 [--wrapper FILE] [--spawn SOCKET] [--console-shell PROG]\n"
+		"                 [--run-dir DIR]\n"
+		"       mvm-agent spawnd --socket PATH --uid U [--peer-uid A]\n"
 		"       mvm-agent setpriv [--reuid=U] [--regid=G] [--clear-groups] [--no-new-privs] "
 		"PROG [ARGS..]\n");
 	exit(2);
@@ -485,6 +489,8 @@ int main(int argc, char **argv)
 		return setpriv_main(argc - 1, argv + 1);
 	if (argc > 1 && !strcmp(argv[1], "reseed")) /* identity.c */
 		return reseed_main(argc - 1, argv + 1);
+	if (argc > 1 && !strcmp(argv[1], "spawnd")) /* spawnd.c, root: started by /init */
+		return spawnd_main(argc - 1, argv + 1);
 	const char *tcp = NULL, *vsock = NULL;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
@@ -509,6 +515,12 @@ int main(int argc, char **argv)
 			g_cfg.ctl = v;
 		else if (!strcmp(a, "--wrapper"))
 			g_cfg.wrapper = v;
+		else if (!strcmp(a, "--spawn"))
+			g_cfg.spawn = v;
+		else if (!strcmp(a, "--console-shell"))
+			g_cfg.console_shell = v;
+		else if (!strcmp(a, "--run-dir"))
+			g_cfg.run_dir = v;
 		else
 			usage();
 		i++;

@@ -38,6 +38,7 @@ class Channel:
         self._unacked = 0
         self._window_changed = anyio.Event()
         self._aborted: str | None = None
+        self._abort_code = "E_AGENT_GONE"
         self.remote_closed = False
         self.local_closed = False
 
@@ -56,8 +57,13 @@ class Channel:
         if self.remote_closed:
             self._wake_senders()
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: str, *, code: str = "E_AGENT_GONE") -> None:
+        """End this request from the host side: the link closed (E_AGENT_GONE) or the
+        agent restarted and forgot it (E_AGENT_RESTARTED)."""
         self._aborted = reason
+        self._abort_code = code
+        if code == "E_AGENT_RESTARTED":
+            self.remote_closed = True  # the new agent never knew this id: nothing to close
         self._send.close()
         self._wake_senders()
 
@@ -73,7 +79,8 @@ class Channel:
             return await self._recv.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise AgentError(
-                f"guest agent connection lost ({self._aborted or 'closed'})", code="E_AGENT_GONE"
+                f"guest agent connection lost ({self._aborted or 'closed'})",
+                code=self._abort_code,
             ) from None
 
     async def next(self) -> dict[str, Any]:

@@ -73,6 +73,10 @@ class AgentClient:
         self._health_cache: tuple[float, dict[str, dict[str, Any]]] | None = None
         self._health_inflight: anyio.Event | None = None
         self._health_waiters: dict[str, anyio.Event] = {}
+        # Hellos we asked for (the dial's re-greet) and have not seen answered yet:
+        # any other hello means the agent restarted or dropped this link's streams.
+        self._greets_pending = 0
+        self.restarts = 0
 
     @classmethod
     @asynccontextmanager
@@ -82,10 +86,14 @@ class AgentClient:
         *,
         hello_timeout: float,
         on_event: EventCallback | None = None,
+        regreet: bool = True,
     ) -> AsyncIterator[AgentClient]:
-        """Wait for the agent's hello (TimeoutError if none comes), then serve requests."""
+        """Ask the agent to greet (a virtio-serial agent may not notice a re-dial and
+        stay silent), wait for its hello (TimeoutError if none comes), then serve."""
         reader = FrameReader(stream)
         try:
+            if regreet:
+                await stream.send(encode_frame({"t": "hello", "id": 0}))
             with anyio.fail_after(hello_timeout):
                 hello = await reader.read()
             if hello is None:
@@ -105,6 +113,9 @@ class AgentClient:
                 await stream.aclose()
             raise
         client = cls(stream, reader, hello, on_event)
+        # On a fresh TCP/vsock connection the agent greets by itself and then again in
+        # answer to ours: that second hello is expected, not a restart.
+        client._greets_pending = 1 if regreet else 0
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(client._read_loop)
@@ -152,10 +163,42 @@ class AgentClient:
             channel.abort(reason)
         self._channels.clear()
 
+    def _hello(self, message: dict[str, Any]) -> None:
+        """A hello after the first: the answer to our re-greet, or the agent restarted
+        (new pid) / dropped this link's streams (a greeting we did not ask for). Then
+        every in-flight request fails with E_AGENT_RESTARTED (exec, run, logs -f,
+        console and forwarded connections alike, since all are channels), and health
+        is ``unknown`` until the new agent reports."""
+        same_agent = message.get("pid") == self.hello.get("pid")
+        if same_agent and self._greets_pending > 0:
+            self._greets_pending -= 1
+            self.hello = dict(message)
+            return
+        self._greets_pending = 0
+        self.restarts += 1
+        reason = "the guest agent restarted" if not same_agent else "the guest agent re-greeted"
+        log.warning(
+            "agent.restarted",
+            old_pid=self.hello.get("pid"),
+            new_pid=message.get("pid"),
+            in_flight=len(self._channels),
+        )
+        self.hello = dict(message)
+        for channel in list(self._channels.values()):
+            channel.abort(reason, code="E_AGENT_RESTARTED")
+        self._channels.clear()
+        self.health_status = {name: "unknown" for name in self.health_status}
+        self._health_cache = None
+        for waiter in self._health_waiters.values():
+            waiter.set()
+        self._health_waiters.clear()
+
     def _dispatch(self, message: dict[str, Any]) -> None:
         ident = message["id"]
         if ident == 0:
-            if message["t"] == "health_changed":
+            if message["t"] == "hello":
+                self._hello(message)
+            elif message["t"] == "health_changed":
                 service = str(message.get("service"))
                 self.health_status[service] = str(message.get("status"))
                 self._health_cache = None  # the table is stale now
@@ -358,6 +401,27 @@ class AgentClient:
         finally:
             with anyio.CancelScope(shield=True):
                 await channel.close()
+
+    @asynccontextmanager
+    async def open_console(
+        self, *, rows: int = 24, cols: int = 80, env: dict[str, str] | None = None
+    ) -> AsyncIterator[ExecSession]:
+        """The image's console shell (its shell entrypoint, else busybox sh) on a PTY,
+        as the entrypoint's uid. Sealed images refuse it with E_SEALED."""
+        fields: dict[str, Any] = {"rows": rows, "cols": cols}
+        if env:
+            fields["env"] = env
+        channel = await self.open_channel("console", **fields)
+        try:
+            started = await channel.next()
+            yield ExecSession(channel, pid=int(started.get("pid", 0)))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await channel.close()
+
+    async def uids(self, timeout: float = 10.0) -> dict[str, Any]:
+        """What the guest's /proc says the agent, entrypoint and services run as."""
+        return await self._call("uids", timeout=timeout)
 
     async def exec(
         self,

@@ -55,6 +55,10 @@ def decode_body(body: bytes) -> dict[str, Any]:
         message = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"frame is not JSON: {exc}") from None
+    except ValueError as exc:  # e.g. an integer past Python's 4300-digit limit
+        raise ProtocolError(f"frame is not acceptable JSON: {exc}") from None
+    except RecursionError:  # ~100k nested brackets fit in one 256 KiB frame
+        raise ProtocolError("frame nests too deeply") from None
     if not isinstance(message, dict) or not isinstance(message.get("t"), str):
         raise ProtocolError("frame is not an object with a string 't'")
     ident = message.get("id", 0)

@@ -42,6 +42,7 @@ from mvm.backends.qemu.argv import AGENT_VSOCK_PORT, RunPaths, build_argv
 from mvm.backends.qemu.endpoint import UnixSocketEndpoint, VsockEndpoint, parse_vsock_address
 from mvm.backends.qemu.qmp import QmpClient
 from mvm.engine.errors import BackendError, ConfigError
+from mvm.engine.paths import CHILD_UMASK, ensure_private_dir, private_opener
 from mvm.engine.process import (
     is_same_process,
     kill_verified,
@@ -224,16 +225,17 @@ class QemuBackend:
         check_inputs(
             Path(kernel) if kernel else None, _root_drive(plan.argv), _incoming_file(plan.argv)
         )
-        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(plan.run_dir)
         for stale in (plan.control_socket, plan.agent_socket, plan.pid_file):
             if stale.name.endswith((".sock", ".pid")):
                 stale.unlink(missing_ok=True)
         stderr_path = RunPaths(plan.run_dir).stderr
         t0 = time.monotonic()
-        with open(stderr_path, "wb") as errlog:
+        with open(stderr_path, "wb", opener=private_opener) as errlog:
             try:
                 proc = subprocess.Popen(
                     list(plan.argv),
+                    umask=CHILD_UMASK,
                     stdin=subprocess.DEVNULL,
                     stdout=errlog,
                     stderr=subprocess.STDOUT,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mvm.backends import nix_meta
-from mvm.engine.builders import ARTIFACTS, BuildJob, BuildMode, LogFn
+from mvm.engine.builders import ARTIFACTS, BuildJob, BuildMode, LogFn, offline_function
 from mvm.engine.errors import BuildPhaseError, ConfigError, MvmError
 from mvm.engine.imagespec import HealthCheck, ImageSpec, Service, Uids
 
@@ -59,6 +59,8 @@ in
     throw "E_FLAKE_OFFLINE: offline: the flake needs inputs ${toString missing}"
   else if found == [ ] then
     throw "E_FLAKE_OFFLINE: offline: the flake has no packages.${args.system}.${args.attr}"
+  else if (drv.passthru or { }) ? mvmFunctionWorkload then
+    { inherit system; inherit (drv.passthru) mvmFunctionWorkload; }
   else if !((drv.passthru or { }) ? spec) then
     throw "E_FLAKE_OFFLINE: offline: packages.${system}.${args.attr} is not an mkGuest image"
   else { inherit system; inherit (drv.passthru) spec mvm; }
@@ -131,6 +133,8 @@ async def flake_to_spec(source: Path, attr: str) -> ImageSpec:
             code="E_FLAKE_SYSTEM",
             hint=f"add packages.{host_system()}.{attr}, or build on a {system} host",
         )
+    if offline_function.KEY in info:  # mkFunctionWorkload: built from its IR
+        return await offline_function.function_workload_spec(info[offline_function.KEY])
     return spec_from_nix(info["spec"])
 
 

@@ -28,7 +28,14 @@ from cattrs.errors import (
 )
 
 from mvm.engine.errors import IrError
-from mvm.engine.ir.model import UNION_TAGS, OciBase, OciImage, Workload, tag_of
+from mvm.engine.ir.model import (
+    OMIT_AT_DEFAULT,
+    UNION_TAGS,
+    VARIANT_KIND,
+    OciBase,
+    OciImage,
+    Workload,
+)
 
 # RFC 8785 (I-JSON) numbers are IEEE doubles: larger integers do not round-trip.
 MAX_SAFE_INT = 2**53 - 1
@@ -38,6 +45,7 @@ E_TYPE = "E_IR_TYPE"
 E_UNKNOWN = "E_IR_UNKNOWN_FIELD"
 E_MISSING = "E_IR_MISSING_FIELD"
 E_OCI_DIGEST = "E_OCI_DIGEST"
+E_LEGACY = "E_IR_LEGACY_FORMAT"
 
 Segment = str | int
 T = TypeVar("T")
@@ -46,11 +54,18 @@ T = TypeVar("T")
 class Problem(Exception):
     """A leaf failure inside a hook: code, detail and the path below the hook's value."""
 
-    def __init__(self, code: str, detail: str, segments: tuple[Segment, ...] = ()) -> None:
+    def __init__(
+        self,
+        code: str,
+        detail: str,
+        segments: tuple[Segment, ...] = (),
+        hint: str | None = None,
+    ) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
         self.segments = segments
+        self.hint = hint
 
 
 def json_path(segments: tuple[Segment, ...] | list[Segment]) -> str:
@@ -291,26 +306,23 @@ def make_converters() -> tuple[cattrs.Converter, cattrs.Converter]:
 
         def hook(value: object, _t: object) -> Any:
             if not isinstance(value, dict):
-                raise _expect(f"an object with one of {names}", value)
+                raise _expect(f'an object with "kind" one of {names}', value)
             for key in value:
                 check_key(key)
-            unknown = [k for k in value if k not in tags]
-            if unknown:
-                raise Problem(E_UNKNOWN, f"unknown field; expected one of {names}", (unknown[0],))
-            if not value:
-                raise Problem(E_MISSING, f"expected exactly one of {names}")
-            if len(value) > 1:
-                raise Problem(E_TYPE, f"give exactly one of {names}, not {', '.join(value)}")
-            ((tag, inner),) = value.items()
-            cls = tags[tag]
-            try:
-                return conv.structure(inner, cls)
-            except Exception as exc:
-                raise ClassValidationError(
-                    f"While structuring {t}",
-                    [_note_attr(exc, tag, t)],
-                    cls,
-                ) from None
+            if "kind" not in value:
+                if len(value) == 1 and next(iter(value)) in tags:
+                    raise Problem(
+                        E_LEGACY,
+                        f"externally tagged {next(iter(value))!r} (an older mvm IR format)",
+                        hint='write {"kind": "<variant>", ...fields} (re-run `mvmctl emit`)',
+                    )
+                raise Problem(E_MISSING, f"required field is missing; one of {names}", ("kind",))
+            kind = value["kind"]
+            if not isinstance(kind, str) or kind not in tags:
+                shown = repr(kind) if isinstance(kind, str) else json_type(kind)
+                raise Problem(E_TYPE, f"{shown} is not one of {names}", ("kind",))
+            rest = {k: v for k, v in value.items() if k != "kind"}
+            return conv.structure(rest, tags[kind])
 
         return hook
 
@@ -321,11 +333,31 @@ def make_converters() -> tuple[cattrs.Converter, cattrs.Converter]:
 
     out = cattrs.Converter()
 
-    def unstructure_union(value: Any) -> dict[str, Any]:
-        return {tag_of(value): out.unstructure(value, unstructure_as=type(value))}
+    def attrs_unstructure_factory(t: Any) -> Callable[[Any], dict[str, Any]]:
+        omit = OMIT_AT_DEFAULT.get(t, frozenset())
+        fields = attrs.fields(t)
+        kind = VARIANT_KIND.get(t)
 
-    out.register_unstructure_hook_func(_is_union, unstructure_union)
+        def hook(value: Any) -> dict[str, Any]:
+            body: dict[str, Any] = {} if kind is None else {"kind": kind}
+            for f in fields:
+                item = getattr(value, f.name)
+                if f.name in omit and item == _default(f):
+                    continue
+                body[f.name] = out.unstructure(item)
+            return body
+
+        return hook
+
+    out.register_unstructure_hook_factory(_is_attrs, attrs_unstructure_factory)
     return conv, out
+
+
+def _default(field: Any) -> Any:
+    default = field.default
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        return default.factory()
+    return default
 
 
 STRUCTURE, UNSTRUCTURE = make_converters()
@@ -369,7 +401,8 @@ def _collect(
             _collect(child, [*path, *_segments_from_notes(child)], out, child_cls)
         return
     if isinstance(exc, Problem):
-        out.append(IrError(json_path([*path, *exc.segments]), exc.detail, code=exc.code))
+        where = json_path([*path, *exc.segments])
+        out.append(IrError(where, exc.detail, code=exc.code, hint=exc.hint))
     elif isinstance(exc, ForbiddenExtraKeysError):
         for name in sorted(exc.extra_fields):
             out.append(IrError(json_path([*path, name]), "unknown field", code=E_UNKNOWN))

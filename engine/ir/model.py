@@ -1,11 +1,12 @@
 """Workload IR, schema 0.1: the typed form of the document users emit and we hash.
 
-Tagged unions (source, image, entrypoint, dependencies) are *externally tagged* in
-JSON — ``{"local_path": {"path": "."}}`` — so every JSON path names the variant
-(``$.apps[0].dependencies.python.lockfile``) and a reader sees the kind first.
+Tagged unions (source, image, entrypoint, dependencies) are *internally tagged*
+by a ``"kind"`` field — ``{"kind": "local_path", "path": "./src", ...}`` — the
+wire format of the original's ``crates/mvm-ir`` (the seed's printed IR).
 Every class is frozen: an IR value is hashed, and a hashed value must not change.
-Fields with defaults may be omitted in a document; the canonical form always
-writes them, so a document and its fully spelled-out twin hash the same.
+Fields with defaults may be omitted in a document; the canonical form writes
+exactly the fields the seed prints (see ``canonical.OMIT_AT_DEFAULT``), so a
+document and its fully spelled-out twin hash the same.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ SCHEMA_VERSION = "0.1"
 
 FunctionFormat = Literal["json", "msgpack"]
 NetworkMode = Literal["none", "nat"]
-ThreatTier = Literal["trusted", "standard", "untrusted"]
+ThreatTier = Literal["untrusted", "trusted"]
 PythonTool = Literal["uv", "pip-tools"]
 NodeTool = Literal["pnpm", "npm", "yarn"]
 
@@ -31,17 +32,20 @@ class LocalPath:
     """A directory relative to the IR document's directory (the project root)."""
 
     path: str
+    include: tuple[str, ...] = ("**",)
+    exclude: tuple[str, ...] = ()
 
 
 @attrs.frozen
 class NixDerivation:
-    flake: str
-    attr: str
+    """A Nix expression, evaluated inside the same flake, that produces the source."""
+
+    expr: str
 
 
 @attrs.frozen
 class OciImage:
-    ref: str
+    reference: str
     digest: str
 
 
@@ -58,7 +62,7 @@ class NixPackages:
 
 @attrs.frozen
 class OciBase:
-    ref: str
+    reference: str
     digest: str
 
 
@@ -70,7 +74,9 @@ Image = NixPackages | OciBase
 
 @attrs.frozen
 class CommandEntrypoint:
-    argv: tuple[str, ...]
+    command: tuple[str, ...]
+    working_dir: str = "/app"
+    env: dict[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -82,6 +88,10 @@ class FunctionEntrypoint:
     primary: bool = False
     args_schema: dict[str, Any] | None = None
     return_schema: dict[str, Any] | None = None
+    # ADR-0011 warm-pool block, copied verbatim into runtime.json; present => longrunning.
+    concurrency: dict[str, Any] | None = None
+    extra_imports: tuple[str, ...] = ()
+    working_dir: str = "/app"
 
 
 Entrypoint = CommandEntrypoint | FunctionEntrypoint
@@ -104,7 +114,7 @@ class NodeDeps:
 
 @attrs.frozen
 class NoDeps:
-    """Explicitly no third-party dependencies (``{"none": {}}``)."""
+    """Explicitly no third-party dependencies (``{"kind": "none"}``)."""
 
 
 Dependencies = PythonDeps | NodeDeps | NoDeps
@@ -142,9 +152,9 @@ class App:
     dependencies: Dependencies
     env: dict[str, str] = attrs.field(factory=dict)
     mounts: tuple[Mount, ...] = ()
-    network: Network = attrs.field(factory=Network)
+    network: Network | None = None
     resources: Resources = attrs.field(factory=Resources)
-    threat_tier: ThreatTier = "standard"
+    threat_tier: ThreatTier = "untrusted"
     addons: tuple[str, ...] = ()
 
 
@@ -183,6 +193,11 @@ UNION_TAGS: dict[Any, dict[str, type[Any]]] = {
     Dependencies: DEPENDENCY_TAGS,
 }
 
+# The ``"kind"`` each variant class is written with.
+VARIANT_KIND: dict[type[Any], str] = {
+    cls: tag for tags in UNION_TAGS.values() for tag, cls in tags.items()
+}
+
 
 def tag_of(value: object) -> str:
     """The JSON tag of a union variant instance."""
@@ -191,3 +206,17 @@ def tag_of(value: object) -> str:
             if type(value) is cls:
                 return tag
     raise TypeError(f"{type(value).__name__} is not an IR union variant")
+
+
+# The canonical form's omission rule: these fields are left out when they hold their
+# default, every other field is always written. The set is chosen so the SDKs emit the
+# seed's printed IR byte for byte: a function entrypoint prints language, module,
+# function, format and primary; an app omits env, mounts, network, threat_tier and
+# addons at their defaults; a source prints include/exclude; resources print all three.
+# Spelling a default out in a document therefore never changes its hash.
+OMIT_AT_DEFAULT: dict[type[Any], frozenset[str]] = {
+    FunctionEntrypoint: frozenset(
+        {"args_schema", "return_schema", "concurrency", "extra_imports", "working_dir"}
+    ),
+    App: frozenset({"env", "mounts", "network", "threat_tier", "addons"}),
+}

@@ -40,6 +40,9 @@ E_UNSUPPORTED_LANGUAGE = "E_UNSUPPORTED_LANGUAGE"
 E_UNPINNED_DEPS = "E_UNPINNED_DEPS"
 E_SECRET_FIELD = "E_SECRET_FIELD"
 E_OCI_DIGEST = "E_OCI_DIGEST"
+E_IR_TOO_LARGE = "E_IR_TOO_LARGE"
+# Checked before parsing: a declaration is kilobytes; this bounds parser memory and time.
+MAX_IR_BYTES = 4 * 1024 * 1024
 
 _APP_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _WORKLOAD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -65,7 +68,15 @@ def supported_languages() -> dict[str, dict[str, Any]]:
 
 
 def loads(text: str | bytes) -> Any:
-    """Parse IR text strictly: no NaN/Infinity, no duplicate keys."""
+    """Parse IR text strictly: no NaN/Infinity, no duplicate keys, at most MAX_IR_BYTES."""
+    size = len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
+    if size > MAX_IR_BYTES:
+        raise IrError(
+            "$",
+            f"IR document is {size} bytes; the limit is {MAX_IR_BYTES}",
+            code=E_IR_TOO_LARGE,
+            hint="an IR declares a workload; ship data in the source tree or a volume",
+        )
 
     def no_constants(name: str) -> Any:
         raise ValueError(f"{name} is not valid JSON")
@@ -91,6 +102,7 @@ def parse_workload(data: object) -> Workload:
     if not isinstance(data, dict):
         raise IrError("$", f"expected a JSON object, got {type(data).__name__}", code="E_IR_TYPE")
     if "schema_version" in data and data["schema_version"] != SCHEMA_VERSION:
+        # Alone: under another schema, "unknown field" and "missing field" mean nothing.
         raise IrError(
             "$.schema_version",
             f"unsupported schema version {data['schema_version']!r}; this mvm reads "
@@ -185,19 +197,19 @@ def _check_app(
         )
     _check_oci(app, at, errors)
     if isinstance(app.source, LocalPath):
-        _check_relative(app.source.path, f"{at}.source.local_path.path", errors)
+        _check_relative(app.source.path, f"{at}.source.path", errors)
     if not app.entrypoints:
         _err(errors, f"{at}.entrypoints", "an app needs at least one entrypoint", E_VALUE)
     primaries = 0
     for j, ep in enumerate(app.entrypoints):
-        ep_at = f"{at}.entrypoints[{j}].{tag_of(ep)}"
+        ep_at = f"{at}.entrypoints[{j}]"
         if isinstance(ep, FunctionEntrypoint):
             primaries += ep.primary
             if ep.primary and primaries > 1:
                 _err(errors, f"{ep_at}.primary", "only one function may be primary", E_VALUE)
             _check_function(ep, ep_at, app, errors)
-        elif not ep.argv or not ep.argv[0]:
-            _err(errors, f"{ep_at}.argv", "command is empty", E_VALUE)
+        elif not ep.command or not ep.command[0]:
+            _err(errors, f"{ep_at}.command", "command is empty", E_VALUE)
     for key in app.env:
         if not _ENV_NAME.match(key):
             _err(errors, _sub(at, "env", key), "not a valid environment variable name", E_VALUE)
@@ -206,7 +218,7 @@ def _check_app(
             _err(errors, f"{at}.mounts[{j}].volume", f"no volume named {mount.volume!r}", E_VALUE)
         if not mount.path.startswith("/"):
             _err(errors, f"{at}.mounts[{j}].path", "guest path must be absolute", E_VALUE)
-    for j, port in enumerate(app.network.ports):
+    for j, port in enumerate(app.network.ports if app.network else ()):
         if not 1 <= port <= 65535:
             _err(errors, f"{at}.network.ports[{j}]", f"port {port} out of range 1..65535", E_VALUE)
     _check_resources(app, at, errors)
@@ -219,9 +231,9 @@ def _check_app(
 def _check_oci(app: App, at: str, errors: list[IrError]) -> None:
     refs: list[tuple[str, OciImage | OciBase]] = []
     if isinstance(app.source, OciImage):
-        refs.append((f"{at}.source.oci_image", app.source))
+        refs.append((f"{at}.source", app.source))
     if isinstance(app.image, OciBase):
-        refs.append((f"{at}.image.oci_base", app.image))
+        refs.append((f"{at}.image", app.image))
     for where, oci in refs:
         if not _DIGEST.match(oci.digest):
             _err(
@@ -231,12 +243,15 @@ def _check_oci(app: App, at: str, errors: list[IrError]) -> None:
                 E_OCI_DIGEST,
                 "pin the image by digest: 'sha256:' followed by 64 lowercase hex digits",
             )
-        elif "@" in oci.ref and oci.ref.split("@", 1)[1] != oci.digest:
+        elif "@" in oci.reference and oci.reference.split("@", 1)[1] != oci.digest:
             _err(
-                errors, f"{where}.ref", "digest in ref differs from the digest field", E_OCI_DIGEST
+                errors,
+                f"{where}.reference",
+                "digest in reference differs from the digest field",
+                E_OCI_DIGEST,
             )
-        if not oci.ref:
-            _err(errors, f"{where}.ref", "image reference is empty", E_VALUE)
+        if not oci.reference:
+            _err(errors, f"{where}.reference", "image reference is empty", E_VALUE)
 
 
 def _check_relative(path: str, at: str, errors: list[IrError]) -> None:
@@ -322,7 +337,7 @@ def _check_deps(app: App, at: str, base_dir: Path | None, errors: list[IrError])
     deps = app.dependencies
     if not isinstance(deps, PythonDeps | NodeDeps):
         return
-    where = f"{at}.dependencies.{tag_of(deps)}.lockfile"
+    where = f"{at}.dependencies.lockfile"
     before = len(errors)
     _check_relative(deps.lockfile, where, errors)
     problem = lockfiles.name_problem(deps.lockfile, deps.tool)

@@ -10,7 +10,7 @@ import sys
 import termios
 import tty
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 
 import anyio
 import trio
@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("console", help="interactive shell in a VM (accessible images only)")
     p.add_argument("name", nargs="?", help="VM (default: the dev VM `mvmctl dev up` started)")
-    p.add_argument("--shell", default="/bin/sh")
+    p.add_argument(
+        "--shell", default=None, help="program to run instead of the image's console shell"
+    )
     p.set_defaults(func=cmd_console)
 
     p = sub.add_parser("forward", help="forward host ports to a running VM until Ctrl-C")
@@ -97,7 +99,7 @@ def _raw_terminal() -> Iterator[None]:
         yield
         return
     saved = termios.tcgetattr(fd)
-    tty.setraw(fd)
+    tty.setraw(fd, termios.TCSADRAIN)  # keep what was typed before the shell was up
     try:
         yield
     finally:
@@ -110,7 +112,7 @@ async def cmd_console(args: argparse.Namespace) -> int:
     require_accessible(await running_vm(args.name), "console")
     size = shutil.get_terminal_size()
     async with open_vm_agent(args.name) as client:
-        proc = await _console(client, args.shell, size.lines, size.columns)
+        proc = await _console(client, getattr(args, "shell", None), size.lines, size.columns)
     print(f"\r\n[console of {args.name} closed]", file=sys.stderr)
     return _status(proc)
 
@@ -129,8 +131,18 @@ def _project_dev_vm() -> str:
     return name
 
 
-async def _console(client: AgentClient, shell: str, rows: int, cols: int) -> ExecSession:
-    async with client.open_exec([shell, "-l"], pty=True, rows=rows, cols=cols) as proc:
+def _open_console(
+    client: AgentClient, shell: str | None, rows: int, cols: int
+) -> AbstractAsyncContextManager[ExecSession]:
+    """The image's console shell (its shell entrypoint, as the entrypoint uid), or --shell."""
+    env = {"TERM": os.environ.get("TERM", "xterm")}
+    if shell is None:
+        return client.open_console(rows=rows, cols=cols, env=env)
+    return client.open_exec([shell, "-l"], env=env, pty=True, rows=rows, cols=cols)
+
+
+async def _console(client: AgentClient, shell: str | None, rows: int, cols: int) -> ExecSession:
+    async with _open_console(client, shell, rows, cols) as proc:
         with _raw_terminal():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_pump_stdin, proc)

@@ -161,7 +161,7 @@ async def cmd_dev_up(args: argparse.Namespace) -> int:
 async def _console(name: str) -> int:
     from mvm.cli.agent_commands import cmd_console
 
-    return await cmd_console(argparse.Namespace(name=name, shell="/bin/sh"))
+    return await cmd_console(argparse.Namespace(name=name, shell=None))
 
 
 def _named(args: argparse.Namespace) -> str:

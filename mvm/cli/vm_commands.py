@@ -30,6 +30,7 @@ from mvm.engine.paths import vm_dir
 from mvm.engine.process import is_same_process
 from mvm.engine.reconcile import owner_alive
 from mvm.engine.store import StateStore, VmRecord
+from mvm.engine.uid_check import vm_uid_status
 from mvm.engine.vmrequest import PortMapping, VmRequest, check_vm_name
 from mvm.engine.volumes import Volume
 
@@ -409,8 +410,9 @@ async def cmd_status(args: argparse.Namespace) -> int:
         if r["name"] == args.name:
             recorded = read_mode(args.name)
             r["start_mode"] = recorded.get("mode") if recorded else None
+            uids = await vm_uid_status(args.name)  # declared uids vs the guest's /proc
             if args.json:
-                print(json.dumps(r, indent=2))
+                print(json.dumps({**r, "uids": uids}, indent=2))
                 return 0
             where = f"recorded in {vm_dir(args.name) / 'mode.json'}" if recorded else "not recorded"
             print(f"name:       {r['name']}")
@@ -424,6 +426,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
                 print(f"uptime:     {r['uptime_s']:.0f}s")
             if r["exit_code"] is not None or r["exit_reason"]:
                 print(f"exit:       {r['exit_code']} ({r['exit_reason']})")
+            print(uids)
             return 0
     raise NotFoundError(f"no VM named {args.name!r}", code="E_VM_NOT_FOUND")
 

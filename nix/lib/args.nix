@@ -20,6 +20,8 @@ let
   baseDirs = [ "/proc" "/sys" "/dev" "/run" "/tmp" "/var" "/mnt" "/root" "/home" "/srv" ];
   reserved = [ "/init" "/bin/busybox" agentPath "/etc/passwd" "/etc/group" ];
   reservedTrees = [ "/etc/mvm" "/proc" "/sys" "/dev" ];
+  # A function workload's two config files (mkFunctionService) live in /etc/mvm.
+  functionFiles = [ "/etc/mvm/wrapper.json" "/etc/mvm/runtime.json" ];
   defaultShell = "/bin/sh";
   nixpkgsHint = "nixpkgs, which cannot be fetched here (no network for github:NixOS/nixpkgs)";
 
@@ -57,7 +59,7 @@ let
       msg = "path ${repr path} is not a plain absolute path (use letters, digits, '._+@%=,:~- ' and single '/')";
     }
     {
-      ok = !(builtins.elem path reserved || builtins.elem path baseDirs
+      ok = builtins.elem path functionFiles || !(builtins.elem path reserved || builtins.elem path baseDirs
         || builtins.any (t: path == t || startsWith (t + "/") path) reservedTrees);
       inherit code;
       msg = "path ${path} is reserved by the image builder";

@@ -5,8 +5,10 @@
 #   mkGuest            { name, entrypoint? ({ shell | command | services }), services?,
 #                        packages?, hypervisor?, vcpus?, memory_mib?, dev?, uids?,
 #                        extraFiles?, healthChecks?, extraTrees?, kernel? }  (README.md)
-#   mkFunctionWorkload { ir, src?, dev?, extraArgs? }        (one-shot function guest)
-#   mkFunctionService  { ir, src?, port?, dev?, extraArgs? } (long-running function guest)
+#   mkFunctionWorkload { irFile, appPkg, dev? }  (the IR's one primary function -> a guest)
+#   mkFunctionService  { language, module, function, format?, working_dir?, concurrency?,
+#                        workloadId?, appPkg?, dev? } -> { extraFiles, servicePackages,
+#                        service, command } (the per-language factory, ./factories)
 #
 # Each returns the image derivation (vmlinux, rootfs.ext4, mvm-meta.json) with
 # `passthru.mvm` (also reachable as `.mvm`): accessible, sealed, entrypointKind,
@@ -19,7 +21,6 @@ let
   u = import ./util.nix;
   spec = import ./spec.nix;
   rootfs = import ./rootfs.nix { inherit pkgs guestSrc; };
-  function = import ./function.nix { inherit pkgs; };
 
   build = fn: args: extraPassthru:
     let
@@ -35,21 +36,12 @@ let
     if !(builtins.isAttrs args) then u.fail "E_SPEC_INVALID" "mkGuest" "expects an attribute set"
     else build "mkGuest" args { };
 
-  functionGuest = fn: service: args:
-    let
-      given = if builtins.isAttrs args then args else u.fail "E_IR_INVALID" fn "expects an attribute set";
-      bad = u.unknownKeys ([ "ir" "src" "dev" "extraArgs" ] ++ (if service then [ "port" ] else [ ])) given;
-      guestArgs =
-        if !(given ? ir) then u.fail "E_IR_INVALID" fn "ir is required (the Workload IR: a set, JSON string or path)"
-        else if bad != [ ] then u.fail "E_IR_INVALID" fn "unknown argument(s) ${u.showList bad}"
-        else function.fromIr fn given service;
-    in
-    build fn (removeAttrs guestArgs [ "passthruFunction" ]) { function = guestArgs.passthruFunction; };
+  mkFunctionService = import ./factories/mkFunctionService.nix { inherit pkgs; };
+  mkFunctionWorkload = import ./mkFunctionWorkload.nix { inherit pkgs mkGuest mkFunctionService; };
 in
 {
   inherit mkGuest;
-  mkFunctionWorkload = functionGuest "mkFunctionWorkload" false;
-  mkFunctionService = functionGuest "mkFunctionService" true;
+  inherit mkFunctionWorkload mkFunctionService;
   # For tools and tests: the pure parts, without a derivation.
   inherit (spec) normalize metaJson passthruMvm layout agentUid agentBinary expectedBootMs hypervisors;
   inherit (rootfs) agent;

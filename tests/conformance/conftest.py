@@ -45,15 +45,16 @@ def pytest_configure(config: pytest.Config) -> None:
 def seed_outcome(request: pytest.FixtureRequest) -> Iterator[SeedOutcome]:
     marker = request.node.get_closest_marker("seed")
     if marker is None:
-        raise pytest.UsageError(f"{request.node.nodeid} uses seed_outcome without @pytest.mark.seed")
+        raise pytest.UsageError(f"{request.node.nodeid}: seed_outcome needs @pytest.mark.seed")
     doc, example = marker.args
     outcome = SeedOutcome(doc, example)
     yield outcome
+    rep = getattr(request.node, "rep_call", None)
+    if rep is None or not rep.passed:
+        return  # a failing test proves nothing: record nothing, add no second error
     if not outcome.status:
         raise AssertionError(f"{request.node.nodeid}: the test never said works() or refused()")
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.passed:
-        _RESULTS.append(attrs.asdict(outcome) | {"test": request.node.nodeid})
+    _RESULTS.append(attrs.asdict(outcome) | {"test": request.node.nodeid})
 
 
 @pytest.hookimpl(hookwrapper=True)

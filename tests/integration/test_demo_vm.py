@@ -71,7 +71,7 @@ async def test_exec_round_trip_on_accessible_image(demo_dev_image: Image) -> Non
         assert vm.hello["sealed"] is False
         result = await vm.exec(["sh", "-c", "echo out; echo err >&2; id -u; exit 3"])
         assert result.code == 3
-        assert result.stdout == b"out\n990\n"
+        assert result.stdout == b"out\n0\n"  # exec runs as the dev entrypoint uid (root)
         assert result.stderr == b"err\n"
         echoed = await vm.exec(["cat"], stdin=b"x" * 100_000)
         assert echoed.stdout == b"x" * 100_000

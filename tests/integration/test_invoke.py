@@ -27,7 +27,7 @@ from mvm.backends.guest.build import agent_binary
 from mvm.backends.guest.client import AgentClient
 from mvm.engine.audit import AuditLog
 from mvm.engine.build import build_offline_image
-from mvm.engine.errors import AgentError
+from mvm.engine.errors import AgentError, MvmError
 from mvm.engine.invoke import FunctionError, WarmPool, invoke
 from mvm.engine.ir import ir_hash, validate_text
 from mvm.engine.ir_image import load_ir_spec
@@ -100,13 +100,16 @@ def function_agent(tmp_path: Path) -> Iterator[int]:
         "def pid():\n    return os.getpid()\n\n"
         "def boom():\n    raise RuntimeError('disk /srv/app/x.db is full')\n"
     )
-    runtime = tmp_path / "runtime.json"
-    runtime.write_text(
-        json.dumps({"module": "fn", "function": "greet", "app_dir": str(tmp_path / "app")})
-    )
+    # The wrapper's own config in the seed's shape (what /etc/mvm/wrapper.json holds).
+    config = tmp_path / "fn-wrapper.json"
+    config.write_text(
+        json.dumps({"module": "fn", "function": "greet", "format": "json",
+                    "working_dir": str(tmp_path / "app"), "mode": "prod"})
+    )  # fmt: skip
+    # The agent's --wrapper file here names a program (a host has no /etc/mvm/entrypoint).
     yield from _agent(
         tmp_path,
-        {"argv": [sys.executable, "-s", str(WRAPPER)], "env": {"MVM_RUNTIME_JSON": str(runtime)}},
+        {"argv": [sys.executable, "-s", str(WRAPPER)], "env": {"MVM_WRAPPER_JSON": str(config)}},
     )
 
 
@@ -170,20 +173,41 @@ async def _gather(pool: WarmPool, n: int) -> list[object]:
 # ------------------------------------------------------------------------- real guest
 
 
-@pytest.fixture(scope="module")
-def hello_ir() -> Iterator[Path]:
-    emit = subprocess.run(
-        [sys.executable, "-m", "mvm.cli", "emit", str(HELLO / "entry.py")],
-        capture_output=True, text=True, timeout=60, check=False,
+def _debugfs_cat(rootfs: Path, path: str) -> str:
+    out = subprocess.run(
+        ["debugfs", "-R", f"cat {path}", str(rootfs)],
+        capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
-    assert emit.returncode == 0, emit.stderr
-    doc = json.loads(emit.stdout)
-    doc["extensions"] = {"mvm.concurrency": {"warm": 2}}
-    # The IR's paths are relative to its file: keep it next to the project.
-    path = HELLO / ".test-invoke-ir.json"
-    path.write_text(json.dumps(doc))
-    yield path
-    path.unlink(missing_ok=True)
+    return out.stdout
+
+
+# The seed's worked example (workload-ir-to-image, "The emitted IR"), verbatim.
+SEED_IR = """{ "schema_version": "0.1", "id": "hello", "apps": [ { "name": "hello", "source": { "kind": "local_path", "path": "./src", "include": ["**"], "exclude": [] }, "image": { "kind": "nix_packages", "packages": ["python3"] }, "entrypoints": [ { "kind": "function", "language": "python", "module": "app", "function": "greet", "format": "json", "primary": true } ], "resources": { "vcpus": 1, "memory_mb": 256, "boot_timeout_secs": 30 }, "dependencies": { "kind": "none" } } ], "volumes": [], "extensions": {}}"""  # noqa: E501 (verbatim seed)
+SEED_APP_PY = """def greet(name: str) -> str: return f"hello, {name}"
+"""
+
+
+@pytest.fixture(scope="module")
+def hello_ir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The seed's IR next to its src/app.py; the emitted hello IR while the IR model
+    does not read the seed's kind-tagged wire format yet."""
+    root = tmp_path_factory.mktemp("seed-hello")
+    (root / "src").mkdir()
+    (root / "src" / "app.py").write_text(SEED_APP_PY)
+    path = root / "workload-ir.json"
+    path.write_text(SEED_IR)
+    try:
+        validate_text(SEED_IR.encode(), base_dir=root)
+    except MvmError:
+        emit = subprocess.run(
+            [sys.executable, "-m", "mvm.cli", "emit", str(HELLO / "entry.py")],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert emit.returncode == 0, emit.stderr
+        doc = json.loads(emit.stdout)
+        doc["apps"][0]["source"] = {"local_path": {"path": "./src"}}
+        path.write_text(json.dumps(doc))
+    return path
 
 
 @pytest.mark.qemu
@@ -199,6 +223,25 @@ def test_hello_greet_in_a_real_guest(hello_ir: Path) -> None:
 
     image = trio.run(build)
     assert image.sealed and image.meta["entrypointKind"] == "command"
+    files = {
+        p: _debugfs_cat(image.directory / "rootfs.ext4", p)
+        for p in ("/etc/mvm/wrapper.json", "/etc/mvm/runtime.json", "/etc/mvm/entrypoint")
+    }
+    assert json.loads(files["/etc/mvm/wrapper.json"]) == {
+        "module": "app",
+        "function": "greet",
+        "format": "json",
+        "working_dir": "/app",
+        "mode": "prod",
+    }
+    assert json.loads(files["/etc/mvm/runtime.json"]) == {
+        "language": "python",
+        "module": "app",
+        "function": "greet",
+        "format": "json",
+        "source_path": "/app",
+    }
+    assert "/usr/lib/mvm/wrappers/runner" in files["/etc/mvm/entrypoint"]
     before = qemu_pids()
     up = mvmctl("up", str(hello_ir), "--name", "hello")  # the IR file itself, as a user would
     assert up.returncode == 0, up.stderr
@@ -212,9 +255,13 @@ def test_hello_greet_in_a_real_guest(hello_ir: Path) -> None:
         assert bad.returncode != 0
         assert bad.stderr.startswith("error[E_FUNCTION_ARGS]: bad arguments"), bad.stderr
         assert "/srv" not in bad.stderr and "Traceback" not in bad.stderr
+        many = mvmctl("invoke", "hello", "--input", "name=Bob", "--count", "3")
+        assert many.returncode == 0, many.stderr
+        assert many.stdout.splitlines() == ['"hello, Bob"'] * 3
+        # No concurrency block in the IR: the oneshot wrapper, so no warm pool.
         warm = mvmctl("invoke", "hello", "--input", "name=Bob", "--count", "3", "--warm", "2")
-        assert warm.returncode == 0, warm.stderr
-        assert warm.stdout.splitlines() == ['"hello, Bob"'] * 3
+        assert warm.returncode != 0
+        assert warm.stderr.startswith("error[E_WRAPPER_MODE]"), warm.stderr
         print(f"cold mvmctl invoke: {cold:.2f}s")
     finally:
         down = mvmctl("down", "hello")

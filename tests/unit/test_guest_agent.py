@@ -216,7 +216,12 @@ class Agent:
         ]
         if sealed:
             argv.append("--sealed")
+        argv += self.extra_args()
         self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
+
+    def extra_args(self) -> list[str]:
+        """More agent flags (test_guest_spawn adds --spawn)."""
+        return []
 
     def connect(self) -> Frames:
         conn = Frames(self.port)

@@ -220,7 +220,15 @@ def test_services_are_supervised_and_controlled(tmp_path: Path, guest_factory: l
     first = int(guest.wait_line(r"^mvm-init: service web started pid=(\d+)$")[1])
     guest.wait_line(r"^mvm-init: service once stays down \(restart=on-failure\)$")
     guest.wait_line(r"^mvm-init: service once exited rc=0$")
-    guest.wait_line(r"^mvm-init: agent started pid=\d+ \(--vsock 5252\)$")
+    # Accessible: the agent execs through spawnd (root), which only the agent's uid may use.
+    guest.wait_line(
+        r"^mvm-init: agent started pid=\d+ "
+        r"\(--vsock 5252 --spawn /run/mvm/spawn.sock --console-shell /bin/sh\)$"
+    )
+    spawnd = int(guest.wait_line(r"^mvm-init: spawnd started pid=(\d+) \(uid 1000\)$")[1])
+    assert re.search(r"^Uid:\s+0\s", guest.run(f"cat /proc/{spawnd}/status"), re.M)
+    sock = guest.run("stat -c '%a %u:%g %F' /run/mvm/spawn.sock").strip()
+    assert sock == "660 0:990 socket"
 
     ctl = guest.run("stat -c '%a %u:%g %F' /run/mvm/ctl").strip()
     assert ctl == "620 0:990 fifo"
@@ -264,6 +272,45 @@ def test_init_defines_functions_before_calling_them_at_top_level() -> None:
         name = words[0]
         if name in defined and not line.startswith(f"{name}()"):
             assert defined[name] < number, f"line {number + 1}: {name} called before defined"
+
+
+@needs_ns
+def test_shell_entrypoint_runs_the_console_shell_as_its_uid(
+    tmp_path: Path, guest_factory: list[Guest]
+) -> None:
+    """/init runs the image's console shell (entrypoint.shell) and records its pid,
+    which the agent's `uids` request reads for `mvmctl status`."""
+    spec = ImageSpec(
+        name="sh",
+        shell="/bin/sh",
+        services={"bg": Service(command="exec sleep 300")},  # dev-image.txt: shell + services
+        uids=Uids(entrypoint=1000),
+        dev=True,
+    )
+    tree = _tree(tmp_path, spec)
+    assert "MVM_SHELL=/bin/sh\n" in (tree / "etc/mvm/image.env").read_text()
+    guest = Guest(tree)
+    guest_factory.append(guest)
+    guest.wait_line(r"^mvm-init: shell /bin/sh as uid 1000$")
+    guest.wait_line(r"^mvm-init: service bg started pid=\d+$")
+    pid = guest.run("cat /run/mvm/entrypoint.pid").strip()
+    status = guest.run(f"cat /proc/{pid}/status")
+    assert re.search(r"^Uid:\s+1000\s+1000\s+1000\s+1000$", status, re.M)
+    assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+    assert guest.run(f"cat /proc/{pid}/cmdline | tr '\\0' ' '").strip() == "/bin/sh -l"
+
+
+@needs_ns
+def test_sealed_image_starts_no_spawnd(tmp_path: Path, guest_factory: list[Guest]) -> None:
+    spec = ImageSpec(name="cmd", command=("sleep", "300"))
+    guest = Guest(_tree(tmp_path, spec))
+    guest_factory.append(guest)
+    guest.wait_line(r"^mvm-init: agent started pid=\d+ \(--vsock 5252 --sealed\)$")
+    guest.wait_line(r"^mvm-init: entrypoint command as uid 1000$")
+    assert "spawnd" not in "\n".join(guest.console)
+    assert guest.run("test -e /run/mvm/spawn.sock || echo absent").strip() == "absent"
+    pid = guest.run("cat /run/mvm/entrypoint.pid").strip()
+    assert re.search(r"^Uid:\s+1000\s", guest.run(f"cat /proc/{pid}/status"), re.M)
 
 
 @needs_ns

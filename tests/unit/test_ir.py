@@ -26,7 +26,7 @@ from mvm.engine.ir import (
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 HELLO_IR = FIXTURES / "ir" / "hello.json"
 HELLO_DIR = FIXTURES / "hello"
-HELLO_HASH = "58b459a743096f4ce8d6504740748f3e53e70fade9c53889510a25b1b7595f49"
+HELLO_HASH = "6abb52628ae34b2102bf0efb195cf925bcc9251e16fd2e6cd61e862bd8cebb4c"
 DIGEST = "sha256:" + "ab" * 32
 
 
@@ -59,7 +59,7 @@ def test_hello_fixture_parses_and_hashes_to_its_canonical_bytes() -> None:
     assert ir_hash(workload) == HELLO_HASH == hashlib.sha256(raw).hexdigest()
     app = workload.apps[0]
     assert app.name == "hello"
-    assert app.source == LocalPath(".")
+    assert app.source == LocalPath(".", include=("**",), exclude=())
     assert app.dependencies == PythonDeps(lockfile="uv.lock", tool="uv")
     assert isinstance(app.entrypoints[0].function, str)  # type: ignore[union-attr]
 
@@ -96,14 +96,10 @@ def test_wrong_schema_version_is_reported_before_anything_else(version: object) 
         ((), "extra", "$.extra"),
         (("apps", 0), "gpu", "$.apps[0].gpu"),
         (("apps", 0, "resources"), "gpus", "$.apps[0].resources.gpus"),
-        (("apps", 0, "source", "local_path"), "ref", "$.apps[0].source.local_path.ref"),
-        (
-            ("apps", 0, "entrypoints", 0, "function"),
-            "lang",
-            "$.apps[0].entrypoints[0].function.lang",
-        ),
-        (("apps", 0, "dependencies", "python"), "hashes", "$.apps[0].dependencies.python.hashes"),
-        (("apps", 0, "network"), "bad key", '$.apps[0].network["bad key"]'),
+        (("apps", 0, "source"), "ref", "$.apps[0].source.ref"),
+        (("apps", 0, "entrypoints", 0), "lang", "$.apps[0].entrypoints[0].lang"),
+        (("apps", 0, "dependencies"), "hashes", "$.apps[0].dependencies.hashes"),
+        (("apps", 0, "resources"), "bad key", '$.apps[0].resources["bad key"]'),
     ],
 )
 def test_unknown_fields_are_rejected_at_every_level(
@@ -125,16 +121,9 @@ def test_unknown_fields_are_rejected_at_every_level(
         ((), "apps", "$.apps"),
         (("apps", 0), "name", "$.apps[0].name"),
         (("apps", 0), "dependencies", "$.apps[0].dependencies"),
-        (
-            ("apps", 0, "entrypoints", 0, "function"),
-            "module",
-            "$.apps[0].entrypoints[0].function.module",
-        ),
-        (
-            ("apps", 0, "dependencies", "python"),
-            "lockfile",
-            "$.apps[0].dependencies.python.lockfile",
-        ),
+        (("apps", 0, "entrypoints", 0), "module", "$.apps[0].entrypoints[0].module"),
+        (("apps", 0, "entrypoints", 0), "kind", "$.apps[0].entrypoints[0].kind"),
+        (("apps", 0, "dependencies"), "lockfile", "$.apps[0].dependencies.lockfile"),
     ],
 )
 def test_missing_required_fields_are_named(
@@ -156,21 +145,19 @@ def test_missing_required_fields_are_named(
         (lambda d: d["apps"][0]["resources"].update(vcpus=1.0), "$.apps[0].resources.vcpus"),
         (lambda d: d["apps"][0].update(name=5), "$.apps[0].name"),
         (
-            lambda d: d["apps"][0]["image"]["nix_packages"].update(packages="python3"),
-            "$.apps[0].image.nix_packages.packages",
+            lambda d: d["apps"][0]["image"].update(packages="python3"),
+            "$.apps[0].image.packages",
         ),
         (lambda d: d["apps"][0].update(env={"A": 1}), "$.apps[0].env.A"),
         (lambda d: d["apps"][0].update(threat_tier="paranoid"), "$.apps[0].threat_tier"),
         (
-            lambda d: d["apps"][0]["entrypoints"][0]["function"].update(format="xml"),
-            "$.apps[0].entrypoints[0].function.format",
+            lambda d: d["apps"][0]["entrypoints"][0].update(format="xml"),
+            "$.apps[0].entrypoints[0].format",
         ),
         (lambda d: d.update(apps={"hello": 1}), "$.apps"),
         (lambda d: d.update(extensions={"x-big": 2**60}), '$.extensions["x-big"]'),
-        (
-            lambda d: d["apps"][0].update(source={"local_path": {"path": "."}, "oci_image": {}}),
-            "$.apps[0].source",
-        ),
+        (lambda d: d["apps"][0].update(source={"kind": 5, "path": "."}), "$.apps[0].source.kind"),
+        (lambda d: d["apps"][0].update(source="."), "$.apps[0].source"),
     ],
 )
 def test_wrong_types_are_coded_e_ir_type(mutate: Any, path: str) -> None:
@@ -182,13 +169,25 @@ def test_wrong_types_are_coded_e_ir_type(mutate: Any, path: str) -> None:
 
 def test_union_with_unknown_tag_or_no_tag() -> None:
     data = hello()
-    data["apps"][0]["source"] = {"git": {"url": "x"}}
+    data["apps"][0]["source"] = {"kind": "git", "url": "x"}
     err = one_error(data)
-    assert (err.code, err.path) == ("E_IR_UNKNOWN_FIELD", "$.apps[0].source.git")
+    assert (err.code, err.path) == ("E_IR_TYPE", "$.apps[0].source.kind")
     assert "local_path, nix_derivation, oci_image" in err.message
-    data["apps"][0]["source"] = {}
+    data["apps"][0]["source"] = {"path": "."}
     err = one_error(data)
-    assert (err.code, err.path) == ("E_IR_MISSING_FIELD", "$.apps[0].source")
+    assert (err.code, err.path) == ("E_IR_MISSING_FIELD", "$.apps[0].source.kind")
+
+
+def test_the_old_externally_tagged_format_is_refused_with_a_hint() -> None:
+    data = hello()
+    data["apps"][0]["source"] = {"local_path": {"path": "."}}
+    data["apps"][0]["dependencies"] = {"none": {}}
+    errs = errors_of(data)
+    assert [(e.code, e.path) for e in errs] == [
+        ("E_IR_LEGACY_FORMAT", "$.apps[0].source"),
+        ("E_IR_LEGACY_FORMAT", "$.apps[0].dependencies"),
+    ]
+    assert all(e.hint and '"kind"' in e.hint for e in errs)
 
 
 def test_all_structural_errors_are_collected_in_document_order() -> None:
@@ -207,10 +206,10 @@ def test_all_structural_errors_are_collected_in_document_order() -> None:
 def test_unsupported_language_comes_from_the_data_file() -> None:
     assert {"python", "node"} <= set(supported_languages())
     data = hello()
-    data["apps"][0]["entrypoints"][0]["function"]["language"] = "cobol"
+    data["apps"][0]["entrypoints"][0]["language"] = "cobol"
     err = one_error(data)
     assert err.code == "E_UNSUPPORTED_LANGUAGE"
-    assert err.path == "$.apps[0].entrypoints[0].function.language"
+    assert err.path == "$.apps[0].entrypoints[0].language"
     assert "'cobol'" in err.message and "python" in err.message
 
 
@@ -218,16 +217,16 @@ def test_unsupported_language_comes_from_the_data_file() -> None:
     ("deps", "path"),
     [
         (
-            {"python": {"lockfile": "requirements.in", "tool": "pip-tools"}},
-            "$.apps[0].dependencies.python.lockfile",
+            {"kind": "python", "lockfile": "requirements.in", "tool": "pip-tools"},
+            "$.apps[0].dependencies.lockfile",
         ),
         (
-            {"python": {"lockfile": "pyproject.toml", "tool": "uv"}},
-            "$.apps[0].dependencies.python.lockfile",
+            {"kind": "python", "lockfile": "pyproject.toml", "tool": "uv"},
+            "$.apps[0].dependencies.lockfile",
         ),
         (
-            {"python": {"lockfile": "poetry.lock", "tool": "uv"}},
-            "$.apps[0].dependencies.python.lockfile",
+            {"kind": "python", "lockfile": "poetry.lock", "tool": "uv"},
+            "$.apps[0].dependencies.lockfile",
         ),
     ],
 )
@@ -241,9 +240,13 @@ def test_a_file_that_is_not_a_lockfile_is_unpinned(deps: dict[str, Any], path: s
 
 def test_node_deps_with_python_function_is_inconsistent() -> None:
     data = hello()
-    data["apps"][0]["dependencies"] = {"node": {"lockfile": "package-lock.json", "tool": "npm"}}
+    data["apps"][0]["dependencies"] = {
+        "kind": "node",
+        "lockfile": "package-lock.json",
+        "tool": "npm",
+    }
     err = one_error(data)
-    assert (err.code, err.path) == ("E_IR_VALUE", "$.apps[0].entrypoints[0].function.language")
+    assert (err.code, err.path) == ("E_IR_VALUE", "$.apps[0].entrypoints[0].language")
 
 
 def test_lockfile_content_is_checked_against_the_project_dir(tmp_path: Path) -> None:
@@ -252,7 +255,7 @@ def test_lockfile_content_is_checked_against_the_project_dir(tmp_path: Path) -> 
         'source = { registry = "https://pypi.org/simple" }\n'
     )
     err = one_error(hello(), base_dir=tmp_path)
-    assert (err.code, err.path) == ("E_UNPINNED_DEPS", "$.apps[0].dependencies.python.lockfile")
+    assert (err.code, err.path) == ("E_UNPINNED_DEPS", "$.apps[0].dependencies.lockfile")
     assert "requests" in err.message
     (tmp_path / "uv.lock").unlink()
     err = one_error(hello(), base_dir=tmp_path)
@@ -262,7 +265,7 @@ def test_lockfile_content_is_checked_against_the_project_dir(tmp_path: Path) -> 
 
 def test_secret_shaped_fields_in_schemas_are_refused() -> None:
     data = hello()
-    fn = data["apps"][0]["entrypoints"][0]["function"]
+    fn = data["apps"][0]["entrypoints"][0]
     fn["args_schema"]["properties"]["auth"] = {
         "type": "object",
         "properties": {"api_key": {"type": "string"}, "region": {"type": "string"}},
@@ -272,18 +275,18 @@ def test_secret_shaped_fields_in_schemas_are_refused() -> None:
     assert [(e.code, e.path) for e in errs] == [
         (
             "E_SECRET_FIELD",
-            "$.apps[0].entrypoints[0].function.args_schema.properties.auth.properties.api_key",
+            "$.apps[0].entrypoints[0].args_schema.properties.auth.properties.api_key",
         ),
         (
             "E_SECRET_FIELD",
-            "$.apps[0].entrypoints[0].function.return_schema.properties.sessionToken",
+            "$.apps[0].entrypoints[0].return_schema.properties.sessionToken",
         ),
     ]
 
 
 def test_harmless_field_names_are_not_flagged() -> None:
     data = hello()
-    props = data["apps"][0]["entrypoints"][0]["function"]["args_schema"]["properties"]
+    props = data["apps"][0]["entrypoints"][0]["args_schema"]["properties"]
     props.update({"username": {}, "tokenizer_name": {}, "count": {}})
     # "tokenizer_name" contains "token": we prefer a false positive to a leaked secret.
     assert [e.path.rsplit(".", 1)[-1] for e in errors_of(data)] == ["tokenizer_name"]
@@ -293,20 +296,20 @@ def test_harmless_field_names_are_not_flagged() -> None:
     ("node", "expected_path"),
     [
         (
-            {"oci_image": {"ref": "docker.io/library/python:3.12"}},
-            "$.apps[0].source.oci_image.digest",
+            {"kind": "oci_image", "reference": "docker.io/library/python:3.12"},
+            "$.apps[0].source.digest",
         ),
         (
-            {"oci_image": {"ref": "python:3.12", "digest": "latest"}},
-            "$.apps[0].source.oci_image.digest",
+            {"kind": "oci_image", "reference": "python:3.12", "digest": "latest"},
+            "$.apps[0].source.digest",
         ),
         (
-            {"oci_image": {"ref": "python:3.12", "digest": "sha256:abc"}},
-            "$.apps[0].source.oci_image.digest",
+            {"kind": "oci_image", "reference": "python:3.12", "digest": "sha256:abc"},
+            "$.apps[0].source.digest",
         ),
         (
-            {"oci_image": {"ref": f"python@sha256:{'cd' * 32}", "digest": DIGEST}},
-            "$.apps[0].source.oci_image.ref",
+            {"kind": "oci_image", "reference": f"python@sha256:{'cd' * 32}", "digest": DIGEST},
+            "$.apps[0].source.reference",
         ),
     ],
 )
@@ -319,10 +322,14 @@ def test_oci_refs_need_a_digest(node: dict[str, Any], expected_path: str) -> Non
 
 def test_oci_base_image_needs_a_digest_and_pinned_one_passes() -> None:
     data = hello()
-    data["apps"][0]["image"] = {"oci_base": {"ref": "python:3.12-slim"}}
+    data["apps"][0]["image"] = {"kind": "oci_base", "reference": "python:3.12-slim"}
     err = one_error(data)
-    assert (err.code, err.path) == ("E_OCI_DIGEST", "$.apps[0].image.oci_base.digest")
-    data["apps"][0]["image"] = {"oci_base": {"ref": "python:3.12-slim", "digest": DIGEST}}
+    assert (err.code, err.path) == ("E_OCI_DIGEST", "$.apps[0].image.digest")
+    data["apps"][0]["image"] = {
+        "kind": "oci_base",
+        "reference": "python:3.12-slim",
+        "digest": DIGEST,
+    }
     validate(data)
 
 
@@ -341,13 +348,16 @@ def test_oci_base_image_needs_a_digest_and_pinned_one_passes() -> None:
             "$.apps[0].mounts[0].volume",
         ),
         (
-            lambda d: d["apps"][0].update(source={"local_path": {"path": "../elsewhere"}}),
-            "$.apps[0].source.local_path.path",
+            lambda d: d["apps"][0].update(source={"kind": "local_path", "path": "../elsewhere"}),
+            "$.apps[0].source.path",
         ),
         (lambda d: d["apps"][0].update(env={"1BAD": "x"}), '$.apps[0].env["1BAD"]'),
         (lambda d: d.update(extensions={"tracing": True}), "$.extensions.tracing"),
         (lambda d: d.update(apps=[d["apps"][0], copy.deepcopy(d["apps"][0])]), "$.apps[1].name"),
-        (lambda d: d["apps"][0]["network"].update(ports=[70000]), "$.apps[0].network.ports[0]"),
+        (
+            lambda d: d["apps"][0].update(network={"mode": "nat", "ports": [70000]}),
+            "$.apps[0].network.ports[0]",
+        ),
     ],
 )
 def test_semantic_errors_are_coded_e_ir_value(mutate: Any, path: str) -> None:
@@ -360,10 +370,10 @@ def test_semantic_errors_are_coded_e_ir_value(mutate: Any, path: str) -> None:
 def test_only_one_primary_function() -> None:
     data = hello()
     second = copy.deepcopy(data["apps"][0]["entrypoints"][0])
-    second["function"]["function"] = "wave"
+    second["function"] = "wave"
     data["apps"][0]["entrypoints"].append(second)
     err = one_error(data)
-    assert (err.code, err.path) == ("E_IR_VALUE", "$.apps[0].entrypoints[1].function.primary")
+    assert (err.code, err.path) == ("E_IR_VALUE", "$.apps[0].entrypoints[1].primary")
 
 
 @pytest.mark.parametrize(
@@ -402,3 +412,35 @@ def test_round_trip_is_stable_and_hash_tracks_meaning() -> None:
     changed = hello()
     changed["apps"][0]["resources"]["memory_mb"] = 257
     assert ir_hash(parse_workload(changed)) != ir_hash(workload)
+
+
+def test_an_ir_over_the_size_cap_is_refused_before_parsing() -> None:
+    from mvm.engine.ir.validate import MAX_IR_BYTES
+
+    text = '{"x": "' + "a" * MAX_IR_BYTES + '"}'
+    with pytest.raises(IrError) as info:
+        validate_text(text)
+    assert (info.value.code, info.value.path) == ("E_IR_TOO_LARGE", "$")
+
+
+def test_every_semantic_problem_is_reported_with_its_path() -> None:
+    data = hello()
+    data["apps"][0]["entrypoints"][0]["language"] = "cobol"
+    data["apps"][0]["resources"]["vcpus"] = 0
+    data["apps"][0]["dependencies"]["lockfile"] = "requirements.in"
+    errs = errors_of(data)
+    assert [(e.code, e.path) for e in errs] == [
+        ("E_UNSUPPORTED_LANGUAGE", "$.apps[0].entrypoints[0].language"),
+        ("E_IR_VALUE", "$.apps[0].resources.vcpus"),
+        ("E_UNPINNED_DEPS", "$.apps[0].dependencies.lockfile"),
+    ]
+
+
+def test_defaults_spelled_out_or_omitted_hash_the_same() -> None:
+    data = hello()
+    app = data["apps"][0]
+    app.update(env={}, mounts=[], network=None, threat_tier="untrusted", addons=[])
+    app["entrypoints"][0].update(extra_imports=[], working_dir="/app", concurrency=None)
+    assert ir_hash(validate(data)) == HELLO_HASH
+    app["threat_tier"] = "trusted"
+    assert ir_hash(validate(data)) != HELLO_HASH

@@ -76,7 +76,10 @@ KNOWN_KEYS = sorted(
         "local_path",
         "oci_image",
         "digest",
-        "ref",
+        "reference",
+        "kind",
+        "include",
+        "exclude",
         "path",
         "function",
         "language",
@@ -173,11 +176,13 @@ env_names = st.text("ABCXYZ_019", min_size=1, max_size=6).filter(lambda s: not s
 
 sources = (
     st.builds(LocalPath, path=st.sampled_from([".", "src", "app/code"]))
-    | st.builds(NixDerivation, flake=safe_text, attr=safe_text)
-    | st.builds(OciImage, ref=st.sampled_from(["python:3.12", "ghcr.io/x/y:1"]), digest=digests)
+    | st.builds(NixDerivation, expr=safe_text)
+    | st.builds(
+        OciImage, reference=st.sampled_from(["python:3.12", "ghcr.io/x/y:1"]), digest=digests
+    )
 )
 images = st.builds(NixPackages, packages=st.lists(names, max_size=3).map(tuple)) | st.builds(
-    OciBase, ref=st.just("debian:12"), digest=digests
+    OciBase, reference=st.just("debian:12"), digest=digests
 )
 functions = st.builds(
     FunctionEntrypoint,
@@ -188,9 +193,11 @@ functions = st.builds(
     primary=st.just(False),
     args_schema=st.none() | st.just({"type": "object", "properties": {"n": {"type": "integer"}}}),
     return_schema=st.none() | st.just({"type": "number", "maximum": 1.5e3}),
+    extra_imports=st.lists(idents, max_size=2).map(tuple),
+    working_dir=st.sampled_from(["/app", "/srv"]),
 )
 commands = st.builds(
-    CommandEntrypoint, argv=st.lists(safe_text.filter(bool), min_size=1, max_size=3).map(tuple)
+    CommandEntrypoint, command=st.lists(safe_text.filter(bool), min_size=1, max_size=3).map(tuple)
 )
 deps_st = st.just(NoDeps()) | st.builds(PythonDeps, lockfile=st.just("uv.lock"), tool=st.just("uv"))
 
@@ -209,16 +216,20 @@ def workloads(draw: st.DrawFn) -> Workload:
                 dependencies=draw(deps_st),
                 env=draw(st.dictionaries(env_names, safe_text, max_size=3)),
                 mounts=tuple(Mount(volume=v, path=f"/mnt/{v}") for v in vol_names),
-                network=Network(
-                    mode=draw(st.sampled_from(["none", "nat"])),
-                    ports=tuple(draw(st.lists(st.integers(1, 65535), max_size=2))),
+                network=draw(
+                    st.none()
+                    | st.builds(
+                        Network,
+                        mode=st.sampled_from(["none", "nat"]),
+                        ports=st.lists(st.integers(1, 65535), max_size=2).map(tuple),
+                    )
                 ),
                 resources=Resources(
                     vcpus=draw(st.integers(1, 64)),
                     memory_mb=draw(st.integers(64, 65536)),
                     boot_timeout_secs=draw(st.integers(1, 3600)),
                 ),
-                threat_tier=draw(st.sampled_from(["trusted", "standard", "untrusted"])),
+                threat_tier=draw(st.sampled_from(["trusted", "untrusted"])),
                 addons=tuple(draw(st.lists(names, max_size=2))),
             )
         )
@@ -253,7 +264,13 @@ DEFAULTS = {
     "env": {},
     "mounts": [],
     "addons": [],
-    "threat_tier": "standard",
+    "threat_tier": "untrusted",
+    "network": None,
+    "concurrency": None,
+    "extra_imports": [],
+    "working_dir": "/app",
+    "include": ["**"],
+    "exclude": [],
     "volumes": [],
     "extensions": {},
     "format": "json",

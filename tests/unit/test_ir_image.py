@@ -17,8 +17,8 @@ from mvm.engine.errors import ConfigError
 from mvm.engine.imagespec import ImageSpec
 from mvm.engine.ir import validate
 from mvm.engine.ir_image import (
-    APP_DIR,
-    WRAPPER_GUEST,
+    DEFAULT_WORKING_DIR,
+    RUNNER_GUEST,
     concurrency,
     is_ir_file,
     load_ir_spec,
@@ -47,23 +47,47 @@ def test_hello_maps_to_a_sealed_function_image(hello_doc: dict[str, Any]) -> Non
     spec = _spec(hello_doc)
     rt = python_runtime()
     assert (spec.name, spec.vcpus, spec.memory_mib, spec.sealed) == ("hello", 1, 256, True)
-    assert spec.command is not None and spec.command[0] == "/bin/env"
-    assert spec.command[-3:] == ("-s", WRAPPER_GUEST, "--boot")
-    runtime = json.loads(spec.mvm_files["runtime.json"])
-    assert runtime | {"workload": "x"} == {
-        "language": "python", "module": "app", "function": "greet", "format": "json",
-        "app_dir": APP_DIR, "mode": "prod", "concurrency": {"warm": 0}, "workload": "x",
+    # /etc/mvm/entrypoint -> the runner (what /init boots and the agent's run execs)
+    assert spec.command == (RUNNER_GUEST,) == ("/usr/lib/mvm/wrappers/runner",)
+    # The seed's two files, exactly (the worked example: working_dir defaults to /app).
+    assert json.loads(spec.mvm_files["wrapper.json"]) == {
+        "module": "app", "function": "greet", "format": "json", "working_dir": "/app",
+        "mode": "prod",
     }  # fmt: skip
-    wrapper = json.loads(spec.mvm_files["wrapper.json"])
-    assert wrapper["argv"] == [rt.executable, "-s", WRAPPER_GUEST]
-    assert wrapper["cwd"] == APP_DIR and wrapper["env"]["PYTHONHOME"] == "/usr"
-    assert spec.host_files[f"{APP_DIR}/app.py"] == str(HELLO / "app.py")
+    assert json.loads(spec.mvm_files["runtime.json"]) == {
+        "language": "python", "module": "app", "function": "greet", "format": "json",
+        "source_path": "/app",
+    }  # fmt: skip
+    assert sorted(spec.mvm_files) == ["runtime.json", "wrapper.json"]
+    assert DEFAULT_WORKING_DIR == "/app"
+    assert spec.host_files["/app/app.py"] == str(HELLO / "app.py")
     assert spec.host_files[rt.zip_guest] == str(rt.zip_host)
-    assert "def decode_request" in spec.extra_files[WRAPPER_GUEST]
+    runner = Path(spec.host_files[RUNNER_GUEST]).read_text()
+    assert runner.startswith("#!/bin/sh\n")
+    assert f'{rt.executable} -s "$0" --variant oneshot' in runner.splitlines()[1]
+    assert "PYTHONHOME=/usr" in runner.splitlines()[1]
+    assert "def decode_request" in runner
+    assert Path(spec.host_files[RUNNER_GUEST]).stat().st_mode & 0o111
     assert rt.executable in spec.packages
     assert any(p.endswith("/ld-linux-x86-64.so.2") for p in spec.packages)
     assert any("/libc.so" in p for p in spec.packages)
     assert not any("_test" in p or "xxsub" in p for p in spec.packages)
+
+
+def test_runner_answers_the_seed_protocol(hello_doc: dict[str, Any], tmp_path: Path) -> None:
+    spec = _spec(hello_doc)
+    cfg = json.loads(spec.mvm_files["wrapper.json"]) | {"working_dir": str(HELLO)}
+    (tmp_path / "wrapper.json").write_text(json.dumps(cfg))
+    text = Path(spec.host_files[RUNNER_GUEST]).read_text().replace("PYTHONHOME=/usr", "")
+    runner = tmp_path / "runner"
+    runner.write_text(text.replace("/bin/env", "/usr/bin/env"))
+    runner.chmod(0o755)
+    out = subprocess.run(
+        [str(runner), "--config", str(tmp_path / "wrapper.json")],
+        input=b'[[], {"name": "Alice"}]', capture_output=True, timeout=60,
+        env={"MVM_RUN_MODE": "oneshot", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert (out.returncode, json.loads(out.stdout)) == (0, "hello, Alice"), out.stderr
 
 
 async def test_spec_passes_the_builders_checks(hello_doc: dict[str, Any]) -> None:
@@ -72,7 +96,8 @@ async def test_spec_passes_the_builders_checks(hello_doc: dict[str, Any]) -> Non
 
 def test_dev_flag_gives_dev_envelopes(hello_doc: dict[str, Any]) -> None:
     spec = _spec(hello_doc, dev=True)
-    assert spec.dev and json.loads(spec.mvm_files["runtime.json"])["mode"] == "dev"
+    assert spec.dev and json.loads(spec.mvm_files["wrapper.json"])["mode"] == "dev"
+    assert "mode" not in json.loads(spec.mvm_files["runtime.json"])
 
 
 def test_resources_env_and_ignored_mounts(hello_doc: dict[str, Any]) -> None:
@@ -85,8 +110,7 @@ def test_resources_env_and_ignored_mounts(hello_doc: dict[str, Any]) -> None:
     with structlog.testing.capture_logs() as logs:
         spec = _spec(doc)
     assert (spec.vcpus, spec.memory_mib) == (2, 512)
-    assert json.loads(spec.mvm_files["wrapper.json"])["env"]["GREETING"] == "hi"
-    assert "GREETING=hi" in (spec.command or ())
+    assert "GREETING=hi" in Path(spec.host_files[RUNNER_GUEST]).read_text().splitlines()[1]
     assert any(e["event"] == "ir_image.mounts_ignored" for e in logs)
 
 
@@ -94,7 +118,9 @@ def test_concurrency_extension(hello_doc: dict[str, Any]) -> None:
     doc = copy.deepcopy(hello_doc)
     doc["extensions"] = {"mvm.concurrency": {"warm": 4}}
     assert concurrency(validate(doc)) == 4
-    assert json.loads(_spec(doc).mvm_files["runtime.json"])["concurrency"] == {"warm": 4}
+    spec = _spec(doc)
+    assert json.loads(spec.mvm_files["runtime.json"])["concurrency"] == {"warm": 4}
+    assert "--variant longrunning" in Path(spec.host_files[RUNNER_GUEST]).read_text()
     doc["extensions"] = {"mvm.concurrency": {"warm": "many"}}
     with pytest.raises(ConfigError) as info:
         concurrency(validate(doc))
@@ -105,11 +131,12 @@ def test_concurrency_extension(hello_doc: dict[str, Any]) -> None:
     ("change", "code"),
     [
         (lambda d: d["apps"].append({**d["apps"][0], "name": "other"}), "E_IR_APPS"),
-        (lambda d: d["apps"][0]["entrypoints"][0]["function"].update(format="msgpack"),
+        (lambda d: d["apps"][0]["entrypoints"][0].update(format="msgpack"),
          "E_IR_FORMAT"),
         (lambda d: d["apps"][0].update(
-            image={"oci_base": {"ref": "python", "digest": "sha256:" + "a" * 64}}), "E_IR_IMAGE"),
-        (lambda d: d["apps"][0].update(source={"nix_derivation": {"flake": ".", "attr": "x"}}),
+            image={"kind": "oci_base", "reference": "python", "digest": "sha256:" + "a" * 64}),
+         "E_IR_IMAGE"),
+        (lambda d: d["apps"][0].update(source={"kind": "nix_derivation", "expr": "x"}),
          "E_IR_SOURCE"),
     ],
 )  # fmt: skip

@@ -175,19 +175,26 @@ def test_unpinned_node_lockfile_through_validate_names_the_json_path(tmp_path: P
         "apps": [
             {
                 "name": "web",
-                "source": {"local_path": {"path": "web"}},
-                "image": {"nix_packages": {"packages": ["nodejs"]}},
+                "source": {"kind": "local_path", "path": "web"},
+                "image": {"kind": "nix_packages", "packages": ["nodejs"]},
                 "entrypoints": [
-                    {"function": {"language": "node", "module": "index.js", "function": "handler"}}
+                    {
+                        "kind": "function",
+                        "language": "node",
+                        "module": "index.js",
+                        "function": "handler",
+                        "format": "json",
+                        "primary": True,
+                    }
                 ],
-                "dependencies": {"node": {"lockfile": "package-lock.json", "tool": "npm"}},
+                "dependencies": {"kind": "node", "lockfile": "package-lock.json", "tool": "npm"},
             }
         ],
     }
     with pytest.raises(IrError) as info:
         validate(data, base_dir=tmp_path)
     assert info.value.code == "E_UNPINNED_DEPS"
-    assert info.value.message.startswith("$.apps[0].dependencies.node.lockfile: package")
+    assert info.value.message.startswith("$.apps[0].dependencies.lockfile: package")
     (tmp_path / "web" / "package-lock.json").write_text(json.dumps(NPM_PINNED))
     assert validate(data, base_dir=tmp_path).apps[0].name == "web"
 

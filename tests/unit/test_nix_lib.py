@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -550,98 +549,78 @@ def hello_ir() -> dict[str, Any]:
     return doc
 
 
-def fn_args(ir: Any, **extra: Any) -> dict[str, Any]:
-    return {"ir": ir, "src": str(FIXTURES / "hello"), **extra}
-
-
-async def test_function_workload_and_service_guests() -> None:
-    body = (
-        "map (g: { inherit (g.passthru) mvm; spec = { inherit (g.passthru.spec)"
-        " command services healthChecks extraFiles extraTrees vcpus memoryMib;"
-        " packages = map (p: p.name) g.passthru.spec.packages; }; })"
-        " [ (lib.mkFunctionWorkload args.w) (lib.mkFunctionService args.s) ]"
+def _workload_expr(body: str) -> str:
+    """``w`` is mkFunctionWorkload of args.irFile / args.appPkg (absolute path strings)."""
+    return (
+        "let w = lib.mkFunctionWorkload { irFile = /. + args.irFile; appPkg = /. + args.appPkg; };"
+        f" in {body}"
     )
+
+
+def _write_ir(tmp_path: Path, ir: dict[str, Any]) -> dict[str, str]:
+    (tmp_path / "ir.json").write_text(json.dumps(ir))
+    return {"irFile": str(tmp_path / "ir.json"), "appPkg": str(FIXTURES / "hello")}
+
+
+async def test_function_workload_guest(tmp_path: Path) -> None:
     ir = hello_ir()
-    ir["apps"][0]["network"]["ports"] = [9000]
     ir["apps"][0]["resources"].update(vcpus=2, memory_mb=512)
-    workload, service = await nix_meta.evaluate(
-        body, args={"w": fn_args(hello_ir()), "s": fn_args(ir)}
+    out = await nix_meta.evaluate(
+        _workload_expr(
+            "{ inherit (w.passthru) mvm; spec = { inherit (w.passthru.spec) command extraTrees"
+            " vcpus memoryMib; files = builtins.attrNames w.passthru.spec.extraFiles;"
+            " packages = map (p: p.name) w.passthru.spec.packages; };"
+            " offline = w.mvmFunctionWorkload; svc = { inherit (w.functionService) language"
+            " variant service; }; }"
+        ),
+        args=_write_ir(tmp_path, ir),
     )
-
-    mvm, spec = workload["mvm"], workload["spec"]
-    assert mvm["function"] == {
-        "language": "python", "module": "app", "function": "greet", "format": "json",
-        "irId": "hello", "kind": "workload",
-    }  # fmt: skip
+    mvm, spec = out["mvm"], out["spec"]
     assert (mvm["name"], mvm["entrypointKind"], mvm["sealed"]) == ("hello", "command", True)
     assert mvm["uids"] == {"agent": 990, "entrypoint": 1000}
-    assert spec["packages"] == ["python3"]
-    assert spec["extraTrees"] == {"/srv/app": str(FIXTURES / "hello")}
-    assert spec["command"][:2] == ["/bin/sh", "-c"]
-    assert "exec python3 /usr/lib/mvm/function/wrapper.py" in spec["command"][2]
-    # Same meta as the offline builder would write for the equivalent ImageSpec.
-    equivalent = ImageSpec(
-        name="hello", command=tuple(spec["command"]), extra_files=spec["extraFiles"]
-    )
-    expected = offline_meta(equivalent)
-    for key in set(expected) - {"spec_hash", "builder"}:  # packages: derivations vs applets
-        assert mvm["meta"][key] == expected[key], key
-
-    mvm, spec = service["mvm"], service["spec"]
-    assert mvm["function"]["kind"] == "service" and mvm["function"]["port"] == 9000
-    assert (mvm["entrypointKind"], mvm["services"], mvm["healthChecks"]) == (
-        "services", ["function"], ["function"],
-    )  # fmt: skip
-    assert (mvm["vcpus"], mvm["memoryMib"]) == (2, 512)
-    assert spec["services"]["function"]["restart"] == "always"
-    assert spec["services"]["function"]["command"].endswith("wrapper.py --serve 9000")
-    assert spec["healthChecks"]["function"]["healthCmd"].endswith("--check 9000")
+    assert (spec["vcpus"], spec["memoryMib"]) == (2, 512)
+    assert set(spec["packages"]) == {"python3"}  # servicePackages + map (p: pkgs.${p})
+    assert list(spec["extraTrees"]) == ["/app"]  # appPkg (copied to the store) at working_dir
+    assert spec["extraTrees"]["/app"].endswith("-hello")
+    assert spec["command"] == ["/bin/sh", "/usr/lib/mvm/wrappers/runner"]
+    assert spec["files"] == [
+        "/etc/mvm/runtime.json",
+        "/etc/mvm/wrapper.json",
+        "/usr/lib/mvm/wrappers/runner",
+    ]  # fmt: skip  (mkGuest writes /etc/mvm/entrypoint from command)
+    assert out["offline"]["irFile"] == str(tmp_path / "ir.json")
+    assert out["svc"] == {
+        "language": "python", "variant": "oneshot",
+        "service": {"hello": {"command": "exec /bin/sh /usr/lib/mvm/wrappers/runner",
+                              "restart": "always"}},
+    }  # fmt: skip
 
 
-def _run_wrapper(wrapper: Path, *argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(FIXTURES / "hello")}
-    return subprocess.run(
-        [sys.executable, str(wrapper), *argv],
-        input=stdin, capture_output=True, text=True, env=env, timeout=10, check=False,
-    )  # fmt: skip
-
-
-async def test_the_generated_python_wrapper_really_runs(tmp_path: Path) -> None:
+async def test_the_nix_runner_really_runs(tmp_path: Path) -> None:
     files = await nix_meta.evaluate(
-        "(lib.mkFunctionWorkload args).passthru.spec.extraFiles", args=fn_args(hello_ir())
+        _workload_expr("w.functionService.extraFiles"), args=_write_ir(tmp_path, hello_ir())
     )
-    wrapper = tmp_path / "wrapper.py"
-    wrapper.write_text(files["/usr/lib/mvm/function/wrapper.py"])
-
-    ok = _run_wrapper(wrapper, stdin='{"name": "nix"}')
-    assert (ok.returncode, json.loads(ok.stdout)) == (0, {"ok": True, "result": "hello, nix"})
-    bad = _run_wrapper(wrapper, stdin='{"nom": "x"}')
-    assert bad.returncode == 1
-    assert json.loads(bad.stdout)["error"]["type"] == "TypeError"
-
-    # Service mode: newline-delimited JSON over TCP on 127.0.0.1, plus --check.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(FIXTURES / "hello")}
-    server = subprocess.Popen([sys.executable, str(wrapper), "--serve", str(port)], env=env)
-    try:
-        for _ in range(100):
-            if _run_wrapper(wrapper, "--check", str(port)).returncode == 0:
-                break
-            await trio.sleep(0.05)
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            await stream.send_all(b'{"name": "a"}\n["b"]\n')
-            data = b""
-            while data.count(b"\n") < 2:
-                data += await stream.receive_some()
-        replies = [json.loads(line) for line in data.decode().splitlines()]
-        assert replies == [{"ok": True, "result": "hello, a"}, {"ok": True, "result": "hello, b"}]
-    finally:
-        server.kill()
-        server.wait()
-    assert _run_wrapper(wrapper, "--check", str(port)).returncode != 0
+    text = files["/usr/lib/mvm/wrappers/runner"]
+    header = text.splitlines()[1]
+    store_python = header.split()[1]
+    assert store_python.endswith("/bin/python3")
+    runner = tmp_path / "runner"
+    runner.write_text(text.replace(store_python, sys.executable, 1))
+    config = json.loads(files["/etc/mvm/wrapper.json"]) | {"working_dir": str(FIXTURES / "hello")}
+    (tmp_path / "wrapper.json").write_text(json.dumps(config))
+    env = {"MVM_RUN_MODE": "oneshot", "MVM_WRAPPER_JSON": str(tmp_path / "wrapper.json"),
+           "PATH": "/usr/bin:/bin"}  # fmt: skip
+    ok = subprocess.run(
+        ["/bin/sh", str(runner)], input=b'[[], {"name": "nix"}]', capture_output=True,
+        env=env, timeout=30, check=False,
+    )  # fmt: skip
+    assert (ok.returncode, json.loads(ok.stdout)) == (0, "hello, nix"), ok.stderr
+    bad = subprocess.run(
+        ["/bin/sh", str(runner)], input=b'[[], {"nom": "x"}]', capture_output=True,
+        env=env, timeout=30, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 1 and bad.stdout == b""
+    assert json.loads(bad.stderr.splitlines()[-1])["error"]["code"] == "E_FUNCTION_ARGS"
 
 
 def _ir_with(**changes: Any) -> dict[str, Any]:
@@ -650,86 +629,58 @@ def _ir_with(**changes: Any) -> dict[str, Any]:
     for key, value in changes.items():
         if key == "apps":
             ir["apps"] = value(app)
-        elif key == "schema_version":
-            ir[key] = value
         else:
             app[key] = value
     return ir
 
 
-FUNCTION_ERRORS: list[tuple[str, Any, str, str]] = [
-    (
-        "mkFunctionWorkload",
-        fn_args(_ir_with(apps=lambda a: [a, {**a, "name": "two"}])),
-        "E_IR_APPS",
-        "mkFunctionWorkload: IR must have exactly one app (got 2)",
-    ),
-    (
-        "mkFunctionService",
-        fn_args(_ir_with(apps=lambda a: [])),
-        "E_IR_APPS",
-        "mkFunctionService: IR must have exactly one app (got 0)",
-    ),
-    ("mkFunctionWorkload", fn_args(_ir_with(schema_version="9.9")), "E_IR_SCHEMA", "'9.9'"),
-    (
-        "mkFunctionWorkload",
-        fn_args(_ir_with(entrypoints=[{"command": {"argv": ["true"]}}])),
-        "E_IR_ENTRYPOINT",
-        "app 'hello' has no function entrypoint",
-    ),
-    (
-        "mkFunctionWorkload",
-        fn_args(
-            _ir_with(
-                entrypoints=[
-                    {"function": {"language": "python", "module": "a", "function": "f"}},
-                    {"function": {"language": "python", "module": "a", "function": "g"}},
-                ]
-            )
-        ),
-        "E_IR_ENTRYPOINT",
-        "2 function entrypoints; mark exactly one primary",
-    ),
-    (
-        "mkFunctionWorkload",
-        fn_args(
-            _ir_with(
-                entrypoints=[{"function": {"language": "cobol", "module": "a", "function": "f"}}]
-            )
-        ),
-        "E_IR_LANGUAGE",
-        "'cobol' is not supported",
-    ),
-    (
-        "mkFunctionWorkload",
-        fn_args(_ir_with(image={"nix_packages": {"packages": ["no-such-pkg"]}})),
-        "E_IR_PACKAGE",
-        "package 'no-such-pkg' is not in the package set",
-    ),
-    ("mkFunctionWorkload", {"ir": hello_ir()}, "E_IR_SOURCE", "pass src = ./."),
-    ("mkFunctionWorkload", {"src": "/x"}, "E_IR_INVALID", "ir is required"),
-    (
-        "mkFunctionWorkload",
-        fn_args(hello_ir(), port=1),
-        "E_IR_INVALID",
-        "unknown argument(s) ['port']",
-    ),
-    ("mkFunctionService", fn_args(hello_ir(), port=70000), "E_IR_PORT", "port 70000 out of range"),
-]
+FUNCTION_ERRORS: list[tuple[dict[str, Any], str, str]] = [
+    (_ir_with(apps=lambda a: [a, {**a, "name": "two"}]), "E_IR_APPS",
+     "mkFunctionWorkload: IR must have exactly one app"),
+    (_ir_with(apps=lambda a: []), "E_IR_APPS", "mkFunctionWorkload: IR must have exactly one app"),
+    (_ir_with(image={"kind": "oci_base", "reference": "python", "digest": "sha256:" + "a" * 64}),
+     "E_IR_IMAGE", 'mkFunctionWorkload: app.image.kind must be "nix_packages"'),
+    (_ir_with(entrypoints=[{"kind": "command", "command": ["true"]}]), "E_IR_ENTRYPOINT",
+     "mkFunctionWorkload: expected exactly one primary function entrypoint"),
+    (_ir_with(entrypoints=[
+        {"kind": "function", "language": "python", "module": "a", "function": "f", "primary": True},
+        {"kind": "function", "language": "python", "module": "a", "function": "g", "primary": True},
+    ]), "E_IR_ENTRYPOINT", "mkFunctionWorkload: expected exactly one primary function entrypoint"),
+    (_ir_with(entrypoints=[
+        {"kind": "function", "language": "cobol", "module": "a", "function": "f", "primary": True},
+    ]), "E_IR_LANGUAGE",
+     'mkFunctionService: language "cobol" has no entry in the language registry'),
+    (_ir_with(entrypoints=[
+        {"kind": "function", "language": "python", "module": "a", "function": "f",
+         "format": "msgpack", "primary": True},
+    ]), "E_IR_FORMAT", "no msgpack implementation in the image"),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize(("function", "args", "code", "part"), FUNCTION_ERRORS)
-async def test_function_guest_errors(function: str, args: Any, code: str, part: str) -> None:
-    err = await _nix_error(function, args)
-    assert isinstance(err, ConfigError)
-    assert (err.code, part in err.message) == (code, True), err.message
+@pytest.mark.parametrize(("ir", "code", "part"), FUNCTION_ERRORS)
+async def test_function_workload_errors(
+    tmp_path: Path, ir: dict[str, Any], code: str, part: str
+) -> None:
+    with pytest.raises(MvmError) as info:
+        await nix_meta.evaluate(_workload_expr("w.drvPath"), args=_write_ir(tmp_path, ir))
+    assert isinstance(info.value, ConfigError)
+    assert (info.value.code, part in info.value.message) == (code, True), info.value.message
 
 
-async def test_ir_may_be_given_as_json_text() -> None:
-    info = await nix_meta.guest_info(
-        "mkFunctionWorkload", fn_args((FIXTURES / "ir" / "hello.pretty.json").read_text())
+async def test_mkfunctionservice_is_the_language_factory() -> None:
+    out = await nix_meta.evaluate(
+        'let s = lib.mkFunctionService { language = "node"; module = "app"; function = "greet";'
+        ' concurrency = { warm = 2; }; workloadId = "hello"; dev = true; };'
+        " in { inherit (s) language variant; files = s.extraFiles;"
+        " packages = map (p: p.name) s.servicePackages; }",
+        args={},
     )
-    assert info["function"]["function"] == "greet"
+    assert (out["language"], out["variant"], out["packages"]) == ("node", "longrunning", ["nodejs"])
+    assert json.loads(out["files"]["/etc/mvm/wrapper.json"])["mode"] == "dev"
+    assert json.loads(out["files"]["/etc/mvm/runtime.json"]) == {
+        "language": "node", "module": "app", "function": "greet", "format": "json",
+        "source_path": "/app", "concurrency": {"warm": 2},
+    }  # fmt: skip
 
 
 # --------------------------------------------------------------- derivation and sources

@@ -418,9 +418,13 @@ async def test_stop_escalates_to_sigkill_after_grace(
     backend = QemuBackend()
     plan = backend.prepare(_spec(tmp_path))
     proc = subprocess.Popen(
-        ["sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"], start_new_session=True
+        ["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
     )
     try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"  # SIGTERM is ignored from here on
         handle = QemuHandle(proc.pid, plan, process_start_time(proc.pid), proc)
         assert await backend.stop(handle, grace=0.3) == -signal.SIGKILL
         assert not os.path.exists(f"/proc/{proc.pid}")

@@ -27,7 +27,7 @@ from mvm.engine.ir import (
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 HELLO_DIR = FIXTURES / "hello"
 GOLDEN = FIXTURES / "ir" / "hello.json"
-HELLO_HASH = "58b459a743096f4ce8d6504740748f3e53e70fade9c53889510a25b1b7595f49"
+HELLO_HASH = "6abb52628ae34b2102bf0efb195cf925bcc9251e16fd2e6cd61e862bd8cebb4c"
 DIGEST = "sha256:" + "12" * 32
 
 
@@ -77,7 +77,9 @@ def test_child_runs_with_mvm_emitting_set(tmp_path: Path) -> None:
         """,
     )
     doc = json.loads(emit_ir(entry))
-    assert doc["apps"][0]["entrypoints"] == [{"command": {"argv": ["/bin/hello", "--loud"]}}]
+    assert doc["apps"][0]["entrypoints"] == [
+        {"kind": "command", "command": ["/bin/hello", "--loud"], "working_dir": "/app", "env": {}}
+    ]
 
 
 def test_decorators_record_everything_in_order() -> None:
@@ -105,7 +107,7 @@ def test_decorators_record_everything_in_order() -> None:
     assert workload.id == "demo.v1"
     assert workload.volumes == (Volume("data", 64),)
     app = workload.apps[0]
-    assert app.source == OciImage(ref=f"ghcr.io/acme/svc@{DIGEST}", digest=DIGEST)
+    assert app.source == OciImage(reference=f"ghcr.io/acme/svc@{DIGEST}", digest=DIGEST)
     assert [type(e) for e in app.entrypoints] == [
         FunctionEntrypoint,
         FunctionEntrypoint,
@@ -116,7 +118,7 @@ def test_decorators_record_everything_in_order() -> None:
     assert (first.function, first.primary) == ("first", True)
     assert (second.function, second.format) == ("second", "msgpack")
     assert app.mounts == (Mount("data", "/data", read_only=True),)
-    assert app.network.ports == (8080,) and app.resources.vcpus == 2
+    assert app.network is not None and app.network.ports == (8080,) and app.resources.vcpus == 2
 
 
 def test_oci_helper_without_digest_fails_at_declaration() -> None:
@@ -146,7 +148,7 @@ def test_unpinned_or_missing_lockfile_fails_emit_with_json_path(tmp_path: Path) 
     with pytest.raises(IrError) as info:
         emit_ir(entry)
     assert info.value.code == "E_UNPINNED_DEPS"
-    assert info.value.message.startswith("$.apps[0].dependencies.python.lockfile: ")
+    assert info.value.message.startswith("$.apps[0].dependencies.lockfile: ")
     (tmp_path / "uv.lock").write_text(
         'version = 1\n[[package]]\nname = "six"\nversion = "1.16.0"\n'
         'source = { registry = "https://pypi.org/simple" }\n'

@@ -1,4 +1,5 @@
-"""The guest function wrapper: strict decoder, envelopes, prod stripping, both modes.
+"""The guest function wrapper: the seed's dispatch protocol (value on stdout, sanitized
+error envelope on stderr), strict decoder, prod stripping, oneshot and longrunning.
 
 The decoder is fuzzed with hypothesis: whatever bytes arrive, the wrapper answers
 with a well-formed envelope and one of its own error codes, and never raises.
@@ -32,6 +33,7 @@ _modules = itertools.count()
 def _runtime(
     tmp_path: Path, source: str | None = None, mode: str = "prod", **cfg: Any
 ) -> w.Runtime:
+    # variant longrunning: these tests call handle() more than once per runtime
     """A runtime for the hello app, or for ``source`` as a fresh module (never cached)."""
     app_dir = HELLO
     if source is not None:
@@ -40,15 +42,25 @@ def _runtime(
         name = f"fnmod{next(_modules)}"
         (app_dir / f"{name}.py").write_text(source)
         cfg.setdefault("module", name)
-    config = {"module": "app", "function": "greet", "app_dir": str(app_dir), "mode": mode}
+    config = {
+        "module": "app",
+        "function": "greet",
+        "format": "json",
+        "working_dir": str(app_dir),
+        "mode": mode,
+    }
     config.update(cfg)
     return w.Runtime(config)
 
 
 def _reply(runtime: w.Runtime, body: bytes) -> dict[str, Any]:
-    out = runtime.handle(body)
-    decoded: dict[str, Any] = json.loads(out)
-    return decoded
+    """The old two-armed view of a reply, for terse asserts: ok+result or the envelope."""
+    ok, out = runtime.handle(body)
+    decoded = json.loads(out)
+    if ok:
+        return {"ok": True, "result": decoded}
+    assert set(decoded) == {"error"}, decoded
+    return {"ok": False, **decoded}
 
 
 def _code(body: bytes) -> str:
@@ -144,9 +156,23 @@ def test_prod_strips_paths_and_traceback(tmp_path: Path) -> None:
         "error": {
             "code": w.E_FUNCTION_FAILED,
             "type": "ValueError",
-            "message": "ValueError: cannot open <path>",
+            "message": "ValueError (details withheld in prod images)",
         },
     }
+
+
+def test_prod_envelope_has_no_payload_bytes_or_paths(tmp_path: Path) -> None:
+    rt = _runtime(tmp_path, FAILING, function="boom")
+    for body in (
+        b'[["SECRET-PAYLOAD"], {}]',
+        b'[[], {"SECRET-PAYLOAD": 1, "SECRET-PAYLOAD": 2}]',
+        b'[["SECRET-PAYLOAD", 1e999], {}]',
+        b'[["SECRET-PAYLOAD"], {}',
+    ):
+        ok, out = rt.handle(body)
+        assert not ok
+        assert b"SECRET" not in out and b"/srv" not in out and b"Traceback" not in out
+        assert "traceback" not in json.loads(out)["error"]
 
 
 def test_dev_keeps_message_and_traceback(tmp_path: Path) -> None:
@@ -179,12 +205,13 @@ _json = st.recursive(
 )
 
 
-def _assert_envelope(out: bytes) -> None:
-    reply = json.loads(out)
-    assert isinstance(reply, dict) and isinstance(reply["ok"], bool)
-    if not reply["ok"]:
-        assert reply["error"]["code"] in CODES
-        assert isinstance(reply["error"]["message"], str)
+def _assert_envelope(reply: tuple[bool, bytes]) -> None:
+    ok, out = reply
+    value = json.loads(out)
+    if not ok:
+        assert set(value) == {"error"}
+        assert value["error"]["code"] in CODES
+        assert isinstance(value["error"]["message"], str)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -205,31 +232,109 @@ def test_fuzz_json_like_text(text: str) -> None:
     _assert_envelope(_FUZZ_RT.handle(text.encode()))
 
 
-_FUZZ_RT = w.Runtime({"module": "app", "function": "greet", "app_dir": str(HELLO), "mode": "prod"})
+_FUZZ_RT = w.Runtime(
+    {"module": "app", "function": "greet", "working_dir": str(HELLO), "mode": "prod"}
+)
 
 
 # ------------------------------------------------------------------------- real processes
 
 
-def _config(tmp_path: Path, source: str, function: str) -> Path:
+def _config(tmp_path: Path, source: str, function: str, mode: str = "prod") -> Path:
     (tmp_path / "fnmod.py").write_text(source)
-    cfg = tmp_path / "runtime.json"
-    cfg.write_text(json.dumps({"module": "fnmod", "function": function, "app_dir": str(tmp_path)}))
+    cfg = tmp_path / "wrapper.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "module": "fnmod",
+                "function": function,
+                "format": "json",
+                "working_dir": str(tmp_path),
+                "mode": mode,
+            }
+        )
+    )
     return cfg
 
 
-def test_oneshot_process_keeps_user_prints_off_the_reply(tmp_path: Path) -> None:
-    source = "import os\ndef f(x):\n    print('noise')\n    os.write(1, b'raw')\n    return x\n"
-    cfg = _config(tmp_path, source, "f")
-    proc = subprocess.run(
-        [sys.executable, str(WRAPPER), "--config", str(cfg)],
-        input=b'[[{"a": [1, 2]}], {}]',
+def _run(
+    cfg: Path, stdin: bytes, mode: str, variant: str = "oneshot"
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, str(WRAPPER), "--config", str(cfg), "--variant", variant],
+        input=stdin,
         capture_output=True,
-        timeout=30,
+        timeout=60,
+        env={"MVM_RUN_MODE": mode, "PATH": "/usr/bin:/bin"},
     )
+
+
+def _envelope(stderr: bytes) -> dict[str, Any]:
+    last: dict[str, Any] = json.loads(stderr.strip().splitlines()[-1])
+    return last
+
+
+def test_oneshot_value_on_stdout_not_wrapped(tmp_path: Path) -> None:
+    source = "import os\ndef f(x):\n    print('noise')\n    os.write(1, b'raw')\n    return x\n"
+    proc = _run(_config(tmp_path, source, "f"), b'[[{"a": [1, 2]}], {}]', "oneshot")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == {"ok": True, "result": {"a": [1, 2]}}
+    assert json.loads(proc.stdout) == {"a": [1, 2]}  # the return value itself
     assert b"noise" in proc.stderr and b"raw" in proc.stderr
+
+
+def test_oneshot_error_is_an_envelope_on_stderr_and_nonzero_exit(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, FAILING, "boom")
+    proc = _run(cfg, b'[["/srv/app/data"], {}]', "oneshot")
+    assert proc.returncode == 1 and proc.stdout == b""
+    assert _envelope(proc.stderr) == {
+        "error": {
+            "code": w.E_FUNCTION_FAILED,
+            "type": "ValueError",
+            "message": "ValueError (details withheld in prod images)",
+        }
+    }
+    assert b"Traceback" not in proc.stderr and b"/srv/app" not in proc.stderr
+    dev = _run(
+        _config(tmp_path, FAILING, "boom", mode="dev"), b'[["/srv/app/data"], {}]', "oneshot"
+    )
+    assert dev.returncode == 1
+    assert "in boom" in _envelope(dev.stderr)["error"]["traceback"]
+
+
+def test_oneshot_caps_stdin_at_16_mib(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, "def f(x):\n    return len(x)\n", "f")
+    ok = b'[["' + b"x" * (w.MAX_INPUT - 10) + b'"], {}]'
+    assert json.loads(_run(cfg, ok, "oneshot").stdout) == w.MAX_INPUT - 10
+    over = _run(cfg, ok + b" " * 11, "oneshot")
+    assert over.returncode == 1
+    assert _envelope(over.stderr)["error"]["code"] == w.E_INPUT_TOO_LARGE
+
+
+def test_oneshot_second_invocation_is_a_hard_error(tmp_path: Path) -> None:
+    (tmp_path / "m.py").write_text("def f(x):\n    return x\n")
+    rt = w.Runtime(
+        {"module": "m", "function": "f", "working_dir": str(tmp_path)}, variant="oneshot"
+    )
+    assert rt.handle(b"[[1], {}]") == (True, b"1")
+    ok, out = rt.handle(b"[[2], {}]")
+    assert not ok and json.loads(out)["error"]["code"] == w.E_WRAPPER_REUSED
+
+
+def test_oneshot_variant_refuses_longrunning_mode(tmp_path: Path) -> None:
+    proc = _run(_config(tmp_path, "def f(x):\n    return x\n", "f"), b"", "longrunning")
+    assert proc.returncode == 2
+    assert _envelope(proc.stderr)["error"]["code"] == w.E_WRAPPER_MODE
+
+
+def test_prod_sets_pr_set_dumpable_0(tmp_path: Path) -> None:
+    source = (
+        "def f():\n    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('CoreDumping') or line.startswith('Name'):\n            pass\n"
+        "    import ctypes\n    return ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)\n"  # PR_GET_DUMPABLE
+    )
+    assert json.loads(_run(_config(tmp_path, source, "f"), b"[[], {}]", "oneshot").stdout) == 0
+    dev = _run(_config(tmp_path, source, "f", mode="dev"), b"[[], {}]", "oneshot")
+    assert json.loads(dev.stdout) == 1
 
 
 def test_longrunning_process_serves_framed_requests(tmp_path: Path) -> None:
@@ -246,20 +351,15 @@ def test_longrunning_process_serves_framed_requests(tmp_path: Path) -> None:
         + oversized
         + frame(b'[["b"], {}]')
     )
-    proc = subprocess.run(
-        [sys.executable, str(WRAPPER), "--config", str(cfg), "--mode", "longrunning"],
-        input=stdin,
-        capture_output=True,
-        timeout=60,
-    )
+    proc = _run(cfg, stdin, "longrunning", variant="longrunning")
     assert proc.returncode == 0, proc.stderr
     out, replies = proc.stdout, []
     while out:
-        (n,) = struct.unpack(">I", out[:4])
-        replies.append(json.loads(out[4 : 4 + n]))
-        out = out[4 + n :]
-    assert replies[0] == {"ok": True, "result": None}
-    assert replies[1] == {"ok": True, "result": ["a", 1]}
-    assert replies[2]["error"]["code"] == w.E_INPUT_NONFINITE
-    assert replies[3]["error"]["code"] == w.E_INPUT_TOO_LARGE
-    assert replies[4] == {"ok": True, "result": ["b", 2]}  # same process: state kept
+        n, status = struct.unpack(">IB", out[:5])
+        replies.append((status, json.loads(out[5 : 5 + n])))
+        out = out[5 + n :]
+    assert replies[0] == (0, None)
+    assert replies[1] == (0, ["a", 1])
+    assert replies[2][0] == 1 and replies[2][1]["error"]["code"] == w.E_INPUT_NONFINITE
+    assert replies[3][0] == 1 and replies[3][1]["error"]["code"] == w.E_INPUT_TOO_LARGE
+    assert replies[4] == (0, ["b", 2])  # same process: state kept

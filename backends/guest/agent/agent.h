@@ -108,6 +108,9 @@ typedef struct {
 	const char *log_dir;
 	const char *ctl;
 	const char *wrapper; /* run-entrypoint: {"argv": [..], "env": {..}?, "cwd": ..?} */
+	const char *spawn;   /* spawnd socket: exec/console run as the entrypoint uid (NULL: own uid) */
+	const char *console_shell; /* what `console` opens: the shell entrypoint's program */
+	const char *run_dir; /* /init's runtime dir: entrypoint.pid, services/NAME.pid */
 } config_t;
 
 extern config_t g_cfg;
@@ -161,9 +164,26 @@ void exec_close(stream_t *st);
 int exec_wants_read(const stream_t *st);
 void exec_spawn(session_t *s, int64_t id, char **argv, char **env, const char *cwd,
 		int want_stdin, int pty, int64_t rows, int64_t cols);
+/* exec_spawn, but `as_entrypoint` starts it through spawnd (when configured);
+ * flags are SPAWN_* (console: cwd defaults to the entrypoint's home). */
+void exec_spawn_ex(session_t *s, int64_t id, char **argv, char **env, const char *cwd,
+		   int want_stdin, int pty, int64_t rows, int64_t cols, int as_entrypoint,
+		   unsigned flags);
 char **string_array(const jdoc_t *d, int arr, size_t *count);
 char **build_env(const jdoc_t *d, int obj, int *bad);
 void free_env(char **env);
+
+/* ---- spawnd.c ---- */
+#define SPAWN_PTY 1u
+#define SPAWN_CONSOLE 2u
+/* In the forked exec child: hand fds 0-2 to spawnd and mirror the process; never returns. */
+void spawn_proxy(const char *sock_path, char **argv, char **env, const char *cwd, int flags,
+		 int status_fd) __attribute__((noreturn));
+int spawnd_main(int argc, char **argv);
+
+/* ---- console.c ---- */
+void console_start(session_t *s, int64_t id, const jdoc_t *d, int req);
+void uids_reply(session_t *s, int64_t id);
 
 /* ---- run.c ---- */
 void run_start(session_t *s, int64_t id, const jdoc_t *d, int req);

@@ -158,7 +158,7 @@ void exec_start(session_t *s, int64_t id, const jdoc_t *d, int req)
 		rows = 24;
 	if (cols < 1 || cols > 1000)
 		cols = 80;
-	exec_spawn(s, id, argv, env, cwd, want_stdin, pty, rows, cols);
+	exec_spawn_ex(s, id, argv, env, cwd, want_stdin, pty, rows, cols, 1, 0);
 }
 
 /* Shared by `exec` and `run`: takes ownership of the argv array (not its strings)
@@ -166,6 +166,14 @@ void exec_start(session_t *s, int64_t id, const jdoc_t *d, int req)
 void exec_spawn(session_t *s, int64_t id, char **argv, char **env, const char *cwd,
 		int want_stdin, int pty, int64_t rows, int64_t cols)
 {
+	exec_spawn_ex(s, id, argv, env, cwd, want_stdin, pty, rows, cols, 0, 0);
+}
+
+void exec_spawn_ex(session_t *s, int64_t id, char **argv, char **env, const char *cwd,
+		   int want_stdin, int pty, int64_t rows, int64_t cols, int as_entrypoint,
+		   unsigned flags)
+{
+	int proxy = as_entrypoint && g_cfg.spawn;
 	int out[2] = {-1, -1}, err[2] = {-1, -1}, in[2] = {-1, -1}, status[2] = {-1, -1};
 	int master = -1, slave = -1;
 	int ok = pipe2(status, O_CLOEXEC) == 0;
@@ -192,7 +200,8 @@ void exec_spawn(session_t *s, int64_t id, char **argv, char **env, const char *c
 		signal(SIGCHLD, SIG_DFL);
 		setsid();
 		if (pty) {
-			ioctl(slave, TIOCSCTTY, 0);
+			if (!proxy) /* else the real process takes the PTY as its terminal */
+				ioctl(slave, TIOCSCTTY, 0);
 			dup2(slave, 0);
 			dup2(slave, 1);
 			dup2(slave, 2);
@@ -201,6 +210,9 @@ void exec_spawn(session_t *s, int64_t id, char **argv, char **env, const char *c
 			dup2(out[1], 1);
 			dup2(err[1], 2);
 		}
+		if (proxy)
+			spawn_proxy(g_cfg.spawn, argv, env, cwd, (pty ? SPAWN_PTY : 0) | flags,
+				    status[1]);
 		int e = 0;
 		if (cwd && chdir(cwd) != 0)
 			e = errno;

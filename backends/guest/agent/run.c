@@ -2,16 +2,46 @@
  * on sealed images, because the host cannot choose the program: the argv comes
  * from the image's baked wrapper file (g_cfg.wrapper, /etc/mvm/wrapper.json),
  * and the host only picks the mode, which is passed on as `--mode MODE`.
+ * A wrapper file in the seed's shape ({module, function, format, working_dir,
+ * mode}: no argv) is the wrapper's own config; then the program is the image's
+ * /etc/mvm/entrypoint (-> /usr/lib/mvm/wrappers/runner), told the mode by
+ * MVM_RUN_MODE (and `--mode MODE`).
  * Everything after the spawn is an ordinary exec stream with stdin. */
 #define _GNU_SOURCE
 #include "agent.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #define WRAPPER_MAX (64 * 1024)
+#define ENTRYPOINT "/etc/mvm/entrypoint"
+
+/* The seed's layout: exec /etc/mvm/entrypoint with MVM_RUN_MODE=mode. */
+static void run_entrypoint(session_t *s, int64_t id, const char *mode)
+{
+	char text[64];
+	snprintf(text, sizeof text, "{\"MVM_RUN_MODE\":\"%s\"}", mode);
+	jdoc_t e;
+	int bad = 0;
+	if (json_parse(&e, text, strlen(text)) != 0)
+		_exit(70);
+	char **env = build_env(&e, 0, &bad);
+	json_free(&e);
+	if (bad) {
+		send_error(s, id, "E_RUN_CONFIG", "cannot build the entrypoint environment");
+		return;
+	}
+	char **argv = calloc(4, sizeof *argv); /* exec_spawn owns the array */
+	if (!argv)
+		_exit(70);
+	argv[0] = ENTRYPOINT;
+	argv[1] = "--mode";
+	argv[2] = (char *)mode;
+	exec_spawn(s, id, argv, env, NULL, 1, 0, 24, 80);
+}
 
 void run_start(session_t *s, int64_t id, const jdoc_t *d, int req)
 {
@@ -39,6 +69,12 @@ void run_start(session_t *s, int64_t id, const jdoc_t *d, int req)
 		return;
 	}
 	int bad = w.n[0].type != J_OBJ;
+	if (!bad && json_get(&w, 0, "argv") < 0 && json_get(&w, 0, "module") >= 0) {
+		json_free(&w);
+		free(text);
+		run_entrypoint(s, id, mode);
+		return;
+	}
 	if (!bad)
 		base = string_array(&w, json_get(&w, 0, "argv"), &argc);
 	const char *cwd = NULL;

@@ -290,7 +290,7 @@ void session_free(session_t *s)
 static int is_request(const char *t)
 {
 	static const char *const reqs[] = {"ping", "exec", "connect", "health", "logs",
-					   "service", "shutdown", "run", NULL};
+					   "service", "shutdown", "run", "console", "uids", NULL};
 	for (int i = 0; reqs[i]; i++)
 		if (!strcmp(t, reqs[i]))
 			return 1;
@@ -357,6 +357,10 @@ static int dispatch(session_t *s, const char *body, size_t len)
 		frame_end(&f);
 	} else if (!strcmp(t, "exec")) {
 		exec_start(s, id, &d, 0);
+	} else if (!strcmp(t, "console")) {
+		console_start(s, id, &d, 0);
+	} else if (!strcmp(t, "uids")) {
+		uids_reply(s, id);
 	} else if (!strcmp(t, "run")) {
 		run_start(s, id, &d, 0);
 	} else if (!strcmp(t, "connect")) {

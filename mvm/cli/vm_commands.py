@@ -26,7 +26,7 @@ from mvm.engine.engine import Engine, VmHandle
 from mvm.engine.errors import ConfigError, MvmError, NotFoundError
 from mvm.engine.image import Image
 from mvm.engine.mvmtoml import MvmToml
-from mvm.engine.paths import vm_dir
+from mvm.engine.paths import vm_dir, write_private
 from mvm.engine.process import is_same_process
 from mvm.engine.reconcile import owner_alive
 from mvm.engine.store import StateStore, VmRecord
@@ -207,7 +207,7 @@ def write_mode(name: str, mode: str, **extra: object) -> None:
     path = vm_dir(name) / "mode.json"
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"mode": mode, "recorded_at": time.time(), **extra}))
+        write_private(path, json.dumps({"mode": mode, "recorded_at": time.time(), **extra}))
 
 
 def read_mode(name: str) -> dict[str, Any] | None:

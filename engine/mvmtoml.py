@@ -9,7 +9,8 @@
     volumes = ["./data:/mnt/data:64"]   # like -v; host paths relative to mvm.toml
 
 Every key is checked (unknown keys, wrong types, out-of-range numbers, paths that
-do not exist) and each problem is one coded line that names the key.
+do not exist) and each problem is one coded line that names the key; all of them
+are collected (``check_mvm_toml``), loading raises the first.
 """
 
 from __future__ import annotations
@@ -59,52 +60,89 @@ def _bad(path: Path, key: str, problem: str, code: str, hint: str | None = None)
 
 
 def load_mvm_toml(path: Path) -> MvmToml:
+    """The parsed file; raises the first problem (``mvm_toml_problems`` lists all)."""
+    config, problems = check_mvm_toml(path)
+    if problems:
+        raise problems[0]
+    assert config is not None
+    return config
+
+
+def check_mvm_toml(path: Path) -> tuple[MvmToml | None, list[ConfigError]]:
+    """(config, every problem): each key is checked on its own, so ``mvmctl validate``
+    reports all of them, one coded line each. ``config`` is None when any is bad."""
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist", code="E_TOML_MISSING") from None
+        return None, [ConfigError(f"{path} does not exist", code="E_TOML_MISSING")]
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}", code="E_TOML_SYNTAX") from None
-    return parse_mvm_toml(data, path)
+        return None, [ConfigError(f"{path} is not valid TOML: {exc}", code="E_TOML_SYNTAX")]
+    return _check(data, path)
 
 
 def parse_mvm_toml(data: dict[str, Any], path: Path) -> MvmToml:
+    config, problems = _check(data, path)
+    if problems:
+        raise problems[0]
+    assert config is not None
+    return config
+
+
+def _check(data: dict[str, Any], path: Path) -> tuple[MvmToml | None, list[ConfigError]]:
+    problems: list[ConfigError] = []
+    good: dict[str, Any] = {}
     for key, value in data.items():
         if key not in _KEYS:
-            raise _bad(
-                path,
-                key,
-                "unknown key",
-                "E_TOML_UNKNOWN_KEY",
-                hint=f"known keys: {', '.join(_KEYS)}",
+            problems.append(
+                _bad(
+                    path,
+                    key,
+                    "unknown key",
+                    "E_TOML_UNKNOWN_KEY",
+                    hint=f"known keys: {', '.join(_KEYS)}",
+                )
             )
+            continue
         wanted = _KEYS[key]
         if not isinstance(value, wanted) or isinstance(value, bool):
             kind = wanted.__name__ if isinstance(wanted, type) else "value"
-            raise _bad(path, key, f"must be a {kind}, not {type(value).__name__}", "E_TOML_TYPE")
-    fields: dict[str, Any] = {k: data[k] for k in ("flake", "profile", "hypervisor") if k in data}
+            problems.append(
+                _bad(path, key, f"must be a {kind}, not {type(value).__name__}", "E_TOML_TYPE")
+            )
+            continue
+        good[key] = value
+    fields: dict[str, Any] = {k: good[k] for k in ("flake", "profile", "hypervisor") if k in good}
     for key, (low, high) in (("vcpus", VCPU_RANGE), ("memory_mib", MEMORY_MIB_RANGE)):
-        if key in data:
-            if not low <= data[key] <= high:
-                raise _bad(path, key, f"must be between {low} and {high}", "E_TOML_RANGE")
-            fields[key] = data[key]
+        if key in good:
+            if not low <= good[key] <= high:
+                problems.append(
+                    _bad(path, key, f"must be between {low} and {high}", "E_TOML_RANGE")
+                )
+            else:
+                fields[key] = good[key]
     if fields.get("hypervisor", "qemu") not in HYPERVISORS:
-        raise _bad(
-            path,
-            "hypervisor",
-            f"unknown hypervisor {fields['hypervisor']!r}",
-            "E_TOML_VALUE",
-            hint=f"one of {', '.join(HYPERVISORS)}",
+        problems.append(
+            _bad(
+                path,
+                "hypervisor",
+                f"unknown hypervisor {fields['hypervisor']!r}",
+                "E_TOML_VALUE",
+                hint=f"one of {', '.join(HYPERVISORS)}",
+            )
         )
     flake = fields.get("flake", ".")
     is_ref = any(flake.startswith(p) for p in ("github:", "git+", "path:", "nixpkgs"))
     if not is_ref and not (path.parent / flake).exists():
-        raise _bad(path, "flake", f"{flake} does not exist (relative to mvm.toml)", "E_TOML_PATH")
-    fields["ports"] = tuple(_items(path, "ports", data, PortMapping.parse))
+        problems.append(
+            _bad(path, "flake", f"{flake} does not exist (relative to mvm.toml)", "E_TOML_PATH")
+        )
+    fields["ports"] = tuple(_items(path, "ports", good, PortMapping.parse, problems))
     fields["volumes"] = tuple(
-        _items(path, "volumes", data, lambda text: Volume.parse(_relative(path, text)))
+        _items(path, "volumes", good, lambda t: Volume.parse(_relative(path, t)), problems)
     )
-    return MvmToml(path=path, **fields)
+    if problems:
+        return None, problems
+    return MvmToml(path=path, **fields), []
 
 
 def _relative(path: Path, volume: str) -> str:
@@ -114,13 +152,16 @@ def _relative(path: Path, volume: str) -> str:
     return host + sep + rest
 
 
-def _items(path: Path, key: str, data: dict[str, Any], parse: Any) -> list[Any]:
+def _items(
+    path: Path, key: str, data: dict[str, Any], parse: Any, problems: list[ConfigError]
+) -> list[Any]:
     out = []
     for i, item in enumerate(data.get(key, [])):
         if not isinstance(item, str):
-            raise _bad(path, f"{key}[{i}]", "must be a string", "E_TOML_TYPE")
+            problems.append(_bad(path, f"{key}[{i}]", "must be a string", "E_TOML_TYPE"))
+            continue
         try:
             out.append(parse(item))
         except ConfigError as exc:
-            raise _bad(path, f"{key}[{i}]", exc.message, exc.code, exc.hint) from None
+            problems.append(_bad(path, f"{key}[{i}]", exc.message, exc.code, exc.hint))
     return out

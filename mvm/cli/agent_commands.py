@@ -19,7 +19,7 @@ from mvm.actors.port_forward import PortForward, bind_forward_listener
 from mvm.backends.guest.client import AgentClient
 from mvm.backends.guest.streams import ExecSession
 from mvm.engine.agent_access import open_vm_agent, require_accessible, running_vm
-from mvm.engine.errors import ConfigError
+from mvm.engine.errors import ConfigError, NotFoundError
 from mvm.engine.supervisor import RestartPolicy, Supervisor
 from mvm.engine.vmrequest import PortMapping
 
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_exec)
 
     p = sub.add_parser("console", help="interactive shell in a VM (accessible images only)")
-    p.add_argument("name")
+    p.add_argument("name", nargs="?", help="VM (default: the dev VM `mvmctl dev up` started)")
     p.add_argument(
         "--shell", default=None, help="program to run instead of the image's console shell"
     )
@@ -107,12 +107,28 @@ def _raw_terminal() -> Iterator[None]:
 
 
 async def cmd_console(args: argparse.Namespace) -> int:
+    if args.name is None:
+        args.name = _project_dev_vm()
     require_accessible(await running_vm(args.name), "console")
     size = shutil.get_terminal_size()
     async with open_vm_agent(args.name) as client:
         proc = await _console(client, getattr(args, "shell", None), size.lines, size.columns)
     print(f"\r\n[console of {args.name} closed]", file=sys.stderr)
     return _status(proc)
+
+
+def _project_dev_vm() -> str:
+    """No name: the dev VM ``dev up`` started (for this project, or the default one)."""
+    from mvm.cli.dev_commands import current_dev_vm
+
+    name = current_dev_vm()
+    if name is None:
+        raise NotFoundError(
+            "no VM named and no dev VM running",
+            code="E_CONSOLE_NO_VM",
+            hint="mvmctl dev up, or mvmctl console VM",
+        )
+    return name
 
 
 def _open_console(

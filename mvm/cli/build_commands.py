@@ -8,10 +8,11 @@ import sys
 
 import attrs
 
-from mvm.cli.builder_commands import build_project, find_project
+from mvm.cli.builder_commands import build_project
 from mvm.cli.images import resolve_image
 from mvm.cli.progress import BuildProgress
-from mvm.engine.builders import MODES, BuildJob
+from mvm.cli.project import find_target
+from mvm.engine.builders import MODES
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,7 +27,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("build", help="build an image and print its directory")
     p.add_argument(
-        "image", nargs="?", default="demo", help="demo | demo-dev | SPEC.json | PROJECT | mvm.toml"
+        "image",
+        nargs="?",
+        default=None,
+        help="demo | demo-dev | SPEC.json | IR.json | PROJECT | mvm.toml "
+        "(default: the project in this folder, else demo)",
+    )
+    p.add_argument("--flake", metavar="REF", help="flake to build: PATH, . or path:PATH")
+    p.add_argument("--profile", help="package packages.<system>.<profile> (default: mvm.toml's)")
+    p.add_argument(
+        "--no-persistent-builder",
+        action="store_true",
+        help="build in a one-shot builder instead of the persistent one",
     )
     p.add_argument("--builder", choices=MODES, default="auto", help="for projects (flakes)")
     p.add_argument("--json", action="store_true", help="print the image metadata as JSON")
@@ -60,12 +72,16 @@ async def cmd_kernel_build(args: argparse.Namespace) -> int:
 
 
 async def cmd_build(args: argparse.Namespace) -> int:
-    project = find_project(args.image)
+    project = find_target(args.image, args.flake, args.profile)
     if project is not None:  # a flake project: Nix builders, else the offline fallback
-        job = BuildJob(name=project[0].name, source=project[0], attr=project[1])
-        image = (await build_project(job, args.builder)).image
+        outcome = await build_project(
+            project.job, args.builder, one_shot=args.no_persistent_builder
+        )
+        image = outcome.image
     else:
-        image = await resolve_image(args.image)
+        if args.no_persistent_builder:
+            print("builder: one-shot builder requested (--no-persistent-builder)", file=sys.stderr)
+        image = await resolve_image(args.image or "demo")
     if args.json:
         print(json.dumps({"directory": str(image.directory), "meta": image.meta}, indent=2))
     else:

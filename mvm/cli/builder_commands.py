@@ -25,11 +25,11 @@ import anyio
 import anyio.abc
 
 from mvm.actors.builder_vm import BuildOutcome, builder_pool
+from mvm.cli.project import find_target, parse_attr
 from mvm.engine.builders import MODES, BuildJob, ModeChoice
 from mvm.engine.builders.auto import choose_builder
 from mvm.engine.builders.cache import BuildCache
 from mvm.engine.errors import ConfigError, MvmError, NotFoundError
-from mvm.engine.mvmtoml import MvmToml, load_mvm_toml
 from mvm.engine.paths import mvm_home
 from mvm.engine.process import is_same_process, process_start_time
 
@@ -40,42 +40,58 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr)
 
 
-def find_project(ref: str) -> tuple[Path, str, MvmToml | None] | None:
-    """(flake dir, attr, mvm.toml) when ``ref`` names a project, else None."""
-    path = Path(ref)
-    toml_path = path if path.name == "mvm.toml" else path / "mvm.toml"
-    if toml_path.is_file():
-        toml = load_mvm_toml(toml_path)
-        flake_dir = (toml_path.parent / toml.flake).resolve()
-        if not (flake_dir / "flake.nix").is_file():
-            raise ConfigError(
-                f"{toml_path}: flake {toml.flake} has no flake.nix", code="E_TOML_PATH"
-            )
-        return flake_dir, toml.profile, toml
-    if path.is_dir() and (path / "flake.nix").is_file():
-        return path.resolve(), "default", None
-    return None
-
-
 async def build_project(
     job: BuildJob,
     mode: ModeChoice = "auto",
     *,
     say: Say = _say,
     on_log: Callable[[str], None] | None = None,
+    one_shot: bool = False,
 ) -> BuildOutcome:
+    """Build ``job``. The persistent builder VM is not there yet, so every build runs in
+    a one-shot pool here; stderr says which builder was used and why. When host Nix
+    is picked but cannot fetch the flake's inputs (no network), ``auto`` falls back
+    to the offline assembler, saying so."""
+    if one_shot:
+        say("builder: one-shot builder requested (--no-persistent-builder)")
+    elif not _socket().exists():
+        say("builder: no persistent builder running; using a one-shot builder")
     choice = await choose_builder(job, mode)
     for line in choice.explanation.splitlines():
         say(line)
     if choice.fell_back:
         say(f"no Nix builder available: building {job.label} with the offline builder")
-    async with builder_pool(choice.builder, size=1) as pool:
-        outcome = await pool.build(choice.job, on_log=on_log or (lambda line: say(f"| {line}")))
+    log = on_log or (lambda line: say(f"| {line}"))
+    try:
+        async with builder_pool(choice.builder, size=1) as pool:
+            outcome = await pool.build(choice.job, on_log=log)
+    except MvmError as exc:
+        if mode != "auto" or choice.mode != "host" or not _is_offline_failure(exc.message):
+            raise
+        say(f"host Nix failed ({exc.code}): using the offline builder")
+        choice = await choose_builder(job, "offline")
+        async with builder_pool(choice.builder, size=1) as pool:
+            outcome = await pool.build(choice.job, on_log=log)
     say(
         f"built {outcome.image.name} ({'cache hit' if outcome.cache_hit else 'built'}, "
         f"{outcome.mode}, {outcome.seconds:.2f}s): {outcome.image.directory}"
     )
     return outcome
+
+
+def _is_offline_failure(message: str) -> bool:
+    """Host Nix failures the offline assembler can route around: inputs that need the
+    network, or a flake whose ``path:`` inputs point outside its store copy."""
+    return any(
+        m in message
+        for m in (
+            "unable to download",
+            "Couldn't resolve host",
+            "could not resolve",
+            "network",
+            "points outside of its parent's store path",
+        )
+    )
 
 
 # -- persistent builder ----------------------------------------------------------------------
@@ -95,11 +111,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     start = psub.add_parser("start", help="start the builder in the background")
     start.add_argument("--builder", choices=MODES, default="auto")
     start.add_argument("--size", type=int, default=4, help="parallel builds")
+    start.add_argument("--workspace", default=".", help="the project folder builds run in")
     start.set_defaults(func=cmd_start)
     psub.add_parser("status", help="is it running, with what").set_defaults(func=cmd_status)
     submit = psub.add_parser("submit", help="build a project (dir with mvm.toml or flake.nix)")
-    submit.add_argument("project", nargs="?", default=".")
-    submit.add_argument("--attr", help="flake package (default: mvm.toml profile or default)")
+    submit.add_argument("project", nargs="?", default=None)
+    submit.add_argument("--flake", help="flake ref: PATH or path:PATH (default: the workspace)")
+    submit.add_argument(
+        "--attr", help="packages.<system>.<name> or a package name (default: mvm.toml profile)"
+    )
     submit.set_defaults(func=cmd_submit)
     psub.add_parser("stop", help="stop the builder").set_defaults(func=cmd_stop)
     serve = psub.add_parser("serve", help=argparse.SUPPRESS)
@@ -117,6 +137,11 @@ def _pid_record() -> tuple[int, int] | None:
 
 
 async def cmd_start(args: argparse.Namespace) -> int:
+    workspace = Path(args.workspace).expanduser().resolve()
+    if not workspace.is_dir():
+        raise ConfigError(f"--workspace {args.workspace}: no such folder", code="E_WORKSPACE")
+    if args.size < 1:
+        raise ConfigError(f"--size {args.size}: must be at least 1", code="E_BUILDER_SIZE")
     if _pid_record():
         _say(f"persistent builder already running (pid {_pid_record()[0]})")  # type: ignore[index]
         return 0
@@ -137,7 +162,12 @@ async def cmd_start(args: argparse.Namespace) -> int:
                 )
             await anyio.sleep(0.05)
     (_dir() / "pid").write_text(f"{proc.pid}:{process_start_time(proc.pid)}")
-    _say(f"persistent builder started (pid {proc.pid}, {args.builder}, {args.size} slots)")
+    (_dir() / "workspace").write_text(str(workspace))
+    _say(
+        f"persistent builder started (pid {proc.pid}, {args.builder}, {args.size} slots, "
+        f"workspace {workspace}); this build pool runs on the host: a persistent builder VM "
+        "needs a Nix-built builder image (nixpkgs), which this host cannot build"
+    )
     return 0
 
 
@@ -173,10 +203,8 @@ async def cmd_stop(args: argparse.Namespace) -> int:
 
 
 async def cmd_submit(args: argparse.Namespace) -> int:
-    project = find_project(args.project)
-    if project is None:
-        raise ConfigError(f"{args.project} has no mvm.toml or flake.nix", code="E_BUILD_SOURCE")
-    source, attr, _toml = project
+    attr_name = parse_attr(args.attr) if args.attr else None
+    source, attr = _submit_source(args.flake, args.project)
     result: dict[str, Any] = {}
 
     def show(msg: dict[str, Any]) -> None:
@@ -185,7 +213,7 @@ async def cmd_submit(args: argparse.Namespace) -> int:
         else:
             result.update(msg)
 
-    await _ask({"op": "build", "source": str(source), "attr": args.attr or attr}, show)
+    await _ask({"op": "build", "source": str(source), "attr": attr_name or attr}, show)
     if not result.get("ok"):
         raise MvmError(
             str(result.get("error", "no answer")), code=str(result.get("code", "E_BUILD"))
@@ -193,6 +221,31 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     _say(f"built ({'cache hit' if result.get('cache_hit') else 'built'}, {result.get('mode')})")
     print(result["directory"])
     return 0
+
+
+def _workspace() -> Path:
+    try:
+        return Path((_dir() / "workspace").read_text())
+    except OSError:
+        return Path.cwd()
+
+
+def _submit_source(flake: str | None, project: str | None) -> tuple[Path, str]:
+    """The flake dir and default attr of a submit. The seed's ``--flake path:/work``
+    names the workspace as the builder VM sees it (mounted at /work): it maps to the
+    workspace given to ``start``."""
+    if flake is not None:
+        ref = flake[len("path:") :] if flake.startswith("path:") else flake
+        if ref.rstrip("/") == "/work" and not Path("/work/flake.nix").is_file():
+            flake = str(_workspace())
+        found = find_target(None, flake=flake)
+    else:
+        found = find_target(project or str(_workspace()))
+    if found is None:
+        raise ConfigError(
+            f"{project or _workspace()} has no mvm.toml or flake.nix", code="E_BUILD_SOURCE"
+        )
+    return found.source, found.attr
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
@@ -217,7 +270,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
                     await send({"ok": True})
                     tg.cancel_scope.cancel()
                 elif request.get("op") == "status":
-                    await send({**stats_base, "builds": served})
+                    await send({**stats_base, "workspace": str(_workspace()), "builds": served})
                 elif request.get("op") == "build":
                     await _serve_build(request, args, cache, send)
                     served.append(request.get("source"))
@@ -242,8 +295,20 @@ async def _serve_build(
         choice = await choose_builder(job, args.builder)
         for line in choice.explanation.splitlines():
             await send({"log": line})
-        async with builder_pool(choice.builder, size=args.size, cache=cache) as pool:
-            outcome = await pool.build(choice.job, on_log=lines.append)
+        try:
+            async with builder_pool(choice.builder, size=args.size, cache=cache) as pool:
+                outcome = await pool.build(choice.job, on_log=lines.append)
+        except MvmError as exc:
+            if (
+                args.builder != "auto"
+                or choice.mode != "host"
+                or not _is_offline_failure(exc.message)
+            ):
+                raise
+            await send({"log": "host Nix cannot fetch the flake's inputs: offline builder"})
+            choice = await choose_builder(job, "offline")
+            async with builder_pool(choice.builder, size=args.size, cache=cache) as pool:
+                outcome = await pool.build(choice.job, on_log=lines.append)
         for line in lines:
             await send({"log": line})
         await send(

@@ -1,112 +1,264 @@
-"""``mvmctl dev up/down/shell``: the inner loop on a project (mvm.toml + flake.nix).
+"""``mvmctl dev up/down/shell/status/cache inspect``: the dev image inner loop.
 
-``dev up`` builds the project (a cache hit when nothing changed) as an accessible
-image and boots it detached with mvm.toml's ports, volumes, size and hypervisor;
-``dev shell`` is ``mvmctl console`` on it; ``dev down`` stops it. A Nix build must
-produce an accessible image (``dev = true`` in mkGuest, e.g. a ``dev`` profile); the
-offline fallback simply builds the same spec with ``dev = true``.
+``dev up`` builds the project's dev output (``--profile``, else mvm.toml's profile when
+it is not ``default``, else ``dev``) as an accessible image, boots it detached with
+mvm.toml's ports, volumes and size, and drops into its shell when stdin is a terminal
+(otherwise it says how to attach). With no project, or a project without a dev
+output, it boots the default dev image (the built-in ``demo-dev``, a busybox shell).
+The dev VM's name is remembered in ``$MVM_HOME/dev/vm.json`` so ``mvmctl console``
+and ``dev shell``/``down`` find it without a name.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import sys
+from pathlib import Path
+from typing import Any
 
 import attrs
 
-from mvm.cli.builder_commands import build_project, find_project
-from mvm.engine.builders import MODES, BuildJob
+from mvm.cli.builder_commands import build_project
+from mvm.cli.project import Project, find_target
+from mvm.engine.builders import MODES
 from mvm.engine.detached import start_detached, stop_vm_record
-from mvm.engine.errors import AccessDenied, ConfigError, NotFoundError
+from mvm.engine.errors import AccessDenied, MvmError, NotFoundError
+from mvm.engine.image import Image
+from mvm.engine.paths import mvm_home
 from mvm.engine.store import StateStore
-from mvm.engine.vmrequest import VmRequest
+from mvm.engine.vmrequest import VmRequest, check_vm_name
+
+DEFAULT_DEV_VM = "mvm-dev"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("dev", help="build and boot a project's dev image; shell into it")
     dsub = p.add_subparsers(dest="dev_command", required=True)
-    up = dsub.add_parser("up", help="build (if needed) and boot the dev image, detached")
+    up = dsub.add_parser("up", help="build (if needed) and boot the dev image, then its shell")
     up.add_argument("project", nargs="?", default=".")
-    up.add_argument("--name", help="VM name (default: <image>-dev)")
-    up.add_argument("--profile", help="flake package (default: mvm.toml's profile)")
+    up.add_argument("--name", help="VM name (default: <project>-dev, or mvm-dev)")
+    up.add_argument("--profile", help="flake package (default: dev)")
     up.add_argument("--builder", choices=MODES, default="auto")
+    up.add_argument("--no-shell", action="store_true", help="boot only; do not attach")
     up.set_defaults(func=cmd_dev_up)
     for verb, text in (("down", "stop the dev VM"), ("shell", "console in the dev VM")):
         d = dsub.add_parser(verb, help=text)
         d.add_argument("project", nargs="?", default=".")
-        d.add_argument("--name", help="VM name (default: <image>-dev)")
+        d.add_argument("--name", help="VM name (default: the one dev up started)")
         d.set_defaults(func=cmd_dev_down if verb == "down" else cmd_dev_shell)
+    st = dsub.add_parser("status", help="the dev VM and the builder cache")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_dev_status)
+    cache = dsub.add_parser("cache", help="the builder cache")
+    csub = cache.add_subparsers(dest="cache_command", required=True)
+    ins = csub.add_parser("inspect", help="sanitized builder-cache summary + dev-image presence")
+    ins.add_argument("--json", action="store_true", help="labels only: no paths, no digests")
+    ins.set_defaults(func=cmd_dev_cache_inspect)
 
 
 def _say(text: str) -> None:
     print(text, file=sys.stderr)
 
 
-def _project(ref: str) -> tuple[BuildJob, object]:
-    project = find_project(ref)
+def _state_file() -> Path:
+    return mvm_home() / "dev" / "vm.json"
+
+
+def current_dev_vm() -> str | None:
+    """The VM the last ``dev up`` started (None when there is none)."""
+    try:
+        data = json.loads(_state_file().read_text())
+    except (OSError, ValueError):
+        return None
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _dev_name(project: Project | None) -> str:
     if project is None:
-        raise ConfigError(
-            f"{ref} is not a project (no mvm.toml or flake.nix)",
-            code="E_DEV_PROJECT",
-            hint="run it in the folder holding mvm.toml",
-        )
-    source, attr, toml = project
-    return BuildJob(name=source.name, source=source, attr=attr), toml
+        return DEFAULT_DEV_VM
+    base = project.source.name.lower()
+    return "".join(c if c.isalnum() or c == "-" else "-" for c in base).strip("-")[:50] + "-dev"
 
 
-def _default_name(ref: str) -> str:
-    project = find_project(ref)
-    base = project[0].name if project else "project"
-    return "".join(c if c.isalnum() or c == "-" else "-" for c in base.lower()) + "-dev"
+def _dev_attr(args: argparse.Namespace, project: Project) -> str:
+    if args.profile:
+        return str(args.profile)
+    if project.toml is not None and project.toml.profile != "default":
+        return project.toml.profile
+    return "dev"
+
+
+async def _build_dev(args: argparse.Namespace, project: Project | None) -> Image:
+    """The project's dev image, or the default dev image when there is none."""
+    from mvm.cli.images import resolve_image
+    from mvm.engine.builders.auto import choose_builder
+
+    if project is None:
+        _say("dev up: no project here (no mvm.toml or flake.nix): the default dev image")
+        return await resolve_image("demo-dev")
+    job = attrs.evolve(project.job, attr=_dev_attr(args, project))
+    try:
+        choice = await choose_builder(job, "offline") if args.builder == "auto" else None
+    except MvmError as exc:
+        if "has no packages." in exc.message and not args.profile:
+            try:  # the project's own image, when it is an accessible one (dev = true)
+                choice = await choose_builder(project.job, "offline")
+            except MvmError:
+                choice = None
+            spec = choice.job.spec if choice else None
+            if choice is None or spec is None or not (spec.dev or spec.shell):
+                _say(f"dev up: {job.label} has no dev output: the default dev image")
+                return await resolve_image("demo-dev")
+            _say(f"dev up: no dev output; {project.job.label} is accessible: using it")
+            job = choice.job
+        else:
+            choice = None
+    if choice is not None and choice.job.spec is not None and not choice.job.spec.dev:
+        _say("dev up: building the offline image with dev = true (accessible)")
+        job = attrs.evolve(choice.job, spec=attrs.evolve(choice.job.spec, dev=True))
+    return (await build_project(job, choice.mode if choice else args.builder)).image
 
 
 async def cmd_dev_up(args: argparse.Namespace) -> int:
-    job, toml = _project(args.project)
-    if args.profile:
-        job = attrs.evolve(job, attr=args.profile)
-    from mvm.engine.builders.auto import choose_builder
-
-    choice = await choose_builder(job, args.builder)
-    if choice.job.spec is not None and not choice.job.spec.dev:
-        _say("dev up: building the offline image with dev = true (accessible)")
-        job = attrs.evolve(choice.job, spec=attrs.evolve(choice.job.spec, dev=True))
-    outcome = await build_project(job, choice.mode)
-    image = outcome.image
+    if args.name:
+        check_vm_name(args.name)
+    project = find_target(args.project, profile=args.profile)
+    image = await _build_dev(args, project)
     if image.sealed:
         raise AccessDenied(
-            f"{job.label} builds a sealed image; dev needs an accessible one",
+            f"{image.name} is a sealed image; dev needs an accessible one",
             code="E_DEV_SEALED",
-            hint="set dev = true in mkGuest (e.g. a `dev` package) and pass --profile dev",
+            hint="set entrypoint.shell (or dev = true) in the dev output's mkGuest",
         )
-    name = args.name or _default_name(args.project)
+    toml = project.toml if project else None
+    name = args.name or _dev_name(project)
     request = VmRequest(
         name=name,
         image_dir=str(image.directory),
-        ports=getattr(toml, "ports", ()),
-        backend=getattr(toml, "hypervisor", "qemu"),
+        ports=toml.ports if toml else (),
+        backend=toml.hypervisor if toml else "qemu",
         mode="detached",
-        vcpus=getattr(toml, "vcpus", None),
-        memory_mib=getattr(toml, "memory_mib", None),
-        volumes=getattr(toml, "volumes", ()),
+        vcpus=toml.vcpus if toml else None,
+        memory_mib=toml.memory_mib if toml else None,
+        volumes=toml.volumes if toml else (),
     )
     info = await start_detached(request)
-    _say(f"{name}: up in {info.get('boot_s') or 0:.2f}s; mvmctl dev shell --name {name}")
-    return 0
+    from mvm.cli.vm_commands import write_mode
+
+    write_mode(name, "detached", dev=True)
+    _state_file().parent.mkdir(parents=True, exist_ok=True)
+    _state_file().write_text(json.dumps({"name": name, "image": image.name}))
+    _say(f"{name}: up in {info.get('boot_s') or 0:.2f}s (dev image {image.name})")
+    if args.no_shell or not sys.stdin.isatty():
+        _say(f"{name}: not a terminal, so no shell; attach with: mvmctl console {name}")
+        return 0
+    return await _console(name)
+
+
+async def _console(name: str) -> int:
+    from mvm.cli.agent_commands import cmd_console
+
+    return await cmd_console(argparse.Namespace(name=name, shell=None))
+
+
+def _named(args: argparse.Namespace) -> str:
+    name = args.name or current_dev_vm()
+    if name is None:
+        project = find_target(args.project)
+        name = _dev_name(project)
+    return name
 
 
 async def cmd_dev_down(args: argparse.Namespace) -> int:
-    name = args.name or _default_name(args.project)
+    name = _named(args)
     async with StateStore.open() as store:
         rec = await store.get_vm(name)
         if rec is None:
             raise NotFoundError(f"no dev VM named {name!r}", code="E_VM_NOT_FOUND")
         await stop_vm_record(store, rec)
+    if current_dev_vm() == name:
+        _state_file().unlink(missing_ok=True)
     _say(f"{name}: down")
     return 0
 
 
 async def cmd_dev_shell(args: argparse.Namespace) -> int:
-    from mvm.cli.agent_commands import cmd_console
+    return await _console(_named(args))
 
-    name = args.name or _default_name(args.project)
-    return await cmd_console(argparse.Namespace(name=name, shell="/bin/sh"))
+
+# -- status / cache inspect ------------------------------------------------------------------
+
+
+def builder_cache() -> dict[str, Any]:
+    """The builder-VM cache's sanitized summary: kind, readiness and a safe reason code.
+
+    The builder VM image is built from nix/images/builder-vm with nixpkgs, which this
+    host cannot fetch, so the cache is normally empty: report exactly that."""
+    from mvm.engine.paths import cache_dir
+
+    arch = "aarch64" if platform.machine().lower() in ("aarch64", "arm64") else "x86_64"
+    root = cache_dir() / "builder-vm" / arch
+    kernel, rootfs = root / "vmlinux", root / "rootfs.ext4"
+    if not (kernel.is_file() and rootfs.is_file()):
+        reason = "missing_artifact"
+    elif not (root / "fingerprint").is_file():
+        reason = "missing_fingerprint"
+    elif not (root / "digests.json").is_file():
+        reason = "missing_artifact_digest_manifest"
+    elif not (root / "provenance.json").is_file():
+        reason = "missing_provenance"
+    else:
+        reason = "hit"
+    return {"kind": "builder-vm", "arch": arch, "ready": reason == "hit", "reason": reason}
+
+
+def _dev_image_present() -> bool:
+    """Whether the default dev image (demo-dev) is already built in the offline cache."""
+    from mvm.engine.paths import cache_dir
+
+    metas = [m for sub in ("images", "builds") for m in (cache_dir() / sub).glob("*/mvm-meta.json")]
+    for meta in metas:
+        try:
+            if json.loads(meta.read_text()).get("name") == "demo-dev":
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+async def _dev_vm() -> dict[str, Any]:
+    name = current_dev_vm()
+    if name is None:
+        return {"name": None, "state": "none"}
+    async with StateStore.open() as store:
+        rec = await store.get_vm(name)
+    return {"name": name, "state": rec.state if rec else "gone"}
+
+
+async def cmd_dev_status(args: argparse.Namespace) -> int:
+    vm, cache = await _dev_vm(), builder_cache()
+    if args.json:
+        print(json.dumps({"dev_vm": vm, "builder_cache": cache}))
+        return 0
+    print(f"dev vm:        {vm['name'] or '-'} ({vm['state']})")
+    print(
+        f"builder cache: kind={cache['kind']} arch={cache['arch']} "
+        f"ready={'yes' if cache['ready'] else 'no'} reason={cache['reason']}"
+    )
+    if not cache["ready"]:
+        print("               builds use the host (or offline) builder; no builder VM image")
+    return 0
+
+
+async def cmd_dev_cache_inspect(args: argparse.Namespace) -> int:
+    cache = builder_cache()
+    summary = {**cache, "dev_image": "present" if _dev_image_present() else "absent"}
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+        return 0
+    for key in ("kind", "arch", "ready", "reason", "dev_image"):
+        print(f"{key + ':':<11}{summary[key]}")
+    return 0

@@ -12,7 +12,6 @@ import anyio
 from mvm.emit import emit_ir, validate_file, write_ir
 from mvm.engine.audit import AuditLog
 from mvm.engine.errors import IrError
-from mvm.engine.mvmtoml import load_mvm_toml
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,8 +22,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     emit.add_argument("-o", "--out", type=Path, help="write here (default: $MVM_IR_OUT or stdout)")
     emit.set_defaults(func=cmd_emit)
 
-    validate = sub.add_parser("validate", help="validate a Workload IR JSON file or mvm.toml")
-    validate.add_argument("file", type=Path)
+    validate = sub.add_parser(
+        "validate", help="validate a Workload IR JSON file, or a project (mvm.toml + flake)"
+    )
+    validate.add_argument(
+        "file", type=Path, nargs="?", help="IR.json | mvm.toml | PROJECT (default: this folder)"
+    )
     validate.add_argument("--no-files", action="store_true", help="skip lockfile checks (IR only)")
     validate.set_defaults(func=cmd_validate)
 
@@ -54,9 +57,11 @@ async def cmd_emit(args: argparse.Namespace) -> int:
 
 
 async def cmd_validate(args: argparse.Namespace) -> int:
+    from mvm.cli.validate_project import is_project_ref, validate_project
+
+    if is_project_ref(args.file):
+        return await validate_project(args.file)
     path: Path = args.file
-    if path.name == "mvm.toml" or path.suffix == ".toml":
-        return await _validate_toml(path)
     try:
         result = await anyio.to_thread.run_sync(
             lambda: validate_file(path, check_files=not args.no_files)
@@ -67,12 +72,6 @@ async def cmd_validate(args: argparse.Namespace) -> int:
         print(f"warning: {line}", file=sys.stderr)
     apps = ", ".join(app.name for app in result.workload.apps)
     print(f"ok: {path} (ir_hash {result.ir_hash}; apps: {apps})")
-    return 0
-
-
-async def _validate_toml(path: Path) -> int:
-    config = load_mvm_toml(path)
-    print(f"ok: {path} ({config})")
     return 0
 
 

@@ -47,6 +47,9 @@ async def cmd_detach(args: argparse.Namespace) -> int:
         channel = await client.open_channel(DETACH_REQUEST)
         with anyio.fail_after(10):
             await channel.next()
+    from mvm.cli.vm_commands import write_mode
+
+    write_mode(args.name, "detached", detached_from="attached")
     print(f"{args.name}: detach requested; its terminal hands it to a supervisor", file=sys.stderr)
     return 0
 

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import functools
 import json
+import os
 import signal
 import sys
 import time
@@ -16,13 +17,16 @@ import anyio
 import structlog
 import trio
 
-from mvm.backends.registry import get_backend
+from mvm.cli.hypervisor import resolve_hypervisor
 from mvm.cli.images import resolve_image, workload_ir_hash
+from mvm.cli.project import Project, find_target
 from mvm.engine.agent_access import open_vm_agent
 from mvm.engine.detached import adopt_detached, start_detached, stop_vm_record
 from mvm.engine.engine import Engine, VmHandle
-from mvm.engine.errors import MvmError, NotFoundError
-from mvm.engine.paths import vm_dir
+from mvm.engine.errors import ConfigError, MvmError, NotFoundError
+from mvm.engine.image import Image
+from mvm.engine.mvmtoml import MvmToml
+from mvm.engine.paths import vm_dir, write_private
 from mvm.engine.process import is_same_process
 from mvm.engine.reconcile import owner_alive
 from mvm.engine.store import StateStore, VmRecord
@@ -35,16 +39,19 @@ log = structlog.get_logger("mvm.cli")
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for verb, helptext in (
-        ("run", "boot an image attached to this terminal (Ctrl-C stops it)"),
-        ("up", "boot an image detached (survives this command)"),
+        ("run", "build (if needed) and boot, detached (--attached: tied to this terminal)"),
+        ("up", "build (if needed) and boot, detached (survives this command)"),
     ):
         p = sub.add_parser(verb, help=helptext)
         p.add_argument(
             "image",
             nargs="?",
-            default="demo",
-            help="demo | demo-dev | SPEC.json | IMAGE_DIR (default: demo)",
+            default=None,
+            help="PROJECT | mvm.toml | demo | demo-dev | SPEC.json | IR.json | IMAGE_DIR "
+            "(default: the project in this folder, else demo)",
         )
+        p.add_argument("--flake", metavar="REF", help="build and boot this flake (PATH, path:)")
+        p.add_argument("--profile", help="flake package (default: mvm.toml's profile)")
         p.add_argument("--name", help="VM name (default: the image name)")
         p.add_argument(
             "-p",
@@ -74,18 +81,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             default="none",
             help="tap: a real NIC on bridge br-mvm with NAT (root); default: ports via the agent",
         )
-        p.add_argument("--backend", default="qemu")
-        p.add_argument("--vcpus", type=int)
+        p.add_argument(
+            "--hypervisor",
+            "--backend",
+            dest="backend",
+            default=None,
+            help="firecracker | qemu | cloud-hypervisor | apple-container | libkrun | auto "
+            "(default: mvm.toml's, else the best available)",
+        )
+        p.add_argument("--cpus", "--vcpus", dest="vcpus", type=int, metavar="N")
         p.add_argument("--memory", type=int, dest="memory_mib", metavar="MIB")
         p.add_argument("--boot-timeout", type=float, default=90.0)
         if verb == "run":
             p.add_argument(
                 "--attached",
                 action="store_true",
-                default=True,
-                help="(default) tie the VM to this command",
+                help="tie the VM to this command: stream its output, Ctrl-C stops it, "
+                "exit with the guest's status",
             )
-            p.add_argument("-d", "--detach", action="store_true", help="same as `up`")
+            p.add_argument("-d", "--detach", action="store_true", help="(default) same as `up`")
         p.set_defaults(func=cmd_run if verb == "run" else cmd_up)
 
     p = sub.add_parser("down", help="stop a VM and remove its state")
@@ -96,8 +110,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ls)
 
-    p = sub.add_parser("status", help="show one VM")
+    p = sub.add_parser("status", help="show one VM (with its start mode)")
     p.add_argument("name")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("logs", help="print a VM's serial console log")
@@ -111,42 +126,107 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_wait)
 
 
-def _request(args: argparse.Namespace, image_dir: Path, name: str, mode: str) -> VmRequest:
+def _request(
+    args: argparse.Namespace, image_dir: Path, name: str, mode: str, toml: MvmToml | None
+) -> VmRequest:
+    """Flags override mvm.toml, which overrides the image's own defaults."""
+    ports = tuple(PortMapping.parse(p) for p in args.publish) or (toml.ports if toml else ())
+    volumes = tuple(Volume.parse(_host_path(v)) for v in args.volume) or (
+        toml.volumes if toml else ()
+    )
     return VmRequest(
         name=name,
         image_dir=str(image_dir),
-        ports=tuple(PortMapping.parse(p) for p in args.publish),
+        ports=ports,
         backend=args.backend,
         mode=mode,  # type: ignore[arg-type]
-        vcpus=args.vcpus,
-        memory_mib=args.memory_mib,
+        vcpus=args.vcpus if args.vcpus is not None else (toml.vcpus if toml else None),
+        memory_mib=args.memory_mib
+        if args.memory_mib is not None
+        else (toml.memory_mib if toml else None),
         boot_timeout_s=args.boot_timeout,
-        volumes=tuple(Volume.parse(v) for v in args.volume),
+        volumes=volumes,
         health_action=args.health_action,
         net=args.net,
-        ir_hash=workload_ir_hash(args.image),
+        ir_hash=workload_ir_hash(args.image) if args.image else None,
     )
 
 
-def _precheck(args: argparse.Namespace) -> None:
-    """Validate everything cheap before the (possibly slow) image build."""
+def _host_path(volume: str) -> str:
+    """``./data:/mnt/data:1024``: a relative host path is relative to this folder."""
+    host, sep, rest = volume.partition(":")
+    if sep and host and not host.startswith(("/", "~")):
+        host = str(Path(host).resolve())
+    return host + sep + rest
+
+
+def _precheck(args: argparse.Namespace) -> Project | None:
+    """Validate everything cheap before the (possibly slow) image build; pick the
+    hypervisor (mvm.toml's when no flag) and say which when it was chosen for you."""
     for p in args.publish:
         PortMapping.parse(p)
     for v in args.volume:
-        Volume.parse(v)
+        Volume.parse(_host_path(v))
     if args.name is not None:
         check_vm_name(args.name)
-    get_backend(args.backend)
+    for flag, value, low in (("--cpus", args.vcpus, 1), ("--memory", args.memory_mib, 64)):
+        if value is not None and value < low:
+            raise ConfigError(f"{flag} {value}: must be at least {low}", code="E_RESOURCES")
+    project = find_target(args.image, args.flake, args.profile)
+    wanted = args.backend or (project.toml.hypervisor if project and project.toml else "auto")
+    if args.backend is None and project and project.toml and "hypervisor" not in _keys(project):
+        wanted = "auto"
+    args.backend = resolve_hypervisor(wanted)
+    if wanted == "auto":  # `mvmctl ls` / `status` show the pick; stderr stays one line
+        log.info("run.hypervisor_chosen", backend=args.backend, reason="best available")
+    return project
+
+
+def _keys(project: Project) -> set[str]:
+    import tomllib
+
+    if project.toml is None:
+        return set()
+    try:
+        return set(tomllib.loads(project.toml.path.read_text()))
+    except (OSError, ValueError):
+        return set()
+
+
+async def _image(args: argparse.Namespace, project: Project | None) -> Image:
+    """Build (a cache hit when nothing changed) the project, or resolve IMAGE."""
+    if project is None:
+        return await resolve_image(args.image or "demo")
+    from mvm.cli.builder_commands import build_project
+
+    return (await build_project(project.job)).image
+
+
+def write_mode(name: str, mode: str, **extra: object) -> None:
+    """Record the start mode at ~/.mvm/vms/<name>/mode.json (``mvmctl status`` shows it)."""
+    path = vm_dir(name) / "mode.json"
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_private(path, json.dumps({"mode": mode, "recorded_at": time.time(), **extra}))
+
+
+def read_mode(name: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads((vm_dir(name) / "mode.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
-    if args.detach:
+    if args.detach or not args.attached:
         return await cmd_up(args)
-    _precheck(args)
-    image = await resolve_image(args.image)
-    request = _request(args, image.directory, args.name or image.name, "attached")
+    project = _precheck(args)
+    image = await _image(args, project)
+    request = _request(args, image.directory, args.name or image.name, "attached", _toml(project))
     async with Engine.open() as engine:
         vm = await engine.start(request, image)
+        write_mode(request.name, "attached", pid=os.getpid())
         _say(
             f"{request.name}: ready in {vm.boot_seconds or 0:.2f}s"
             + "".join(
@@ -163,7 +243,18 @@ async def cmd_run(args: argparse.Namespace) -> int:
     if detached:
         return await _hand_over(request.name)
     _say(f"{request.name}: exited ({code})")
-    return 0 if code in (None, 0) else 1
+    return _exit_status(code)
+
+
+def _exit_status(code: int | None) -> int:
+    """The guest's exit status as ours (a negative one, a signal, is 128+N)."""
+    if code is None:
+        return 0
+    return code if 0 <= code < 256 else 128 + (-code % 128)
+
+
+def _toml(project: Project | None) -> MvmToml | None:
+    return project.toml if project is not None else None
 
 
 async def _wait_or_interrupt(vm: VmHandle) -> tuple[int | None, bool]:
@@ -200,14 +291,16 @@ async def _hand_over(name: str) -> int:
 
 
 async def cmd_up(args: argparse.Namespace) -> int:
-    _precheck(args)
-    image = await resolve_image(args.image)
-    request = _request(args, image.directory, args.name or image.name, "detached")
+    project = _precheck(args)
+    image = await _image(args, project)
+    request = _request(args, image.directory, args.name or image.name, "detached", _toml(project))
     info = await start_detached(request)
+    write_mode(request.name, "detached", supervisor_pid=info.get("pid"))
     _say(
         f"{request.name}: up in {info.get('boot_s') or 0:.2f}s (detached, supervisor pid "
         f"{info.get('pid')})"
         + "".join(f"; {p.host_addr}:{p.host_port} -> guest:{p.guest_port}" for p in request.ports)
+        + f"; mvmctl logs {request.name} -f / mvmctl down {request.name}"
     )
     return 0
 
@@ -315,8 +408,25 @@ def health_summary(health: dict[str, str]) -> str:
 async def cmd_status(args: argparse.Namespace) -> int:
     for r in await _rows():
         if r["name"] == args.name:
-            print(json.dumps(r, indent=2))
-            print(await vm_uid_status(args.name))  # declared uids vs the guest's /proc
+            recorded = read_mode(args.name)
+            r["start_mode"] = recorded.get("mode") if recorded else None
+            uids = await vm_uid_status(args.name)  # declared uids vs the guest's /proc
+            if args.json:
+                print(json.dumps({**r, "uids": uids}, indent=2))
+                return 0
+            where = f"recorded in {vm_dir(args.name) / 'mode.json'}" if recorded else "not recorded"
+            print(f"name:       {r['name']}")
+            print(f"state:      {r['state']}")
+            print(f"start mode: {r['start_mode'] or r['mode']} ({where})")
+            print(f"mode now:   {r['mode']}")
+            print(f"backend:    {r['backend']}")
+            print(f"access:     {r['access']}")
+            print(f"ports:      {', '.join(r['ports']) or '-'}")
+            if r["uptime_s"] is not None:
+                print(f"uptime:     {r['uptime_s']:.0f}s")
+            if r["exit_code"] is not None or r["exit_reason"]:
+                print(f"exit:       {r['exit_code']} ({r['exit_reason']})")
+            print(uids)
             return 0
     raise NotFoundError(f"no VM named {args.name!r}", code="E_VM_NOT_FOUND")
 

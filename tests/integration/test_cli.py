@@ -30,9 +30,9 @@ def mvmctl(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]
 
 
 def spawn_run(name: str, port: int) -> subprocess.Popen[str]:
-    """``mvmctl run demo`` attached, in the background, its stderr readable line by line."""
+    """``mvmctl run --attached demo``, in the background, its stderr readable line by line."""
     return subprocess.Popen(
-        [*MVMCTL, "run", "demo", "--name", name, "-p", f"{port}:80"],
+        [*MVMCTL, "run", "--attached", "demo", "--name", name, "-p", f"{port}:80"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -127,7 +127,7 @@ def test_up_ls_logs_down(demo_image: Image, free_port: int) -> None:
         (["run", "demo", "-p", "99999:80"], "E_PORT_SPEC"),
         (["run", "demo", "--name", "bad/name"], "E_VM_NAME"),
         (["down", "ghost"], "E_VM_NOT_FOUND"),
-        (["run", "demo", "--backend", "nope"], "E_BACKEND_NAME"),
+        (["run", "demo", "--backend", "nope"], "E_HYPERVISOR_NAME"),
     ],
 )
 def test_bad_input_is_one_coded_line(args: list[str], code: str, tmp_path: Path) -> None:

@@ -53,8 +53,45 @@ def test_problems_are_coded(tmp_path: Path, text: str, code: str, key: str) -> N
     assert key in info.value.message
 
 
+FLAKE = """{
+  inputs = { mvm.url = "github:tinylabscom/mvm"; };
+  outputs = { self, mvm, ... }: {
+    packages.x86_64-linux.default = mvm.lib.x86_64-linux.mkGuest {
+      name = "ok"; entrypoint.command = [ "/bin/sh" "-c" "sleep 1" ];
+    };
+  };
+}
+"""
+
+
+def _validate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mvm.cli", "validate", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def test_mvmctl_validate_reports_every_problem_and_evaluates_the_flake(tmp_path: Path) -> None:
+    _write(tmp_path, 'vcpus = 0\nmemory_mib = "x"\nbogus = 1\n')
+    bad = _validate(cwd=tmp_path)  # no argument: the project in this folder
+    assert bad.returncode == 1
+    codes = [line.split("]")[0] for line in bad.stderr.splitlines()]
+    # the three mvm.toml problems AND the flake ("{ }" has no outputs), one line each
+    assert codes[:3] == ["error[E_TOML_TYPE", "error[E_TOML_UNKNOWN_KEY", "error[E_TOML_RANGE"]
+    assert len(codes) == 4 and codes[3].startswith("error[E_"), bad.stderr
+    (tmp_path / "flake.nix").write_text(FLAKE)
+    (tmp_path / "mvm.toml").write_text('flake = "."\n')
+    ok = _validate(str(tmp_path))
+    assert ok.returncode == 0, ok.stderr
+    assert "packages.x86_64-linux.default evaluates" in ok.stdout
+
+
 def test_mvmctl_validate_reads_mvm_toml(tmp_path: Path) -> None:
     good = _write(tmp_path, "vcpus = 2\n")
+    (tmp_path / "flake.nix").write_text(FLAKE)
     ok = subprocess.run(
         [sys.executable, "-m", "mvm.cli", "validate", str(good)],
         capture_output=True,

@@ -559,7 +559,7 @@ def _workload_expr(body: str) -> str:
 
 def _write_ir(tmp_path: Path, ir: dict[str, Any]) -> dict[str, str]:
     (tmp_path / "ir.json").write_text(json.dumps(ir))
-    return {"irFile": str(tmp_path / "ir.json"), "appPkg": str(FIXTURES / "hello")}
+    return {"irFile": str(tmp_path / "ir.json"), "appPkg": str(FIXTURES / "hello" / "src")}
 
 
 async def test_function_workload_guest(tmp_path: Path) -> None:
@@ -606,7 +606,7 @@ async def test_the_nix_runner_really_runs(tmp_path: Path) -> None:
     assert store_python.endswith("/bin/python3")
     runner = tmp_path / "runner"
     runner.write_text(text.replace(store_python, sys.executable, 1))
-    config = json.loads(files["/etc/mvm/wrapper.json"]) | {"working_dir": str(FIXTURES / "hello")}
+    config = json.loads(files["/etc/mvm/wrapper.json"]) | {"working_dir": str(FIXTURES / "hello" / "src")}
     (tmp_path / "wrapper.json").write_text(json.dumps(config))
     env = {"MVM_RUN_MODE": "oneshot", "MVM_WRAPPER_JSON": str(tmp_path / "wrapper.json"),
            "PATH": "/usr/bin:/bin"}  # fmt: skip

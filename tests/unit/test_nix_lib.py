@@ -606,7 +606,8 @@ async def test_the_nix_runner_really_runs(tmp_path: Path) -> None:
     assert store_python.endswith("/bin/python3")
     runner = tmp_path / "runner"
     runner.write_text(text.replace(store_python, sys.executable, 1))
-    config = json.loads(files["/etc/mvm/wrapper.json"]) | {"working_dir": str(FIXTURES / "hello" / "src")}
+    app_dir = str(FIXTURES / "hello" / "src")
+    config = json.loads(files["/etc/mvm/wrapper.json"]) | {"working_dir": app_dir}
     (tmp_path / "wrapper.json").write_text(json.dumps(config))
     env = {"MVM_RUN_MODE": "oneshot", "MVM_WRAPPER_JSON": str(tmp_path / "wrapper.json"),
            "PATH": "/usr/bin:/bin"}  # fmt: skip

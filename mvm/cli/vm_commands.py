@@ -23,7 +23,7 @@ from mvm.cli.project import Project, find_target
 from mvm.engine.agent_access import open_vm_agent
 from mvm.engine.detached import adopt_detached, start_detached, stop_vm_record
 from mvm.engine.engine import Engine, VmHandle
-from mvm.engine.errors import ConfigError, MvmError, NotFoundError
+from mvm.engine.errors import MvmError, NotFoundError
 from mvm.engine.image import Image
 from mvm.engine.mvmtoml import MvmToml
 from mvm.engine.paths import vm_dir, write_private
@@ -31,7 +31,7 @@ from mvm.engine.process import is_same_process
 from mvm.engine.reconcile import owner_alive
 from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.uid_check import vm_uid_status
-from mvm.engine.vmrequest import PortMapping, VmRequest, check_vm_name
+from mvm.engine.vmrequest import PortMapping, VmRequest, check_resources, check_vm_name
 from mvm.engine.volumes import Volume
 
 log = structlog.get_logger("mvm.cli")
@@ -169,9 +169,7 @@ def _precheck(args: argparse.Namespace) -> Project | None:
         Volume.parse(_host_path(v))
     if args.name is not None:
         check_vm_name(args.name)
-    for flag, value, low in (("--cpus", args.vcpus, 1), ("--memory", args.memory_mib, 64)):
-        if value is not None and value < low:
-            raise ConfigError(f"{flag} {value}: must be at least {low}", code="E_RESOURCES")
+    check_resources(args.vcpus, args.memory_mib)  # the request's own bounds, before a build
     project = find_target(args.image, args.flake, args.profile)
     wanted = args.backend or (project.toml.hypervisor if project and project.toml else "auto")
     if args.backend is None and project and project.toml and "hypervisor" not in _keys(project):

@@ -273,8 +273,8 @@ def test_build_profile_and_no_persistent_builder(tmp_path: Path, seed_outcome) -
 @pytest.mark.parametrize(
     ("line", "code"),
     [
-        ("mvmctl up --flake . --cpus 0", "E_RESOURCES"),
-        ("mvmctl up --flake . --memory 1", "E_RESOURCES"),
+        ("mvmctl up --flake . --cpus 0", "E_VCPUS"),
+        ("mvmctl up --flake . --memory 1", "E_MEMORY"),
         ("mvmctl up --flake . --hypervisor vmware", "E_HYPERVISOR_NAME"),
         ("mvmctl up --flake ./nowhere", "E_BUILD_SOURCE"),
         ("mvmctl up --flake github:foo/bar", "E_FLAKE_REF"),

@@ -581,7 +581,7 @@ async def test_function_workload_guest(tmp_path: Path) -> None:
     assert (spec["vcpus"], spec["memoryMib"]) == (2, 512)
     assert set(spec["packages"]) == {"python3"}  # servicePackages + map (p: pkgs.${p})
     assert list(spec["extraTrees"]) == ["/app"]  # appPkg (copied to the store) at working_dir
-    assert spec["extraTrees"]["/app"].endswith("-hello")
+    assert spec["extraTrees"]["/app"].endswith("-src")
     assert spec["command"] == ["/bin/sh", "/usr/lib/mvm/wrappers/runner"]
     assert spec["files"] == [
         "/etc/mvm/runtime.json",

@@ -27,6 +27,7 @@ _BENCHES = {
     "clone": "clone-to-agent-ready p50/p90 vs cold boot p50 (QEMU snapshot restore)",
     "invoke": "function invoke p50: cold (oneshot) vs warm (pooled wrappers) in a real guest",
     "agent_language": "guest agent C vs Python: boot-to-hello, RSS, disk, request RTT",
+    "cli": "mvmctl --help and mvmctl ls wall time vs a bare python start",
 }
 
 

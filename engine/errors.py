@@ -2,11 +2,20 @@
 
 Every failure a user can cause or meet has a stable ``code`` (``E_...``) and a
 one-line message that says what is wrong and what to do. The CLI prints
-``error[CODE]: message`` and exits non-zero; it never shows a traceback for an
-``MvmError``. Codes are API: tests and scripts match on them, so never rename one.
+``error[CODE]: message (hint)`` and exits non-zero; it never shows a traceback for
+an ``MvmError``. Codes are API: tests and scripts match on them, so never rename one.
+
+Every code is registered, with its class, meaning and default hint, in
+:mod:`mvm.engine.error_codes` (re-exported here as ``CODES`` / ``lookup``); a raise
+site without a hint of its own gets the registry's in ``one_line()``.
 """
 
 from __future__ import annotations
+
+from mvm.engine.error_codes import CODES as CODES
+from mvm.engine.error_codes import CodeInfo as CodeInfo
+from mvm.engine.error_codes import default_hint
+from mvm.engine.error_codes import lookup as lookup
 
 
 class MvmError(Exception):
@@ -23,10 +32,12 @@ class MvmError(Exception):
         super().__init__(message)
 
     def one_line(self) -> str:
-        """The single line the CLI prints: what went wrong and what to do."""
+        """The single line the CLI prints: what went wrong and what to do (the raise
+        site's hint, else the registry's default hint for the code)."""
         text = f"error[{self.code}]: {self.message}"
-        if self.hint:
-            text += f" ({self.hint})"
+        hint = self.hint or default_hint(self.code)
+        if hint:
+            text += f" ({hint})"
         return text.replace("\n", " ")
 
 

@@ -184,8 +184,10 @@ def test_validation_rejects_every_listed_problem(tmp_path: Path, seed_outcome) -
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0
     assert lines == [
-        "error[E_IR_UNKNOWN_FIELD]: $.apps[0].entrypoints[0].shell: unknown field",
-        "error[E_IR_UNKNOWN_FIELD]: $.apps[0].gpu: unknown field",
+        "error[E_IR_UNKNOWN_FIELD]: $.apps[0].entrypoints[0].shell: unknown field"
+        " (remove the field, or upgrade mvm)",
+        "error[E_IR_UNKNOWN_FIELD]: $.apps[0].gpu: unknown field"
+        " (remove the field, or upgrade mvm)",
     ], proc.stderr
     doc = json.loads(SEED_IR)
     doc["schema_version"] = "0.2"

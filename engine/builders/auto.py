@@ -11,10 +11,13 @@ an answer on screen instead of in a debugger.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
+import anyio
 import attrs
 import structlog
 
@@ -78,6 +81,51 @@ def probe_host(nix: str = "nix") -> Probe:
     return Probe("host", True, f"{version} at {path} with a usable store")
 
 
+# Inputs Nix fetches over the network (``mvm`` is always overridden with the installed
+# library, so it never needs fetching).
+_REMOTE_INPUT = re.compile(
+    r'^\s*(?:inputs\.)?(?P<name>[A-Za-z0-9_-]+)\.url\s*=\s*"(?P<url>(?:github|gitlab|sourcehut|'
+    r'https?|git\+https?|git\+ssh|tarball\+https?):[^"]*)"',
+    re.M,
+)
+
+
+def remote_inputs(flake_nix: str) -> list[str]:
+    """The network inputs of a flake.nix (``name.url = "github:..."``), ``mvm`` excluded."""
+    return [
+        m["url"] for m in _REMOTE_INPUT.finditer(flake_nix) if m["name"] != "mvm"
+    ]
+
+
+def _network_reaches(host: str = "github.com") -> bool:
+    try:
+        socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return True
+
+
+def probe_inputs(source: Path, host_probe: Probe) -> Probe:
+    """Host Nix can build this flake only if it can fetch its inputs: with no network
+    (no name resolves) and a network input pinned, ``nix build`` would retry downloads
+    and fail after seconds of noise, so ``auto`` passes over it up front, saying why.
+    Inputs already in the store under a flake.lock are the exception we do not detect:
+    pass ``--builder host`` explicitly then."""
+    try:
+        text = (source / "flake.nix").read_text(errors="replace")
+    except OSError:
+        return host_probe
+    remote = remote_inputs(text)
+    if remote and not _network_reaches():
+        return Probe(
+            "host",
+            False,
+            f"{host_probe.reason}, but it cannot fetch the flake's inputs "
+            f"({', '.join(remote)}): no network here",
+        )
+    return host_probe
+
+
 def _version(path: str) -> str:
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
@@ -131,6 +179,8 @@ async def choose_builder(
     for mode in wants:
         if mode == "host":
             probe = probe_host(nix)
+            if probe.ok and job.source is not None:
+                probe = await anyio.to_thread.run_sync(probe_inputs, job.source, probe)
             builder: Builder = HostNixBuilder(nix)
         elif mode == "ssh":
             probe = await probe_ssh(ssh)

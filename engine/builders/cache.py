@@ -15,6 +15,7 @@ can leave a stale ``.staging-*``; :meth:`BuildCache.sweep` removes those.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -94,12 +95,39 @@ class CacheKey:
     inputs: dict[str, str]
 
 
+@functools.cache
+def library_fingerprint() -> str:
+    """What of the installed mvm goes into every image: the guest's /init, agent and
+    function wrapper, the Nix library (``--override-input mvm``), the offline recipe and
+    the kernel config. Part of every key, so upgrading mvm never serves an image whose
+    agent predates it (a user's unchanged flake.lock says nothing about that)."""
+    from mvm.backends import nix_meta
+    from mvm.backends.guest import build as guest_build
+    from mvm.backends.image_key import RECIPE_VERSION
+
+    guest = Path(guest_build.__file__).parent
+    backends = guest.parent
+    nix_lib = nix_meta.nix_dir()
+    files = [*guest_build.agent_sources(), guest_build.init_script(), guest / "wrapper.py"]
+    files += sorted((backends / "kernel").glob("*.config"))
+    digest = hashlib.sha256(RECIPE_VERSION.encode())
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest.update(tree_hash(nix_lib).encode())
+    return digest.hexdigest()
+
+
 def job_key(job: BuildJob, family: str) -> CacheKey:
     """The cache key for ``job`` when built by ``family`` (``nix`` or ``offline``).
 
     The offline builder's output depends only on the spec (a flake it builds was
-    evaluated to one, possibly adjusted, e.g. ``dev = true``), so that is its key."""
-    inputs: dict[str, str] = {"version": CACHE_VERSION, "family": family}
+    evaluated to one, possibly adjusted, e.g. ``dev = true``), so that is its key,
+    with the library's fingerprint as for every key."""
+    inputs: dict[str, str] = {
+        "version": CACHE_VERSION,
+        "family": family,
+        "library": library_fingerprint(),
+    }
     if job.source is not None and not (family == "offline" and job.spec is not None):
         lock = job.source / "flake.lock"
         inputs["kind"] = "flake"

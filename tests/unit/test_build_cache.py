@@ -75,6 +75,17 @@ def test_keys_follow_lock_source_attr_and_family(tmp_path: Path) -> None:
     assert spec_key.inputs["kind"] == "spec"
 
 
+def test_keys_follow_the_installed_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An mvm upgrade (new agent, /init, Nix library) must not serve an old image."""
+    from mvm.engine.builders import cache
+
+    job = BuildJob(name="demo", spec=DEMO_SPEC)
+    before = job_key(job, "offline")
+    assert before.inputs["library"] == cache.library_fingerprint()
+    monkeypatch.setattr(cache, "library_fingerprint", lambda: "0" * 64)
+    assert job_key(job, "offline").key != before.key
+
+
 async def test_promotion_is_atomic_and_records_a_manifest(tmp_path: Path) -> None:
     cache = BuildCache(tmp_path / "c")
     key = job_key(BuildJob(name="w", source=flake(tmp_path / "f")), "nix")

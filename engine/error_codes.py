@@ -110,7 +110,7 @@ _c("E_EVENTS_MAXSIZE", "ConfigError", "an event subscription has no room for an 
 _c("E_ALREADY_ADOPTED", "ConflictError", "another engine already supervises the VM",
    "use the engine that adopted it, or stop that engine")
 _c("E_DETACH", "AgentError", "this engine cannot detach the VM",
-   "run the VM detached from the start (mvmctl run)")
+   "start the VM detached (mvmctl run) to detach from it later")
 
 # --- guest agent protocol (backends/guest/*, agent C sources, bench agent)
 _c("E_AGENT_BUILD", "BuildError", "compiling the guest agent failed",
@@ -120,8 +120,7 @@ _c("E_AGENT_GONE", "AgentError", "the guest agent connection closed or broke",
 _c("E_AGENT_MISSING", "BuildError", "the guest agent binary is missing", _SETUP)
 _c("E_AGENT_RESTARTED", "AgentError", "the guest agent restarted and forgot the request",
    "retry the request")
-_c("E_AGENT_TOOLCHAIN", "BuildError", "no C compiler for the guest agent",
-   "apt-get install musl-tools (or gcc)")
+_c("E_AGENT_TOOLCHAIN", "BuildError", "no usable C compiler for the guest agent", _SETUP)
 _c("E_BOOT_TIMEOUT", "RequestTimeout", "the guest agent sent no hello in time", _LOGS)
 _c("E_CONNECT", "AgentError", "the guest could not connect to the requested port",
    "check that the guest service listens on that port")
@@ -240,9 +239,8 @@ _c("E_KERNEL_CONFIG", "BuildError", "the kernel config lacks a required option",
 _c("E_KERNEL_MISSING", "ConfigError", "no guest kernel (vmlinux) was found",
    "build one: mvmctl kernel build, or point MVM_KERNEL at a vmlinux")
 _c("E_KERNEL_SOURCE", "BuildError", "the kernel source is unavailable",
-   "apt-get install linux-source, or set MVM_KERNEL to a vmlinux")
-_c("E_KERNEL_TOOLCHAIN", "BuildError", "a kernel build tool is missing",
-   "apt-get install build-essential flex bison bc libelf-dev")
+   "run ./scripts/setup (linux-source), or set MVM_KERNEL to a vmlinux")
+_c("E_KERNEL_TOOLCHAIN", "BuildError", "a kernel build tool is missing", _SETUP)
 _c("E_PYTHON_RUNTIME", "BuildError", "the host python cannot be copied into the image",
    "apt-get install python3")
 _c("E_VOLUME_BUILD", "BuildError", "building a volume image failed",
@@ -429,7 +427,7 @@ _c("E_FC_ACCEL", "ConfigError", "Firecracker needs KVM and TCG was requested",
    "use the qemu backend for TCG")
 _c("E_FC_API", "FirecrackerApiError", "Firecracker refused an API request", _LOGS)
 _c("E_FC_BINARY", "BackendUnavailable", "the firecracker binary is missing or cannot run",
-   "fetch it: mvmctl firecracker fetch, or use the qemu backend")
+   "run `python -m mvm.backends.fetch_firecracker` or set MVM_FIRECRACKER")
 _c("E_FC_DRIVE_ID", "ConfigError", "a Firecracker drive id is invalid or clashes",
    "give each volume a distinct name ('rootfs' is reserved)")
 _c("E_FC_FETCH", "FetchError", "downloading or unpacking Firecracker failed",

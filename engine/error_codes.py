@@ -200,8 +200,8 @@ _c("E_BUILD_POOL", "ConfigError", "the builder pool size is below 1", "give a si
 _c("E_BUILD_PROTOCOL", "BuildPhaseError", "the builder VM broke the build protocol", _REPORT)
 _c("E_BUILD_REMOTE_NIX", "BuildPhaseError", "the remote builder has no usable nix",
    "install Nix on the builder host")
-_c("E_BUILD_SOURCE", "ConfigError", "there is no flake source to build",
-   "run it in the folder holding flake.nix, or pass --flake PATH", "BuildPhaseError")
+_c("E_BUILD_SOURCE", "BuildPhaseError", "there is no flake source to build",
+   "run it in the folder holding flake.nix, or pass --flake PATH", "ConfigError")
 _c("E_BUILD_SSH_AUTH", "BuildPhaseError", "the SSH builder refused our key",
    "authorise this host's key on the builder")
 _c("E_BUILD_SSH_CONNECT", "BuildPhaseError", "the SSH builder is unreachable",

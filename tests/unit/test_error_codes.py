@@ -159,7 +159,7 @@ def class_pairs(source: str, where: str, classes: set[str]) -> Pairs:
 
 
 def _package_files(suffixes: tuple[str, ...]) -> list[Path]:
-    return sorted(p for p in PKG.rglob("*") if p.is_file() and p.name.endswith(suffixes))
+    return sorted(p for p in PKG.rglob("*") if p.is_file() and p.as_posix().endswith(suffixes))
 
 
 def scan() -> tuple[Uses, Pairs, set[str]]:
@@ -176,9 +176,10 @@ def scan() -> tuple[Uses, Pairs, set[str]]:
             uses[code].add(str(path.relative_to(PKG)))
     other = {".c": C_COMMENT, ".h": C_COMMENT, ".nix": NIX_COMMENT}
     other |= {".js": JS_COMMENT, ".mjs": JS_COMMENT}
+    other["/init"] = NIX_COMMENT  # the guest's /init (sh): '#' comments, like Nix
     for suffix, comments in other.items():
         files = _package_files((suffix,))
-        if suffix in (".c", ".nix"):
+        if suffix in (".c", ".nix", "/init"):
             assert files, f"no {suffix} files in the installed package at {PKG}"
         for path in files:
             for code in text_codes(path.read_text(), comments):

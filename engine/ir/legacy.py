@@ -122,8 +122,8 @@ def _function_env(app: dict[str, Any], eps: list[Any], at: str, warnings: list[s
             _no_effect(warnings, path, env, "one wrapper process serves all of an app's functions")
             continue
         _literal_env(env, path, warnings)
-        merged = app.get("env") if isinstance(app.get("env"), dict) else {}
-        app["env"] = {**merged, **env}
+        own = app.get("env")
+        app["env"] = {**(own if isinstance(own, dict) else {}), **env}
 
 
 # The original's ADR-0011 block ({"kind": "warm_process", ...}): its presence selects the

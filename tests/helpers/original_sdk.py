@@ -24,7 +24,6 @@ _UNREACHABLE = (
     "connection",
     "network is unreachable",
     "temporary failure",
-    "no matching dist",
     "name resolution",
 )
 
@@ -54,21 +53,14 @@ def original_python(version: str = ORIGINAL_VERSION) -> Path:
         )  # fmt: skip
         if pip.returncode != 0:
             shutil.rmtree(venv, ignore_errors=True)
-            if any(word in pip.stderr.lower() for word in _UNREACHABLE):
-                last = pip.stderr.strip().splitlines()[-1]
-                pytest.skip(f"PyPI unreachable, cannot install mvm=={version}: {last}")
+            why = [
+                ln for ln in pip.stderr.splitlines() if any(w in ln.lower() for w in _UNREACHABLE)
+            ]
+            if why:  # pip's retry warnings name the connection failure
+                pytest.skip(f"PyPI unreachable, cannot install mvm=={version}: {why[0].strip()}")
             pytest.fail(f"pip install mvm=={version} failed: {pip.stderr}")
         marker.write_text(f"mvm=={version}\n")
     return python
-
-
-def site_packages(python: Path) -> Path:
-    """Where the venv's ``mvm`` package lives (to read the original's own source)."""
-    out = subprocess.run(
-        [str(python), "-c", "import mvm, os; print(os.path.dirname(mvm.__file__))"],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    return Path(out.stdout.strip())
 
 
 def emit(python: Path, entry: Path, out: Path) -> subprocess.CompletedProcess[str]:

@@ -37,6 +37,31 @@ import mvm
 def greet(name: str) -> str:
     return f"hello, {name}"
 """
+# The long form: workload + app + entrypoint_function (primary left False, as the
+# SDK emits it for a single entrypoint), with a hook, which has no effect here.
+LONG_ENTRY = """
+import mvm
+
+mvm.workload(id="orig")
+
+
+@mvm.app(
+    name="orig",
+    source=mvm.local_path("./src"),
+    image=mvm.nix_packages(["python3"]),
+    entrypoint=mvm.entrypoint_function(
+        module="app",
+        function="greet",
+        working_dir="/srv/fn",
+        env={"GREETING": mvm.literal("hello")},
+    ),
+    resources=mvm.resources(cpu_cores=1, memory_mb=256, rootfs_size_mb=512),
+    dependencies=mvm.no_deps(),
+    before_start="echo starting",
+)
+def greet(name: str) -> str:
+    return f"hello, {name}"
+"""
 # What runs in the guest: the greeting comes from the entrypoint's env, so a reply
 # proves the env, the working_dir and the source layout all arrived.
 APP_PY = """
@@ -55,11 +80,21 @@ def mvmctl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]
 
 
 @pytest.mark.qemu
-def test_original_sdk_ir_boots_and_answers_invoke(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("entry", "no_effect"),
+    [
+        (ENTRY, ["$.apps[0].resources.rootfs_size_mb"]),
+        (LONG_ENTRY, ["$.apps[0].hooks", "$.apps[0].resources.rootfs_size_mb"]),
+    ],
+    ids=["func-shortcut", "long-form"],
+)
+def test_original_sdk_ir_boots_and_answers_invoke(
+    tmp_path: Path, entry: str, no_effect: list[str]
+) -> None:
     python = original_sdk.original_python()
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "app.py").write_text(textwrap.dedent(APP_PY))
-    (tmp_path / "entry.py").write_text(textwrap.dedent(ENTRY))
+    (tmp_path / "entry.py").write_text(textwrap.dedent(entry))
     ir = tmp_path / "workload-ir.json"
     emit = original_sdk.emit(python, tmp_path / "entry.py", ir)
     assert emit.returncode == 0, emit.stderr
@@ -70,7 +105,7 @@ def test_original_sdk_ir_boots_and_answers_invoke(tmp_path: Path) -> None:
     assert validate.returncode == 0, validate.stderr
     assert validate.stdout.startswith(f"ok: {ir} (ir_hash ")
     warnings = [ln for ln in validate.stderr.splitlines() if ln.startswith("warning: ")]
-    assert [w.split(":")[1].strip() for w in warnings] == ["$.apps[0].resources.rootfs_size_mb"]
+    assert sorted(w.split(":")[1].strip() for w in warnings) == no_effect
 
     before = qemu_pids()
     up = mvmctl("up", str(ir), "--name", "orig")

@@ -90,6 +90,9 @@ def _app(app: dict[str, Any], at: str, warnings: list[str]) -> None:
     for key in ("addons", "threat_tier"):
         if key in app and not app[key]:
             del app[key]
+    deps = app.get("dependencies")
+    if isinstance(deps, dict) and deps.get("kind") == "python" and deps.get("tool") == "pip_tools":
+        deps["tool"] = "pip-tools"  # the original's enum spelling of the same tool
     eps = app.get("entrypoints") or []
     for j, ep in enumerate(eps):
         if isinstance(ep, dict):

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from mvm.engine.errors import IrError
-from mvm.engine.ir import CommandEntrypoint, FunctionEntrypoint, validate
+from mvm.engine.ir import CommandEntrypoint, FunctionEntrypoint, PythonDeps, validate
 from mvm.engine.ir_image import RUNNER_GUEST, source_selects, workload_image_spec
 
 # `python -m mvm entry.py` output of the 0.15.1 SDK for mvm.workload + mvm.app(
@@ -132,3 +132,20 @@ def test_function_entrypoint_model_unchanged(project: Path) -> None:
     (ep,) = validate(_doc(), base_dir=project).apps[0].entrypoints
     assert isinstance(ep, FunctionEntrypoint)
     assert (ep.module, ep.primary, ep.working_dir, ep.extra_imports) == ("app", False, "/app", ())
+
+
+def test_pip_tools_dependencies_are_checked_like_ours(project: Path) -> None:
+    """The original writes ``"tool": "pip_tools"`` (its enum), ours ``"pip-tools"``;
+    the lockfile is relative to the source dir in both, and checked the same."""
+    doc = _doc()
+    doc["apps"][0]["dependencies"] = {
+        "kind": "python", "lockfile": "requirements.txt", "tool": "pip_tools",
+    }  # fmt: skip
+    lock = project / "src" / "requirements.txt"
+    lock.write_text("attrs==23.2.0 \\\n    --hash=sha256:" + "0" * 64 + "\n")
+    deps = validate(doc, base_dir=project).apps[0].dependencies
+    assert isinstance(deps, PythonDeps) and deps.tool == "pip-tools"
+    lock.write_text("attrs==23.2.0\n")
+    with pytest.raises(IrError) as exc:
+        validate(doc, base_dir=project)
+    assert exc.value.code == "E_UNPINNED_DEPS"

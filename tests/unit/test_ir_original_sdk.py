@@ -96,6 +96,8 @@ FIELDS: dict[str, dict[str, str]] = {
     "Resources": {"cpu_cores": "effect", "memory_mb": "effect", "rootfs_size_mb": "warn"},
     "Source1": {"kind": "effect", "path": "effect", "include": "effect", "exclude": "effect"},
     "Image1": {"kind": "effect", "packages": "effect"},
+    "Dependencies1": {"kind": "effect", "lockfile": "effect", "tool": "effect"},
+    "Dependencies2": {"kind": "effect", "lockfile": "effect", "tool": "effect"},
     "Entrypoint1": {"command": "effect", "kind": "effect", "env": "effect",
                     "working_dir": "effect"},
     "Entrypoint2": {"format": "effect", "function": "effect", "kind": "effect",

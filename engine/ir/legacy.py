@@ -98,6 +98,11 @@ def _app(app: dict[str, Any], at: str, warnings: list[str]) -> None:
         if isinstance(ep, dict):
             _entrypoint(ep, f"{at}.entrypoints[{j}]", warnings)
     _function_env(app, eps, at, warnings)
+    fns = [ep for ep in eps if isinstance(ep, dict) and ep.get("kind") == "function"]
+    if fns and not any(ep.get("primary") is True for ep in fns):
+        # The original's app() dispatches to the first function when none is marked
+        # (single-entrypoint apps need not say primary=True); our builders want it said.
+        fns[0]["primary"] = True
 
 
 def _literal_env(env: dict[str, Any], at: str, warnings: list[str]) -> None:

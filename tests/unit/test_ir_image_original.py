@@ -128,10 +128,19 @@ def test_emit_time_module_name_is_refused(project: Path) -> None:
     assert any(path.startswith("$.apps[0].dependencies") for path, _ in codes[1:]), codes
 
 
-def test_function_entrypoint_model_unchanged(project: Path) -> None:
+def test_the_first_function_is_primary_when_none_is_marked(project: Path) -> None:
+    """As the original's app() dispatches (and mkFunctionWorkload wants one primary)."""
     (ep,) = validate(_doc(), base_dir=project).apps[0].entrypoints
     assert isinstance(ep, FunctionEntrypoint)
-    assert (ep.module, ep.primary, ep.working_dir, ep.extra_imports) == ("app", False, "/app", ())
+    assert (ep.module, ep.primary, ep.working_dir, ep.extra_imports) == ("app", True, "/app", ())
+    doc = _doc()
+    second = dict(doc["apps"][0]["entrypoints"][0], function="shout", primary=True)
+    doc["apps"][0]["entrypoints"].append(second)
+    eps = validate(doc, base_dir=project).apps[0].entrypoints
+    assert [(e.function, e.primary) for e in eps if isinstance(e, FunctionEntrypoint)] == [
+        ("greet", False),
+        ("shout", True),
+    ]
 
 
 def test_pip_tools_dependencies_are_checked_like_ours(project: Path) -> None:

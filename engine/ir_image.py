@@ -13,7 +13,8 @@ Nix-built function workload has (nix/lib/factories/mkFunctionService.nix):
 * ``/etc/mvm/wrapper.json`` = {module, function, format, working_dir, mode};
 * ``/etc/mvm/runtime.json`` = {language, module, function, format, source_path,
   concurrency? (verbatim)};
-* the app's files (``source.local_path``, or ``app_root``) under ``working_dir``
+* the app's files (``source.local_path``, selected by its include/exclude globs, or
+  ``app_root``) under ``working_dir``
   (default ``/app``);
 * the host's CPython (Debian 12: ``/usr/bin/python3.11``) with its shared-library
   closure at the same guest paths, and the standard library as
@@ -28,6 +29,7 @@ implementation in the image, which the stdlib-only guest has none of: refused
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -255,8 +257,26 @@ def concurrency(workload: Workload) -> int:
     return warm
 
 
-def _app_files(root: Path, working_dir: str) -> dict[str, str]:
-    """Guest path under working_dir -> host path, for every regular file of the source."""
+def source_selects(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
+    """Whether ``local_path``'s globs keep the file at ``rel`` (posix, relative to the
+    source dir): it matches an include pattern and neither it nor a directory above it
+    matches an exclude pattern. ``*`` also matches ``/`` (so ``**`` is everything and
+    ``*.py`` any .py at any depth)."""
+    if not any(fnmatch.fnmatchcase(rel, pat) for pat in include):
+        return False
+    parts = rel.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return not any(fnmatch.fnmatchcase(p, pat) for p in prefixes for pat in exclude)
+
+
+def _app_files(
+    root: Path,
+    working_dir: str,
+    include: tuple[str, ...] = ("**",),
+    exclude: tuple[str, ...] = (),
+) -> dict[str, str]:
+    """Guest path under working_dir -> host path, for every regular file of the source
+    that the source's include/exclude globs select."""
     if not root.is_dir():
         raise ConfigError(f"app source {root} is not a directory", code="E_IR_SOURCE")
     files: dict[str, str] = {}
@@ -269,6 +289,9 @@ def _app_files(root: Path, working_dir: str) -> dict[str, str]:
             path = Path(dirpath) / name
             if name.startswith(".") or path.is_symlink() or not path.is_file():
                 continue
+            rel = path.relative_to(root).as_posix()
+            if not source_selects(rel, include, exclude):
+                continue
             total += path.stat().st_size
             if len(files) >= MAX_APP_FILES or total > MAX_APP_BYTES:
                 raise ConfigError(
@@ -276,7 +299,7 @@ def _app_files(root: Path, working_dir: str) -> dict[str, str]:
                     f"(limits: {MAX_APP_FILES} files, {MAX_APP_BYTES >> 20} MiB)",
                     code="E_IR_SOURCE",
                 )
-            files[str(PurePosixPath(working_dir) / path.relative_to(root).as_posix())] = str(path)
+            files[str(PurePosixPath(working_dir) / rel)] = str(path)
     return files
 
 
@@ -385,6 +408,9 @@ def workload_image_spec(
                 f"app {name!r}: the offline builder needs a local_path source", code="E_IR_SOURCE"
             )
         app_root = base_dir / app.source.path
+        globs = (app.source.include, app.source.exclude)
+    else:
+        globs = (("**",), ())  # mkFunctionWorkload's appPkg: the whole directory
     extra = [p for p in app.image.packages if p not in ("python3", "python311", "python3Minimal")]
     if extra:
         log.warning("ir_image.packages_ignored", app=name, packages=extra)
@@ -396,7 +422,7 @@ def workload_image_spec(
     host_files = {
         rt.zip_guest: str(rt.zip_host),
         RUNNER_GUEST: str(runner),
-        **_app_files(app_root, working_dir),
+        **_app_files(app_root, working_dir, *globs),
     }
     return ImageSpec(
         command=(RUNNER_GUEST,),

@@ -131,18 +131,27 @@ def validate(
     IR emitted by the original's SDK (PyPI ``mvm``) is mapped onto our model first;
     what it holds that has no effect here is appended to ``warnings``, one line each.
     """
+    early: list[IrError] = []
     if legacy.is_original(data):
         assert isinstance(data, dict)
         data, notes = legacy.translate(data)
+        early = legacy.problems(data)
         if warnings is not None:
             warnings.extend(notes)
-    workload = parse_workload(data)
-    errors = check_workload(workload, base_dir=base_dir)
+    try:
+        workload = parse_workload(data)
+    except IrError as exc:
+        _raise_all([*early, *exc.all_errors])
+    _raise_all(early + check_workload(workload, base_dir=base_dir))
+    return workload
+
+
+def _raise_all(errors: list[IrError]) -> None:
+    """Raise the first of ``errors`` carrying all of them (nothing when there are none)."""
     if errors:
         first = errors[0]
         first.all_errors = tuple(errors)
-        raise first
-    return workload
+        raise first from None
 
 
 def validate_text(

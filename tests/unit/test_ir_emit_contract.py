@@ -152,10 +152,15 @@ def test_legacy_translation_maps_and_warns() -> None:
     out, warnings = legacy.translate(doc)
     app = out["apps"][0]
     assert app["resources"] == {"vcpus": 2, "memory_mb": 64}
-    assert "hooks" not in app and "network" not in app and app["env"] == {"A": "1"}
-    assert app["entrypoints"][0] == {"kind": "function"}
+    # One entrypoint: its env is the wrapper's, i.e. the app's (merged, no warning).
+    assert "hooks" not in app and "network" not in app and app["env"] == {"A": "1", "X": "y"}
+    assert app["entrypoints"][0] == {"kind": "function", "primary": True}  # the first function
+    assert [w.split(":")[0] for w in warnings] == ["$.apps[0].resources.rootfs_size_mb"]
+    app_doc["entrypoints"].append({"kind": "function", "env": {"Z": "1"}})
+    _, warnings = legacy.translate(doc)  # two: one wrapper serves both, so no effect
     assert [w.split(":")[0] for w in warnings] == [
         "$.apps[0].resources.rootfs_size_mb",
         "$.apps[0].entrypoints[0].env",
+        "$.apps[0].entrypoints[1].env",
     ]
     assert doc["apps"][0]["hooks"] is None  # the input is not changed

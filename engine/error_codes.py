@@ -336,6 +336,8 @@ _c("E_IR_LANGUAGE", "ConfigError", "the function's language is not supported by 
 _c("E_IR_LEGACY_FORMAT", "IrError", "the IR is in a legacy shape this field cannot take",
    "emit the IR again with this mvm's SDK")
 _c("E_IR_MISSING", "ConfigError", "the IR file does not exist", "check the path")
+_c("E_IR_MODULE", "IrError", "a function entrypoint names the emitting entry file as its "
+   "module", 'pass module= (the file under the source dir, e.g. module="app")')
 _c("E_IR_MISSING_FIELD", "IrError", "a required IR field is missing",
    "add the field at the JSON path shown")
 _c("E_IR_SCHEMA_VERSION", "IrError", "the IR's schema version is not supported",

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import structlog
 
-from mvm.backends.firecracker.config import ApiCall
+from mvm.backends.base import ApiCall
 from mvm.engine.errors import BackendError
 
 log = structlog.get_logger("mvm.firecracker.api")

@@ -28,6 +28,7 @@ from mvm.backends import vmm
 from mvm.backends.base import (
     Accel,
     AgentEndpoint,
+    ApiCall,
     Availability,
     LaunchInputs,
     LaunchPlan,
@@ -37,7 +38,7 @@ from mvm.backends.base import (
 )
 from mvm.backends.fetch_firecracker import cached_binary
 from mvm.backends.firecracker.api import FirecrackerApi, FirecrackerApiError
-from mvm.backends.firecracker.config import ApiCall, FcPaths, config_calls, snapshot_files
+from mvm.backends.firecracker.config import FcPaths, config_calls, snapshot_files
 from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
 from mvm.backends.hybrid_vsock import HybridVsockEndpoint
 from mvm.backends.vmm import (

@@ -20,7 +20,8 @@ from typing import Any
 
 import attrs
 
-from mvm.backends.base import ApiCall, VmSpec
+from mvm.backends.base import ApiCall as ApiCall  # re-exported: defined once for every VMM
+from mvm.backends.base import VmSpec
 from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
 from mvm.engine.errors import ConfigError
 

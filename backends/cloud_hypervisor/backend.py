@@ -10,8 +10,6 @@ the same ``CONNECT``/``OK`` protocol as Firecracker's.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -36,17 +34,6 @@ from mvm.backends.cloud_hypervisor.api import ChApi
 from mvm.backends.cloud_hypervisor.config import ChPaths, cmdline, snapshot_url, vm_config
 from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
 from mvm.backends.hybrid_vsock import HybridVsockEndpoint
-from mvm.backends.vmm import (
-    NESTED_HINT,
-    SpawnOptions,
-    VmmKind,
-    VmmProcess,
-    check_inputs,
-    check_plan_inputs,
-    guests_run_under_kvm,
-    kvm_status,
-    own,
-)
 from mvm.engine.errors import BackendError, BackendUnavailable, ConfigError
 
 log = structlog.get_logger("mvm.cloud_hypervisor")
@@ -57,20 +44,16 @@ START_TIMEOUT_S = 10.0
 
 
 def find_binary() -> Path | None:
-    explicit = os.environ.get(BINARY_ENV)
-    if explicit:
-        path = Path(explicit)
-        return path if path.is_file() and os.access(path, os.X_OK) else None
-    found = shutil.which("cloud-hypervisor")
-    return Path(found) if found else None
+    """``$MVM_CLOUD_HYPERVISOR``, else ``cloud-hypervisor`` on PATH."""
+    return vmm.find_program(BINARY_ENV, "cloud-hypervisor")
 
 
 @attrs.define
-class ChHandle(VmmProcess):
+class ChHandle(vmm.VmmProcess):
     """A Cloud Hypervisor process (the shared VMM handle; the type tells backends apart)."""
 
 
-KIND = VmmKind(
+KIND = vmm.VmmKind(
     label="Cloud Hypervisor",
     event="cloud_hypervisor",
     exec_error=lambda message: BackendUnavailable(message, code="E_CH_BINARY", hint=SETUP_HINT),
@@ -85,8 +68,10 @@ async def _ping(socket: Path) -> None:
         await api.get("vmm.ping")
 
 
-class CloudHypervisorBackend:
+class CloudHypervisorBackend(vmm.ProcessControl[ChHandle]):
     name = "cloud-hypervisor"
+    handle_type = ChHandle
+    kind = KIND
 
     def __init__(
         self,
@@ -103,22 +88,17 @@ class CloudHypervisorBackend:
         self.check_kvm = check_kvm
 
     def binary(self) -> Path | None:
-        if self._binary is not None:
-            return self._binary if self._binary.is_file() else None
-        return find_binary()
+        return vmm.resolve_binary(self._binary, find_binary)
 
     def availability(self) -> Availability:
         binary = self.binary()
         if binary is None:
             return Availability(False, f"cloud-hypervisor binary not found ({SETUP_HINT})")
         if self.check_kvm:
-            kvm = kvm_status(self.kvm_device)
-            if not kvm.usable:
-                return Availability(False, f"Cloud Hypervisor needs KVM: {kvm.reason}")
-            if kvm.nested and not guests_run_under_kvm():
-                return Availability(
-                    False, f"Cloud Hypervisor needs KVM that runs guests: {NESTED_HINT}"
-                )
+            kvm = vmm.kvm_status(self.kvm_device)
+            why_not = vmm.kvm_unavailable("Cloud Hypervisor", kvm)
+            if why_not is not None:
+                return Availability(False, why_not)
             return Availability(True, f"{binary}; {kvm.reason}")
         return Availability(True, str(binary))
 
@@ -141,7 +121,7 @@ class CloudHypervisorBackend:
             )
             inputs = LaunchInputs()  # a directory, checked above (config.json)
         else:
-            check_inputs(spec.kernel, spec.rootfs, None)
+            vmm.check_inputs(spec.kernel, spec.rootfs, None)
             for drive in spec.drives:
                 if not drive.path.exists():
                     raise ConfigError(f"drive {drive.path} does not exist", code="E_DRIVE_MISSING")
@@ -177,7 +157,7 @@ class CloudHypervisorBackend:
     async def spawn(self, plan: LaunchPlan) -> ChHandle:
         """Start the empty VMM and wait for ``vmm.ping``; creates no VM."""
         paths = ChPaths(plan.run_dir)
-        opts = SpawnOptions(
+        opts = vmm.SpawnOptions(
             output=paths.log,
             append=True,
             cwd=plan.run_dir,
@@ -195,7 +175,7 @@ class CloudHypervisorBackend:
                 "(it carries no Cloud Hypervisor API calls)",
                 code="E_CH_PLAN",
             )
-        check_plan_inputs(plan.inputs)
+        vmm.check_plan_inputs(plan.inputs)
         t0 = time.monotonic()
         handle = await self.spawn(plan)
         async with vmm.killed_on_failure(KIND, handle), ChApi.open(plan.control_socket) as api:
@@ -210,17 +190,11 @@ class CloudHypervisorBackend:
         )
         return handle
 
-    def attach(self, plan: LaunchPlan, pid: int) -> ChHandle:
-        return ChHandle.adopt(plan, pid)
-
-    async def wait(self, handle: VmmHandle) -> int:
-        return await vmm.wait(own(handle, ChHandle))
-
     async def stop(self, handle: VmmHandle, *, grace: float = 5.0) -> int:
         """ACPI power button to a running guest (``grace`` s), then ``vmm.shutdown``,
         then SIGKILL."""
 
-        async def graceful(h: VmmProcess) -> None:
+        async def graceful(h: vmm.VmmProcess) -> None:
             try:
                 async with ChApi.open(h.plan.control_socket, timeout=1.0) as api:
                     if grace > 0 and await api.state() == "Running":
@@ -232,7 +206,7 @@ class CloudHypervisorBackend:
             except BackendError as exc:
                 log.info("cloud_hypervisor.shutdown_failed", pid=h.pid, error=exc.message)
 
-        return await vmm.stop(KIND, own(handle, ChHandle), graceful, grace=max(grace, 1.0))
+        return await self.stop_with(handle, graceful, max(grace, 1.0))
 
     # -- control ---------------------------------------------------------------------------
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -41,15 +40,6 @@ from mvm.backends.firecracker.api import FirecrackerApi, FirecrackerApiError
 from mvm.backends.firecracker.config import FcPaths, config_calls, snapshot_files
 from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
 from mvm.backends.hybrid_vsock import HybridVsockEndpoint
-from mvm.backends.vmm import (
-    SpawnOptions,
-    VmmKind,
-    VmmProcess,
-    check_inputs,
-    check_plan_inputs,
-    last_line,
-    own,
-)
 from mvm.backends.vmm import kvm as _kvm
 from mvm.engine.errors import BackendError, BackendUnavailable, ConfigError
 
@@ -80,22 +70,19 @@ class FirecrackerKvmError(BackendError):
 
 def find_binary() -> Path | None:
     """``$MVM_FIRECRACKER``, else ``firecracker`` on PATH, else the fetched cache copy."""
-    explicit = os.environ.get(BINARY_ENV)
-    if explicit:
-        path = Path(explicit)
-        return path if path.is_file() and os.access(path, os.X_OK) else None
-    found = shutil.which("firecracker")
-    return Path(found) if found else cached_binary()
+    found = vmm.find_program(BINARY_ENV, "firecracker")
+    return found if found or os.environ.get(BINARY_ENV) else cached_binary()
+
 
 # -- handle ------------------------------------------------------------------------------
 
 
 @attrs.define
-class FirecrackerHandle(VmmProcess):
+class FirecrackerHandle(vmm.VmmProcess):
     """A Firecracker process (the shared VMM handle; the type tells backends apart)."""
 
 
-KIND = VmmKind(
+KIND = vmm.VmmKind(
     label="Firecracker",
     event="firecracker",
     exec_error=lambda message: BackendUnavailable(message, code="E_FC_BINARY", hint=SETUP_HINT),
@@ -115,8 +102,10 @@ async def _api_answers(socket: Path) -> None:
 # -- backend -----------------------------------------------------------------------------
 
 
-class FirecrackerBackend:
+class FirecrackerBackend(vmm.ProcessControl[FirecrackerHandle]):
     name = "firecracker"
+    handle_type = FirecrackerHandle
+    kind = KIND
 
     def __init__(
         self,
@@ -131,9 +120,7 @@ class FirecrackerBackend:
         self.kvm_device = kvm_device
 
     def binary(self) -> Path | None:
-        if self._binary is not None:
-            return self._binary if self._binary.is_file() else None
-        return find_binary()
+        return vmm.resolve_binary(self._binary, find_binary)
 
     def availability(self) -> Availability:
         binary = self.binary()
@@ -141,10 +128,9 @@ class FirecrackerBackend:
             where = self._binary or os.environ.get(BINARY_ENV) or "PATH or the mvm cache"
             return Availability(False, f"firecracker binary not found ({where}); {SETUP_HINT}")
         kvm = kvm_status(self.kvm_device)
-        if not kvm.usable:
-            return Availability(False, f"Firecracker needs KVM: {kvm.reason}")
-        if kvm.nested and not guests_run_under_kvm():
-            return Availability(False, f"Firecracker needs KVM that runs guests: {NESTED_HINT}")
+        why_not = vmm.kvm_unavailable("Firecracker", kvm)
+        if why_not is not None:
+            return Availability(False, why_not)
         return Availability(True, f"{binary}; {kvm.reason}")
 
     # -- planning --------------------------------------------------------------------------
@@ -156,7 +142,7 @@ class FirecrackerBackend:
                 code="E_FC_ACCEL",
                 hint="use the qemu backend for TCG",
             )
-        check_inputs(None if spec.incoming else spec.kernel, spec.rootfs, spec.incoming)
+        vmm.check_inputs(None if spec.incoming else spec.kernel, spec.rootfs, spec.incoming)
         if spec.incoming is not None and not snapshot_files(spec.incoming)[1].is_file():
             raise ConfigError(
                 f"snapshot memory file {snapshot_files(spec.incoming)[1]} does not exist",
@@ -185,9 +171,7 @@ class FirecrackerBackend:
             accel=Accel.KVM,
             kernel_cmdline=str(boot["boot_args"]) if boot else "",
             api_calls=tuple(calls),
-            inputs=LaunchInputs(
-                None if spec.incoming else spec.kernel, spec.rootfs, spec.incoming
-            ),
+            inputs=LaunchInputs(None if spec.incoming else spec.kernel, spec.rootfs, spec.incoming),
         )
         return plan
 
@@ -203,7 +187,7 @@ class FirecrackerBackend:
         The run directory is its working directory (the vsock path is relative, see
         ``config``); its stdout is the guest serial console."""
         paths = FcPaths(plan.run_dir)
-        opts = SpawnOptions(
+        opts = vmm.SpawnOptions(
             output=plan.console_log,
             append=True,
             cwd=plan.run_dir,
@@ -232,7 +216,7 @@ class FirecrackerBackend:
                     raise
                 except BackendError:
                     if handle.status() is not None:  # the call killed it: say why
-                        line = last_line(FcPaths(handle.plan.run_dir).log) or last_line(
+                        line = vmm.last_line(FcPaths(handle.plan.run_dir).log) or vmm.last_line(
                             handle.plan.console_log
                         )
                         raise BackendError(
@@ -252,7 +236,7 @@ class FirecrackerBackend:
                 code="E_FC_PLAN",
                 hint="start the plan with the backend that prepared it",
             )
-        check_plan_inputs(plan.inputs)
+        vmm.check_plan_inputs(plan.inputs)
         t0 = time.monotonic()
         handle = await self.spawn(plan)
         async with vmm.killed_on_failure(KIND, handle):
@@ -266,17 +250,10 @@ class FirecrackerBackend:
         )
         return handle
 
-    def attach(self, plan: LaunchPlan, pid: int) -> FirecrackerHandle:
-        return FirecrackerHandle.adopt(plan, pid)
-
-    async def wait(self, handle: VmmHandle) -> int:
-        """Firecracker's exit status for a child, UNKNOWN_STATUS for an adopted VMM."""
-        return await vmm.wait(own(handle, FirecrackerHandle))
-
     async def stop(self, handle: VmmHandle, *, grace: float = 5.0) -> int:
         """``SendCtrlAltDel`` to a running guest, ``grace`` s, then SIGKILL."""
         graceful = _ctrl_alt_del if grace > 0 else None
-        return await vmm.stop(KIND, own(handle, FirecrackerHandle), graceful, grace=grace)
+        return await self.stop_with(handle, graceful, grace)
 
     # -- control over the API --------------------------------------------------------------
 
@@ -335,7 +312,7 @@ class FirecrackerBackend:
         return HybridVsockEndpoint(plan.agent_socket, AGENT_VSOCK_PORT)
 
 
-async def _ctrl_alt_del(handle: VmmProcess) -> None:
+async def _ctrl_alt_del(handle: vmm.VmmProcess) -> None:
     try:
         async with FirecrackerApi.open(handle.plan.control_socket, timeout=1.0) as api:
             if await api.state() == "Running":

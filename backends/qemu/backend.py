@@ -36,14 +36,6 @@ from mvm.backends.qemu.accel import QEMU_BINARY, host_tsc_khz, resolve_accel
 from mvm.backends.qemu.argv import AGENT_VSOCK_PORT, RunPaths, build_argv
 from mvm.backends.qemu.endpoint import UnixSocketEndpoint, VsockEndpoint, parse_vsock_address
 from mvm.backends.qemu.qmp import QmpClient
-from mvm.backends.vmm import (
-    SpawnOptions,
-    VmmKind,
-    VmmProcess,
-    check_inputs,
-    check_plan_inputs,
-    own,
-)
 from mvm.engine.errors import BackendError, ConfigError
 
 log = structlog.get_logger("mvm.qemu")
@@ -53,11 +45,11 @@ START_TIMEOUT_S = 15.0
 
 
 @attrs.define
-class QemuHandle(VmmProcess):
+class QemuHandle(vmm.VmmProcess):
     """A QEMU process (the shared VMM handle; the type tells backends apart)."""
 
 
-KIND = VmmKind(
+KIND = vmm.VmmKind(
     label="QEMU",
     event="qemu",
     exec_error=lambda message: BackendError(message, code="E_VMM_START", hint=SETUP_HINT),
@@ -75,8 +67,10 @@ async def _qmp_answers(socket: Path) -> None:
         return
 
 
-class QemuBackend:
+class QemuBackend(vmm.ProcessControl[QemuHandle]):
     name = "qemu"
+    handle_type = QemuHandle
+    kind = KIND
 
     def __init__(
         self,
@@ -115,7 +109,7 @@ class QemuBackend:
         return spec.agent_vsock
 
     def prepare(self, spec: VmSpec) -> LaunchPlan:
-        check_inputs(spec.kernel, spec.rootfs, spec.incoming)
+        vmm.check_inputs(spec.kernel, spec.rootfs, spec.incoming)
         for drive in spec.drives:
             if not drive.path.exists():
                 raise ConfigError(f"drive {drive.path} does not exist", code="E_DRIVE_MISSING")
@@ -145,9 +139,9 @@ class QemuBackend:
 
         ``detached`` changes nothing here: QEMU always gets its own session, and
         whether it outlives the engine is the engine's decision."""
-        check_plan_inputs(plan.inputs)
+        vmm.check_plan_inputs(plan.inputs)
         t0 = time.monotonic()
-        opts = SpawnOptions(
+        opts = vmm.SpawnOptions(
             output=RunPaths(plan.run_dir).stderr,
             stale=tuple(
                 p
@@ -167,16 +161,9 @@ class QemuBackend:
         )
         return handle
 
-    def attach(self, plan: LaunchPlan, pid: int) -> QemuHandle:
-        return QemuHandle.adopt(plan, pid)
-
-    async def wait(self, handle: VmmHandle) -> int:
-        """The exit status: QEMU's own for a child, UNKNOWN_STATUS for an adopted VMM."""
-        return await vmm.wait(own(handle, QemuHandle))
-
     async def stop(self, handle: VmmHandle, *, grace: float = 5.0) -> int:
         """QMP ``quit`` (SIGTERM if QMP is unreachable), ``grace`` s, then SIGKILL."""
-        return await vmm.stop(KIND, own(handle, QemuHandle), _quit, grace=grace)
+        return await self.stop_with(handle, _quit, grace)
 
     # -- control over QMP ----------------------------------------------------------------
 
@@ -248,7 +235,7 @@ async def _migration_done(qmp: QmpClient, timeout: float) -> None:
         ) from None
 
 
-async def _quit(handle: VmmProcess) -> None:
+async def _quit(handle: vmm.VmmProcess) -> None:
     try:
         async with QmpClient.connect(handle.plan.control_socket, timeout=1.0) as qmp:
             await qmp.execute("quit", timeout=1.0)

@@ -78,3 +78,12 @@ def guests_run_under_kvm() -> bool:
         return True
     works, _ = kvm_verdict()
     return works
+
+
+def kvm_unavailable(label: str, kvm: KvmStatus) -> str | None:
+    """Why ``label`` (a KVM-only VMM) cannot run guests here, or None if it can."""
+    if not kvm.usable:
+        return f"{label} needs KVM: {kvm.reason}"
+    if kvm.nested and not guests_run_under_kvm():
+        return f"{label} needs KVM that runs guests: {NESTED_HINT}"
+    return None

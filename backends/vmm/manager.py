@@ -113,8 +113,7 @@ async def wait_ready(
                 return
         if time.monotonic() > deadline:
             raise BackendError(
-                f"{kind.label} did not open its control socket {socket.name} within "
-                f"{timeout:g} s",
+                f"{kind.label} did not open its control socket {socket.name} within {timeout:g} s",
                 code="E_VMM_START",
                 hint=f"log: {log_file}",
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -379,7 +380,7 @@ def test_availability_on_nested_kvm_follows_the_test_boot(
         lambda device="/dev/kvm": fc_backend.KvmStatus(True, True, "nested"),
     )
     monkeypatch.setattr(accel, "kvm_verdict", lambda refresh=False: (probe_boots, "probe"))
-    monkeypatch.setattr(fc_backend.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)  # QEMU "exists"
     avail = FirecrackerBackend(binary=binary).availability()
     assert avail.ok is ok
     if not ok:

@@ -83,9 +83,10 @@ class ApiCall:
 
 @attrs.frozen
 class LaunchInputs:
-    """The files the VMM reads when it starts. ``prepare`` checks them and ``start``
-    checks them again (they can vanish in between) before anything is spawned, so a
-    missing one is a coded error, not a VMM that dies with its own message."""
+    """The files the VMM reads when it starts; ``prepare`` checks them. QEMU's
+    ``start`` checks them again before spawning (they can vanish in between), so a
+    missing one is a coded error rather than QEMU's exit; Firecracker reports one in
+    its API fault for the call that names it."""
 
     kernel: Path | None = None
     rootfs: Path | None = None

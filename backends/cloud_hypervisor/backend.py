@@ -175,7 +175,6 @@ class CloudHypervisorBackend(vmm.ProcessControl[ChHandle]):
                 "(it carries no Cloud Hypervisor API calls)",
                 code="E_CH_PLAN",
             )
-        vmm.check_plan_inputs(plan.inputs)
         t0 = time.monotonic()
         handle = await self.spawn(plan)
         async with vmm.killed_on_failure(KIND, handle), ChApi.open(plan.control_socket) as api:

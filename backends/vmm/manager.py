@@ -158,7 +158,9 @@ async def wait(handle: VmmProcess) -> int:
             return status
         # Woken by the kernel when the VMM exits (pidfd): an idle VM costs the engine
         # nothing. Polling every 20 ms cost ~5 ms of CPU per VM per second.
-        await wait_process_exit(handle.pid, handle.start_time)
+        # Our child's pid cannot be reused before we reap it: no start-time check.
+        own_child = handle.proc is not None
+        await wait_process_exit(handle.pid, None if own_child else handle.start_time)
         if handle.status() is None:
             await anyio.sleep(_POLL_S)  # exited but not yet reapable: rare, brief
 

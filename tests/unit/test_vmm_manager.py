@@ -8,6 +8,7 @@ step synchronises on an event (socket answers, process exits), never on a sleep.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -220,3 +221,24 @@ def test_inputs_are_checked_and_the_plan_file_records_what_is_sent(tmp_path: Pat
     save_plan(full)
     loaded = load_plan(plan.run_dir)
     assert loaded == full and loaded.api_calls == calls
+
+
+def test_a_plan_file_from_before_the_calls_were_recorded_still_loads(tmp_path: Path) -> None:
+    """A VM started by an older mvm is still adoptable: its plan.json has no calls."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    old = {
+        "backend": "firecracker",
+        "argv": ["/usr/bin/firecracker", "--api-sock", str(run_dir / "fc.sock")],
+        "run_dir": str(run_dir),
+        "control_socket": str(run_dir / "fc.sock"),
+        "agent_socket": str(run_dir / "vsock.sock"),
+        "console_log": str(run_dir / "console.log"),
+        "pid_file": str(run_dir / "firecracker.pid"),
+        "accel": "kvm",
+        "kernel_cmdline": "console=ttyS0",
+    }
+    (run_dir / "plan.json").write_text(json.dumps(old))
+    plan = load_plan(run_dir)
+    assert plan.control_socket == run_dir / "fc.sock"
+    assert plan.api_calls == () and plan.inputs == LaunchInputs()

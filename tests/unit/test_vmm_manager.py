@@ -135,11 +135,18 @@ async def test_a_child_that_dies_during_start_reports_its_last_log_line(tmp_path
 
 async def test_a_child_that_never_gets_ready_is_killed_and_reaped(tmp_path: Path) -> None:
     plan = _plan(tmp_path / "run", "mute")
+    spawned: list[int] = []
+
+    @attrs.define
+    class SpyHandle(FakeHandle):
+        def __attrs_post_init__(self) -> None:
+            spawned.append(self.pid)
+
     with pytest.raises(BackendError) as err:
-        await launch(KIND, FakeHandle, plan, _opts(plan), _answers, timeout=0.3)
+        await launch(KIND, SpyHandle, plan, _opts(plan), _answers, timeout=0.3)
     assert err.value.code == "E_VMM_START" and "within 0.3 s" in err.value.message
-    pid = int(plan.console_log.read_text().split()[-1])  # "starting mute pid N"
-    assert not Path(f"/proc/{pid}").exists()  # killed and reaped, not left a zombie
+    assert len(spawned) == 1
+    assert not Path(f"/proc/{spawned[0]}").exists()  # killed and reaped, not left a zombie
     assert sorted(p.name for p in plan.run_dir.iterdir() if p.name.endswith(".sock")) == []
 
 

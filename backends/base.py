@@ -1,10 +1,12 @@
 """The backend contract: what the engine needs from a hypervisor.
 
-A backend turns a ``VmSpec`` into a ``LaunchPlan`` (pure: argv, files, sockets;
-nothing started), starts the VMM process from it, and controls it afterwards
-(stop, wait, pause/resume, snapshot/restore). It also tells the engine how to
-reach the guest agent (``AgentEndpoint``). Keeping ``prepare`` pure lets tests
-check command lines and lets ``mvmctl doctor`` explain a plan without booting.
+A backend turns a ``VmSpec`` into a ``LaunchPlan`` (pure: argv, the REST calls
+sent after spawn, files, sockets; nothing started), starts the VMM process from
+exactly that plan (the plan file kept for adoption is what was really sent),
+and controls it afterwards (stop, wait, pause/resume, snapshot/restore). It also
+tells the engine how to reach the guest agent (``AgentEndpoint``). Keeping
+``prepare`` pure lets tests check command lines and lets ``mvmctl doctor``
+explain a plan without booting.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import anyio.abc
 import attrs
@@ -68,8 +70,35 @@ class VmSpec:
 
 
 @attrs.frozen
+class ApiCall:
+    """One REST request sent to a VMM's API socket after spawn: method, path, JSON body.
+
+    Firecracker's paths are absolute (``/boot-source``); Cloud Hypervisor's are its
+    endpoint names (``vm.create``), the client adds ``/api/v1/``."""
+
+    method: str
+    path: str
+    body: dict[str, Any] | None = None
+
+
+@attrs.frozen
+class LaunchInputs:
+    """The files the VMM reads when it starts; ``prepare`` checks them. QEMU's
+    ``start`` checks them again before spawning (they can vanish in between), so a
+    missing one is a coded error rather than QEMU's exit; Firecracker reports one in
+    its API fault for the call that names it."""
+
+    kernel: Path | None = None
+    rootfs: Path | None = None
+    snapshot: Path | None = None
+
+
+@attrs.frozen
 class LaunchPlan:
-    """A fully resolved VMM invocation: what ``start`` will execute."""
+    """A fully resolved VMM invocation: what ``start`` will execute, as given.
+
+    ``argv`` is the whole configuration for QEMU; Firecracker and Cloud Hypervisor
+    start empty and get ``api_calls``, in order, once their API socket answers."""
 
     backend: str
     argv: tuple[str, ...]
@@ -80,6 +109,8 @@ class LaunchPlan:
     pid_file: Path
     accel: Accel
     kernel_cmdline: str
+    api_calls: tuple[ApiCall, ...] = ()
+    inputs: LaunchInputs = attrs.field(factory=LaunchInputs)
 
 
 @attrs.frozen

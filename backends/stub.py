@@ -13,19 +13,17 @@ for untrusted code; ``doctor`` and the availability reason say so.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import signal
 import socket
-import subprocess
-import time
 from pathlib import Path
 
 import anyio
 import anyio.abc
 import attrs
 
+from mvm.backends import vmm
 from mvm.backends.base import (
     Accel,
     AgentEndpoint,
@@ -37,9 +35,7 @@ from mvm.backends.base import (
 )
 from mvm.backends.guest.build import agent_binary
 from mvm.engine.errors import BackendUnavailable
-from mvm.engine.paths import CHILD_UMASK, ensure_private_dir, private_opener
-from mvm.engine.process import wait_process_exit
-from mvm.engine.runfiles import remove_run_files
+from mvm.engine.paths import ensure_private_dir
 
 NO_ISOLATION = (
     "host process running the guest agent; ISOLATES NOTHING: exec runs on the host "
@@ -60,18 +56,15 @@ def _free_port() -> int:
 
 
 @attrs.define
-class ProcessHandle:
-    _pid: int
-    _plan: LaunchPlan
-    proc: subprocess.Popen[bytes] | None = None
+class ProcessHandle(vmm.VmmProcess):
+    """The agent's host process (the shared VMM handle: pid + start time)."""
 
-    @property
-    def pid(self) -> int:
-        return self._pid
 
-    @property
-    def plan(self) -> LaunchPlan:
-        return self._plan
+KIND = vmm.VmmKind(
+    label="stub agent",
+    event="stub",
+    exec_error=lambda message: BackendUnavailable(message, code="E_STUB_AGENT"),
+)
 
 
 @attrs.frozen
@@ -86,8 +79,10 @@ class TcpEndpoint:
                 await anyio.sleep(0.01)
 
 
-class StubBackend:
+class StubBackend(vmm.ProcessControl[ProcessHandle]):
     name = "stub"
+    handle_type = ProcessHandle
+    kind = KIND
 
     @staticmethod
     def _agent_path() -> Path:
@@ -127,55 +122,26 @@ class StubBackend:
         )
 
     async def start(self, plan: LaunchPlan, *, detached: bool = False) -> ProcessHandle:
+        """Spawn the agent; no wait for readiness (the endpoint's dial retries)."""
         ensure_private_dir(plan.run_dir)
         (plan.run_dir / "health").mkdir(exist_ok=True)
         (plan.run_dir / "logs").mkdir(exist_ok=True)
         fifo = plan.run_dir / "ctl.fifo"
         if not fifo.exists():
             os.mkfifo(fifo)
-        with open(plan.console_log, "ab", opener=private_opener) as console:
-            proc = subprocess.Popen(
-                list(plan.argv),
-                umask=CHILD_UMASK,
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=console,
-                start_new_session=True,
-            )
-        plan.pid_file.write_text(str(proc.pid))
-        return ProcessHandle(proc.pid, plan, proc)
-
-    def attach(self, plan: LaunchPlan, pid: int) -> ProcessHandle:
-        return ProcessHandle(pid, plan, None)
-
-    async def wait(self, handle: VmmHandle) -> int:
-        assert isinstance(handle, ProcessHandle)
-        await wait_process_exit(handle.pid)
-        if handle.proc is not None:
-            return handle.proc.wait()
-        return -1
+        opts = vmm.SpawnOptions(output=plan.console_log, append=True)
+        handle = vmm.spawn(KIND, ProcessHandle, plan, opts)
+        plan.pid_file.write_text(str(handle.pid))
+        return handle
 
     async def stop(self, handle: VmmHandle, *, grace: float = 5.0) -> int:
-        assert isinstance(handle, ProcessHandle)
-        with anyio.CancelScope(shield=True):
-            if handle.proc is not None and handle.proc.poll() is None:
-                handle.proc.send_signal(signal.SIGTERM)
-                deadline = time.monotonic() + grace
-                while handle.proc.poll() is None and time.monotonic() < deadline:
-                    await anyio.sleep(0.02)
-                if handle.proc.poll() is None:
-                    handle.proc.kill()
-            if handle.proc is None:  # adopted from another engine: not our child
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(handle.pid, signal.SIGTERM)
-                deadline = time.monotonic() + grace
-                while Path(f"/proc/{handle.pid}").exists() and time.monotonic() < deadline:
-                    await anyio.sleep(0.02)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(handle.pid, signal.SIGKILL)
-            code = handle.proc.wait() if handle.proc is not None else -1
-            remove_run_files(handle.plan.run_dir)
-            (handle.plan.run_dir / "ctl.fifo").unlink(missing_ok=True)
+        """SIGTERM, ``grace`` s, SIGKILL (signals checked against the start time)."""
+
+        async def term(h: vmm.VmmProcess) -> None:
+            vmm.terminate(h)
+
+        code = await self.stop_with(handle, term, grace)
+        (handle.plan.run_dir / "ctl.fifo").unlink(missing_ok=True)
         return code
 
     async def pause(self, handle: VmmHandle) -> None:

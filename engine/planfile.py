@@ -3,6 +3,10 @@
 A detached VM outlives the engine that started it; the engine that adopts it
 later (after ``detach``, or after the first one was killed) needs the exact
 sockets and paths the VMM was started with, so they are written next to it.
+The plan is the whole VMM configuration (QEMU's argv, or the REST calls sent to
+Firecracker / Cloud Hypervisor after spawn) and ``start`` executes it as given,
+so this file records what was really sent. Plan files written before the calls
+were part of the plan load with none (adoption needs only the sockets).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import structlog
 
+from mvm.backends.vmm.rest import decode, uds_client
 from mvm.engine.errors import BackendError
 
 log = structlog.get_logger("mvm.cloud_hypervisor.api")
@@ -65,10 +66,7 @@ class ChApi:
     async def open(
         cls, socket: Path, *, timeout: float = DEFAULT_TIMEOUT_S
     ) -> AsyncIterator[ChApi]:
-        transport = httpx.AsyncHTTPTransport(uds=str(socket))
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://localhost", timeout=timeout
-        ) as client:
+        async with uds_client(socket, timeout=timeout) as client:
             yield cls(client, socket)
 
     async def request(self, method: str, endpoint: str, body: dict[str, Any] | None = None) -> Any:
@@ -84,12 +82,7 @@ class ChApi:
             error = ChApiError(endpoint, response.status_code, error_detail(response))
             log.info("cloud_hypervisor.api_error", endpoint=endpoint, detail=error.detail)
             raise error
-        if response.status_code == 204 or not response.content:
-            return None
-        try:
-            return response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return response.text
+        return decode(response)
 
     async def put(self, endpoint: str, body: dict[str, Any] | None = None) -> Any:
         return await self.request("PUT", endpoint, body)

@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 import structlog
 
-from mvm.backends.firecracker.config import ApiCall
+from mvm.backends.base import ApiCall
+from mvm.backends.vmm.rest import decode, uds_client
 from mvm.engine.errors import BackendError
 
 log = structlog.get_logger("mvm.firecracker.api")
@@ -69,10 +70,7 @@ class FirecrackerApi:
     async def open(
         cls, socket: Path, *, timeout: float = DEFAULT_TIMEOUT_S
     ) -> AsyncIterator[FirecrackerApi]:
-        transport = httpx.AsyncHTTPTransport(uds=str(socket))
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://localhost", timeout=timeout
-        ) as client:
+        async with uds_client(socket, timeout=timeout) as client:
             yield cls(client, socket)
 
     async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -88,12 +86,7 @@ class FirecrackerApi:
             error = FirecrackerApiError(method, path, response.status_code, fault_message(response))
             log.info("firecracker.api_fault", method=method, path=path, fault=error.fault)
             raise error
-        if response.status_code == 204 or not response.content:
-            return None
-        try:
-            return response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return response.text
+        return decode(response)
 
     async def call(self, call: ApiCall) -> Any:
         return await self.request(call.method, call.path, call.body)

@@ -1,16 +1,11 @@
 """The Firecracker backend: one ``firecracker --api-sock RUN/fc.sock`` per VM, configured over REST.
 
-Process rules (the same as QEMU's, because a leaked VMM is the worst failure):
-* Firecracker runs in its own session with the run directory as working
-  directory (the vsock socket path is relative, see ``config``); its stdout is
-  the guest serial console (``console.log``), its own log goes to
-  ``firecracker.log`` once the logger is configured.
-* ``start`` returns only after ``InstanceStart`` (or ``snapshot/load``)
-  succeeded. Any failure on the way — a refused API call, the process dying,
-  cancellation — kills and reaps the process and removes the run directory's
-  sockets before the exception leaves.
-* ``stop`` is shielded: ``SendCtrlAltDel`` to a running guest, a grace period,
-  then SIGKILL, checked against the recorded process start time.
+The process rules are every VMM's (``mvm.backends.vmm``). What is Firecracker's
+here: the VMM starts empty and ``start`` sends the plan's ``api_calls`` in order
+(``InstanceStart`` or ``snapshot/load`` last); any failure on the way kills and
+reaps the process. Its stdout is the guest serial console (``console.log``), its
+own log goes to ``firecracker.log`` once the logger is configured. The graceful
+stop is ``SendCtrlAltDel`` to a running guest.
 
 ``/dev/kvm`` is mandatory. On a host that is itself a VM (nested
 virtualization) KVM works but guests run far slower than on bare metal;
@@ -19,14 +14,8 @@ virtualization) KVM works but guests run far slower than on bare metal;
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import functools
 import os
 import re
-import shutil
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -34,10 +23,13 @@ import anyio
 import attrs
 import structlog
 
+from mvm.backends import vmm
 from mvm.backends.base import (
     Accel,
     AgentEndpoint,
+    ApiCall,
     Availability,
+    LaunchInputs,
     LaunchPlan,
     PausedHook,
     VmmHandle,
@@ -45,28 +37,26 @@ from mvm.backends.base import (
 )
 from mvm.backends.fetch_firecracker import cached_binary
 from mvm.backends.firecracker.api import FirecrackerApi, FirecrackerApiError
-from mvm.backends.firecracker.config import ApiCall, FcPaths, config_calls, snapshot_files
+from mvm.backends.firecracker.config import FcPaths, config_calls, snapshot_files
 from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
 from mvm.backends.hybrid_vsock import HybridVsockEndpoint
-from mvm.backends.qemu.backend import check_inputs
+from mvm.backends.vmm import kvm as _kvm
 from mvm.engine.errors import BackendError, BackendUnavailable, ConfigError
-from mvm.engine.paths import CHILD_UMASK, ensure_private_dir, private_opener
-from mvm.engine.process import (
-    is_same_process,
-    kill_verified,
-    process_start_time,
-    wait_process_exit,
-)
-from mvm.engine.runfiles import remove_run_files
 
 log = structlog.get_logger("mvm.firecracker")
 
 BINARY_ENV = "MVM_FIRECRACKER"
 SETUP_HINT = "run `python -m mvm.backends.fetch_firecracker` or set MVM_FIRECRACKER"
 START_TIMEOUT_S = 10.0
-UNKNOWN_STATUS = -1  # exit status of a VMM that is not our child (adopted)
-_KVM_GET_API_VERSION = 0xAE00
-_KVM_API_VERSION = 12
+
+# The KVM checks live in mvm.backends.vmm.kvm (Cloud Hypervisor needs them too);
+# re-exported because the CLI and tests import them from here, and availability()
+# looks kvm_status up here so that a test can replace it.
+KvmStatus = _kvm.KvmStatus
+NESTED_HINT = _kvm.NESTED_HINT
+guests_run_under_kvm = _kvm.guests_run_under_kvm
+host_is_vm = _kvm.host_is_vm
+kvm_status = _kvm.kvm_status
 
 
 class FirecrackerKvmError(BackendError):
@@ -80,103 +70,23 @@ class FirecrackerKvmError(BackendError):
 
 def find_binary() -> Path | None:
     """``$MVM_FIRECRACKER``, else ``firecracker`` on PATH, else the fetched cache copy."""
-    explicit = os.environ.get(BINARY_ENV)
-    if explicit:
-        path = Path(explicit)
-        return path if path.is_file() and os.access(path, os.X_OK) else None
-    found = shutil.which("firecracker")
-    return Path(found) if found else cached_binary()
-
-
-@attrs.frozen
-class KvmStatus:
-    usable: bool
-    nested: bool
-    reason: str
-
-
-def host_is_vm(cpuinfo: str) -> bool:
-    """The CPUID hypervisor bit: KVM here is nested, so guests run without full speed."""
-    return bool(re.search(r"^flags\s*:.*\bhypervisor\b", cpuinfo, re.MULTILINE))
-
-
-@functools.cache
-def kvm_status(device: str = "/dev/kvm") -> KvmStatus:
-    try:
-        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
-    except OSError as exc:
-        return KvmStatus(False, False, f"{device} is not usable: {exc.strerror or exc}")
-    try:
-        version = fcntl.ioctl(fd, _KVM_GET_API_VERSION)
-    except OSError as exc:
-        return KvmStatus(False, False, f"{device} rejects KVM_GET_API_VERSION: {exc.strerror}")
-    finally:
-        os.close(fd)
-    if version != _KVM_API_VERSION:
-        return KvmStatus(False, False, f"{device} speaks KVM API {version}, not 12")
-    try:
-        nested = host_is_vm(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        nested = False
-    if nested:
-        return KvmStatus(
-            True,
-            True,
-            f"{device} works but this host is itself a VM (nested KVM): "
-            "guests boot and run much slower than on bare metal",
-        )
-    return KvmStatus(True, False, f"{device} usable")
-
-
-NESTED_HINT = (
-    "this host is a VM whose nested KVM failed a test boot (see `mvmctl doctor`); "
-    "use the qemu backend, which falls back to TCG"
-)
-
-
-def guests_run_under_kvm() -> bool:
-    """Whether a real (tiny) guest boots under KVM here: the QEMU accel probe's verdict.
-
-    /dev/kvm answering ioctls is not enough on nested hosts, where a guest may never
-    get past early boot. The verdict is cached per host boot; without QEMU installed
-    there is nothing to probe with, so KVM is given the benefit of the doubt."""
-    from mvm.backends.qemu.accel import QEMU_BINARY, kvm_verdict
-
-    if shutil.which(QEMU_BINARY) is None:
-        return True
-    works, _ = kvm_verdict()
-    return works
+    found = vmm.find_program(BINARY_ENV, "firecracker")
+    return found if found or os.environ.get(BINARY_ENV) else cached_binary()
 
 
 # -- handle ------------------------------------------------------------------------------
 
 
 @attrs.define
-class FirecrackerHandle:
-    """A Firecracker process; ``proc`` is set when this process spawned it (so it can reap)."""
+class FirecrackerHandle(vmm.VmmProcess):
+    """A Firecracker process (the shared VMM handle; the type tells backends apart)."""
 
-    _pid: int
-    _plan: LaunchPlan
-    start_time: int | None
-    proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def pid(self) -> int:
-        return self._pid
-
-    @property
-    def plan(self) -> LaunchPlan:
-        return self._plan
-
-    def alive(self) -> bool:
-        if self.proc is not None:
-            return self.proc.poll() is None
-        return is_same_process(self._pid, self.start_time)
-
-    def status(self) -> int | None:
-        if self.proc is not None:
-            return self.proc.poll()
-        return None if self.alive() else UNKNOWN_STATUS
+KIND = vmm.VmmKind(
+    label="Firecracker",
+    event="firecracker",
+    exec_error=lambda message: BackendUnavailable(message, code="E_FC_BINARY", hint=SETUP_HINT),
+)
 
 
 def _vm_id(name: str) -> str:
@@ -184,26 +94,18 @@ def _vm_id(name: str) -> str:
     return (re.sub(r"[^A-Za-z0-9-]", "-", name)[:64]) or "mvm"
 
 
-def _last_line(path: Path) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
-
-
-def _own(handle: VmmHandle) -> FirecrackerHandle:
-    if not isinstance(handle, FirecrackerHandle):
-        raise TypeError(f"not a Firecracker handle: {handle!r}")
-    return handle
+async def _api_answers(socket: Path) -> None:
+    async with FirecrackerApi.open(socket, timeout=1.0) as api:
+        await api.get("/")
 
 
 # -- backend -----------------------------------------------------------------------------
 
 
-class FirecrackerBackend:
+class FirecrackerBackend(vmm.ProcessControl[FirecrackerHandle]):
     name = "firecracker"
+    handle_type = FirecrackerHandle
+    kind = KIND
 
     def __init__(
         self,
@@ -216,14 +118,9 @@ class FirecrackerBackend:
         self._binary = binary
         self.start_timeout = start_timeout
         self.kvm_device = kvm_device
-        # prepare() is pure, but the API calls it derives are not part of LaunchPlan:
-        # start() takes them from here (same backend instance, as RuntimeVM uses it).
-        self._calls: dict[LaunchPlan, tuple[ApiCall, ...]] = {}
 
     def binary(self) -> Path | None:
-        if self._binary is not None:
-            return self._binary if self._binary.is_file() else None
-        return find_binary()
+        return vmm.resolve_binary(self._binary, find_binary)
 
     def availability(self) -> Availability:
         binary = self.binary()
@@ -231,10 +128,9 @@ class FirecrackerBackend:
             where = self._binary or os.environ.get(BINARY_ENV) or "PATH or the mvm cache"
             return Availability(False, f"firecracker binary not found ({where}); {SETUP_HINT}")
         kvm = kvm_status(self.kvm_device)
-        if not kvm.usable:
-            return Availability(False, f"Firecracker needs KVM: {kvm.reason}")
-        if kvm.nested and not guests_run_under_kvm():
-            return Availability(False, f"Firecracker needs KVM that runs guests: {NESTED_HINT}")
+        why_not = vmm.kvm_unavailable("Firecracker", kvm)
+        if why_not is not None:
+            return Availability(False, why_not)
         return Availability(True, f"{binary}; {kvm.reason}")
 
     # -- planning --------------------------------------------------------------------------
@@ -246,7 +142,7 @@ class FirecrackerBackend:
                 code="E_FC_ACCEL",
                 hint="use the qemu backend for TCG",
             )
-        check_inputs(None if spec.incoming else spec.kernel, spec.rootfs, spec.incoming)
+        vmm.check_inputs(None if spec.incoming else spec.kernel, spec.rootfs, spec.incoming)
         if spec.incoming is not None and not snapshot_files(spec.incoming)[1].is_file():
             raise ConfigError(
                 f"snapshot memory file {snapshot_files(spec.incoming)[1]} does not exist",
@@ -274,75 +170,34 @@ class FirecrackerBackend:
             pid_file=paths.pid,
             accel=Accel.KVM,
             kernel_cmdline=str(boot["boot_args"]) if boot else "",
+            api_calls=tuple(calls),
+            inputs=LaunchInputs(None if spec.incoming else spec.kernel, spec.rootfs, spec.incoming),
         )
-        self._calls[plan] = tuple(calls)
         return plan
 
     def api_calls(self, plan: LaunchPlan) -> tuple[ApiCall, ...]:
         """The configuration ``start`` will send for ``plan`` (for doctor and tests)."""
-        return self._calls.get(plan, ())
+        return plan.api_calls
 
     # -- process ---------------------------------------------------------------------------
 
     async def spawn(self, plan: LaunchPlan) -> FirecrackerHandle:
-        """Start the process and wait until its API answers; configures nothing."""
-        paths = FcPaths(plan.run_dir)
-        ensure_private_dir(plan.run_dir)
-        for stale in (paths.api, paths.vsock, paths.pid):
-            stale.unlink(missing_ok=True)
-        for sink in (paths.log, paths.metrics):  # Firecracker refuses a missing log file
-            sink.touch()
-        try:
-            with open(plan.console_log, "ab", opener=private_opener) as console:
-                proc = subprocess.Popen(
-                    list(plan.argv),
-                    umask=CHILD_UMASK,
-                    cwd=plan.run_dir,
-                    stdin=subprocess.DEVNULL,
-                    stdout=console,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    close_fds=True,
-                )
-        except OSError as exc:
-            raise BackendUnavailable(
-                f"cannot run {plan.argv[0]}: {exc.strerror or exc}",
-                code="E_FC_BINARY",
-                hint=SETUP_HINT,
-            ) from None
-        handle = FirecrackerHandle(proc.pid, plan, process_start_time(proc.pid), proc)
-        try:
-            await self._wait_api(handle)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._kill(handle)
-                remove_run_files(plan.run_dir)
-            raise
-        plan.pid_file.write_text(f"{proc.pid}\n")
-        return handle
+        """Start the process and wait until its API answers; configures nothing.
 
-    async def _wait_api(self, handle: FirecrackerHandle) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            status = handle.status()
-            if status is not None:
-                line = _last_line(handle.plan.console_log) or "no output"
-                raise BackendError(
-                    f"Firecracker exited during start (status {status}): {line}",
-                    code="E_VMM_START",
-                    hint=f"log: {handle.plan.console_log}",
-                )
-            if handle.plan.control_socket.exists():
-                with contextlib.suppress(BackendError):
-                    async with FirecrackerApi.open(handle.plan.control_socket, timeout=1.0) as api:
-                        await api.get("/")
-                        return
-            if time.monotonic() > deadline:
-                raise BackendError(
-                    f"Firecracker did not open its API socket within {self.start_timeout:g} s",
-                    code="E_VMM_START",
-                )
-            await anyio.sleep(0.005)
+        The run directory is its working directory (the vsock path is relative, see
+        ``config``); its stdout is the guest serial console."""
+        paths = FcPaths(plan.run_dir)
+        opts = vmm.SpawnOptions(
+            output=plan.console_log,
+            append=True,
+            cwd=plan.run_dir,
+            stale=(paths.api, paths.vsock, paths.pid),
+            touch=(paths.log, paths.metrics),  # Firecracker refuses a missing log file
+            write_pid=True,
+        )
+        return await vmm.launch(
+            KIND, FirecrackerHandle, plan, opts, _api_answers, timeout=self.start_timeout
+        )
 
     async def configure(self, handle: FirecrackerHandle, calls: tuple[ApiCall, ...]) -> None:
         """Send ``calls`` in order; a KVM failure at start is re-coded E_FC_KVM."""
@@ -361,7 +216,7 @@ class FirecrackerBackend:
                     raise
                 except BackendError:
                     if handle.status() is not None:  # the call killed it: say why
-                        line = _last_line(FcPaths(handle.plan.run_dir).log) or _last_line(
+                        line = vmm.last_line(FcPaths(handle.plan.run_dir).log) or vmm.last_line(
                             handle.plan.console_log
                         )
                         raise BackendError(
@@ -371,23 +226,22 @@ class FirecrackerBackend:
                     raise
 
     async def start(self, plan: LaunchPlan, *, detached: bool = False) -> FirecrackerHandle:
-        """Spawn, configure and boot (or restore); returns once the VM runs."""
-        calls = self._calls.pop(plan, None)
-        if calls is None:
+        """Spawn, send ``plan.api_calls`` in order (boot or restore); returns once the
+        VM runs."""
+        calls = plan.api_calls
+        if plan.backend != self.name or not calls:
             raise BackendError(
-                "this launch plan was not prepared by this Firecracker backend",
+                "this launch plan was not prepared by the Firecracker backend "
+                "(it carries no Firecracker API calls)",
                 code="E_FC_PLAN",
-                hint="call prepare() and start() on the same backend object",
+                hint="start the plan with the backend that prepared it",
             )
+        # plan.inputs are not checked again here: a file gone since prepare is reported
+        # by Firecracker itself (its fault names the call), as before.
         t0 = time.monotonic()
         handle = await self.spawn(plan)
-        try:
+        async with vmm.killed_on_failure(KIND, handle):
             await self.configure(handle, calls)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._kill(handle)
-                remove_run_files(plan.run_dir)
-            raise
         log.info(
             "firecracker.started",
             pid=handle.pid,
@@ -397,48 +251,10 @@ class FirecrackerBackend:
         )
         return handle
 
-    def attach(self, plan: LaunchPlan, pid: int) -> FirecrackerHandle:
-        return FirecrackerHandle(pid, plan, process_start_time(pid), None)
-
-    async def wait(self, handle: VmmHandle) -> int:
-        """Firecracker's exit status for a child, UNKNOWN_STATUS for an adopted VMM."""
-        h = _own(handle)
-        if h.proc is not None:
-            await wait_process_exit(h.pid)
-            return h.proc.wait()  # already exited: reaping does not block
-        await wait_process_exit(h.pid, h.start_time)
-        return UNKNOWN_STATUS
-
     async def stop(self, handle: VmmHandle, *, grace: float = 5.0) -> int:
-        h = _own(handle)
-        with anyio.CancelScope(shield=True):
-            if h.alive() and grace > 0:
-                try:
-                    async with FirecrackerApi.open(h.plan.control_socket, timeout=1.0) as api:
-                        if await api.state() == "Running":
-                            await api.put("/actions", {"action_type": "SendCtrlAltDel"})
-                except BackendError as exc:
-                    log.info("firecracker.ctrl_alt_del_failed", pid=h.pid, error=exc.message)
-                with anyio.move_on_after(grace):
-                    await self.wait(h)
-            status = await self._kill(h)
-            remove_run_files(h.plan.run_dir)
-        log.info("firecracker.stopped", pid=h.pid, status=status)
-        return status
-
-    async def _kill(self, h: FirecrackerHandle) -> int:
-        if h.alive():
-            if h.proc is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    h.proc.kill()
-            else:
-                kill_verified(h.pid, h.start_time, signal.SIGKILL)
-        status: int | None = None
-        with anyio.move_on_after(10):
-            status = await self.wait(h)
-        if status is None:
-            raise BackendError(f"Firecracker pid {h.pid} survived SIGKILL", code="E_VMM_STOP")
-        return status
+        """``SendCtrlAltDel`` to a running guest, ``grace`` s, then SIGKILL."""
+        graceful = _ctrl_alt_del if grace > 0 else None
+        return await self.stop_with(handle, graceful, grace)
 
     # -- control over the API --------------------------------------------------------------
 
@@ -495,6 +311,15 @@ class FirecrackerBackend:
 
     def agent_endpoint(self, plan: LaunchPlan) -> AgentEndpoint:
         return HybridVsockEndpoint(plan.agent_socket, AGENT_VSOCK_PORT)
+
+
+async def _ctrl_alt_del(handle: vmm.VmmProcess) -> None:
+    try:
+        async with FirecrackerApi.open(handle.plan.control_socket, timeout=1.0) as api:
+            if await api.state() == "Running":
+                await api.put("/actions", {"action_type": "SendCtrlAltDel"})
+    except BackendError as exc:
+        log.info("firecracker.ctrl_alt_del_failed", pid=handle.pid, error=exc.message)
 
 
 def factory() -> FirecrackerBackend:

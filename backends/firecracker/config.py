@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 
+from mvm.backends.base import ApiCall as ApiCall  # re-exported: defined once for every VMM
 from mvm.backends.base import VmSpec
 from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
 from mvm.engine.errors import ConfigError
@@ -37,15 +38,6 @@ BASE_BOOT_ARGS = (
     "rootfstype=ext4",
 )
 _ID_OK = re.compile(r"[A-Za-z0-9_]{1,64}")
-
-
-@attrs.frozen
-class ApiCall:
-    """One request to the Firecracker API: method, path and JSON body."""
-
-    method: str
-    path: str
-    body: dict[str, Any] | None = None
 
 
 @attrs.frozen

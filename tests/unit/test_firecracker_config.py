@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
 import anyio.abc
+import attrs
 import httpx
 import pytest
 
@@ -378,7 +380,7 @@ def test_availability_on_nested_kvm_follows_the_test_boot(
         lambda device="/dev/kvm": fc_backend.KvmStatus(True, True, "nested"),
     )
     monkeypatch.setattr(accel, "kvm_verdict", lambda refresh=False: (probe_boots, "probe"))
-    monkeypatch.setattr(fc_backend.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)  # QEMU "exists"
     avail = FirecrackerBackend(binary=binary).availability()
     assert avail.ok is ok
     if not ok:
@@ -425,13 +427,17 @@ def test_prepare_plan_and_errors(files: dict[str, Path], tmp_path: Path) -> None
 async def test_start_refuses_a_plan_it_did_not_prepare(
     files: dict[str, Path], tmp_path: Path
 ) -> None:
+    """The plan carries its API calls (no side table): a plan without them, or another
+    backend's, is refused before anything is spawned or created."""
     binary = tmp_path / "firecracker"
     binary.write_text("#!/bin/sh\n")
     binary.chmod(0o755)
     plan = FirecrackerBackend(binary=binary).prepare(_spec(files, tmp_path))
-    with pytest.raises(BackendError) as err:
-        await FirecrackerBackend(binary=binary).start(plan)
-    assert err.value.code == "E_FC_PLAN"
+    assert plan.api_calls and plan.api_calls[-1].path == "/actions"
+    for foreign in (attrs.evolve(plan, api_calls=()), attrs.evolve(plan, backend="qemu")):
+        with pytest.raises(BackendError) as err:
+            await FirecrackerBackend(binary=binary).start(foreign)
+        assert err.value.code == "E_FC_PLAN"
     assert not (tmp_path / "run").exists()
 
 

@@ -1,0 +1,62 @@
+"""One process manager for every VMM (QEMU, Firecracker, Cloud Hypervisor).
+
+Backends keep only what is VMM-specific (argv or REST calls, QMP/API details);
+the handle, spawn, wait-ready, stop escalation and kill live here once.
+"""
+
+from mvm.backends.vmm.binary import find_program, resolve_binary
+from mvm.backends.vmm.control import ProcessControl
+from mvm.backends.vmm.handle import UNKNOWN_STATUS, VmmProcess, own
+from mvm.backends.vmm.inputs import check_inputs, check_plan_inputs, last_line
+from mvm.backends.vmm.kvm import (
+    NESTED_HINT,
+    KvmStatus,
+    guests_run_under_kvm,
+    host_is_vm,
+    kvm_status,
+    kvm_unavailable,
+)
+from mvm.backends.vmm.manager import (
+    Graceful,
+    Probe,
+    SpawnOptions,
+    VmmKind,
+    kill,
+    killed_on_failure,
+    launch,
+    spawn,
+    stop,
+    terminate,
+    wait,
+    wait_ready,
+)
+
+__all__ = [
+    "NESTED_HINT",
+    "UNKNOWN_STATUS",
+    "Graceful",
+    "KvmStatus",
+    "Probe",
+    "ProcessControl",
+    "SpawnOptions",
+    "VmmKind",
+    "VmmProcess",
+    "check_inputs",
+    "check_plan_inputs",
+    "find_program",
+    "guests_run_under_kvm",
+    "host_is_vm",
+    "kill",
+    "killed_on_failure",
+    "kvm_status",
+    "kvm_unavailable",
+    "last_line",
+    "launch",
+    "own",
+    "resolve_binary",
+    "spawn",
+    "stop",
+    "terminate",
+    "wait",
+    "wait_ready",
+]

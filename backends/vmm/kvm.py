@@ -1,0 +1,89 @@
+"""Is KVM usable here, and does it run guests? Shared by the KVM-only VMMs.
+
+Firecracker and Cloud Hypervisor need ``/dev/kvm``; on a host that is itself a
+VM (nested virtualization) the ioctls may answer while a guest never gets past
+early boot, so the QEMU accel probe's test boot decides (``guests_run_under_kvm``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import os
+import re
+import shutil
+from pathlib import Path
+
+import attrs
+
+_KVM_GET_API_VERSION = 0xAE00
+_KVM_API_VERSION = 12
+
+
+@attrs.frozen
+class KvmStatus:
+    usable: bool
+    nested: bool
+    reason: str
+
+
+def host_is_vm(cpuinfo: str) -> bool:
+    """The CPUID hypervisor bit: KVM here is nested, so guests run without full speed."""
+    return bool(re.search(r"^flags\s*:.*\bhypervisor\b", cpuinfo, re.MULTILINE))
+
+
+@functools.cache
+def kvm_status(device: str = "/dev/kvm") -> KvmStatus:
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return KvmStatus(False, False, f"{device} is not usable: {exc.strerror or exc}")
+    try:
+        version = fcntl.ioctl(fd, _KVM_GET_API_VERSION)
+    except OSError as exc:
+        return KvmStatus(False, False, f"{device} rejects KVM_GET_API_VERSION: {exc.strerror}")
+    finally:
+        os.close(fd)
+    if version != _KVM_API_VERSION:
+        return KvmStatus(False, False, f"{device} speaks KVM API {version}, not 12")
+    try:
+        nested = host_is_vm(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        nested = False
+    if nested:
+        return KvmStatus(
+            True,
+            True,
+            f"{device} works but this host is itself a VM (nested KVM): "
+            "guests boot and run much slower than on bare metal",
+        )
+    return KvmStatus(True, False, f"{device} usable")
+
+
+NESTED_HINT = (
+    "this host is a VM whose nested KVM failed a test boot (see `mvmctl doctor`); "
+    "use the qemu backend, which falls back to TCG"
+)
+
+
+def guests_run_under_kvm() -> bool:
+    """Whether a real (tiny) guest boots under KVM here: the QEMU accel probe's verdict.
+
+    /dev/kvm answering ioctls is not enough on nested hosts, where a guest may never
+    get past early boot. The verdict is cached per host boot; without QEMU installed
+    there is nothing to probe with, so KVM is given the benefit of the doubt."""
+    from mvm.backends.qemu.accel import QEMU_BINARY, kvm_verdict
+
+    if shutil.which(QEMU_BINARY) is None:
+        return True
+    works, _ = kvm_verdict()
+    return works
+
+
+def kvm_unavailable(label: str, kvm: KvmStatus) -> str | None:
+    """Why ``label`` (a KVM-only VMM) cannot run guests here, or None if it can."""
+    if not kvm.usable:
+        return f"{label} needs KVM: {kvm.reason}"
+    if kvm.nested and not guests_run_under_kvm():
+        return f"{label} needs KVM that runs guests: {NESTED_HINT}"
+    return None

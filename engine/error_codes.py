@@ -445,8 +445,8 @@ _c("E_FC_JAIL_USER", "ConfigError", "the jailer uid or gid is negative",
 _c("E_FC_KVM", "FirecrackerKvmError", "Firecracker could not use KVM",
    "check /dev/kvm access, or use the qemu backend")
 _c("E_FC_MEMORY", "ConfigError", "too little memory for Firecracker", "give more memory_mib")
-_c("E_FC_PLAN", "BackendError", "the launch plan was prepared by another backend object",
-   "call prepare() and start() on the same backend object")
+_c("E_FC_PLAN", "BackendError", "the launch plan carries no Firecracker API calls",
+   "start a plan made by this backend's prepare()")
 _c("E_FC_SOCKET", "FirecrackerSocketError", "Firecracker's API socket did not answer", _LOGS)
 _c("E_FC_VCPUS", "ConfigError", "Firecracker cannot take that many vCPUs", "give fewer vcpus")
 _c("E_QMP", "BackendError", "a QMP command failed", _LOGS)
@@ -454,6 +454,8 @@ _c("E_QMP_CLOSED", "BackendError", "QEMU closed the QMP connection", _LOGS)
 _c("E_QMP_CONNECT", "BackendError", "the QMP socket cannot be reached", _LOGS)
 _c("E_QMP_PROTOCOL", "BackendError", "QEMU sent something that is not QMP", _REPORT)
 _c("E_QMP_TIMEOUT", "BackendError", "QEMU did not answer over QMP in time", _LOGS)
+_c("E_STUB_AGENT", "BackendUnavailable", "the stub backend's host agent binary cannot run",
+   "run `mvmctl doctor`; the stub backend needs the guest agent built for the host")
 _c("E_VMM_EXITED", "BackendError", "the VMM exited", _LOGS)
 _c("E_VMM_START", "BackendError", "the VMM failed to start", "see the VMM log in the message")
 _c("E_VMM_STOP", "BackendError", "the VMM process survived SIGKILL",

@@ -91,8 +91,11 @@ let
           *) mkdir -p "$(dirname "$tree/$applet")"; ln -sfn /bin/busybox "$tree/$applet" ;;
         esac
       done
+      # The list goes to a file, not a pipe: `grep -q` leaves at its first match, and
+      # under pipefail busybox's SIGPIPE made a present applet look missing (flaky).
+      "$tree/bin/busybox" --list > applets.txt
       ${u.concatStrings (map (a: ''
-        "$tree/bin/busybox" --list | grep -qx ${q a} \
+        grep -qx ${q a} applets.txt \
           || fail ${q "E_SPEC_PACKAGE: mkGuest: package ${u.repr a} is not a busybox applet"}
       '') applets)}
       install -m 0755 ${initScript} "$tree/init"

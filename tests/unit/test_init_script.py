@@ -50,7 +50,6 @@ def test_init_uses_only_busybox_applets() -> None:
     used = {
         "mount",
         "mkfifo",
-        "sed",
         "chown",
         "chmod",
         "sysctl",

@@ -66,6 +66,14 @@ class AgentConnection(Actor[None]):
                 # cancels us within the grace, and no failure is logged for it.
                 with anyio.move_on_after(self.close_grace_s):
                     await anyio.sleep_forever()
+        except AgentError as exc:
+            if exc.code != "E_AGENT_GONE":
+                raise
+            # The link closed before the hello: a command entrypoint that ended (and
+            # powered the guest off) that early is no failure either, see below.
+            with anyio.move_on_after(self.close_grace_s):
+                await anyio.sleep_forever()
+            raise
         except TimeoutError:
             raise RequestTimeout(
                 f"guest agent of {self.vm} sent no hello within {self._hello_timeout:.0f}s",

@@ -40,6 +40,7 @@ class AgentConnection(Actor[None]):
         # Set by RuntimeVM before it asks the guest to power off: the link closing is
         # then the expected end, not a failure to restart from.
         self.expect_close = False
+        self.close_grace_s = 1.0
 
     async def run(
         self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -60,6 +61,19 @@ class AgentConnection(Actor[None]):
                 if self.expect_close:
                     log.info("agent.closed_for_poweroff", vm=self.vm)
                     await anyio.sleep_forever()  # the VM's teardown cancels us
+                # A guest that powered off by itself (a command entrypoint that ended)
+                # closes the link just before its VMM exits: the VM's teardown then
+                # cancels us within the grace, and no failure is logged for it.
+                with anyio.move_on_after(self.close_grace_s):
+                    await anyio.sleep_forever()
+        except AgentError as exc:
+            if exc.code != "E_AGENT_GONE":
+                raise
+            # The link closed before the hello: a command entrypoint that ended (and
+            # powered the guest off) that early is no failure either, see below.
+            with anyio.move_on_after(self.close_grace_s):
+                await anyio.sleep_forever()
+            raise
         except TimeoutError:
             raise RequestTimeout(
                 f"guest agent of {self.vm} sent no hello within {self._hello_timeout:.0f}s",

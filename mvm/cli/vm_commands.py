@@ -17,6 +17,7 @@ import anyio
 import structlog
 import trio
 
+from mvm.cli.attach_output import console_offset, pump_console, pump_services
 from mvm.cli.hypervisor import resolve_hypervisor
 from mvm.cli.images import resolve_image, workload_ir_hash
 from mvm.cli.project import Project, find_target
@@ -222,6 +223,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     project = _precheck(args)
     image = await _image(args, project)
     request = _request(args, image.directory, args.name or image.name, "attached", _toml(project))
+    offset = console_offset(vm_dir(request.name) / "console.log")
     async with Engine.open() as engine:
         vm = await engine.start(request, image)
         write_mode(request.name, "attached", pid=os.getpid())
@@ -233,7 +235,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
             )
             + " (Ctrl-C to stop)"
         )
-        code, interrupted = await _wait_or_interrupt(vm)
+        code, interrupted = await _stream_while_waiting(vm, image, offset)
         detached = vm.detached
     if interrupted:
         _say(f"{request.name}: interrupted; stopped and torn down")
@@ -253,6 +255,45 @@ def _exit_status(code: int | None) -> int:
 
 def _toml(project: Project | None) -> MvmToml | None:
     return project.toml if project is not None else None
+
+
+async def _stream_while_waiting(vm: VmHandle, image: Image, offset: int) -> tuple[int | None, bool]:
+    """Wait as ``_wait_or_interrupt`` does, streaming the app's output meanwhile: the
+    command entrypoint's stdout/stderr from the console log (only what follows /init's
+    entrypoint line, so other kinds print nothing from it), the services' logs from
+    the agent (see ``attach_output``). Once the VM ended the console is drained."""
+    console = Path(vm.console_log) if vm.console_log else None
+    if console is not None and console != vm_dir(vm.name) / "console.log":
+        offset = 0
+    done, drained = anyio.Event(), anyio.Event()
+
+    async def console_task(path: Path) -> None:
+        try:
+            await pump_console(path, offset, done)
+        finally:
+            drained.set()
+
+    async with anyio.create_task_group() as tg:
+        if console is not None:
+            tg.start_soon(console_task, console)
+        else:
+            drained.set()
+        if image.meta.get("services", True):
+            tg.start_soon(_services_task, vm)
+        try:
+            code, interrupted = await _wait_or_interrupt(vm)
+        finally:
+            done.set()
+        if not interrupted:
+            with anyio.move_on_after(5.0):  # a blocked stdout must not hold us forever
+                await drained.wait()
+        tg.cancel_scope.cancel()
+    return code, interrupted
+
+
+async def _services_task(vm: VmHandle) -> None:
+    with contextlib.suppress(MvmError):  # no agent (the VM is gone): nothing to follow
+        await pump_services(await vm.agent())
 
 
 async def _wait_or_interrupt(vm: VmHandle) -> tuple[int | None, bool]:

@@ -187,7 +187,7 @@ def guest_factory(tmp_path: Path) -> Iterator[list[Guest]]:
 def test_command_entrypoint_prints_exit_status(tmp_path: Path, guest_factory: list[Guest]) -> None:
     spec = ImageSpec(
         name="cmd",
-        command=("sh", "-c", "echo uid=$(id -u) home=$HOME; exit 7"),
+        command=("sh", "-c", "echo uid=$(id -u) home=$HOME; echo oops >&2; exit 7"),
         uids=Uids(entrypoint=1000),
     )
     guest = Guest(_tree(tmp_path, spec))
@@ -195,6 +195,8 @@ def test_command_entrypoint_prints_exit_status(tmp_path: Path, guest_factory: li
     guest.wait_line(r"^mvm-init: filesystems mounted$")
     guest.wait_line(r"^mvm-init: image cmd kind=command uid=1000 sealed=1 host=cmd$")
     guest.wait_line(r"^uid=1000 home=/home/app$")
+    # stderr is tagged for `run --attached` and always precedes the exit line
+    guest.wait_line(r"^mvm-err: oops$")
     guest.wait_line(r"^mvm-exit: 7$")
     guest.wait_line(r"^mvm-init: poweroff$")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conformance.seed_texts import MY_APP_FLAKE, MY_APP_TOML
 from mvm.backends import nix_meta
 
 pytestmark = pytest.mark.skipif(not nix_meta.nix_available(), reason="needs nix-instantiate")
@@ -26,27 +27,7 @@ BUILDER = "builder-vm.txt"
 DEV = "dev-image.txt"
 BEGINNERS = "nix-beginners-guide.txt"
 
-MY_APP_TOML = """flake = "."
-profile = "default"
-vcpus = 1
-memory_mib = 256
-"""
-MY_APP_FLAKE = """{
-description = "my microVM app";
-inputs = {
-nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
-mvm.url = "github:tinylabscom/mvm";
-};
-outputs = { self, nixpkgs, mvm, ... }: {
-packages.x86_64-linux.default = mvm.lib.x86_64-linux.mkGuest {
-name = "my-app";
-services.web = {
-command = [ "/usr/local/bin/web" ];
-};
-};
-};
-}
-"""
+
 # A busybox-only "hello" flake (the beginners' guide's own needs pkgs.python3).
 HELLO_FLAKE = """{
   inputs = { mvm.url = "github:auser/mvm?dir=nix"; };

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from conformance.seed_texts import MY_APP_FLAKE, MY_APP_TOML
 from mvm.backends import nix_meta
 from mvm.engine.builders import BuildJob
 from mvm.engine.builders.offline import OfflineBuilder, flake_info, flake_to_spec
@@ -91,28 +92,7 @@ def inference(mvm: dict[str, Any]) -> tuple[Any, ...]:
 
 # --------------------------------------------------------------- Building MicroVM Images
 
-MY_APP_TOML = """flake = "."
-profile = "default"
-vcpus = 1
-memory_mib = 256
-"""
 
-MY_APP_FLAKE = """{
-description = "my microVM app";
-inputs = {
-nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
-mvm.url = "github:tinylabscom/mvm";
-};
-outputs = { self, nixpkgs, mvm, ... }: {
-packages.x86_64-linux.default = mvm.lib.x86_64-linux.mkGuest {
-name = "my-app";
-services.web = {
-command = [ "/usr/local/bin/web" ];
-};
-};
-};
-}
-"""
 
 
 @pytest.mark.seed(BUILDING, "my-app flake.nix + mvm.toml: offline build")

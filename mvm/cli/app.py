@@ -88,12 +88,16 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _until_terminated(command: Callable[[], Awaitable[int]]) -> int:
-    """Run ``command``; SIGTERM/SIGHUP raise KeyboardInterrupt, which cancels it.
+    """Run ``command``; SIGINT/SIGTERM/SIGHUP cancel it, then KeyboardInterrupt is raised.
 
-    Commands that want a gentler answer (``run`` once the VM is ready stops the guest
-    cleanly) open their own receiver for these signals, which takes precedence."""
+    Ctrl-C is received here rather than left to trio's KeyboardInterrupt, which can land
+    at any checkpoint, teardown code included: a Ctrl-C just after an attached VM was
+    ready once interrupted the engine's unwind and left its QEMU running. A cancellation
+    lets shielded teardown finish. Commands that want a gentler answer (``run`` once the
+    VM is ready stops the guest cleanly) open their own receiver for these signals, which
+    takes precedence."""
     status = 0
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
             async def on_signal() -> None:

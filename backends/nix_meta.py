@@ -23,7 +23,7 @@ from typing import Any, Literal
 import anyio
 import structlog
 
-from mvm.engine.errors import BuildError, ConfigError
+from mvm.engine.errors import BuildError, ConfigError, default_hint
 from mvm.engine.imagespec import ImageSpec
 
 log = structlog.get_logger("mvm.nix")
@@ -121,17 +121,11 @@ class SpecErrors(ConfigError):
 
 
 # What to do about a library error, by code (the library's throw has no hint).
-_HINTS = {
-    "E_NIXPKGS_UNAVAILABLE": "use busybox applet names in packages, or build where nixpkgs "
-    "can be fetched (a Nix builder: host Nix with a store, or MVM_BUILDER_SSH)",
-}
-
-
 def _eval_error(stderr: str) -> BuildError | ConfigError:
     """The library's coded throw as a ConfigError (one per line); anything else is a
     BuildError."""
     coded = [
-        ConfigError(m.group(2).strip(), code=m.group(1), hint=_HINTS.get(m.group(1)))
+        ConfigError(m.group(2).strip(), code=m.group(1), hint=default_hint(m.group(1)))
         for m in (_CODED.search(line) for line in stderr.splitlines())
         if m is not None
     ]

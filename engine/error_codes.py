@@ -263,7 +263,8 @@ _c("E_NIX_PATH", "ConfigError", "the Nix library path cannot be a Nix path liter
 _c("E_NIX_TIMEOUT", "BuildError", "nix evaluation took too long",
    "simplify the expression or retry")
 _c("E_NIXPKGS_UNAVAILABLE", "ConfigError", "a package needs nixpkgs, which this host lacks",
-   "use busybox applet names in packages, or build where nixpkgs can be fetched")
+   "use busybox applet names in packages, or build where nixpkgs can be fetched "
+   "(a Nix builder: host Nix with a store, or MVM_BUILDER_SSH)")
 
 # --- image specs, mkGuest arguments and images (engine/imagespec.py, nix/lib/args.nix)
 _c("E_DEV_SEALED", "AccessDenied", "dev needs an accessible image and this one is sealed",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from mvm.engine.error_codes import CODES as CODES
 from mvm.engine.error_codes import CodeInfo as CodeInfo
-from mvm.engine.error_codes import default_hint
+from mvm.engine.error_codes import default_hint as default_hint
 from mvm.engine.error_codes import lookup as lookup
 
 

@@ -20,11 +20,10 @@ from typing import Any
 
 from mvm.backends import nix_meta
 from mvm.engine.builders import ARTIFACTS, BuildJob, BuildMode, LogFn, offline_function
-from mvm.engine.errors import BuildPhaseError, ConfigError, MvmError
+from mvm.engine.errors import BuildPhaseError, ConfigError, MvmError, default_hint
 from mvm.engine.imagespec import HealthCheck, ImageSpec, Service, Uids
 
 SYSTEMS = ("x86_64-linux", "aarch64-linux")
-NIXPKGS_HINT = "use busybox applet names in packages, or build where nixpkgs can be fetched"
 
 # The user's flake with its inputs substituted: `mvm` is this repository's
 # library (per system), `nixpkgs` the offline package set (nix/stub-pkgs/offline,
@@ -117,7 +116,7 @@ def _translate(message: str) -> ConfigError:
             f"{name!r} is not defined here; if it is a nixpkgs package, pkgs.{name} needs "
             "nixpkgs, which cannot be fetched here (no network for github:NixOS/nixpkgs)",
             code="E_NIXPKGS_UNAVAILABLE",
-            hint=NIXPKGS_HINT,
+            hint=default_hint("E_NIXPKGS_UNAVAILABLE"),
         )
     return _refuse(message)
 

@@ -15,11 +15,11 @@ import anyio
 import anyio.abc
 import structlog
 
-from mvm.backends.base import AgentEndpoint
+from mvm.backends.abc.types import AgentEndpoint
 from mvm.backends.guest.client import AgentClient
-from mvm.engine.actor import Actor
-from mvm.engine.errors import AgentError, RequestTimeout
-from mvm.engine.events import Event, EventBus
+from mvm.engine.base.errors import AgentError, RequestTimeout
+from mvm.engine.runtime.actor import Actor
+from mvm.engine.runtime.events import Event, EventBus
 
 log = structlog.get_logger("mvm.agent")
 

@@ -24,8 +24,8 @@ import structlog
 
 from mvm.backends.guest.channel import Channel
 from mvm.backends.guest.protocol import FrameReader, ProtocolError, encode_frame
-from mvm.engine.actor import Actor
-from mvm.engine.errors import AgentError, MvmError
+from mvm.engine.base.errors import AgentError, MvmError
+from mvm.engine.runtime.actor import Actor
 
 if TYPE_CHECKING:
     from mvm.actors.agent_connection import AgentConnection

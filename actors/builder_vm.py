@@ -25,12 +25,12 @@ import attrs
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from mvm.engine.actor import Actor, Reply, ask
+from mvm.engine.base.errors import BuildError, ConfigError, MvmError
 from mvm.engine.builders import Builder, BuildJob, LogFn
 from mvm.engine.builders.cache import BuildCache, CacheKey, job_key
-from mvm.engine.errors import BuildError, ConfigError, MvmError
-from mvm.engine.image import Image
-from mvm.engine.supervisor import RestartPolicy, Supervisor
+from mvm.engine.images.image import Image
+from mvm.engine.runtime.actor import Actor, Reply, ask
+from mvm.engine.runtime.supervisor import RestartPolicy, Supervisor
 
 log = structlog.get_logger("mvm.builder")
 

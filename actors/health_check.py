@@ -19,9 +19,9 @@ import attrs
 import structlog
 
 from mvm.actors.port_forward import AgentSource
-from mvm.engine.actor import Actor
-from mvm.engine.errors import ActorFailed, MvmError
-from mvm.engine.events import Event, EventBus
+from mvm.engine.base.errors import ActorFailed, MvmError
+from mvm.engine.runtime.actor import Actor
+from mvm.engine.runtime.events import Event, EventBus
 
 log = structlog.get_logger("mvm.health")
 

@@ -15,9 +15,9 @@ import anyio
 import anyio.abc
 import structlog
 
-from mvm.engine.actor import Actor
-from mvm.engine.errors import ConflictError, MvmError
-from mvm.engine.vmrequest import PortMapping
+from mvm.engine.base.errors import ConflictError, MvmError
+from mvm.engine.request.vmrequest import PortMapping
+from mvm.engine.runtime.actor import Actor
 
 if TYPE_CHECKING:
     from mvm.backends.guest.client import AgentClient

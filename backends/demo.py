@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import attrs
 
-from mvm.engine.imagespec import HealthCheck, ImageSpec, Service
+from mvm.engine.images.imagespec import HealthCheck, ImageSpec, Service
 
 INDEX_HTML = "<h1>Hello from mvm</h1>\n<p>Served by busybox httpd inside a microVM.</p>\n"
 

@@ -32,8 +32,8 @@ import anyio
 import attrs
 import structlog
 
-from mvm.engine.errors import BuildError, ConfigError
-from mvm.engine.paths import cache_dir
+from mvm.engine.base.errors import BuildError, ConfigError
+from mvm.engine.base.paths import cache_dir
 
 log = structlog.get_logger("mvm.kernel")
 

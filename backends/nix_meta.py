@@ -23,8 +23,8 @@ from typing import Any, Literal
 import anyio
 import structlog
 
-from mvm.engine.errors import BuildError, ConfigError, default_hint
-from mvm.engine.imagespec import ImageSpec
+from mvm.engine.base.errors import BuildError, ConfigError, default_hint
+from mvm.engine.images.imagespec import ImageSpec
 
 log = structlog.get_logger("mvm.nix")
 

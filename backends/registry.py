@@ -13,8 +13,8 @@ import os
 from collections.abc import Callable
 from typing import cast
 
-from mvm.backends.base import Backend
-from mvm.engine.errors import ConfigError
+from mvm.backends.abc.types import Backend
+from mvm.engine.base.errors import ConfigError
 
 
 def _qemu() -> Backend:

@@ -24,7 +24,7 @@ import anyio.abc
 import attrs
 
 from mvm.backends import vmm
-from mvm.backends.base import (
+from mvm.backends.abc.types import (
     Accel,
     AgentEndpoint,
     Availability,
@@ -34,8 +34,8 @@ from mvm.backends.base import (
     VmSpec,
 )
 from mvm.backends.guest.build import agent_binary
-from mvm.engine.errors import BackendUnavailable
-from mvm.engine.paths import ensure_private_dir
+from mvm.engine.base.errors import BackendUnavailable
+from mvm.engine.base.paths import ensure_private_dir
 
 NO_ISOLATION = (
     "host process running the guest agent; ISOLATES NOTHING: exec runs on the host "

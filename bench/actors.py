@@ -29,9 +29,9 @@ import anyio.abc
 import attrs
 
 from mvm.bench.common import host_info, summary, write_result
-from mvm.engine.actor import Actor, Reply, ask
-from mvm.engine.log import configure_logging
-from mvm.engine.supervisor import RestartPolicy, Supervisor
+from mvm.engine.base.log import configure_logging
+from mvm.engine.runtime.actor import Actor, Reply, ask
+from mvm.engine.runtime.supervisor import RestartPolicy, Supervisor
 
 
 @attrs.frozen

@@ -3,7 +3,7 @@
 DESIGN (issue 3) asks why the guest agent is C. This measures it in a real QEMU
 guest (TCG here): two images that are byte-for-byte the same except for
 ``/usr/bin/mvm-agent``. Both carry the host's CPython (the files and stdlib zip
-that :mod:`mvm.engine.ir_image` puts into function images), the Python agent
+that :mod:`mvm.engine.images.ir_image` puts into function images), the Python agent
 (``bench/agent_py/agent.py``) and the C agent at ``/usr/lib/mvm/mvm-agent-c``.
 
 * ``c``: ``/usr/bin/mvm-agent`` is the C agent, as in every mvm image;
@@ -38,15 +38,15 @@ import structlog
 
 from mvm.backends.guest.build import agent_binary, init_script
 from mvm.backends.guest.protocol import FrameReader, encode_frame
-from mvm.backends.image_builder import build_image, check_spec
+from mvm.backends.image.builder import build_image, check_spec
 from mvm.backends.kernel_build import ensure_kernel
 from mvm.bench.boot import bare_qemu, connect_agent
 from mvm.bench.common import host_info, summary
-from mvm.engine.errors import AgentError
-from mvm.engine.image import Image
-from mvm.engine.imagespec import ImageSpec
-from mvm.engine.ir_image import PythonRuntime, python_runtime, shared_library_closure
-from mvm.engine.paths import cache_dir
+from mvm.engine.base.errors import AgentError
+from mvm.engine.base.paths import cache_dir
+from mvm.engine.images.image import Image
+from mvm.engine.images.imagespec import ImageSpec
+from mvm.engine.images.ir_image import PythonRuntime, python_runtime, shared_library_closure
 
 log = structlog.get_logger("mvm.bench.agent_language")
 

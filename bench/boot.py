@@ -36,7 +36,7 @@ from mvm.backends.demo import DEMO_SPEC
 from mvm.backends.qemu.accel import host_tsc_khz
 from mvm.bench.common import host_info, summary
 from mvm.bench.floor import floor_image
-from mvm.engine.build import build_offline_image
+from mvm.engine.builders.offline_image import build_offline_image
 
 
 def bare_argv(image: Image, run_dir: Path) -> list[str]:

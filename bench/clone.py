@@ -23,7 +23,7 @@ import anyio
 from mvm import Engine, Image, VmRequest
 from mvm.backends.demo import DEMO_SPEC
 from mvm.bench.common import host_info, summary
-from mvm.engine.build import build_offline_image
+from mvm.engine.builders.offline_image import build_offline_image
 
 TARGET_RATIO = 0.40
 SNAPSHOT = "bench-clone"

@@ -109,7 +109,7 @@ def plot(result: dict[str, Any], path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        from mvm.engine.errors import ConfigError
+        from mvm.engine.base.errors import ConfigError
 
         raise ConfigError(
             "--plot needs matplotlib",

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from mvm import Image
-from mvm.engine.paths import cache_dir
+from mvm.engine.base.paths import cache_dir
 
 FLOOR_INIT_C = r"""
 #include <dirent.h>

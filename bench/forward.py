@@ -22,7 +22,7 @@ import anyio.abc
 
 from mvm import Engine, Image, ImageSpec, PortMapping, Service, VmRequest
 from mvm.bench.common import free_port, host_info, summary
-from mvm.engine.build import build_offline_image
+from mvm.engine.builders.offline_image import build_offline_image
 
 PAYLOAD_MIB = 32
 ECHO_SPEC = ImageSpec(

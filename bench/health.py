@@ -24,9 +24,9 @@ from mvm.actors.health_check import HealthCheck, HealthPolicy
 from mvm.backends.guest.build import agent_binary
 from mvm.backends.guest.client import AgentClient
 from mvm.bench.common import free_port, host_info
-from mvm.engine.events import EventBus
-from mvm.engine.log import configure_logging
-from mvm.engine.supervisor import RestartPolicy, Supervisor
+from mvm.engine.base.log import configure_logging
+from mvm.engine.runtime.events import EventBus
+from mvm.engine.runtime.supervisor import RestartPolicy, Supervisor
 
 MEASURE_SECONDS = 10.0
 

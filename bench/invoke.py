@@ -27,9 +27,9 @@ from typing import Any
 
 from mvm import Engine, VmRequest
 from mvm.bench.common import host_info, summary
-from mvm.engine.build import build_offline_image
+from mvm.engine.builders.offline_image import build_offline_image
+from mvm.engine.images.ir_image import load_ir_spec
 from mvm.engine.invoke import WarmPool, invoke
-from mvm.engine.ir_image import load_ir_spec
 
 HELLO = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "hello"
 

@@ -24,8 +24,8 @@ import anyio
 from mvm import Engine, Image, VmRequest
 from mvm.backends.demo import DEMO_SPEC
 from mvm.bench.common import host_info
-from mvm.engine.build import build_offline_image
-from mvm.engine.log import configure_logging
+from mvm.engine.base.log import configure_logging
+from mvm.engine.builders.offline_image import build_offline_image
 
 IDLE_SECONDS = 5.0
 

@@ -17,7 +17,7 @@ from typing import Literal
 
 import attrs
 
-from mvm.engine.paths import cache_dir, make_private_dirs, mvm_home
+from mvm.engine.base.paths import cache_dir, make_private_dirs, mvm_home
 
 Status = Literal["ok", "warn", "fail"]
 SETUP_HINT = "run ./scripts/setup"

@@ -18,25 +18,25 @@ from typing import Any
 import anyio
 import structlog
 
-from mvm.actors.runtime_vm import DetachVm, RuntimeVM, StopVm
 from mvm.backends.guest.client import AgentClient, ExecResult
 from mvm.backends.registry import get_backend
-from mvm.engine.errors import (
+from mvm.engine.admission.gate import LaunchGate
+from mvm.engine.base.errors import (
     AccessDenied,
     BackendUnavailable,
     ConfigError,
     ConflictError,
     NotFoundError,
 )
-from mvm.engine.events import Event, EventBus
-from mvm.engine.image import Image
-from mvm.engine.imagespec import ImageSpec
-from mvm.engine.launch_gate import LaunchGate
-from mvm.engine.reconcile import adopt_orphaned, reconcile
-from mvm.engine.snapshots import SnapshotMeta, load_snapshot, take_snapshot
+from mvm.engine.images.image import Image
+from mvm.engine.images.imagespec import ImageSpec
+from mvm.engine.request.vmrequest import Mode, PortMapping, VmRequest
+from mvm.engine.runtime.events import Event, EventBus
+from mvm.engine.runtime.supervisor import RestartPolicy, Supervisor
 from mvm.engine.store import StateStore, VmRecord
-from mvm.engine.supervisor import RestartPolicy, Supervisor
-from mvm.engine.vmrequest import Mode, PortMapping, VmRequest
+from mvm.engine.vm.reconcile import adopt_orphaned, reconcile
+from mvm.engine.vm.runtime import DetachVm, RuntimeVM, StopVm
+from mvm.engine.vm.snapshots import SnapshotMeta, load_snapshot, take_snapshot
 
 log = structlog.get_logger("mvm.engine")
 
@@ -137,7 +137,7 @@ class Engine:
 
     async def build(self, spec: ImageSpec, progress: ProgressFn | None = None) -> Image:
         """Build (or reuse from cache) an image for spec with the offline builder."""
-        from mvm.engine.build import build_offline_image
+        from mvm.engine.builders.offline_image import build_offline_image
 
         return await build_offline_image(spec, progress=progress)
 

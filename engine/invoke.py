@@ -33,8 +33,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mvm.backends.guest import wrapper
 from mvm.backends.guest.client import AgentClient
 from mvm.backends.guest.streams import ExecSession
-from mvm.engine.errors import AgentError, ConfigError, MvmError, RequestTimeout
-from mvm.engine.invoke_schema import FunctionSchemas, check_args, check_result
+from mvm.engine.base.errors import AgentError, ConfigError, MvmError, RequestTimeout
+from mvm.engine.images.invoke_schema import FunctionSchemas, check_args, check_result
 
 log = structlog.get_logger("mvm.invoke")
 
@@ -158,7 +158,7 @@ async def invoke(
     schemas: FunctionSchemas | None = None,
 ) -> Any:
     """One cold call: a fresh wrapper process in the guest. ``schemas``: the IR's
-    args/return schemas, enforced on both sides of the call (engine/invoke_schema.py)."""
+    args/return schemas, enforced on both sides of the call (engine/images/invoke_schema.py)."""
     check_args(schemas, args, kwargs or {})
     request = encode_request(args, kwargs or {})
     result = await client.run(request, timeout=timeout)

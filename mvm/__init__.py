@@ -3,8 +3,7 @@
 The public API is what this module exports; everything else is private.
 """
 
-from mvm.engine.engine import Engine, VmHandle
-from mvm.engine.errors import (
+from mvm.engine.base.errors import (
     AccessDenied,
     AgentError,
     BackendError,
@@ -17,10 +16,11 @@ from mvm.engine.errors import (
     RequestTimeout,
     StateError,
 )
-from mvm.engine.events import Event
-from mvm.engine.image import Image
-from mvm.engine.imagespec import HealthCheck, ImageSpec, Service, Uids
-from mvm.engine.vmrequest import PortMapping, VmRequest
+from mvm.engine.engine import Engine, VmHandle
+from mvm.engine.images.image import Image
+from mvm.engine.images.imagespec import HealthCheck, ImageSpec, Service, Uids
+from mvm.engine.request.vmrequest import PortMapping, VmRequest
+from mvm.engine.runtime.events import Event
 from mvm.sdk import (
     app,
     command,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from mvm.emit import emit_ir, write_ir
-from mvm.engine.errors import MvmError
+from mvm.engine.base.errors import MvmError
 
 
 def main(argv: list[str]) -> int:

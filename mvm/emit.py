@@ -23,7 +23,7 @@ from pathlib import Path
 
 import attrs
 
-from mvm.engine.errors import ConfigError, IrError, MvmError
+from mvm.engine.base.errors import ConfigError, IrError, MvmError
 from mvm.engine.ir import Workload, canonical_ir, ir_hash, validate, validate_text
 from mvm.engine.ir.validate import loads
 

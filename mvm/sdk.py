@@ -30,7 +30,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from mvm.engine.errors import ConfigError, IrError
+from mvm.engine.base.errors import ConfigError, IrError
 from mvm.engine.ir.model import (
     SCHEMA_VERSION,
     App,

@@ -17,7 +17,7 @@ import httpx
 import structlog
 
 from mvm.backends.vmm.rest import decode, uds_client
-from mvm.engine.errors import BackendError
+from mvm.engine.base.errors import BackendError
 
 log = structlog.get_logger("mvm.cloud_hypervisor.api")
 

@@ -19,7 +19,7 @@ import attrs
 import structlog
 
 from mvm.backends import vmm
-from mvm.backends.base import (
+from mvm.backends.abc.types import (
     Accel,
     AgentEndpoint,
     ApiCall,
@@ -33,8 +33,8 @@ from mvm.backends.base import (
 from mvm.backends.cloud_hypervisor.api import ChApi
 from mvm.backends.cloud_hypervisor.config import ChPaths, cmdline, snapshot_url, vm_config
 from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
-from mvm.backends.hybrid_vsock import HybridVsockEndpoint
-from mvm.engine.errors import BackendError, BackendUnavailable, ConfigError
+from mvm.backends.vmm.hybrid_vsock import HybridVsockEndpoint
+from mvm.engine.base.errors import BackendError, BackendUnavailable, ConfigError
 
 log = structlog.get_logger("mvm.cloud_hypervisor")
 

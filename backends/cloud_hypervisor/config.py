@@ -14,9 +14,9 @@ from typing import Any
 
 import attrs
 
-from mvm.backends.base import VmSpec
+from mvm.backends.abc.types import VmSpec
 from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
-from mvm.engine.errors import ConfigError
+from mvm.engine.base.errors import ConfigError
 
 GUEST_CID = 3
 MAX_VCPUS = 254

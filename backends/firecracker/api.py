@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import structlog
 
-from mvm.backends.base import ApiCall
+from mvm.backends.abc.types import ApiCall
 from mvm.backends.vmm.rest import decode, uds_client
-from mvm.engine.errors import BackendError
+from mvm.engine.base.errors import BackendError
 
 log = structlog.get_logger("mvm.firecracker.api")
 

@@ -24,7 +24,7 @@ import attrs
 import structlog
 
 from mvm.backends import vmm
-from mvm.backends.base import (
+from mvm.backends.abc.types import (
     Accel,
     AgentEndpoint,
     ApiCall,
@@ -35,18 +35,18 @@ from mvm.backends.base import (
     VmmHandle,
     VmSpec,
 )
-from mvm.backends.fetch_firecracker import cached_binary
 from mvm.backends.firecracker.api import FirecrackerApi, FirecrackerApiError
 from mvm.backends.firecracker.config import FcPaths, config_calls, snapshot_files
+from mvm.backends.firecracker.fetch import cached_binary
 from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
-from mvm.backends.hybrid_vsock import HybridVsockEndpoint
 from mvm.backends.vmm import kvm as _kvm
-from mvm.engine.errors import BackendError, BackendUnavailable, ConfigError
+from mvm.backends.vmm.hybrid_vsock import HybridVsockEndpoint
+from mvm.engine.base.errors import BackendError, BackendUnavailable, ConfigError
 
 log = structlog.get_logger("mvm.firecracker")
 
 BINARY_ENV = "MVM_FIRECRACKER"
-SETUP_HINT = "run `python -m mvm.backends.fetch_firecracker` or set MVM_FIRECRACKER"
+SETUP_HINT = "run `python -m mvm.backends.firecracker.fetch` or set MVM_FIRECRACKER"
 START_TIMEOUT_S = 10.0
 
 # The KVM checks live in mvm.backends.vmm.kvm (Cloud Hypervisor needs them too);

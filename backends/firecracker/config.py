@@ -20,10 +20,10 @@ from typing import Any
 
 import attrs
 
-from mvm.backends.base import ApiCall as ApiCall  # re-exported: defined once for every VMM
-from mvm.backends.base import VmSpec
+from mvm.backends.abc.types import ApiCall as ApiCall  # re-exported: defined once for every VMM
+from mvm.backends.abc.types import VmSpec
 from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
-from mvm.engine.errors import ConfigError
+from mvm.engine.base.errors import ConfigError
 
 GUEST_CID = 3
 ROOT_DRIVE_ID = "rootfs"

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 import attrs
 
-from mvm.engine.errors import ConfigError
+from mvm.engine.base.errors import ConfigError
 
 DEFAULT_CHROOT_BASE = Path("/srv/jailer")
 API_SOCK_IN_CHROOT = "/run/firecracker.socket"

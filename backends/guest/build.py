@@ -17,8 +17,8 @@ from pathlib import Path
 
 import structlog
 
-from mvm.engine.errors import BuildError
-from mvm.engine.paths import cache_dir
+from mvm.engine.base.errors import BuildError
+from mvm.engine.base.paths import cache_dir
 
 log = structlog.get_logger("mvm.agent.build")
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from mvm.backends.guest.protocol import CHUNK, WINDOW, encode_data_frame
-from mvm.engine.errors import AccessDenied, AgentError, MvmError
+from mvm.engine.base.errors import AccessDenied, AgentError, MvmError
 
 if TYPE_CHECKING:
     from mvm.backends.guest.client import AgentClient

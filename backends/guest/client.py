@@ -24,7 +24,7 @@ import structlog
 from mvm.backends.guest.channel import Channel
 from mvm.backends.guest.protocol import VERSION, FrameReader, ProtocolError, encode_frame
 from mvm.backends.guest.streams import AgentStream, ExecSession
-from mvm.engine.errors import AgentError, RequestTimeout, unwrap
+from mvm.engine.base.errors import AgentError, RequestTimeout, unwrap
 
 log = structlog.get_logger("mvm.agent.client")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio.abc
 
-from mvm.engine.errors import AgentError
+from mvm.engine.base.errors import AgentError
 
 VERSION = 1
 MAX_FRAME = 256 * 1024

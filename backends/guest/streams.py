@@ -10,7 +10,7 @@ import anyio
 import anyio.abc
 
 from mvm.backends.guest.channel import Channel, error_from_frame
-from mvm.engine.errors import AgentError
+from mvm.engine.base.errors import AgentError
 
 
 class AgentStream(anyio.abc.ByteStream):

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import structlog
 
-from mvm.backends.base import Accel
-from mvm.engine.errors import ConfigError
-from mvm.engine.paths import cache_dir
+from mvm.backends.abc.types import Accel
+from mvm.engine.base.errors import ConfigError
+from mvm.engine.base.paths import cache_dir
 
 log = structlog.get_logger("mvm.qemu.accel")
 

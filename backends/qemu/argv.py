@@ -21,7 +21,7 @@ from pathlib import Path
 
 import attrs
 
-from mvm.backends.base import Accel, VmSpec
+from mvm.backends.abc.types import Accel, VmSpec
 
 AGENT_PORT_NAME = "mvm.agent"
 AGENT_VSOCK_PORT = 5252

@@ -22,7 +22,7 @@ import attrs
 import structlog
 
 from mvm.backends import vmm
-from mvm.backends.base import (
+from mvm.backends.abc.types import (
     Accel,
     AgentEndpoint,
     Availability,
@@ -36,7 +36,7 @@ from mvm.backends.qemu.accel import QEMU_BINARY, host_tsc_khz, resolve_accel
 from mvm.backends.qemu.argv import AGENT_VSOCK_PORT, RunPaths, build_argv
 from mvm.backends.qemu.endpoint import UnixSocketEndpoint, VsockEndpoint, parse_vsock_address
 from mvm.backends.qemu.qmp import QmpClient
-from mvm.engine.errors import BackendError, ConfigError
+from mvm.engine.base.errors import BackendError, ConfigError
 
 log = structlog.get_logger("mvm.qemu")
 

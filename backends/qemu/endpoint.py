@@ -16,7 +16,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from mvm.engine.errors import BackendError
+from mvm.engine.base.errors import BackendError
 
 RETRY_S = 0.005
 MAX_RETRY_S = 0.05

@@ -21,7 +21,7 @@ import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from mvm.engine.errors import BackendError
+from mvm.engine.base.errors import BackendError
 
 MAX_MESSAGE = 16 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 10.0

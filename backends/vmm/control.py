@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Generic
 
-from mvm.backends.base import LaunchPlan, VmmHandle
+from mvm.backends.abc.types import LaunchPlan, VmmHandle
 from mvm.backends.vmm.handle import H, own
 from mvm.backends.vmm.manager import Graceful, VmmKind, stop, wait
 

@@ -13,8 +13,8 @@ from typing import TypeVar
 
 import attrs
 
-from mvm.backends.base import LaunchPlan, VmmHandle
-from mvm.engine.process import is_same_process, process_start_time
+from mvm.backends.abc.types import LaunchPlan, VmmHandle
+from mvm.engine.base.process import is_same_process, process_start_time
 
 UNKNOWN_STATUS = -1  # exit status of a VMM that is not our child (adopted)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mvm.backends.base import LaunchInputs
-from mvm.engine.errors import ConfigError
+from mvm.backends.abc.types import LaunchInputs
+from mvm.engine.base.errors import ConfigError
 
 
 def check_inputs(kernel: Path | None, rootfs: Path | None, incoming: Path | None) -> None:

@@ -28,13 +28,13 @@ import anyio
 import attrs
 import structlog
 
-from mvm.backends.base import LaunchPlan
+from mvm.backends.abc.types import LaunchPlan
 from mvm.backends.vmm.handle import H, VmmProcess
 from mvm.backends.vmm.inputs import last_line
-from mvm.engine.errors import BackendError, MvmError
-from mvm.engine.paths import CHILD_UMASK, ensure_private_dir, private_opener
-from mvm.engine.process import kill_verified, process_start_time, wait_process_exit
-from mvm.engine.runfiles import remove_run_files
+from mvm.engine.base.errors import BackendError, MvmError
+from mvm.engine.base.paths import CHILD_UMASK, ensure_private_dir, private_opener
+from mvm.engine.base.process import kill_verified, process_start_time, wait_process_exit
+from mvm.engine.base.runfiles import remove_run_files
 
 log = structlog.get_logger("mvm.vmm")
 

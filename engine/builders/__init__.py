@@ -16,8 +16,8 @@ from typing import Literal, Protocol
 
 import attrs
 
-from mvm.engine.errors import BuildPhaseError
-from mvm.engine.imagespec import ImageSpec
+from mvm.engine.base.errors import BuildPhaseError
+from mvm.engine.images.imagespec import ImageSpec
 
 BuildMode = Literal["host", "ssh", "vsock", "offline"]
 ModeChoice = Literal["host", "ssh", "vsock", "offline", "auto"]

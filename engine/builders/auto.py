@@ -21,12 +21,12 @@ import anyio
 import attrs
 import structlog
 
+from mvm.engine.base.errors import BuildError, ConfigError, MvmError
 from mvm.engine.builders import Builder, BuildJob, BuildMode, ModeChoice
 from mvm.engine.builders.host import HostNixBuilder
 from mvm.engine.builders.offline import OfflineBuilder, flake_to_spec
 from mvm.engine.builders.ssh import SshBuilder, SshTarget
 from mvm.engine.builders.vsock import VsockBuilder, VsockTarget
-from mvm.engine.errors import BuildError, ConfigError, MvmError
 
 log = structlog.get_logger("mvm.build.auto")
 
@@ -92,9 +92,7 @@ _REMOTE_INPUT = re.compile(
 
 def remote_inputs(flake_nix: str) -> list[str]:
     """The network inputs of a flake.nix (``name.url = "github:..."``), ``mvm`` excluded."""
-    return [
-        m["url"] for m in _REMOTE_INPUT.finditer(flake_nix) if m["name"] != "mvm"
-    ]
+    return [m["url"] for m in _REMOTE_INPUT.finditer(flake_nix) if m["name"] != "mvm"]
 
 
 def _network_reaches(host: str = "github.com") -> bool:

@@ -34,10 +34,10 @@ import cattrs
 import rfc8785
 import structlog
 
+from mvm.engine.base.errors import ConfigError, MvmError
+from mvm.engine.base.paths import cache_dir
 from mvm.engine.builders import ARTIFACTS, BuildJob, check_artifacts
-from mvm.engine.errors import ConfigError, MvmError
-from mvm.engine.image import Image
-from mvm.engine.paths import cache_dir
+from mvm.engine.images.image import Image
 from mvm.engine.store import StateStore
 
 log = structlog.get_logger("mvm.build.cache")
@@ -103,7 +103,7 @@ def library_fingerprint() -> str:
     agent predates it (a user's unchanged flake.lock says nothing about that)."""
     from mvm.backends import nix_meta
     from mvm.backends.guest import build as guest_build
-    from mvm.backends.image_key import RECIPE_VERSION
+    from mvm.backends.image.key import RECIPE_VERSION
 
     guest = Path(guest_build.__file__).parent
     backends = guest.parent

@@ -21,8 +21,8 @@ import anyio.abc
 import structlog
 from anyio.streams.text import TextReceiveStream
 
+from mvm.engine.base.errors import BuildPhaseError
 from mvm.engine.builders import ARTIFACTS, BuildJob, BuildMode, LogFn, LogTail, check_artifacts
-from mvm.engine.errors import BuildPhaseError
 
 log = structlog.get_logger("mvm.build.host")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from mvm.backends import nix_meta
+from mvm.engine.base.errors import BuildPhaseError, ConfigError, MvmError, default_hint
 from mvm.engine.builders import ARTIFACTS, BuildJob, BuildMode, LogFn, offline_function
-from mvm.engine.errors import BuildPhaseError, ConfigError, MvmError, default_hint
-from mvm.engine.imagespec import HealthCheck, ImageSpec, Service, Uids
+from mvm.engine.images.imagespec import HealthCheck, ImageSpec, Service, Uids
 
 SYSTEMS = ("x86_64-linux", "aarch64-linux")
 
@@ -190,7 +190,7 @@ class OfflineBuilder:
         return "offline"
 
     async def build(self, job: BuildJob, out: Path, log_fn: LogFn) -> None:
-        from mvm.engine.build import build_offline_image
+        from mvm.engine.builders.offline_image import build_offline_image
 
         spec = job.spec
         if spec is None:

@@ -3,7 +3,7 @@
 A host without nixpkgs cannot realise the Nix rootfs, but mkFunctionWorkload's
 inputs are plain files: its output carries ``mvmFunctionWorkload = {irFile, appPkg,
 dev}`` (nix/lib/mkFunctionWorkload.nix, evaluated after the seed's validation
-throws), and the IR image mapper (engine/ir_image.py) lays out the same files
+throws), and the IR image mapper (engine/images/ir_image.py) lays out the same files
 (entrypoint, runner, wrapper.json, runtime.json, app at working_dir) with the
 host's python instead of ``pkgs.python3``.
 """
@@ -15,16 +15,16 @@ from typing import Any
 
 import anyio
 
-from mvm.engine.errors import ConfigError
-from mvm.engine.imagespec import ImageSpec
+from mvm.engine.base.errors import ConfigError
+from mvm.engine.images.imagespec import ImageSpec
 
 KEY = "mvmFunctionWorkload"
 
 
 async def function_workload_spec(info: dict[str, Any]) -> ImageSpec:
     """The ImageSpec for ``passthru.mvmFunctionWorkload`` (irFile, appPkg, dev)."""
+    from mvm.engine.images.ir_image import workload_image_spec
     from mvm.engine.ir import validate_text
-    from mvm.engine.ir_image import workload_image_spec
 
     ir_file = Path(str(info.get("irFile", "")))
     app_root = Path(str(info.get("appPkg", "")))

@@ -29,11 +29,11 @@ import asyncssh
 import attrs
 import structlog
 
+from mvm.engine.base.errors import BuildPhaseError, ConfigError
 from mvm.engine.builders import ARTIFACTS, BuildJob, BuildMode, LogFn, LogTail, check_artifacts
 from mvm.engine.builders.bridge import caller_callback, run_on_asyncio
 from mvm.engine.builders.cache import _SKIP_NAMES
 from mvm.engine.builders.host import nix_build_argv
-from mvm.engine.errors import BuildPhaseError, ConfigError
 
 log = structlog.get_logger("mvm.build.ssh")
 

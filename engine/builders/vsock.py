@@ -38,10 +38,10 @@ import anyio.abc
 import attrs
 import structlog
 
+from mvm.engine.base.errors import BuildPhaseError, ConfigError
 from mvm.engine.builders import ARTIFACTS, BuildJob, BuildMode, LogFn, LogTail, check_artifacts
 from mvm.engine.builders.host import nix_build_argv, run_logged
 from mvm.engine.builders.ssh import flake_tarball
-from mvm.engine.errors import BuildPhaseError, ConfigError
 
 log = structlog.get_logger("mvm.build.vsock")
 

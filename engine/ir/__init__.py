@@ -1,6 +1,6 @@
 """Workload IR (schema 0.1): model, strict parsing, validation, canonical form and hash."""
 
-from mvm.engine.errors import IrError
+from mvm.engine.base.errors import IrError
 from mvm.engine.ir.canonical import canonical_ir, canonical_json, ir_hash, workload_to_dict
 from mvm.engine.ir.model import (
     SCHEMA_VERSION,

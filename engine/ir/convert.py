@@ -27,7 +27,7 @@ from cattrs.errors import (
     IterableValidationNote,
 )
 
-from mvm.engine.errors import IrError
+from mvm.engine.base.errors import IrError
 from mvm.engine.ir.model import (
     OMIT_AT_DEFAULT,
     UNION_TAGS,

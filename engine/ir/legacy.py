@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from mvm.engine.errors import IrError
+from mvm.engine.base.errors import IrError
 
 EMIT_MODULE = "__mvm_entry__"  # what `python -m mvm entry.py` names the entry while emitting
 

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mvm.engine.errors import IrError
+from mvm.engine.base.errors import IrError
 from mvm.engine.ir import legacy, lockfiles
 from mvm.engine.ir.convert import json_path, structure_workload
 from mvm.engine.ir.model import (

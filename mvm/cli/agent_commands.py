@@ -18,10 +18,10 @@ import trio
 from mvm.actors.port_forward import PortForward, bind_forward_listener
 from mvm.backends.guest.client import AgentClient
 from mvm.backends.guest.streams import ExecSession
-from mvm.engine.agent_access import open_vm_agent, require_accessible, running_vm
-from mvm.engine.errors import ConfigError, NotFoundError
-from mvm.engine.supervisor import RestartPolicy, Supervisor
-from mvm.engine.vmrequest import PortMapping
+from mvm.engine.base.errors import ConfigError, NotFoundError
+from mvm.engine.request.vmrequest import PortMapping
+from mvm.engine.runtime.supervisor import RestartPolicy, Supervisor
+from mvm.engine.vm.agent_access import open_vm_agent, require_accessible, running_vm
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -30,8 +30,8 @@ from mvm.cli import (
     lifecycle_commands,
     vm_commands,
 )
-from mvm.engine.errors import MvmError, error_leaves
-from mvm.engine.log import configure_logging
+from mvm.engine.base.errors import MvmError, error_leaves
+from mvm.engine.base.log import configure_logging
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
 

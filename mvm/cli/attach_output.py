@@ -27,7 +27,7 @@ import anyio
 import structlog
 
 from mvm.backends.guest.client import AgentClient
-from mvm.engine.errors import MvmError
+from mvm.engine.base.errors import MvmError
 
 log = structlog.get_logger("mvm.cli")
 

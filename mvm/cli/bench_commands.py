@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mvm.engine.errors import ConfigError, MvmError
+from mvm.engine.base.errors import ConfigError, MvmError
 
 _BENCHES = {
     "boot": "boot-to-agent-ready p50/p90/p99 vs a bare QEMU command line",

@@ -26,12 +26,12 @@ import anyio.abc
 
 from mvm.actors.builder_vm import BuildOutcome, builder_pool
 from mvm.cli.project import find_target, parse_attr
+from mvm.engine.base.errors import ConfigError, MvmError, NotFoundError
+from mvm.engine.base.paths import mvm_home
+from mvm.engine.base.process import is_same_process, process_start_time
 from mvm.engine.builders import MODES, BuildJob, ModeChoice
 from mvm.engine.builders.auto import choose_builder
 from mvm.engine.builders.cache import BuildCache
-from mvm.engine.errors import ConfigError, MvmError, NotFoundError
-from mvm.engine.paths import mvm_home
-from mvm.engine.process import is_same_process, process_start_time
 
 Say = Callable[[str], None]
 

@@ -16,9 +16,11 @@ import time
 
 import anyio
 
-from mvm.engine.detached import start_detached_clone
-from mvm.engine.errors import ConfigError, MvmError
-from mvm.engine.snapshots import (
+from mvm.engine.base.errors import ConfigError, MvmError
+from mvm.engine.request.vmrequest import PortMapping, VmRequest, check_vm_name
+from mvm.engine.store import StateStore
+from mvm.engine.vm.detached import start_detached_clone
+from mvm.engine.vm.snapshots import (
     clone_names,
     default_snapshot_name,
     delete_snapshot,
@@ -26,8 +28,6 @@ from mvm.engine.snapshots import (
     load_snapshot,
     take_snapshot,
 )
-from mvm.engine.store import StateStore
-from mvm.engine.vmrequest import PortMapping, VmRequest, check_vm_name
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -22,13 +22,13 @@ import attrs
 
 from mvm.cli.builder_commands import build_project
 from mvm.cli.project import Project, find_target
+from mvm.engine.base.errors import AccessDenied, MvmError, NotFoundError
+from mvm.engine.base.paths import mvm_home
 from mvm.engine.builders import MODES
-from mvm.engine.detached import start_detached, stop_vm_record
-from mvm.engine.errors import AccessDenied, MvmError, NotFoundError
-from mvm.engine.image import Image
-from mvm.engine.paths import mvm_home
+from mvm.engine.images.image import Image
+from mvm.engine.request.vmrequest import VmRequest, check_vm_name
 from mvm.engine.store import StateStore
-from mvm.engine.vmrequest import VmRequest, check_vm_name
+from mvm.engine.vm.detached import start_detached, stop_vm_record
 
 DEFAULT_DEV_VM = "mvm-dev"
 
@@ -197,7 +197,7 @@ def builder_cache() -> dict[str, Any]:
 
     The builder VM image is built from nix/images/builder-vm with nixpkgs, which this
     host cannot fetch, so the cache is normally empty: report exactly that."""
-    from mvm.engine.paths import cache_dir
+    from mvm.engine.base.paths import cache_dir
 
     arch = "aarch64" if platform.machine().lower() in ("aarch64", "arm64") else "x86_64"
     root = cache_dir() / "builder-vm" / arch
@@ -217,7 +217,7 @@ def builder_cache() -> dict[str, Any]:
 
 def _dev_image_present() -> bool:
     """Whether the default dev image (demo-dev) is already built in the offline cache."""
-    from mvm.engine.paths import cache_dir
+    from mvm.engine.base.paths import cache_dir
 
     metas = [m for sub in ("images", "builds") for m in (cache_dir() / sub).glob("*/mvm-meta.json")]
     for meta in metas:

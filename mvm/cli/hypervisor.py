@@ -13,7 +13,7 @@ import ctypes.util
 import sys
 
 from mvm.backends.registry import backend_names, get_backend
-from mvm.engine.errors import ConfigError
+from mvm.engine.base.errors import ConfigError
 
 # The seeds' runtime backends that have no implementation on this platform.
 MACOS_ONLY = {"apple-container": "Apple Virtualization.framework", "vz": "Apple Virtualization"}

@@ -12,13 +12,13 @@ import json
 from pathlib import Path
 
 from mvm.cli.progress import BuildProgress
-from mvm.engine.build import build_offline_image
-from mvm.engine.errors import ConfigError
-from mvm.engine.image import Image
-from mvm.engine.imagespec import ImageSpec
+from mvm.engine.base.errors import ConfigError
+from mvm.engine.builders.offline_image import build_offline_image
+from mvm.engine.images.image import Image
+from mvm.engine.images.imagespec import ImageSpec
+from mvm.engine.images.ir_image import load_ir_spec
+from mvm.engine.images.specfile import load_spec
 from mvm.engine.ir import ir_hash, validate_text
-from mvm.engine.ir_image import load_ir_spec
-from mvm.engine.specfile import load_spec
 
 
 def _is_workload_ir(path: Path) -> bool:

@@ -16,8 +16,8 @@ from typing import Any
 
 import anyio
 
-from mvm.engine.agent_access import open_vm_agent, running_vm
-from mvm.engine.errors import ConfigError
+from mvm.engine.base.errors import ConfigError
+from mvm.engine.images.invoke_schema import schemas_of_image
 from mvm.engine.invoke import (
     DEFAULT_TIMEOUT,
     WarmPool,
@@ -25,7 +25,7 @@ from mvm.engine.invoke import (
     parse_inputs,
     parse_request_file,
 )
-from mvm.engine.invoke_schema import schemas_of_image
+from mvm.engine.vm.agent_access import open_vm_agent, running_vm
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

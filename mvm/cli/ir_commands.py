@@ -10,8 +10,8 @@ from pathlib import Path
 import anyio
 
 from mvm.emit import emit_ir, validate_file, write_ir
-from mvm.engine.audit import AuditLog
-from mvm.engine.errors import IrError
+from mvm.engine.admission.audit import AuditLog
+from mvm.engine.base.errors import IrError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -10,13 +10,13 @@ import anyio
 
 from mvm.actors.agent_mux import DETACH_REQUEST, MUX_SOCKET
 from mvm.backends.guest.client import AgentClient
-from mvm.engine import network
-from mvm.engine.agent_access import running_vm
-from mvm.engine.errors import AgentError, ConflictError
-from mvm.engine.paths import mvm_home
-from mvm.engine.reconcile import owner_alive, reconcile
-from mvm.engine.runfiles import remove_run_dir
+from mvm.engine.base.errors import AgentError, ConflictError
+from mvm.engine.base.paths import mvm_home
+from mvm.engine.base.runfiles import remove_run_dir
 from mvm.engine.store import StateStore
+from mvm.engine.vm import network
+from mvm.engine.vm.agent_access import running_vm
+from mvm.engine.vm.reconcile import owner_alive, reconcile
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

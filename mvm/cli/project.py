@@ -14,10 +14,10 @@ from pathlib import Path
 
 import attrs
 
+from mvm.engine.base.errors import ConfigError
 from mvm.engine.builders import BuildJob
 from mvm.engine.builders.offline import SYSTEMS, host_system
-from mvm.engine.errors import ConfigError
-from mvm.engine.mvmtoml import MvmToml, load_mvm_toml
+from mvm.engine.request.mvmtoml import MvmToml, load_mvm_toml
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mvm.engine.errors import ConfigError, MvmError
-from mvm.engine.mvmtoml import check_mvm_toml
+from mvm.engine.base.errors import ConfigError, MvmError
+from mvm.engine.request.mvmtoml import check_mvm_toml
 
 
 def is_project_ref(path: Path | None) -> bool:

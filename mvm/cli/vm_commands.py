@@ -21,19 +21,19 @@ from mvm.cli.attach_output import console_offset, pump_console, pump_services
 from mvm.cli.hypervisor import resolve_hypervisor
 from mvm.cli.images import resolve_image, workload_ir_hash
 from mvm.cli.project import Project, find_target
-from mvm.engine.agent_access import open_vm_agent
-from mvm.engine.detached import adopt_detached, start_detached, stop_vm_record
+from mvm.engine.base.errors import MvmError, NotFoundError
+from mvm.engine.base.paths import vm_dir, write_private
+from mvm.engine.base.process import is_same_process
 from mvm.engine.engine import Engine, VmHandle
-from mvm.engine.errors import MvmError, NotFoundError
-from mvm.engine.image import Image
-from mvm.engine.mvmtoml import MvmToml
-from mvm.engine.paths import vm_dir, write_private
-from mvm.engine.process import is_same_process
-from mvm.engine.reconcile import owner_alive
+from mvm.engine.images.image import Image
+from mvm.engine.request.mvmtoml import MvmToml
+from mvm.engine.request.vmrequest import PortMapping, VmRequest, check_resources, check_vm_name
+from mvm.engine.request.volumes import Volume
 from mvm.engine.store import StateStore, VmRecord
-from mvm.engine.uid_check import vm_uid_status
-from mvm.engine.vmrequest import PortMapping, VmRequest, check_resources, check_vm_name
-from mvm.engine.volumes import Volume
+from mvm.engine.vm.agent_access import open_vm_agent
+from mvm.engine.vm.detached import adopt_detached, start_detached, stop_vm_record
+from mvm.engine.vm.reconcile import owner_alive
+from mvm.engine.vm.uid_check import vm_uid_status
 
 log = structlog.get_logger("mvm.cli")
 
@@ -532,7 +532,7 @@ async def cmd_wait(args: argparse.Namespace) -> int:
                 print(rec.exit_code if rec.exit_code is not None else "")
                 return 0 if rec.exit_code in (None, 0) else 1
             if deadline is not None and time.monotonic() > deadline:
-                from mvm.engine.errors import RequestTimeout
+                from mvm.engine.base.errors import RequestTimeout
 
                 raise RequestTimeout(f"{args.name} still running after {args.timeout}s")
             await anyio.sleep(0.25)

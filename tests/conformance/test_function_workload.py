@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from mvm.backends import nix_meta
-from mvm.engine.build import build_offline_image
+from mvm.engine.base.errors import ConfigError
 from mvm.engine.builders.offline import flake_to_spec
-from mvm.engine.errors import ConfigError
+from mvm.engine.builders.offline_image import build_offline_image
 
 DOC = "workload-ir-to-image.txt"
 
@@ -82,7 +82,9 @@ async def test_seed_flake_verbatim_aarch64_is_refused(tmp_path: Path, seed_outco
         await flake_to_spec(root, "default")
     assert info.value.code == "E_FLAKE_SYSTEM"
     assert "x86_64-linux" in info.value.message
-    seed_outcome.refused("E_FLAKE_SYSTEM", "an x86_64 host builds only packages.x86_64-linux images")
+    seed_outcome.refused(
+        "E_FLAKE_SYSTEM", "an x86_64 host builds only packages.x86_64-linux images"
+    )
 
 
 # ------------------------------------------------------------------------- nix/lib

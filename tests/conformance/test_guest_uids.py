@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from mvm.backends.guest.build import agent_binary, init_script
-from mvm.backends.image_builder import image_meta
-from mvm.backends.image_layout import BUSYBOX
-from mvm.backends.image_tree import _populate, _Tree
-from mvm.engine.imagespec import ImageSpec, Uids
-from mvm.engine.uid_check import declared_uids, uid_check_line
+from mvm.backends.image.builder import image_meta
+from mvm.backends.image.layout import BUSYBOX
+from mvm.backends.image.tree import _populate, _Tree
+from mvm.engine.images.imagespec import ImageSpec, Uids
+from mvm.engine.vm.uid_check import declared_uids, uid_check_line
 
 ROOTLESS_DEV_SHELL = """\
 # Rootless dev shell — forces non-root even in dev mode.

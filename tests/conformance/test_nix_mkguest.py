@@ -21,10 +21,10 @@ import pytest
 
 from conformance.seed_texts import MY_APP_FLAKE, MY_APP_TOML
 from mvm.backends import nix_meta
+from mvm.engine.base.errors import ConfigError
 from mvm.engine.builders import BuildJob
 from mvm.engine.builders.offline import OfflineBuilder, flake_info, flake_to_spec
-from mvm.engine.errors import ConfigError
-from mvm.engine.mvmtoml import load_mvm_toml
+from mvm.engine.request.mvmtoml import load_mvm_toml
 
 pytestmark = pytest.mark.skipif(not nix_meta.nix_available(), reason="needs nix-instantiate")
 
@@ -91,8 +91,6 @@ def inference(mvm: dict[str, Any]) -> tuple[Any, ...]:
 
 
 # --------------------------------------------------------------- Building MicroVM Images
-
-
 
 
 @pytest.mark.seed(BUILDING, "my-app flake.nix + mvm.toml: offline build")

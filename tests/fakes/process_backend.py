@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from mvm.backends.base import AgentEndpoint, LaunchPlan
+from mvm.backends.abc.types import AgentEndpoint, LaunchPlan
 from mvm.backends.stub import StubBackend, TcpEndpoint, _free_port
 
 

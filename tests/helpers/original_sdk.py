@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mvm.engine.paths import cache_dir
+from mvm.engine.base.paths import cache_dir
 
 ORIGINAL_VERSION = "0.15.1"
 _UNREACHABLE = (

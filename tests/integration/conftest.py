@@ -16,7 +16,7 @@ import trio
 
 from mvm import Image, ImageSpec
 from mvm.backends.demo import DEMO_DEV_SPEC, DEMO_SPEC
-from mvm.engine.build import build_offline_image
+from mvm.engine.builders.offline_image import build_offline_image
 
 
 def _build(spec: ImageSpec) -> Image:

@@ -17,11 +17,11 @@ import pytest
 
 from mvm import Engine, Image, PortMapping, VmRequest
 from mvm.cli import clone_commands, vm_commands
-from mvm.engine.errors import ConflictError, NotFoundError
-from mvm.engine.paths import vm_dir
-from mvm.engine.planfile import load_plan
-from mvm.engine.snapshots import list_snapshots, load_snapshot
+from mvm.engine.base.errors import ConflictError, NotFoundError
+from mvm.engine.base.paths import vm_dir
 from mvm.engine.store import StateStore
+from mvm.engine.vm.planfile import load_plan
+from mvm.engine.vm.snapshots import list_snapshots, load_snapshot
 
 from .conftest import qemu_pids
 

@@ -12,9 +12,9 @@ import pytest
 import trio
 
 from mvm import AccessDenied, ConflictError, Engine, Image, ImageSpec, PortMapping, VmRequest
-from mvm.engine.build import build_offline_image
-from mvm.engine.imagespec import Service
-from mvm.engine.paths import vm_dir
+from mvm.engine.base.paths import vm_dir
+from mvm.engine.builders.offline_image import build_offline_image
+from mvm.engine.images.imagespec import Service
 
 from .conftest import qemu_pids
 

@@ -19,8 +19,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from mvm.backends.base import Drive, LaunchPlan, VmSpec
-from mvm.backends.fetch_firecracker import FetchError, ensure_firecracker
+from mvm.backends.abc.types import Drive, LaunchPlan, VmSpec
 from mvm.backends.firecracker import (
     ApiCall,
     FirecrackerApi,
@@ -29,9 +28,10 @@ from mvm.backends.firecracker import (
     FirecrackerHandle,
     kvm_status,
 )
-from mvm.backends.hybrid_vsock import HybridVsockEndpoint
+from mvm.backends.firecracker.fetch import FetchError, ensure_firecracker
 from mvm.backends.kernel_build import ensure_kernel
-from mvm.engine.errors import BackendError, ConfigError
+from mvm.backends.vmm.hybrid_vsock import HybridVsockEndpoint
+from mvm.engine.base.errors import BackendError, ConfigError
 
 GRACE = 0.2  # the guest is far from handling Ctrl-Alt-Del this early: don't wait long
 

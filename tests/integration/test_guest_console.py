@@ -20,10 +20,10 @@ import trio
 
 from mvm import Engine, Image, ImageSpec, VmRequest
 from mvm.backends.guest.streams import ExecSession
-from mvm.engine.build import build_offline_image
-from mvm.engine.errors import MvmError
-from mvm.engine.imagespec import Uids
-from mvm.engine.uid_check import vm_uid_status
+from mvm.engine.base.errors import MvmError
+from mvm.engine.builders.offline_image import build_offline_image
+from mvm.engine.images.imagespec import Uids
+from mvm.engine.vm.uid_check import vm_uid_status
 
 pytestmark = pytest.mark.qemu
 

@@ -25,12 +25,12 @@ import trio
 from mvm import Image
 from mvm.backends.guest.build import agent_binary
 from mvm.backends.guest.client import AgentClient
-from mvm.engine.audit import AuditLog
-from mvm.engine.build import build_offline_image
-from mvm.engine.errors import AgentError, MvmError
+from mvm.engine.admission.audit import AuditLog
+from mvm.engine.base.errors import AgentError, MvmError
+from mvm.engine.builders.offline_image import build_offline_image
+from mvm.engine.images.ir_image import load_ir_spec
 from mvm.engine.invoke import FunctionError, WarmPool, invoke
 from mvm.engine.ir import ir_hash, validate_text
-from mvm.engine.ir_image import load_ir_spec
 
 from .conftest import qemu_pids
 

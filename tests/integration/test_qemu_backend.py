@@ -15,10 +15,10 @@ import anyio
 import pytest
 import trio
 
-from mvm.backends.base import VmSpec
+from mvm.backends.abc.types import VmSpec
 from mvm.backends.kernel_build import ensure_kernel
 from mvm.backends.qemu import QemuBackend, QemuHandle
-from mvm.engine.errors import ConfigError
+from mvm.engine.base.errors import ConfigError
 
 from .conftest import qemu_pids
 

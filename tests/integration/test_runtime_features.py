@@ -33,9 +33,9 @@ import pytest
 import trio
 
 from mvm import Engine, Image, ImageSpec, PortMapping, VmRequest
-from mvm.engine.build import build_offline_image
-from mvm.engine.events import Event
-from mvm.engine.imagespec import HealthCheck, Service
+from mvm.engine.builders.offline_image import build_offline_image
+from mvm.engine.images.imagespec import HealthCheck, Service
+from mvm.engine.runtime.events import Event
 
 from .conftest import qemu_pids
 from .test_cli import MVMCTL, mvmctl
@@ -661,7 +661,7 @@ async def test_engine_stop_keeps_a_file_just_written_to_a_data_volume(
 ) -> None:
     """Engine.stop powers the guest off (sync) before stopping the VMM, so a write
     still in the guest's page cache reaches the volume image (QMP quit alone lost it)."""
-    from mvm.engine.volumes import Volume, persistent_volume_path
+    from mvm.engine.request.volumes import Volume, persistent_volume_path
 
     data = tmp_path / "data"
     (data / "shared").mkdir(parents=True)

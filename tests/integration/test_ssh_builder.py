@@ -25,10 +25,10 @@ import pytest
 from fakes.fake_nix import write_fake_nix
 
 from mvm.actors.builder_vm import builder_pool
+from mvm.engine.base.errors import BuildPhaseError
 from mvm.engine.builders import BuildJob
 from mvm.engine.builders.cache import BuildCache
 from mvm.engine.builders.ssh import SshBuilder, SshTarget
-from mvm.engine.errors import BuildPhaseError
 
 SSHD = "/usr/sbin/sshd"
 pytestmark = pytest.mark.skipif(

@@ -12,10 +12,10 @@ import anyio.abc
 import attrs
 import pytest
 
-from mvm.engine.actor import Actor, Reply, ask
-from mvm.engine.errors import ActorStopped, ConfigError, MessageError, MvmError, RequestTimeout
-from mvm.engine.messages import MessageRegistry, from_wire, to_wire
-from mvm.engine.supervisor import RestartPolicy, Supervisor
+from mvm.engine.base.errors import ActorStopped, ConfigError, MessageError, MvmError, RequestTimeout
+from mvm.engine.runtime.actor import Actor, Reply, ask
+from mvm.engine.runtime.messages import MessageRegistry, from_wire, to_wire
+from mvm.engine.runtime.supervisor import RestartPolicy, Supervisor
 
 BACKENDS = ["trio", "asyncio"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mvm.engine.audit import (
+from mvm.engine.admission.audit import (
     GENESIS_HASH,
     PLAN_ADMITTED,
     PLAN_FAILED,
@@ -20,7 +20,7 @@ from mvm.engine.audit import (
     audit_db_path,
     entry_hash,
 )
-from mvm.engine.errors import AuditTampered, ConfigError, SecurityError
+from mvm.engine.base.errors import AuditTampered, ConfigError, SecurityError
 
 
 @pytest.fixture

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from mvm.backends.demo import DEMO_SPEC
+from mvm.engine.base.errors import BuildError, BuildPhaseError, ConfigError
 from mvm.engine.builders import BuildJob
 from mvm.engine.builders.auto import choose_builder, probe_host, probe_vsock
 from mvm.engine.builders.cache import BuildCache, job_key, tree_hash
 from mvm.engine.builders.offline import flake_to_spec
 from mvm.engine.builders.vsock import VsockTarget
-from mvm.engine.errors import BuildError, BuildPhaseError, ConfigError
 
 MKGUEST_FLAKE = """{
   inputs.mvm.url = "git+file:///somewhere/mvm?dir=nix";

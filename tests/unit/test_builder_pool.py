@@ -19,11 +19,11 @@ import pytest
 from fakes.fake_nix import write_fake_nix
 
 from mvm.actors.builder_vm import BuilderPool, builder_pool
+from mvm.engine.base.errors import BuildPhaseError
 from mvm.engine.builders import BuildJob
 from mvm.engine.builders.cache import BuildCache
 from mvm.engine.builders.host import HostNixBuilder
 from mvm.engine.builders.vsock import VsockBuilder, VsockTarget, serve_builder
-from mvm.engine.errors import BuildPhaseError
 from mvm.engine.store import StateStore
 
 
@@ -171,7 +171,7 @@ async def test_builds_are_recorded_in_the_state_store(env: Path) -> None:
 
 
 async def test_pool_size_must_be_positive() -> None:
-    from mvm.engine.errors import ConfigError
+    from mvm.engine.base.errors import ConfigError
 
     with pytest.raises(ConfigError):
         BuilderPool(HostNixBuilder(), size=0)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mvm.cli.project import find_target, flake_dir, parse_attr
-from mvm.engine.errors import ConfigError
+from mvm.engine.base.errors import ConfigError
 
 
 def _project(root: Path, toml: str | None = None) -> Path:

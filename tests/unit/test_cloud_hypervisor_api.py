@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mvm.backends.base import Accel, Drive, NetDevice, VmSpec
+from mvm.backends.abc.types import Accel, Drive, NetDevice, VmSpec
 from mvm.backends.cloud_hypervisor import (
     ChApiError,
     CloudHypervisorBackend,
@@ -27,8 +27,8 @@ from mvm.backends.cloud_hypervisor import (
     vm_config,
 )
 from mvm.backends.cloud_hypervisor.api import error_detail
-from mvm.backends.hybrid_vsock import HybridVsockEndpoint
-from mvm.engine.errors import BackendError, ConfigError
+from mvm.backends.vmm.hybrid_vsock import HybridVsockEndpoint
+from mvm.engine.base.errors import BackendError, ConfigError
 
 STUB = r"""#!{python}
 import http.server, json, os, socketserver, sys

@@ -24,12 +24,12 @@ import attrs
 import pytest
 
 from mvm import ConflictError, Engine, Image, MvmError, PortMapping, VmRequest
-from mvm.engine.audit import AuditLog
-from mvm.engine.detached import start_detached, stop_vm_record
-from mvm.engine.paths import vm_dir
-from mvm.engine.process import is_same_process, process_start_time
-from mvm.engine.reconcile import reconcile
+from mvm.engine.admission.audit import AuditLog
+from mvm.engine.base.paths import vm_dir
+from mvm.engine.base.process import is_same_process, process_start_time
 from mvm.engine.store import StateStore, VmRecord
+from mvm.engine.vm.detached import start_detached, stop_vm_record
+from mvm.engine.vm.reconcile import reconcile
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 

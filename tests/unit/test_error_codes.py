@@ -2,7 +2,7 @@
 
 The scan reads the INSTALLED package's sources (Python, the guest agent's C, the
 Nix library, the TypeScript SDK), so a code added anywhere that ships is caught:
-* a code literal that is not in mvm.engine.error_codes fails;
+* a code literal that is not in mvm.engine.base.error_codes fails;
 * a registered code that nothing uses any more (a dead entry) fails;
 * a raise site whose MvmError class differs from the registered one fails.
 
@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 import mvm
-from mvm.engine import error_codes
-from mvm.engine.errors import CODES, ConfigError, IrError, MvmError, lookup
+from mvm.engine.base import error_codes
+from mvm.engine.base.errors import CODES, ConfigError, IrError, MvmError, lookup
 
 PKG = Path(mvm.__file__).resolve().parent
 CODE = re.compile(r"E_[A-Z0-9_]+")
@@ -277,7 +277,7 @@ def test_every_registered_code_has_a_hinted_one_line() -> None:
 # The scanner itself, on sources written for it: it must catch what it claims to.
 SAMPLE = '''
 """Docstring naming E_IN_A_DOCSTRING is prose."""
-from mvm.engine.errors import ConfigError
+from mvm.engine.base.errors import ConfigError
 E_NAMED = "E_SAMPLE_CONST"
 
 

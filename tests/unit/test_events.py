@@ -12,9 +12,9 @@ import anyio.lowlevel
 import pytest
 import structlog
 
-from mvm.engine.errors import ConfigError
-from mvm.engine.events import DROPPED, Event, EventBus
-from mvm.engine.log import configure_logging
+from mvm.engine.base.errors import ConfigError
+from mvm.engine.base.log import configure_logging
+from mvm.engine.runtime.events import DROPPED, Event, EventBus
 
 
 @pytest.fixture

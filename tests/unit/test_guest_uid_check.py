@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from mvm.backends.image_shell import add_console_shell
-from mvm.engine.errors import ConfigError
-from mvm.engine.imagespec import ImageSpec, Service
-from mvm.engine.uid_check import declared_uids, uid_check_line
+from mvm.backends.image.shell import add_console_shell
+from mvm.engine.base.errors import ConfigError
+from mvm.engine.images.imagespec import ImageSpec, Service
+from mvm.engine.vm.uid_check import declared_uids, uid_check_line
 
 
 def _p(pid: int, uid: int, **over: int) -> dict[str, int]:

@@ -23,8 +23,8 @@ from fakes.serial_relay import SerialRelay
 from mvm.actors.port_forward import PortForward, bind_forward_listener
 from mvm.backends.guest.build import agent_binary
 from mvm.backends.guest.client import AgentClient
-from mvm.engine.errors import AgentError
-from mvm.engine.vmrequest import PortMapping
+from mvm.engine.base.errors import AgentError
+from mvm.engine.request.vmrequest import PortMapping
 
 
 def _free_port() -> int:
@@ -186,7 +186,7 @@ async def test_health_goes_unknown_after_an_agent_restart() -> None:
     from typing import cast
 
     from mvm.actors.health_check import HealthCheck, HealthPolicy
-    from mvm.engine.events import EventBus
+    from mvm.engine.runtime.events import EventBus
 
     fake = _FakeHealthClient()
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mvm.engine.audit import PLAN_ADMITTED, AuditLog, entry_hash
-from mvm.engine.audit_head import head_path
+from mvm.engine.admission.audit import PLAN_ADMITTED, AuditLog, entry_hash
+from mvm.engine.admission.audit_head import head_path
 
 
 @pytest.fixture

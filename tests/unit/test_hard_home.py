@@ -91,7 +91,7 @@ def test_up_on_stub_leaves_nothing_readable_by_others(tmp_path: Path) -> None:
 def test_full_disk_is_its_own_code(tmp_path: Path) -> None:
     import errno
 
-    from mvm.engine.paths import home_error
+    from mvm.engine.base.paths import home_error
 
     full = home_error(tmp_path, OSError(errno.ENOSPC, "No space left on device"))
     ro = home_error(tmp_path, OSError(errno.EROFS, "Read-only file system"))

@@ -12,9 +12,9 @@ import attrs
 import pytest
 
 from mvm.backends.guest.client import AgentClient
-from mvm.engine.errors import ConfigError, MvmError
+from mvm.engine.base.errors import ConfigError, MvmError
+from mvm.engine.images.invoke_schema import FunctionSchemas
 from mvm.engine.invoke import invoke
-from mvm.engine.invoke_schema import FunctionSchemas
 
 ARGS = {
     "type": "object",

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mvm.engine.errors import ConfigError
-from mvm.engine.vmrequest import PortMapping, VmRequest
+from mvm.engine.base.errors import ConfigError
+from mvm.engine.request.vmrequest import PortMapping, VmRequest
 
 
 @pytest.mark.parametrize(

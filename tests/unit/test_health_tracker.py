@@ -12,8 +12,8 @@ import anyio
 from mvm.actors.health_check import HealthCheck, HealthPolicy, HealthTracker
 from mvm.backends.guest.build import agent_binary
 from mvm.backends.guest.client import AgentClient
-from mvm.engine.events import EventBus
-from mvm.engine.supervisor import Supervisor
+from mvm.engine.runtime.events import EventBus
+from mvm.engine.runtime.supervisor import Supervisor
 
 
 def test_thresholds_need_consecutive_fresh_verdicts() -> None:

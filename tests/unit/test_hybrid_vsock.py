@@ -9,7 +9,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from mvm.backends.hybrid_vsock import HandshakeError, HybridVsockEndpoint, parse_reply
+from mvm.backends.vmm.hybrid_vsock import HandshakeError, HybridVsockEndpoint, parse_reply
 
 Behaviour = Callable[[anyio.abc.SocketStream, int], Awaitable[None]]
 

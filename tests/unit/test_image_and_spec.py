@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from mvm import ConfigError, Image, ImageSpec, MvmError
-from mvm.engine.specfile import load_spec, spec_from_dict
+from mvm.engine.images.specfile import load_spec, spec_from_dict
 
 
 def _image_dir(tmp_path: Path, meta: object = None) -> Path:

@@ -14,10 +14,10 @@ import attrs
 import pytest
 import trio
 
-from mvm.backends import image_builder as ib
 from mvm.backends.demo import DEMO_DEV_SPEC, DEMO_SPEC
-from mvm.engine.errors import BuildError, ConfigError
-from mvm.engine.imagespec import HealthCheck, ImageSpec, Service, Uids
+from mvm.backends.image import builder as ib
+from mvm.engine.base.errors import BuildError, ConfigError
+from mvm.engine.images.imagespec import HealthCheck, ImageSpec, Service, Uids
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("mkfs.ext4") and shutil.which("debugfs") and ib.BUSYBOX.is_file()),

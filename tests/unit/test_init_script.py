@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from mvm.backends.guest.build import agent_binary, init_script
-from mvm.backends.image_builder import BUSYBOX, image_meta
-from mvm.backends.image_tree import _populate, _Tree
-from mvm.engine.imagespec import ImageSpec, Service, Uids
+from mvm.backends.image.builder import BUSYBOX, image_meta
+from mvm.backends.image.tree import _populate, _Tree
+from mvm.engine.images.imagespec import ImageSpec, Service, Uids
 
 
 def test_init_is_executable_posix_sh() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mvm.engine.errors import ConfigError, IrError
+from mvm.engine.base.errors import ConfigError, IrError
 from mvm.engine.ir import (
     LocalPath,
     PythonDeps,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mvm.emit import emit_ir
-from mvm.engine.errors import ConfigError
+from mvm.engine.base.errors import ConfigError
 from mvm.engine.ir import legacy
 
 ENTRY = """

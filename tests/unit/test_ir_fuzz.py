@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mvm.engine.errors import IrError
+from mvm.engine.base.errors import IrError
 from mvm.engine.ir import (
     App,
     CommandEntrypoint,

@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 import structlog
 
-from mvm.backends.image_builder import check_spec, spec_json
-from mvm.engine.errors import ConfigError
-from mvm.engine.imagespec import ImageSpec
-from mvm.engine.ir import validate
-from mvm.engine.ir_image import (
+from mvm.backends.image.builder import check_spec, spec_json
+from mvm.engine.base.errors import ConfigError
+from mvm.engine.images.imagespec import ImageSpec
+from mvm.engine.images.ir_image import (
     DEFAULT_WORKING_DIR,
     RUNNER_GUEST,
     concurrency,
@@ -25,6 +24,7 @@ from mvm.engine.ir_image import (
     python_runtime,
     workload_image_spec,
 )
+from mvm.engine.ir import validate
 
 HELLO = Path(__file__).resolve().parents[1] / "fixtures" / "hello"
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from mvm.engine.errors import IrError
+from mvm.engine.base.errors import IrError
+from mvm.engine.images.ir_image import RUNNER_GUEST, source_selects, workload_image_spec
 from mvm.engine.ir import CommandEntrypoint, FunctionEntrypoint, PythonDeps, validate
-from mvm.engine.ir_image import RUNNER_GUEST, source_selects, workload_image_spec
 
 # `python -m mvm entry.py` output of the 0.15.1 SDK for mvm.workload + mvm.app(
 # entrypoint=mvm.entrypoint_function(module="app", function="greet")) (canonical JSON).

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mvm.engine.errors import IrError
+from mvm.engine.base.errors import IrError
 from mvm.engine.ir import validate
 from mvm.engine.ir.lockfiles import content_problem, name_problem
 

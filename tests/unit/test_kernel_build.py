@@ -16,8 +16,8 @@ import pytest
 import trio
 
 from mvm.backends import kernel_build as kb
-from mvm.engine.errors import BuildError, ConfigError
-from mvm.engine.paths import cache_dir
+from mvm.engine.base.errors import BuildError, ConfigError
+from mvm.engine.base.paths import cache_dir
 
 SHARED_CACHE = cache_dir()  # before the fixtures point MVM_CACHE at a temp dir
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mvm import ConfigError
-from mvm.engine.mvmtoml import load_mvm_toml
+from mvm.engine.request.mvmtoml import load_mvm_toml
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -23,11 +23,11 @@ import attrs
 import pytest
 import trio
 
-from mvm.backends import image_builder as ib
 from mvm.backends import nix_meta
 from mvm.backends.demo import DEMO_DEV_SPEC, DEMO_SPEC
-from mvm.engine.errors import BuildError, ConfigError, MvmError
-from mvm.engine.imagespec import HealthCheck, ImageSpec, Service, Uids
+from mvm.backends.image import builder as ib
+from mvm.engine.base.errors import BuildError, ConfigError, MvmError
+from mvm.engine.images.imagespec import HealthCheck, ImageSpec, Service, Uids
 
 pytestmark = pytest.mark.skipif(not nix_meta.nix_available(), reason="needs nix-instantiate")
 
@@ -851,7 +851,7 @@ async def test_nix_built_image_has_the_offline_builders_tree(tmp_path: Path) -> 
 def test_nix_rootfs_uses_the_offline_builders_mke2fs_recipe() -> None:
     """Both build paths must make the same filesystem: the Nix copy of the mke2fs
     config (Nix cannot import Python) is the offline builder's, line for line."""
-    from mvm.backends import ext4
+    from mvm.backends.image import ext4
 
     text = (REPO / "nix" / "lib" / "rootfs.nix").read_text()
     found = re.search(r"mke2fsConf = ''\n(.*?)\n  '';", text, re.S)

@@ -15,8 +15,16 @@ from typing import Any
 import attrs
 import pytest
 
-from mvm.engine.audit import PLAN_ADMITTED, PLAN_FAILED, PLAN_LAUNCHED, AuditLog
-from mvm.engine.errors import (
+from mvm.engine.admission.audit import PLAN_ADMITTED, PLAN_FAILED, PLAN_LAUNCHED, AuditLog
+from mvm.engine.admission.keys import KEY_FILENAME, HostKey, host_key_path
+from mvm.engine.admission.plans import (
+    CLOCK_SKEW_SECS,
+    Admission,
+    ExecutionPlan,
+    sign_plan,
+    verify_plan,
+)
+from mvm.engine.base.errors import (
     BackendError,
     ConfigError,
     KeyPermissions,
@@ -27,8 +35,6 @@ from mvm.engine.errors import (
     SecurityError,
 )
 from mvm.engine.ir import Resources
-from mvm.engine.keys import KEY_FILENAME, HostKey, host_key_path
-from mvm.engine.plans import CLOCK_SKEW_SECS, Admission, ExecutionPlan, sign_plan, verify_plan
 
 IR_HASH = "58b459a743096f4ce8d6504740748f3e53e70fade9c53889510a25b1b7595f49"
 T0 = 1_800_000_000
@@ -97,7 +103,7 @@ def test_symlinked_or_garbage_key_is_refused(mvm_home: Path, tmp_path: Path) -> 
 
 
 def test_concurrent_first_use_agrees_on_one_key(mvm_home: Path) -> None:
-    code = "from mvm.engine.keys import HostKey; print(HostKey.load_or_create().key_id)"
+    code = "from mvm.engine.admission.keys import HostKey; print(HostKey.load_or_create().key_id)"
     procs = [
         subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
         for _ in range(4)

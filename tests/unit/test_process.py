@@ -3,7 +3,7 @@ from __future__ import annotations
 import subprocess
 import time
 
-from mvm.engine.process import is_same_process, kill_verified, process_start_time
+from mvm.engine.base.process import is_same_process, kill_verified, process_start_time
 
 
 def test_start_time_identifies_a_process_and_survives_pid_reuse_checks() -> None:

@@ -15,7 +15,7 @@ import anyio
 import attrs
 import pytest
 
-from mvm.backends.base import Accel, Drive, NetDevice, VmSpec
+from mvm.backends.abc.types import Accel, Drive, NetDevice, VmSpec
 from mvm.backends.qemu import QemuBackend, QemuHandle
 from mvm.backends.qemu import accel as accel_mod
 from mvm.backends.qemu.accel import (
@@ -30,8 +30,8 @@ from mvm.backends.qemu.accel import (
 )
 from mvm.backends.qemu.argv import build_argv, kernel_cmdline
 from mvm.backends.qemu.endpoint import UnixSocketEndpoint, VsockEndpoint
-from mvm.engine.errors import ConfigError
-from mvm.engine.process import process_start_time
+from mvm.engine.base.errors import ConfigError
+from mvm.engine.base.process import process_start_time
 
 TSC = 2445404
 
@@ -278,7 +278,7 @@ async def test_start_reports_the_last_stderr_line_of_a_vmm_that_dies(
     monkeypatch.setenv("MVM_ACCEL", "tcg")
     backend = QemuBackend(qemu=str(fake))
     plan = backend.prepare(_spec(tmp_path))
-    from mvm.engine.errors import BackendError
+    from mvm.engine.base.errors import BackendError
 
     with pytest.raises(BackendError) as err:
         await backend.start(plan)
@@ -437,7 +437,7 @@ async def test_stop_escalates_to_sigkill_after_grace(
 async def test_vsock_dial_is_bounded_by_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
     """No guest listens on this CID: connect keeps retrying (or reports missing vsock
     support at once) and never returns a stream."""
-    from mvm.engine.errors import BackendError
+    from mvm.engine.base.errors import BackendError
 
     endpoint = VsockEndpoint(cid=0x7FFFFF00, port=5252)
     t0 = anyio.current_time()

@@ -14,7 +14,7 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mvm.backends.qemu.qmp import QmpClient
-from mvm.engine.errors import BackendError
+from mvm.engine.base.errors import BackendError
 
 GREETING = {"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}}, "capabilities": []}}
 

@@ -14,7 +14,7 @@ import pytest
 
 from mvm import sdk
 from mvm.emit import emit_ir, validate_file, write_ir
-from mvm.engine.errors import ConfigError, IrError
+from mvm.engine.base.errors import ConfigError, IrError
 from mvm.engine.ir import (
     CommandEntrypoint,
     FunctionEntrypoint,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mvm.engine.errors import BackendError
-from mvm.engine.snapshot_volumes import SnapshotDrive, clone_drives, save_volume_disks
-from mvm.engine.volumes import Volume, persistent_volume_path, volume_disk
+from mvm.engine.base.errors import BackendError
+from mvm.engine.request.volumes import Volume, persistent_volume_path, volume_disk
+from mvm.engine.vm.snapshot_volumes import SnapshotDrive, clone_drives, save_volume_disks
 
 
 async def test_saved_disks_are_copies_in_attach_order(tmp_path: Path) -> None:

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from mvm.cli.clone_commands import clone_ports
-from mvm.engine.errors import ConfigError, ConflictError, NotFoundError, StateError
-from mvm.engine.snapshots import (
+from mvm.engine.base.errors import ConfigError, ConflictError, NotFoundError, StateError
+from mvm.engine.request.vmrequest import PortMapping
+from mvm.engine.vm.snapshots import (
     META_FILE,
     STATE_FILE,
     SnapshotMeta,
@@ -31,7 +32,6 @@ from mvm.engine.snapshots import (
     snapshots_root,
     write_meta,
 )
-from mvm.engine.vmrequest import PortMapping
 
 from .test_guest_agent import Agent, Frames
 

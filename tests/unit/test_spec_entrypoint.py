@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mvm import ConfigError, ImageSpec
-from mvm.backends.image_builder import check_spec
+from mvm.backends.image.builder import check_spec
 
 
 @pytest.mark.parametrize(

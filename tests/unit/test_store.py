@@ -17,16 +17,17 @@ import anyio
 import attrs
 import pytest
 
-from mvm.engine import paths, store
-from mvm.engine.errors import ConflictError, NotFoundError, StateError
-from mvm.engine.migrations import (
+from mvm.engine.base import paths
+from mvm.engine.base.errors import ConflictError, NotFoundError, StateError
+from mvm.engine.store import PortRecord, StateStore, VmRecord
+from mvm.engine.store import state as store
+from mvm.engine.store.migrations import (
     LATEST,
     MIGRATIONS,
     Migration,
     apply_migrations,
     current_version,
 )
-from mvm.engine.store import PortRecord, StateStore, VmRecord
 
 
 def vm(name: str, **over: Any) -> VmRecord:

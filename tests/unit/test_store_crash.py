@@ -71,7 +71,7 @@ anyio.run(main, sys.argv[1], int(sys.argv[2]), backend="asyncio")
 RACER = r"""
 import os, sys, time, anyio
 from pathlib import Path
-from mvm.engine.errors import MvmError
+from mvm.engine.base.errors import MvmError
 from mvm.engine.store import StateStore, VmRecord
 
 async def main(db, go, how):

@@ -14,10 +14,10 @@ import pytest
 import trio
 import trio.testing
 
-from mvm.engine.actor import Actor
-from mvm.engine.errors import ActorFailed, ConfigError, MvmError, RestartBudgetExhausted
-from mvm.engine.events import Event, EventBus
-from mvm.engine.supervisor import RestartPolicy, Supervisor
+from mvm.engine.base.errors import ActorFailed, ConfigError, MvmError, RestartBudgetExhausted
+from mvm.engine.runtime.actor import Actor
+from mvm.engine.runtime.events import Event, EventBus
+from mvm.engine.runtime.supervisor import RestartPolicy, Supervisor
 
 BACKENDS = ["trio", "asyncio"]
 

@@ -19,7 +19,7 @@ import anyio
 import attrs
 import pytest
 
-from mvm.backends.base import Accel, ApiCall, LaunchInputs, LaunchPlan
+from mvm.backends.abc.types import Accel, ApiCall, LaunchInputs, LaunchPlan
 from mvm.backends.vmm import (
     UNKNOWN_STATUS,
     SpawnOptions,
@@ -32,9 +32,9 @@ from mvm.backends.vmm import (
     terminate,
     wait,
 )
-from mvm.engine.errors import BackendError, ConfigError
-from mvm.engine.planfile import load_plan, save_plan
-from mvm.engine.process import process_start_time
+from mvm.engine.base.errors import BackendError, ConfigError
+from mvm.engine.base.process import process_start_time
+from mvm.engine.vm.planfile import load_plan, save_plan
 
 CHILD = r"""
 import os, signal, socket, sys

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mvm import ConfigError
-from mvm.engine.volumes import Volume, kernel_arg, persistent_volume_path, prepare_volume
+from mvm.engine.request.volumes import Volume, kernel_arg, persistent_volume_path, prepare_volume
 
 
 def test_parse_read_only_and_persistent(tmp_path: Path) -> None:

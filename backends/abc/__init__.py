@@ -1,0 +1,2 @@
+"""mvm.backends.abc: the protocol every VMM backend implements and the values it takes
+(VmSpec in, LaunchPlan out, VmmHandle while it runs)."""

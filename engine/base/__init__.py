@@ -1,0 +1,7 @@
+"""mvm.engine.base: the foundation every other package imports, importing nothing of ours.
+
+errors (the MvmError hierarchy) and error_codes (every code with its class and hint),
+paths (the home and cache layout, private files), process (pid + start time identity),
+runfiles, log (structlog bound to stdlib logging). A test keeps it free of imports from
+the rest of mvm.
+"""

@@ -1,0 +1,105 @@
+"""Logging setup for the CLI, the detached shim and embedders who want ours.
+
+Library code only calls ``structlog.get_logger()`` and logs key-value events; it
+never configures anything. Programs call :func:`configure_logging` once at start
+(calling it again simply replaces the configuration). Output goes to stderr so
+stdout stays clean for command results and ``--json`` output. Standard-library
+loggers (asyncssh, httpx, ...) are routed through the same renderer.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+from mvm.engine.base.errors import ConfigError
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+_HANDLER_MARK = "_mvm_handler"
+
+
+class _StderrLoggerFactory:
+    """Resolve ``sys.stderr`` per logger, so redirections made after configuration
+    (test capture, daemonising) are honoured."""
+
+    def __call__(self, *args: Any) -> structlog.PrintLogger:
+        return structlog.PrintLogger(sys.stderr)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
+def configure_logging(*, json: bool = False, level: str = "info") -> None:
+    """structlog to stderr: JSON lines (``json=True``, for machines and the shim's log
+    file) or the console renderer; events below ``level`` are dropped cheaply."""
+    try:
+        levelno = LEVELS[level.lower()]
+    except KeyError:
+        raise ConfigError(
+            f"unknown log level {level!r}",
+            code="E_LOG_LEVEL",
+            hint="use one of: debug, info, warning, error, critical",
+        ) from None
+
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: structlog.typing.Processor
+    if json:
+        renderer = structlog.processors.JSONRenderer(sort_keys=False, default=repr)
+        tail: list[structlog.typing.Processor] = [
+            structlog.processors.dict_tracebacks,
+            renderer,
+        ]
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        tail = [renderer]
+
+    structlog.configure(
+        processors=[*shared, structlog.processors.StackInfoRenderer(), *tail],
+        wrapper_class=structlog.make_filtering_bound_logger(levelno),
+        logger_factory=_StderrLoggerFactory(),
+        cache_logger_on_first_use=False,
+    )
+
+    # Foreign (stdlib) records: same renderer, one handler however often we're called.
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(handler)
+    handler = _StderrHandler()
+    setattr(handler, _HANDLER_MARK, True)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                *shared,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *tail,
+            ],
+        )
+    )
+    handler.setLevel(levelno)
+    root.addHandler(handler)
+    root.setLevel(levelno)

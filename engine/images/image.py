@@ -1,0 +1,79 @@
+"""A built image on disk, as the runtime sees it: ``vmlinux``, ``rootfs.ext4``, ``mvm-meta.json``.
+
+Both build paths (offline builder and Nix) produce this layout, so the runtime
+never cares which one made the image.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from mvm.engine.base.errors import ConfigError, NotFoundError
+
+
+@attrs.frozen
+class Image:
+    directory: Path
+    kernel: Path
+    rootfs: Path
+    meta: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", self.directory.name))
+
+    @property
+    def sealed(self) -> bool:
+        return bool(self.meta.get("sealed", True))
+
+    @property
+    def vcpus(self) -> int:
+        return int(self.meta.get("vcpus", 1))
+
+    @property
+    def memory_mib(self) -> int:
+        return int(self.meta.get("memory_mib", 256))
+
+    @property
+    def health_checks(self) -> tuple[str, ...]:
+        """Services with a health check; the guest agent runs them, the host tracks them."""
+        return tuple(str(name) for name in self.meta.get("health_checks", ()))
+
+    @classmethod
+    def load(cls, directory: Path) -> Image:
+        directory = directory.resolve()
+        if not directory.is_dir():
+            raise NotFoundError(
+                f"image directory {directory} does not exist", code="E_IMAGE_MISSING"
+            )
+        kernel, rootfs, meta_path = (
+            directory / "vmlinux",
+            directory / "rootfs.ext4",
+            directory / "mvm-meta.json",
+        )
+        if not kernel.is_file():
+            raise ConfigError(
+                f"image {directory} has no vmlinux",
+                code="E_KERNEL_MISSING",
+                hint="rebuild the image (mvmctl build) or set MVM_KERNEL",
+            )
+        if not rootfs.is_file():
+            raise ConfigError(f"image {directory} has no rootfs.ext4", code="E_ROOTFS_MISSING")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(
+                f"image {directory} has no mvm-meta.json", code="E_IMAGE_META"
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{meta_path} is not valid JSON: {exc.msg} at line {exc.lineno}",
+                code="E_IMAGE_META",
+            ) from None
+        if not isinstance(meta, dict):
+            raise ConfigError(f"{meta_path} must hold a JSON object", code="E_IMAGE_META")
+        return cls(directory=directory, kernel=kernel, rootfs=rootfs, meta=meta)

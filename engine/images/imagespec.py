@@ -1,0 +1,173 @@
+"""ImageSpec: the offline builder's equivalent of mkGuest's arguments.
+
+Field names follow mkGuest (snake_case here, camelCase in Nix). Inference rules
+are the same as the Nix library's (nix/lib/spec.nix) so both paths produce the
+same metadata: entrypoint kind is ``command`` if a command is given, else
+``shell`` if a shell is named, else ``services`` if any service is defined,
+else ``shell`` (``/bin/sh``); a shell image is ``accessible`` (dev) and a
+command/services image ``sealed``, unless ``dev`` says otherwise; the
+entrypoint uid defaults to 0 in accessible images and 1000 in sealed ones; the
+agent runs as uid 990. A string command runs under ``/bin/sh -c``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import attrs
+
+from mvm.engine.base.errors import ConfigError
+
+RestartPolicy = Literal["always", "on-failure", "never"]
+EntrypointKind = Literal["shell", "command", "services"]
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_MVM_FILE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\.json$")
+_BUILDER_MVM_FILES = frozenset({"mvm-meta.json"})
+AGENT_UID = 990
+DEFAULT_SHELL = "/bin/sh"
+# A preference the image records; "auto" = the best hypervisor available at run time.
+HYPERVISORS = (
+    "auto", "firecracker", "cloud-hypervisor", "qemu", "stub", "libkrun", "apple-container",
+)  # fmt: skip
+
+
+def _argv(command: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...] | None:
+    """An entrypoint command as argv: a string runs under /bin/sh -c (as in mkGuest)."""
+    if command is None:
+        return None
+    if isinstance(command, str):
+        return ("/bin/sh", "-c", command)
+    return tuple(command)
+
+
+def _service_command(command: str | tuple[str, ...] | list[str]) -> str | tuple[str, ...]:
+    return command if isinstance(command, str) else tuple(command)
+
+
+@attrs.frozen
+class Service:
+    # A shell string (run with sh -c) or argv (exec'd as is), like mkGuest's.
+    command: str | tuple[str, ...] = attrs.field(converter=_service_command)
+    pre_start: str | None = None
+    env: dict[str, str] = attrs.field(factory=dict)
+    restart: RestartPolicy = "always"
+
+
+@attrs.frozen
+class HealthCheck:
+    health_cmd: str
+    health_interval_secs: int = 5
+    health_timeout_secs: int = 3
+
+
+@attrs.frozen
+class Uids:
+    agent: int = AGENT_UID
+    entrypoint: int | None = None  # None: 0 in dev, 1000 when sealed
+
+
+@attrs.frozen
+class ImageSpec:
+    name: str
+    command: tuple[str, ...] | None = attrs.field(default=None, converter=_argv)
+    shell: str | None = None  # entrypoint.shell; None: /bin/sh when the kind is shell
+    services: dict[str, Service] = attrs.field(factory=dict)
+    packages: tuple[str, ...] = ()  # busybox applet names or absolute host paths
+    extra_files: dict[str, str] = attrs.field(factory=dict)  # guest path -> file content
+    extra_file_modes: dict[str, int] = attrs.field(factory=dict)  # guest path -> mode (0644)
+    uids: Uids = attrs.field(factory=Uids)
+    dev: bool | None = None  # None: inferred (shell => accessible, else sealed)
+    vcpus: int = 1
+    memory_mib: int = 256
+    health_checks: dict[str, HealthCheck] = attrs.field(factory=dict)
+    # guest path -> host file copied there (binary-safe; e.g. a runtime's stdlib zip)
+    host_files: dict[str, str] = attrs.field(factory=dict)
+    # file name -> text under /etc/mvm (e.g. wrapper.json, runtime.json for functions)
+    mvm_files: dict[str, str] = attrs.field(factory=dict)
+    hypervisor: str = "auto"
+
+    def __attrs_post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ConfigError(
+                f"image name {self.name!r} is invalid",
+                code="E_SPEC_NAME",
+                hint="use 1-63 lowercase letters, digits and '-'",
+            )
+        if self.command is not None and not self.command:
+            raise ConfigError(
+                "command is empty", code="E_SPEC_COMMAND", hint="omit it or give argv"
+            )
+        if self.shell is not None and not self.shell.startswith("/"):
+            raise ConfigError(
+                f"entrypoint.shell {self.shell!r} must be an absolute path",
+                code="E_SPEC_ENTRYPOINT",
+            )
+        if self.hypervisor not in HYPERVISORS:
+            raise ConfigError(
+                f"unknown hypervisor {self.hypervisor!r} (one of {', '.join(HYPERVISORS)})",
+                code="E_SPEC_HYPERVISOR",
+            )
+        for path, mode in self.extra_file_modes.items():
+            if path not in self.extra_files or not 0 <= mode <= 0o777:
+                raise ConfigError(
+                    f"extra file {path}: mode must be 0..0777 for a file in extra_files",
+                    code="E_SPEC_MODE",
+                )
+        if not 1 <= self.vcpus <= 64:
+            raise ConfigError(f"vcpus={self.vcpus} out of range 1..64", code="E_SPEC_VCPUS")
+        if not 64 <= self.memory_mib <= 65536:
+            raise ConfigError(
+                f"memory_mib={self.memory_mib} out of range 64..65536", code="E_SPEC_MEMORY"
+            )
+        for svc in self.health_checks:
+            if svc not in self.services:
+                raise ConfigError(
+                    f"health check for unknown service {svc!r}",
+                    code="E_SPEC_HEALTH",
+                    hint=f"define services.{svc} or remove the check",
+                )
+        for path in self.extra_files:
+            if not path.startswith("/") or ".." in path.split("/"):
+                raise ConfigError(
+                    f"extra file path {path!r} must be absolute without '..'",
+                    code="E_SPEC_PATH",
+                )
+
+        for name in self.mvm_files:
+            if not _MVM_FILE.match(name) or name in _BUILDER_MVM_FILES:
+                raise ConfigError(
+                    f"mvm file {name!r} is not a plain .json name or is the builder's own",
+                    code="E_SPEC_PATH",
+                )
+
+    @property
+    def entrypoint_kind(self) -> EntrypointKind:
+        if self.command is not None:
+            return "command"
+        if self.shell is not None:
+            return "shell"
+        if self.services:
+            return "services"
+        return "shell"
+
+    @property
+    def accessible(self) -> bool:
+        if self.dev is not None:
+            return self.dev
+        return self.entrypoint_kind == "shell"
+
+    @property
+    def shell_program(self) -> str:
+        return self.shell or DEFAULT_SHELL
+
+    @property
+    def sealed(self) -> bool:
+        return not self.accessible
+
+    @property
+    def entrypoint_uid(self) -> int:
+        if self.uids.entrypoint is not None:
+            return self.uids.entrypoint
+        return 0 if self.accessible else 1000

@@ -1,0 +1,88 @@
+"""StateStore methods for the ``events`` table: the lifecycle event log.
+
+A mixin rather than part of StateStore because the log is append-and-tail
+(ids only grow, readers follow with ``after=``, old entries are pruned) and is
+not tied to the VM rows (no foreign key: events outlive their VM); keeping it out leaves
+``store.py`` about the connection, transactions and VMs. It relies on
+StateStore's ``_read``/``_write``, so every write is still one
+``BEGIN IMMEDIATE`` transaction in one worker-thread hop.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from mvm.engine.store.records import EventRecord
+
+T = TypeVar("T")
+
+
+class EventsMixin:
+    """Event log rows; mixed into StateStore, which provides ``_read``/``_write``."""
+
+    if TYPE_CHECKING:
+
+        async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+        async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+    async def append_event(
+        self,
+        event_kind: str,
+        source: str,
+        vm: str | None,
+        data: Mapping[str, Any] | None = None,
+        *,
+        ts: float | None = None,
+    ) -> int:
+        """Record one event; return its id (ids increase, so ``after=`` can tail).
+
+        Values JSON cannot hold (paths, enums) are stored as their ``str()``."""
+        body = json.dumps(dict(data or {}), sort_keys=True, default=str)
+        when = time.time() if ts is None else ts
+        event_id = await self._write(
+            lambda c: (
+                c.execute(
+                    "INSERT INTO events (ts, kind, source, vm, data) VALUES (?, ?, ?, ?, ?)",
+                    (when, event_kind, source, vm, body),
+                ).lastrowid
+            )
+        )
+        assert event_id is not None
+        return event_id
+
+    async def list_events(
+        self, vm: str | None = None, limit: int = 100, *, after: int | None = None
+    ) -> list[EventRecord]:
+        """The newest ``limit`` events (of ``vm``, if given), oldest first."""
+        where: list[str] = []
+        params: list[Any] = []
+        if vm is not None:
+            where.append("vm = ?")
+            params.append(vm)
+        if after is not None:
+            where.append("id > ?")
+            params.append(after)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        sql = f"SELECT id, ts, kind, source, vm, data FROM events {clause} ORDER BY id DESC LIMIT ?"
+        rows = await self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
+        return [
+            EventRecord(id=r[0], ts=r[1], kind=r[2], source=r[3], vm=r[4], data=json.loads(r[5]))
+            for r in reversed(rows)
+        ]
+
+    async def prune_events(self, keep: int) -> int:
+        """Delete all but the newest ``keep`` events; return how many went."""
+        return await self._write(
+            lambda c: (
+                c.execute(
+                    "DELETE FROM events WHERE id NOT IN "
+                    "(SELECT id FROM events ORDER BY id DESC LIMIT ?)",
+                    (keep,),
+                ).rowcount
+            )
+        )

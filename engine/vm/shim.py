@@ -1,0 +1,106 @@
+"""``python -m mvm.engine.vm.shim READY_FD (REQUEST_JSON | --adopt NAME | --clone SNAP REQ)``:
+a detached VM's supervisor.
+
+With ``--adopt`` it takes over a VM whose VMM already runs (after ``detach``, or
+when the previous shim died): it first claims the row's owner field with a
+compare-and-set, so two engines racing to adopt the same VM get one winner.
+
+It reports one JSON line on READY_FD (``{"ok": true, ...}`` once the agent said
+hello, or ``{"ok": false, "code": ..., "message": ...}``), then keeps the VM, its
+forwards and agent link running until the VM exits or it receives SIGTERM, when
+the engine tears everything down in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+
+import trio
+
+from mvm.engine.base.errors import ConflictError, MvmError, NotFoundError
+from mvm.engine.base.log import configure_logging
+from mvm.engine.engine import Engine
+from mvm.engine.store import StateStore, VmRecord
+from mvm.engine.vm.detached import request_from_json
+from mvm.engine.vm.reconcile import owner_alive
+from mvm.engine.vm.runtime import engine_owner
+
+
+def _report(fd: int, verdict: dict[str, object]) -> None:
+    os.write(fd, (json.dumps(verdict) + "\n").encode())
+    os.close(fd)
+
+
+async def _claim(name: str) -> VmRecord:
+    """Become the owner of an unsupervised VM, or fail with a coded error."""
+    async with StateStore.open() as store:
+        rec = await store.get_vm(name)
+        if rec is None:
+            raise NotFoundError(f"no VM named {name!r}", code="E_VM_NOT_FOUND")
+        if owner_alive(rec.owner):
+            raise ConflictError(f"VM {name!r} is already supervised", code="E_ALREADY_ADOPTED")
+        if not await store.compare_and_set_owner(name, rec.owner, engine_owner()):
+            raise ConflictError(f"another engine adopted {name!r} first", code="E_ALREADY_ADOPTED")
+        claimed = await store.get_vm(name)
+        assert claimed is not None
+        return claimed
+
+
+async def _main(ready_fd: int, args: list[str]) -> int:
+    adopt = await _claim(args[1]) if args[0] == "--adopt" else None
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with Engine.open(adopt_orphans=False) as engine, trio.open_nursery() as nursery:
+            try:
+                if adopt is not None:
+                    vm = await engine.adopt(adopt)
+                elif args[0] == "--clone":
+                    req = request_from_json(args[2])
+                    vm = await engine.clone(
+                        args[1],
+                        req.name,
+                        ports=req.ports,
+                        mode="detached",
+                        boot_timeout_s=req.boot_timeout_s,
+                    )
+                else:
+                    vm = await engine.start(request_from_json(args[0]))
+            except MvmError as exc:
+                _report(
+                    ready_fd,
+                    {"ok": False, "code": exc.code, "message": exc.message, "hint": exc.hint},
+                )
+                return 1
+            _report(ready_fd, {"ok": True, "boot_s": vm.boot_seconds, "vmm_pid": vm.pid})
+
+            async def _on_signal() -> None:
+                async for _sig in signals:
+                    await vm.stop("stopped by signal")
+                    return
+
+            nursery.start_soon(_on_signal)
+            code = await vm.wait()
+            nursery.cancel_scope.cancel()
+            return 0 if code in (None, 0) else 1
+    return 0
+
+
+def main() -> None:
+    configure_logging(json=True, level=os.environ.get("MVM_LOG_LEVEL", "info"))
+    ready_fd, args = int(sys.argv[1]), sys.argv[2:]
+    try:
+        status = trio.run(_main, ready_fd, args)
+    except MvmError as exc:
+        with contextlib.suppress(OSError):
+            _report(
+                ready_fd, {"ok": False, "code": exc.code, "message": exc.message, "hint": exc.hint}
+            )
+        status = 1
+    raise SystemExit(status)
+
+
+if __name__ == "__main__":
+    main()

@@ -26,7 +26,13 @@ log = structlog.get_logger("mvm.agent")
 
 class AgentConnection(Actor[None]):
     def __init__(
-        self, vm: str, endpoint: AgentEndpoint, *, bus: EventBus, hello_timeout: float
+        self,
+        vm: str,
+        endpoint: AgentEndpoint,
+        *,
+        bus: EventBus,
+        hello_timeout: float,
+        vmm_exited: anyio.Event | None = None,
     ) -> None:
         super().__init__(f"vm/{vm}/agent")
         self.vm = vm
@@ -40,7 +46,11 @@ class AgentConnection(Actor[None]):
         # Set by RuntimeVM before it asks the guest to power off: the link closing is
         # then the expected end, not a failure to restart from.
         self.expect_close = False
-        self.close_grace_s = 1.0
+        # A link that closes because the guest powered off is followed by its VMM's
+        # exit (``vmm_exited``, set by the VM's watcher): waiting for that event, not
+        # for a fixed time, tells a normal end from an agent that went away.
+        self._vmm_exited = vmm_exited
+        self.close_grace_s = 1.0 if vmm_exited is None else 10.0
 
     async def run(
         self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -64,15 +74,13 @@ class AgentConnection(Actor[None]):
                 # A guest that powered off by itself (a command entrypoint that ended)
                 # closes the link just before its VMM exits: the VM's teardown then
                 # cancels us within the grace, and no failure is logged for it.
-                with anyio.move_on_after(self.close_grace_s):
-                    await anyio.sleep_forever()
+                await self._await_vmm_exit()
         except AgentError as exc:
             if exc.code != "E_AGENT_GONE":
                 raise
             # The link closed before the hello: a command entrypoint that ended (and
             # powered the guest off) that early is no failure either, see below.
-            with anyio.move_on_after(self.close_grace_s):
-                await anyio.sleep_forever()
+            await self._await_vmm_exit()
             raise
         except TimeoutError:
             raise RequestTimeout(
@@ -84,6 +92,14 @@ class AgentConnection(Actor[None]):
             self._client = None
             self._ready = anyio.Event()
         raise AgentError(f"guest agent of {self.vm} closed the connection", code="E_AGENT_GONE")
+
+    async def _await_vmm_exit(self) -> None:
+        """After the link closed: give the VM's watcher the chance to end us (the VMM
+        exited: a normal end) before this counts as the agent going away."""
+        with anyio.move_on_after(self.close_grace_s):
+            if self._vmm_exited is not None:
+                await self._vmm_exited.wait()
+            await anyio.sleep_forever()  # the VM's unwind cancels us now
 
     async def client(self, timeout: float = 30.0) -> AgentClient:
         """The live client, waiting (bounded) across a reconnect."""

@@ -10,6 +10,7 @@ trio and asyncio (anyio).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import anyio
 import structlog
 
+from mvm.backends.abc.types import Accel
 from mvm.backends.guest.client import AgentClient, ExecResult
 from mvm.backends.registry import get_backend
 from mvm.engine.admission.gate import LaunchGate
@@ -196,6 +198,7 @@ class Engine:
             bus=self.bus,
             restore=restore,
             gate=self._gate,
+            accel=requested_accel(),
         )
         await self._sup.start(vm, policy=RestartPolicy(kind="never"))
         self._vms[request.name] = vm
@@ -240,6 +243,16 @@ class Engine:
     async def list_vms(self) -> list[VmRecord]:
         await reconcile(self.store)
         return await self.store.list_vms()
+
+
+def requested_accel() -> Accel:
+    """MVM_ACCEL, checked: a bad value is one coded line, not a traceback."""
+    text = os.environ.get("MVM_ACCEL", "auto").strip().lower() or "auto"
+    try:
+        return Accel(text)
+    except ValueError:
+        valid = ", ".join(a.value for a in Accel)
+        raise ConfigError(f"MVM_ACCEL={text!r} is not one of {valid}", code="E_ACCEL") from None
 
 
 def require_name(name: str | None) -> str:

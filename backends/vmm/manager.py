@@ -18,6 +18,7 @@ The rules, because a leaked VMM is the worst failure a VM manager has:
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import time
@@ -33,7 +34,12 @@ from mvm.backends.vmm.handle import H, VmmProcess
 from mvm.backends.vmm.inputs import last_line
 from mvm.engine.base.errors import BackendError, MvmError
 from mvm.engine.base.paths import CHILD_UMASK, ensure_private_dir, private_opener
-from mvm.engine.base.process import kill_verified, process_start_time, wait_process_exit
+from mvm.engine.base.process import (
+    VMM_TAG_ENV,
+    kill_verified,
+    process_start_time,
+    wait_process_exit,
+)
 from mvm.engine.base.runfiles import remove_run_files
 
 log = structlog.get_logger("mvm.vmm")
@@ -85,6 +91,7 @@ def spawn(kind: VmmKind, handle_type: type[H], plan: LaunchPlan, opts: SpawnOpti
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                env={**os.environ, VMM_TAG_ENV: str(plan.run_dir)},
             )
     except OSError as exc:
         raise kind.exec_error(f"cannot run {plan.argv[0]}: {exc.strerror or exc}") from None

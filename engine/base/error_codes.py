@@ -458,6 +458,10 @@ _c("E_QMP_TIMEOUT", "BackendError", "QEMU did not answer over QMP in time", _LOG
 _c("E_STUB_AGENT", "BackendUnavailable", "the stub backend's host agent binary cannot run",
    "run `mvmctl doctor`; the stub backend needs the guest agent built for the host")
 _c("E_VMM_EXITED", "BackendError", "the VMM exited", _LOGS)
+_c("E_VM_STEPS", "ConfigError", "a boot step list names a step twice or edits a missing one",
+   _REPORT)
+_c("E_CANCELLED", "BackendError", "the launch was cancelled before the VM was ready",
+   "nothing to do: everything it started was undone")
 _c("E_VMM_START", "BackendError", "the VMM failed to start", "see the VMM log in the message")
 _c("E_VMM_STOP", "BackendError", "the VMM process survived SIGKILL",
    "check the host for a stuck process")

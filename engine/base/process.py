@@ -64,3 +64,35 @@ async def wait_process_exit(pid: int, start_time: int | None = None) -> None:
         await anyio.wait_readable(fd)
     finally:
         os.close(fd)
+
+
+VMM_TAG_ENV = "MVM_VMM_RUN_DIR"
+"""Set in every VMM's environment to its run directory: the VMM's name tag."""
+
+
+def processes_tagged(run_dir: str | Path) -> list[tuple[int, int]]:
+    """(pid, start time) of every live process whose environment tags it as the VMM of
+    ``run_dir`` (``VMM_TAG_ENV``, set when the VMM is spawned).
+
+    This finds a VMM even when its supervisor died before recording its pid: the
+    reconciler's last resort against orphans. A tag in the environment, unlike a path
+    in the command line, is never carried by an editor or a shell looking at the run
+    directory, so nothing but the VMM (and what it spawned, e.g. the jailer's child)
+    is ever matched."""
+    needle = os.fsencode(f"{VMM_TAG_ENV}={str(run_dir).rstrip('/')}") + b"\0"
+    found: list[tuple[int, int]] = []
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if not (environ.startswith(needle) or b"\0" + needle in environ):
+            continue
+        pid = int(entry.name)
+        start = process_start_time(pid)
+        if start is not None and is_same_process(pid, start):
+            found.append((pid, start))
+    return found

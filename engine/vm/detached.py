@@ -25,12 +25,13 @@ import structlog
 
 from mvm.engine.base.errors import BackendError, MvmError
 from mvm.engine.base.paths import CHILD_UMASK, ensure_private_dir, private_opener, vm_dir
-from mvm.engine.base.process import is_same_process, kill_verified
+from mvm.engine.base.process import is_same_process, kill_verified, wait_process_exit
 from mvm.engine.base.runfiles import remove_run_dir
 from mvm.engine.request.vmrequest import VmRequest
 from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.vm import network
-from mvm.engine.vm.reconcile import owner_alive
+from mvm.engine.vm.owner import Owner
+from mvm.engine.vm.reconcile import FINAL_STATES, settle
 
 log = structlog.get_logger("mvm.detached")
 
@@ -62,7 +63,15 @@ async def adopt_detached(name: str) -> dict[str, Any]:
 
 
 async def _spawn_shim(name: str, *shim_args: str) -> dict[str, Any]:
+    """Start the shim and wait for its verdict line.
+
+    Cancelled while waiting (Ctrl-C during ``up``), it asks the shim to stop, which
+    cancels the boot and unwinds every step, and waits for it (shielded), so that
+    "interrupted" is true: nothing of the half-made VM is left running. Only a shim
+    that ignores SIGTERM for ``SHIM_STOP_S`` is killed, and the reconciler then settles
+    what it left."""
     run_dir = vm_dir(name)
+    made_run_dir = not run_dir.exists()
     ensure_private_dir(run_dir)
     read_fd, write_fd = os.pipe()
     try:
@@ -82,7 +91,11 @@ async def _spawn_shim(name: str, *shim_args: str) -> dict[str, Any]:
     finally:
         os.close(write_fd)
     try:
-        line = await anyio.to_thread.run_sync(_read_line, read_fd)
+        line = await _read_line(read_fd)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _stop_shim(proc)
+        raise
     finally:
         os.close(read_fd)
     if not line:
@@ -96,6 +109,8 @@ async def _spawn_shim(name: str, *shim_args: str) -> dict[str, Any]:
     verdict: dict[str, Any] = json.loads(line)
     if not verdict.get("ok"):
         proc.wait()
+        if made_run_dir and verdict.get("code") != "E_NAME_TAKEN":
+            remove_run_dir(run_dir)  # e.g. E_PORT_IN_USE: nothing of this VM was made
         raise MvmError(
             verdict.get("message", "failed"), code=verdict.get("code"), hint=verdict.get("hint")
         )
@@ -103,10 +118,30 @@ async def _spawn_shim(name: str, *shim_args: str) -> dict[str, Any]:
     return verdict
 
 
-def _read_line(fd: int) -> str:
+SHIM_STOP_S = 30.0
+
+
+async def _stop_shim(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    with anyio.move_on_after(SHIM_STOP_S):
+        await wait_process_exit(proc.pid)
+    if proc.poll() is None:
+        log.warning("shim.unresponsive", pid=proc.pid)
+        proc.kill()
+    await anyio.to_thread.run_sync(proc.wait)
+
+
+async def _read_line(fd: int) -> str:
+    """One line from the shim's verdict pipe, cancellable (a thread blocked in read
+    is not: Ctrl-C would wait for the verdict)."""
+    os.set_blocking(fd, False)
     chunks = b""
     while not chunks.endswith(b"\n"):
-        chunk = os.read(fd, 4096)
+        await anyio.wait_readable(fd)
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            continue
         if not chunk:
             break
         chunks += chunk
@@ -122,6 +157,59 @@ def _tail(path: os.PathLike[str], lines: int = 2) -> str:
     return " | ".join(kept[-lines:])
 
 
+async def stop_vm_record(store: StateStore, rec: VmRecord, *, grace: float = 10.0) -> VmRecord:
+    """Stop the VM (``stop_vm``) and forget it (``remove_vm``); returns its final row."""
+    final = await stop_vm(store, rec, grace=grace)
+    await remove_vm(store, final)
+    return final
+
+
+async def stop_vm(store: StateStore, rec: VmRecord, *, grace: float = 10.0) -> VmRecord:
+    """``mvmctl down``: the one stop path, asked of the VM's owner.
+
+    A live owner (a shim, or the engine of an attached run) is sent SIGTERM: it runs
+    ``StopVm`` (guest sync + poweroff over its own agent link, VMM stop, the unwind)
+    and records how the VM ended; a requested stop is never logged as a failure. An
+    owner that is gone, or does not finish within the grace, is replaced by the
+    reconciler's ``settle`` (kill the VMM, release, record). Returns the final row."""
+    owner = Owner.parse(rec.owner)
+    if owner is not None and owner.alive and not owner.is_me:
+        kill_verified(owner.pid, owner.start_time, signal.SIGTERM)
+        if not await _wait_gone(owner.pid, owner.start_time, grace + 5):
+            log.warning("down.owner_unresponsive", vm=rec.name, pid=owner.pid)
+            kill_verified(owner.pid, owner.start_time, signal.SIGKILL)
+            await _wait_gone(owner.pid, owner.start_time, 3.0)
+    fresh = await store.get_vm(rec.name) or rec
+    if fresh.state not in FINAL_STATES:
+        await _power_off_unowned(fresh, grace)
+        fresh = await settle(store, fresh, reason="stopped") or fresh
+    return fresh
+
+
+async def _power_off_unowned(rec: VmRecord, grace: float) -> None:
+    """Nobody owns the VM: ask its guest to sync and power off ourselves, then settle."""
+    if not is_same_process(rec.pid, rec.pid_start_time):
+        return
+    from mvm.engine.vm.agent_access import open_vm_agent
+
+    try:
+        async with open_vm_agent(rec.name, timeout=3.0) as client:
+            await client.shutdown(timeout=5.0)
+    except MvmError as exc:
+        log.info("down.no_guest_poweroff", vm=rec.name, code=exc.code)
+        return
+    assert rec.pid is not None
+    await _wait_gone(rec.pid, rec.pid_start_time, grace)
+
+
+async def remove_vm(store: StateStore, rec: VmRecord) -> None:
+    """Forget a finished VM: its run dir and its row."""
+    for lease in network.leases_of(rec.name):
+        await network.release(lease)
+    remove_run_dir(rec.run_dir)
+    await store.delete_vm(rec.name)
+
+
 async def _wait_gone(pid: int, start_time: int | None, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -129,24 +217,3 @@ async def _wait_gone(pid: int, start_time: int | None, timeout: float) -> bool:
             return True
         await anyio.sleep(0.05)
     return not is_same_process(pid, start_time)
-
-
-async def stop_vm_record(store: StateStore, rec: VmRecord, *, grace: float = 10.0) -> None:
-    """Stop whatever runs for rec (shim first, VMM as a fallback) and delete its state."""
-    if owner_alive(rec.owner) and rec.owner and int(rec.owner.split(":")[0]) != os.getpid():
-        pid, start = (int(x) for x in rec.owner.split(":", 1))
-        kill_verified(pid, start, signal.SIGTERM)
-        if not await _wait_gone(pid, start, grace + 5):
-            log.warning("down.shim_unresponsive", vm=rec.name, pid=pid)
-            kill_verified(pid, start, signal.SIGKILL)
-    fresh = await store.get_vm(rec.name) or rec
-    if is_same_process(fresh.pid, fresh.pid_start_time):
-        assert fresh.pid is not None
-        kill_verified(fresh.pid, fresh.pid_start_time, signal.SIGTERM)
-        if not await _wait_gone(fresh.pid, fresh.pid_start_time, 3.0):
-            kill_verified(fresh.pid, fresh.pid_start_time, signal.SIGKILL)
-            await _wait_gone(fresh.pid, fresh.pid_start_time, 3.0)
-    for lease in network.leases_of(rec.name):
-        await network.release(lease)
-    remove_run_dir(rec.run_dir)
-    await store.delete_vm(rec.name)

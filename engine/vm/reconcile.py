@@ -1,60 +1,107 @@
-"""Bring the state store in line with reality at every engine start.
+"""Square the state store with the process table, at every engine start.
 
-Peer systems leak VMMs after crashes and get fooled by PID reuse. We check each
-live-looking row against the process table by pid + start time: an attached VM
-whose engine died is an orphan (its VMM is killed and its run files removed); a
-detached VM whose VMM died is marked exited with the reason.
+Each row that is neither exited nor failed is decided from three facts: is its owner
+(the engine or shim that ran its RuntimeVM, pid + start time) alive; is its VMM alive
+(the recorded pid + start time, or, when the owner died before recording it, any
+process tagged as the VM's VMM in its environment: engine/base/process.py); and how far it got (its
+state and mode). Then:
+
+* owner alive                                 -> nothing to do (it is being run);
+* VMM alive, detached, running, plan on file  -> left for ``adopt_orphaned`` (a new shim);
+* VMM alive otherwise                         -> killed: an attached VM whose engine died,
+  or any VM whose owner died during boot, cannot be trusted half-made;
+* VMM dead                                    -> marked exited with the true reason.
+In every case but the first two the run dir's transient files (sockets) and the VM's
+network leases (TAPs) are released, so no row stays ``starting`` without a living owner.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+import anyio
 import structlog
 
 from mvm.engine.base.errors import MvmError
-from mvm.engine.base.process import is_same_process, kill_verified
+from mvm.engine.base.process import is_same_process, kill_verified, processes_tagged
 from mvm.engine.base.runfiles import remove_run_files
 from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.vm import network
+from mvm.engine.vm.owner import owner_alive
+from mvm.engine.vm.planfile import PLAN_FILE
 
 log = structlog.get_logger("mvm.reconcile")
 
+FINAL_STATES = ("exited", "failed")
+KILL_WAIT_S = 5.0
 
-def owner_alive(owner: str | None) -> bool:
-    if not owner or ":" not in owner:
-        return False
-    pid_text, start_text = owner.split(":", 1)
-    try:
-        return is_same_process(int(pid_text), int(start_text))
-    except ValueError:
-        return False
+
+def live_vmms(rec: VmRecord) -> list[tuple[int, int]]:
+    """The VM's VMM process(es) still alive: the recorded one, or found by run dir."""
+    if rec.pid is not None and is_same_process(rec.pid, rec.pid_start_time):
+        assert rec.pid_start_time is not None
+        return [(rec.pid, rec.pid_start_time)]
+    return processes_tagged(rec.run_dir)
+
+
+def adoptable(rec: VmRecord) -> bool:
+    return (
+        rec.mode == "detached"
+        and rec.state == "running"
+        and is_same_process(rec.pid, rec.pid_start_time)
+        and (Path(rec.run_dir) / PLAN_FILE).is_file()
+    )
 
 
 async def reconcile(store: StateStore) -> list[VmRecord]:
-    """Fix up rows; return the rows that changed."""
+    """Settle every unowned live-looking row; return the rows that changed."""
     changed: list[VmRecord] = []
     for rec in await store.list_vms():
-        if rec.state in ("exited", "failed"):
+        if rec.state in FINAL_STATES or owner_alive(rec.owner) or adoptable(rec):
             continue
-        vmm_alive = is_same_process(rec.pid, rec.pid_start_time)
-        if owner_alive(rec.owner):
-            continue
-        if rec.mode == "attached" or not vmm_alive:
-            reason = "engine died; orphaned VMM killed" if vmm_alive else "VMM died"
-            if vmm_alive:
-                kill_verified(rec.pid, rec.pid_start_time)
-            remove_run_files(rec.run_dir)
-            for lease in network.leases_of(rec.name):
-                await network.release(lease)
-            await store.update_vm(
-                rec.name, state="exited", exited_at=time.time(), exit_reason=reason, pid=None
-            )
-            log.warning("reconcile.vm_exited", vm=rec.name, reason=reason)
-            updated = await store.get_vm(rec.name)
-            if updated is not None:
-                changed.append(updated)
+        updated = await settle(store, rec)
+        if updated is not None:
+            changed.append(updated)
     return changed
+
+
+async def settle(store: StateStore, rec: VmRecord, *, reason: str | None = None) -> VmRecord | None:
+    """Kill what is left of an unowned VM, release what it held, record how it ended."""
+    vmms = live_vmms(rec)
+    for pid, start in vmms:
+        kill_verified(pid, start)
+    await _wait_gone(vmms)
+    if reason is None:
+        when = "during boot" if rec.state == "starting" else "while it ran"
+        if vmms:
+            reason = f"its supervisor died {when}; the orphaned VMM was killed"
+        elif rec.state == "starting":
+            reason = "its supervisor died during boot"
+        else:
+            reason = "the VMM and its supervisor died"
+    remove_run_files(rec.run_dir)
+    (Path(rec.run_dir) / PLAN_FILE).unlink(missing_ok=True)
+    for lease in network.leases_of(rec.name):
+        await network.release(lease)
+    state = "failed" if rec.state == "starting" else "exited"
+    await store.update_vm(
+        rec.name,
+        state=state,
+        exited_at=time.time(),
+        exit_reason=reason,
+        pid=None,
+        owner=None,
+        health=None,
+    )
+    log.warning("reconcile.vm_settled", vm=rec.name, state=state, reason=reason)
+    return await store.get_vm(rec.name)
+
+
+async def _wait_gone(procs: list[tuple[int, int]]) -> None:
+    with anyio.move_on_after(KILL_WAIT_S):
+        while any(is_same_process(pid, start) for pid, start in procs):
+            await anyio.sleep(0.02)
 
 
 async def adopt_orphaned(store: StateStore) -> list[str]:
@@ -63,9 +110,7 @@ async def adopt_orphaned(store: StateStore) -> list[str]:
 
     adopted = []
     for rec in await store.list_vms():
-        if rec.state != "running" or rec.mode != "detached" or owner_alive(rec.owner):
-            continue
-        if not is_same_process(rec.pid, rec.pid_start_time):
+        if owner_alive(rec.owner) or not adoptable(rec):
             continue
         try:
             await adopt_detached(rec.name)

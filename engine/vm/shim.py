@@ -23,11 +23,10 @@ import trio
 
 from mvm.engine.base.errors import ConflictError, MvmError, NotFoundError
 from mvm.engine.base.log import configure_logging
-from mvm.engine.engine import Engine
+from mvm.engine.engine import Engine, VmHandle
 from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.vm.detached import request_from_json
-from mvm.engine.vm.reconcile import owner_alive
-from mvm.engine.vm.runtime import engine_owner
+from mvm.engine.vm.owner import engine_owner, owner_alive
 
 
 def _report(fd: int, verdict: dict[str, object]) -> None:
@@ -51,41 +50,58 @@ async def _claim(name: str) -> VmRecord:
 
 
 async def _main(ready_fd: int, args: list[str]) -> int:
+    """Boot (or adopt, or clone) the VM, report, then run it until it ends or a signal.
+
+    A signal during the boot cancels it (every step done so far is undone, and the
+    verdict says so); after the boot it is the one stop path, ``vm.stop``."""
     adopt = await _claim(args[1]) if args[0] == "--adopt" else None
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with Engine.open(adopt_orphans=False) as engine, trio.open_nursery() as nursery:
+            booting = trio.CancelScope()
+            vm: VmHandle | None = None
+            stopped = trio.Event()
+
+            async def _on_signal() -> None:
+                async for _sig in signals:
+                    if vm is None:
+                        booting.cancel()
+                    else:
+                        await vm.stop("stopped")
+                    stopped.set()
+                    return
+
+            nursery.start_soon(_on_signal)
             try:
-                if adopt is not None:
-                    vm = await engine.adopt(adopt)
-                elif args[0] == "--clone":
-                    req = request_from_json(args[2])
-                    vm = await engine.clone(
-                        args[1],
-                        req.name,
-                        ports=req.ports,
-                        mode="detached",
-                        boot_timeout_s=req.boot_timeout_s,
-                    )
-                else:
-                    vm = await engine.start(request_from_json(args[0]))
+                with booting:
+                    vm = await _boot(engine, adopt, args)
             except MvmError as exc:
                 _report(
                     ready_fd,
                     {"ok": False, "code": exc.code, "message": exc.message, "hint": exc.hint},
                 )
                 return 1
+            if vm is None:  # the boot was cancelled by a signal, and undone
+                _report(
+                    ready_fd,
+                    {"ok": False, "code": "E_CANCELLED", "message": "stopped during boot"},
+                )
+                return 1
             _report(ready_fd, {"ok": True, "boot_s": vm.boot_seconds, "vmm_pid": vm.pid})
-
-            async def _on_signal() -> None:
-                async for _sig in signals:
-                    await vm.stop("stopped by signal")
-                    return
-
-            nursery.start_soon(_on_signal)
             code = await vm.wait()
             nursery.cancel_scope.cancel()
             return 0 if code in (None, 0) else 1
     return 0
+
+
+async def _boot(engine: Engine, adopt: VmRecord | None, args: list[str]) -> VmHandle:
+    if adopt is not None:
+        return await engine.adopt(adopt)
+    if args[0] == "--clone":
+        req = request_from_json(args[2])
+        return await engine.clone(
+            args[1], req.name, ports=req.ports, mode="detached", boot_timeout_s=req.boot_timeout_s
+        )
+    return await engine.start(request_from_json(args[0]))
 
 
 def main() -> None:

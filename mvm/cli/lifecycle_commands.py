@@ -16,7 +16,8 @@ from mvm.engine.base.runfiles import remove_run_dir
 from mvm.engine.store import StateStore
 from mvm.engine.vm import network
 from mvm.engine.vm.agent_access import running_vm
-from mvm.engine.vm.reconcile import owner_alive, reconcile
+from mvm.engine.vm.owner import owner_alive
+from mvm.engine.vm.reconcile import reconcile
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -23,7 +23,6 @@ from mvm.cli.images import resolve_image, workload_ir_hash
 from mvm.cli.project import Project, find_target
 from mvm.engine.base.errors import MvmError, NotFoundError
 from mvm.engine.base.paths import vm_dir, write_private
-from mvm.engine.base.process import is_same_process
 from mvm.engine.engine import Engine, VmHandle
 from mvm.engine.images.image import Image
 from mvm.engine.request.mvmtoml import MvmToml
@@ -32,7 +31,7 @@ from mvm.engine.request.volumes import Volume
 from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.vm.agent_access import open_vm_agent
 from mvm.engine.vm.detached import adopt_detached, start_detached, stop_vm_record
-from mvm.engine.vm.reconcile import owner_alive
+from mvm.engine.vm.owner import owner_alive
 from mvm.engine.vm.uid_check import vm_uid_status
 
 log = structlog.get_logger("mvm.cli")
@@ -352,30 +351,9 @@ async def cmd_down(args: argparse.Namespace) -> int:
                 raise NotFoundError(
                     f"no VM named {name!r}", code="E_VM_NOT_FOUND", hint="see mvmctl ls"
                 )
-            await _power_off_guest(rec)
             await stop_vm_record(store, rec)
             _say(f"{name}: down")
     return 0
-
-
-async def _power_off_guest(rec: VmRecord, grace: float = 10.0) -> None:
-    """Ask the guest to sync and power off before its VMM is stopped.
-
-    Stopping the VMM alone (QMP quit / SIGTERM) drops whatever the guest still
-    holds in its page cache, so a file just written to a read-write volume was
-    empty after the next ``up``. /init's poweroff syncs first. A guest that does
-    not answer is stopped the hard way by ``stop_vm_record`` as before."""
-    if rec.state != "running" or not is_same_process(rec.pid, rec.pid_start_time):
-        return
-    try:
-        async with open_vm_agent(rec.name, timeout=5.0) as client:
-            await client.shutdown(timeout=5.0)
-    except MvmError as exc:
-        log.info("down.no_guest_poweroff", vm=rec.name, code=exc.code)
-        return
-    with anyio.move_on_after(grace):
-        while is_same_process(rec.pid, rec.pid_start_time):
-            await anyio.sleep(0.05)
 
 
 def _row(rec: VmRecord, ports: list[str]) -> dict[str, Any]:

@@ -228,17 +228,18 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
         self.vmm_exited.set()
 
     def end_reason(self) -> str:
-        """exit_reason for the row: how it ended, and where, if it failed."""
+        """exit_reason for the row: how it ended, and at which step if during boot."""
         exc = self.failure
-        if exc is None or self.exit_reason is not None:
-            return self.exit_reason or self.stop_reason or "stopped"
         where = f" at {self.step}" if self.ready_at is None else ""
         if isinstance(exc, anyio.get_cancelled_exc_class()):
-            return f"cancelled{where}"
-        cause = first_error(exc)
-        if isinstance(cause, MvmError):
-            return f"failed{where}: {cause.code}: {cause.message}"
-        return f"failed{where}: {cause!r}"
+            if self.ready_at is None:
+                return f"cancelled{where}"
+        elif exc is not None:
+            cause = first_error(exc)
+            if isinstance(cause, MvmError):
+                return f"failed{where}: {cause.code}: {cause.message}"
+            return f"failed{where}: {cause!r}"
+        return self.exit_reason or self.stop_reason or "stopped"
 
     def _console(self) -> Any:
         assert self.plan is not None

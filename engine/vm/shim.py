@@ -58,39 +58,38 @@ async def _main(ready_fd: int, args: list[str]) -> int:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with Engine.open(adopt_orphans=False) as engine, trio.open_nursery() as nursery:
             booting = trio.CancelScope()
-            vm: VmHandle | None = None
-            stopped = trio.Event()
+            ready: list[VmHandle] = []
 
             async def _on_signal() -> None:
                 async for _sig in signals:
-                    if vm is None:
+                    if not ready:
                         booting.cancel()
                     else:
-                        await vm.stop("stopped")
-                    stopped.set()
+                        await ready[0].stop("stopped")
                     return
 
             nursery.start_soon(_on_signal)
             try:
                 with booting:
-                    vm = await _boot(engine, adopt, args)
+                    ready.append(await _boot(engine, adopt, args))
             except MvmError as exc:
-                _report(
-                    ready_fd,
-                    {"ok": False, "code": exc.code, "message": exc.message, "hint": exc.hint},
-                )
+                nursery.cancel_scope.cancel()
+                _report(ready_fd, _failed(exc.code, exc.message, exc.hint))
                 return 1
-            if vm is None:  # the boot was cancelled by a signal, and undone
-                _report(
-                    ready_fd,
-                    {"ok": False, "code": "E_CANCELLED", "message": "stopped during boot"},
-                )
+            if not ready:  # the boot was cancelled by a signal, and undone
+                nursery.cancel_scope.cancel()
+                _report(ready_fd, _failed("E_CANCELLED", "stopped during boot", None))
                 return 1
+            vm = ready[0]
             _report(ready_fd, {"ok": True, "boot_s": vm.boot_seconds, "vmm_pid": vm.pid})
             code = await vm.wait()
             nursery.cancel_scope.cancel()
             return 0 if code in (None, 0) else 1
     return 0
+
+
+def _failed(code: str | None, message: str, hint: str | None) -> dict[str, object]:
+    return {"ok": False, "code": code, "message": message, "hint": hint}
 
 
 async def _boot(engine: Engine, adopt: VmRecord | None, args: list[str]) -> VmHandle:

@@ -34,6 +34,7 @@ import structlog
 
 from mvm.engine.base.errors import BuildError, ConfigError
 from mvm.engine.base.paths import cache_dir
+from mvm.engine.base.settings import current_settings
 
 log = structlog.get_logger("mvm.kernel")
 
@@ -126,10 +127,10 @@ def verify_config(fragment: Path, config: Path) -> None:
 
 def user_kernel() -> Path | None:
     """The ``MVM_KERNEL`` override, if set; E_KERNEL_MISSING if it names no file."""
-    value = os.environ.get("MVM_KERNEL")
-    if not value:
+    value = current_settings().kernel
+    if value is None:
         return None
-    path = Path(value).expanduser()
+    path = value.expanduser()
     if not path.is_file():
         raise ConfigError(
             f"MVM_KERNEL={value} is not a file",
@@ -170,9 +171,9 @@ async def ensure_kernel(
 
 
 def _default_jobs() -> int:
-    explicit = os.environ.get("MVM_KERNEL_JOBS")
-    if explicit and explicit.isdigit() and int(explicit) > 0:
-        return int(explicit)
+    explicit = current_settings().kernel_jobs  # a positive int, checked at the edge
+    if explicit is not None:
+        return explicit
     return len(os.sched_getaffinity(0)) or 1
 
 

@@ -24,6 +24,7 @@ import anyio
 import structlog
 
 from mvm.engine.base.errors import BuildError, ConfigError, default_hint
+from mvm.engine.base.settings import current_settings
 from mvm.engine.images.imagespec import ImageSpec
 
 log = structlog.get_logger("mvm.nix")
@@ -40,9 +41,9 @@ _INSTALL_HINT = "apt-get install nix-bin, or install Nix"
 
 def nix_dir() -> Path:
     """The library's directory: ``$MVM_NIX_DIR`` or ``nix/`` next to the mvm sources."""
-    override = os.environ.get("MVM_NIX_DIR")
-    if override:
-        return Path(override)
+    override = current_settings().nix_dir
+    if override is not None:
+        return override
     return Path(__file__).resolve().parent.parent / "nix"
 
 

@@ -9,12 +9,12 @@ can use it for their hypervisors.
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Callable
 from typing import cast
 
 from mvm.backends.abc.types import Backend
 from mvm.engine.base.errors import ConfigError
+from mvm.engine.base.settings import current_settings
 
 
 def _qemu() -> Backend:
@@ -51,7 +51,7 @@ _BUILTIN: dict[str, Callable[[], Backend]] = {
 
 def _plugins() -> dict[str, Callable[[], Backend]]:
     found: dict[str, Callable[[], Backend]] = {}
-    spec = os.environ.get("MVM_BACKEND_PLUGINS", "")
+    spec = current_settings().backend_plugins
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, target = item.partition("=")
         module_name, _, attr = target.partition(":")

@@ -36,6 +36,7 @@ from mvm.backends.abc.types import (
 from mvm.backends.guest.build import agent_binary
 from mvm.engine.base.errors import BackendUnavailable
 from mvm.engine.base.paths import ensure_private_dir
+from mvm.engine.base.settings import current_settings
 
 NO_ISOLATION = (
     "host process running the guest agent; ISOLATES NOTHING: exec runs on the host "
@@ -107,7 +108,7 @@ class StubBackend(vmm.ProcessControl[ProcessHandle]):
             "--ctl",
             str(run_dir / "ctl.fifo"),
         ]
-        if os.environ.get("MVM_FAKE_SEALED") == "1":
+        if current_settings().fake_sealed:
             argv.append("--sealed")
         return LaunchPlan(
             backend=self.name,

@@ -18,6 +18,7 @@ from typing import Literal
 import attrs
 
 from mvm.engine.base.paths import cache_dir, make_private_dirs, mvm_home
+from mvm.engine.base.settings import current_settings
 
 Status = Literal["ok", "warn", "fail"]
 SETUP_HINT = "run ./scripts/setup"
@@ -128,12 +129,13 @@ def _busybox() -> Check:
 
 
 def _kernel() -> Check:
-    if os.environ.get("MVM_KERNEL"):
-        ok = Path(os.environ["MVM_KERNEL"]).is_file()
+    kernel = current_settings().kernel
+    if kernel is not None:
+        ok = kernel.expanduser().is_file()
         return Check(
             "kernel",
             "ok" if ok else "fail",
-            f"MVM_KERNEL={os.environ['MVM_KERNEL']}",
+            f"MVM_KERNEL={kernel}",
             fix="" if ok else "point MVM_KERNEL at a vmlinux or unset it",
         )
     cached = list((cache_dir() / "kernel").glob("*/vmlinux"))
@@ -189,11 +191,12 @@ def _nix_builder() -> Check:
     probe = probe_host()
     if probe.ok:
         return Check("nix builder", "ok", probe.reason, required=False)
-    if os.environ.get("MVM_BUILDER_SSH"):
+    remote = current_settings().builder_ssh
+    if remote:
         return Check(
             "nix builder",
             "ok",
-            f"host: {probe.reason}; remote: MVM_BUILDER_SSH={os.environ['MVM_BUILDER_SSH']}",
+            f"host: {probe.reason}; remote: MVM_BUILDER_SSH={remote}",
             required=False,
         )
     return Check(

@@ -9,17 +9,17 @@ trio and asyncio (anyio).
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
+import attrs
 import structlog
 
-from mvm.backends.abc.types import Accel
 from mvm.backends.guest.client import AgentClient, ExecResult
 from mvm.backends.registry import get_backend
 from mvm.engine.admission.gate import LaunchGate
@@ -30,6 +30,7 @@ from mvm.engine.base.errors import (
     ConflictError,
     NotFoundError,
 )
+from mvm.engine.base.settings import Settings, current_settings, use_settings
 from mvm.engine.images.image import Image
 from mvm.engine.images.imagespec import ImageSpec
 from mvm.engine.request.vmrequest import Mode, PortMapping, VmRequest
@@ -43,6 +44,8 @@ from mvm.engine.vm.snapshots import SnapshotMeta, load_snapshot, take_snapshot
 log = structlog.get_logger("mvm.engine")
 
 ProgressFn = Callable[[str, float | None], None]
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class VmHandle:
@@ -113,46 +116,88 @@ class VmHandle:
         return await self.wait()
 
 
+def _in_scope(
+    method: Callable[Concatenate[Engine, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[Engine, P], Coroutine[Any, Any, T]]:
+    """Run an Engine method under that engine's settings: a caller holding two engines
+    (different homes) in one task has only the innermost one installed by ``open``."""
+
+    @functools.wraps(method)
+    async def scoped(self: Engine, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        with use_settings(self.settings):
+            return await method(self, *args, **kwargs)
+
+    return scoped
+
+
 class Engine:
-    def __init__(self, store: StateStore, bus: EventBus, supervisor: Supervisor) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        bus: EventBus,
+        supervisor: Supervisor,
+        settings: Settings | None = None,
+    ) -> None:
         self.store = store
         self.bus = bus
+        self.settings = settings if settings is not None else current_settings()
         self._sup = supervisor
         self._vms: dict[str, RuntimeVM] = {}
         self._gate = LaunchGate()
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, *, adopt_orphans: bool = True) -> AsyncIterator[Engine]:
-        """Open the engine. Reconcile the store with reality; with ``adopt_orphans``,
+    async def open(
+        cls,
+        *,
+        home: str | Path | None = None,
+        cache: str | Path | None = None,
+        settings: Settings | None = None,
+        adopt_orphans: bool = True,
+    ) -> AsyncIterator[Engine]:
+        """Open the engine. Its settings are ``settings`` (default: those the caller's
+        edge installed, else the environment), with ``home`` / ``cache`` overriding
+        theirs; they are installed for the ``async with`` block and re-installed by
+        every method, so two engines with different homes in one process never see
+        each other's VMs. Reconcile the store with reality; with ``adopt_orphans``,
         detached VMs whose supervisor died get a fresh one (their VMM kept running)."""
+        chosen = settings if settings is not None else current_settings()
+        if home is not None:
+            chosen = attrs.evolve(chosen, home=Path(home))
+        if cache is not None:
+            chosen = attrs.evolve(chosen, cache=Path(cache))
         bus = EventBus()
-        async with StateStore.open() as store:
-            await reconcile(store)
-            if adopt_orphans:
-                await adopt_orphaned(store)
-            async with Supervisor("engine", events=bus) as sup:
-                yield cls(store, bus, sup)
+        with use_settings(chosen):
+            async with StateStore.open() as store:
+                await reconcile(store)
+                if adopt_orphans:
+                    await adopt_orphaned(store)
+                async with Supervisor("engine", events=bus) as sup:
+                    yield cls(store, bus, sup, chosen)
 
     def events(self) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
         return self.bus.subscribe()
 
+    @_in_scope
     async def build(self, spec: ImageSpec, progress: ProgressFn | None = None) -> Image:
         """Build (or reuse from cache) an image for spec with the offline builder."""
         from mvm.engine.builders.offline_image import build_offline_image
 
         return await build_offline_image(spec, progress=progress)
 
+    @_in_scope
     async def start(self, request: VmRequest, image: Image | None = None) -> VmHandle:
         """Boot a VM as a child of this engine; returns once its agent said hello."""
         return await self._start(request, image)
 
+    @_in_scope
     async def snapshot(self, name: str, snap: str) -> Path:
         """Save the running VM ``name`` (here or detached) as snapshot ``snap``; the VM
         keeps running. Returns the snapshot's directory."""
         meta = await take_snapshot(self.store, name, snap)
         return meta.directory
 
+    @_in_scope
     async def clone(
         self,
         snap: str,
@@ -198,12 +243,13 @@ class Engine:
             bus=self.bus,
             restore=restore,
             gate=self._gate,
-            accel=requested_accel(),
+            accel=self.settings.accel,  # MVM_ACCEL, checked once at the edge (E_ACCEL)
         )
         await self._sup.start(vm, policy=RestartPolicy(kind="never"))
         self._vms[request.name] = vm
         return VmHandle(vm)
 
+    @_in_scope
     async def adopt(self, rec: VmRecord) -> VmHandle:
         """Supervise a VM whose VMM another engine started; returns once its agent greeted."""
         image = Image.load(Path(rec.image))
@@ -234,25 +280,17 @@ class Engine:
                 f"no VM named {name!r} in this engine", code="E_VM_NOT_FOUND"
             ) from None
 
+    @_in_scope
     async def stop(self, name: str) -> int | None:
         handle = self.vm(name)
         code = await handle.stop()
         await self._sup.stop(f"vm/{name}")
         return code
 
+    @_in_scope
     async def list_vms(self) -> list[VmRecord]:
         await reconcile(self.store)
         return await self.store.list_vms()
-
-
-def requested_accel() -> Accel:
-    """MVM_ACCEL, checked: a bad value is one coded line, not a traceback."""
-    text = os.environ.get("MVM_ACCEL", "auto").strip().lower() or "auto"
-    try:
-        return Accel(text)
-    except ValueError:
-        valid = ", ".join(a.value for a in Accel)
-        raise ConfigError(f"MVM_ACCEL={text!r} is not one of {valid}", code="E_ACCEL") from None
 
 
 def require_name(name: str | None) -> str:

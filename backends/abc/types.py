@@ -11,7 +11,6 @@ explain a plan without booting.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -19,12 +18,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import anyio.abc
 import attrs
 
-
-class Accel(enum.Enum):
-    AUTO = "auto"
-    KVM = "kvm"
-    TCG = "tcg"
-
+# Accel is defined with the settings (validated once from MVM_ACCEL) and re-exported here.
+from mvm.engine.base.settings import Accel as Accel
 
 PausedHook = Callable[[], Awaitable[None]]
 

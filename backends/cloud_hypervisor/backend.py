@@ -38,14 +38,13 @@ from mvm.engine.base.errors import BackendError, BackendUnavailable, ConfigError
 
 log = structlog.get_logger("mvm.cloud_hypervisor")
 
-BINARY_ENV = "MVM_CLOUD_HYPERVISOR"
 SETUP_HINT = "install cloud-hypervisor (no Debian 12 or PyPI package) or set MVM_CLOUD_HYPERVISOR"
 START_TIMEOUT_S = 10.0
 
 
 def find_binary() -> Path | None:
     """``$MVM_CLOUD_HYPERVISOR``, else ``cloud-hypervisor`` on PATH."""
-    return vmm.find_program(BINARY_ENV, "cloud-hypervisor")
+    return vmm.find_program("cloud-hypervisor")
 
 
 @attrs.define

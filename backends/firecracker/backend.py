@@ -45,7 +45,6 @@ from mvm.engine.base.errors import BackendError, BackendUnavailable, ConfigError
 
 log = structlog.get_logger("mvm.firecracker")
 
-BINARY_ENV = "MVM_FIRECRACKER"
 SETUP_HINT = "run `python -m mvm.backends.firecracker.fetch` or set MVM_FIRECRACKER"
 START_TIMEOUT_S = 10.0
 
@@ -70,8 +69,8 @@ class FirecrackerKvmError(BackendError):
 
 def find_binary() -> Path | None:
     """``$MVM_FIRECRACKER``, else ``firecracker`` on PATH, else the fetched cache copy."""
-    found = vmm.find_program(BINARY_ENV, "firecracker")
-    return found if found or os.environ.get(BINARY_ENV) else cached_binary()
+    found = vmm.find_program("firecracker")
+    return found if found or vmm.binary_override("firecracker") else cached_binary()
 
 
 # -- handle ------------------------------------------------------------------------------
@@ -125,7 +124,7 @@ class FirecrackerBackend(vmm.ProcessControl[FirecrackerHandle]):
     def availability(self) -> Availability:
         binary = self.binary()
         if binary is None:
-            where = self._binary or os.environ.get(BINARY_ENV) or "PATH or the mvm cache"
+            where = self._binary or vmm.binary_override("firecracker") or "PATH or the mvm cache"
             return Availability(False, f"firecracker binary not found ({where}); {SETUP_HINT}")
         kvm = kvm_status(self.kvm_device)
         why_not = vmm.kvm_unavailable("Firecracker", kvm)

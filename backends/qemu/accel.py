@@ -33,6 +33,7 @@ import structlog
 from mvm.backends.abc.types import Accel
 from mvm.engine.base.errors import ConfigError
 from mvm.engine.base.paths import cache_dir
+from mvm.engine.base.settings import current_settings
 
 log = structlog.get_logger("mvm.qemu.accel")
 
@@ -228,15 +229,11 @@ def kvm_verdict(*, refresh: bool = False) -> tuple[bool, str]:
 
 
 def resolve_accel(requested: Accel) -> Accel:
-    """``MVM_ACCEL`` (kvm|tcg|auto) wins; then an explicit request; AUTO probes."""
-    forced = os.environ.get("MVM_ACCEL", "").strip().lower()
-    if forced:
-        try:
-            requested = Accel(forced)
-        except ValueError:
-            raise ConfigError(
-                f"MVM_ACCEL={forced!r} is not one of auto, kvm, tcg", code="E_ACCEL"
-            ) from None
+    """``MVM_ACCEL`` (kvm|tcg, checked once in the settings: E_ACCEL) wins; then an
+    explicit request; AUTO probes."""
+    forced = current_settings().accel
+    if forced is not Accel.AUTO:
+        requested = forced
     if requested is not Accel.AUTO:
         return requested
     works, _ = kvm_verdict()

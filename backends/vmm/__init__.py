@@ -4,7 +4,7 @@ Backends keep only what is VMM-specific (argv or REST calls, QMP/API details);
 the handle, spawn, wait-ready, stop escalation and kill live here once.
 """
 
-from mvm.backends.vmm.binary import find_program, resolve_binary
+from mvm.backends.vmm.binary import binary_override, find_program, resolve_binary
 from mvm.backends.vmm.control import ProcessControl
 from mvm.backends.vmm.handle import UNKNOWN_STATUS, VmmProcess, own
 from mvm.backends.vmm.inputs import check_inputs, check_plan_inputs, last_line
@@ -41,6 +41,7 @@ __all__ = [
     "SpawnOptions",
     "VmmKind",
     "VmmProcess",
+    "binary_override",
     "check_inputs",
     "check_plan_inputs",
     "find_program",

@@ -1,4 +1,5 @@
-"""Where a VMM's executable is: an explicit path, ``$MVM_<VMM>``, or PATH."""
+"""Where a VMM's executable is: an explicit path, ``$MVM_<VMM>`` (``Settings.binaries``),
+or PATH."""
 
 from __future__ import annotations
 
@@ -7,13 +8,19 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from mvm.engine.base.settings import current_settings
 
-def find_program(env: str, program: str) -> Path | None:
-    """``$env`` if set (and only then: a wrong override is not silently replaced),
-    else ``program`` on PATH."""
-    explicit = os.environ.get(env)
-    if explicit:
-        path = Path(explicit)
+
+def binary_override(program: str) -> Path | None:
+    """The path the settings name for ``program`` (``$MVM_FIRECRACKER``, ...), if any."""
+    return current_settings().binaries.get(program)
+
+
+def find_program(program: str) -> Path | None:
+    """The settings' override for ``program`` if set (and only then: a wrong override is
+    not silently replaced), else ``program`` on PATH."""
+    path = binary_override(program)
+    if path is not None:
         return path if path.is_file() and os.access(path, os.X_OK) else None
     found = shutil.which(program)
     return Path(found) if found else None

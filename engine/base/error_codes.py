@@ -236,6 +236,8 @@ _c("E_INIT_MISSING", "BuildError", "the guest init script is missing", _SETUP, "
 _c("E_KERNEL_BUILD", "BuildError", "a kernel build step failed", "see the full build log")
 _c("E_KERNEL_CONFIG", "BuildError", "the kernel config lacks a required option",
    "fix the option's dependencies or name in the config fragment")
+_c("E_KERNEL_JOBS", "ConfigError", "MVM_KERNEL_JOBS is not a positive whole number",
+   "set MVM_KERNEL_JOBS to the number of parallel kernel build jobs, or unset it")
 _c("E_KERNEL_MISSING", "ConfigError", "no guest kernel (vmlinux) was found",
    "build one: mvmctl kernel build, or point MVM_KERNEL at a vmlinux")
 _c("E_KERNEL_SOURCE", "BuildError", "the kernel source is unavailable",
@@ -377,8 +379,8 @@ _c("E_TOML_VALUE", "ConfigError", "an mvm.toml value is invalid", _CHECK)
 _c("E_WORKSPACE", "ConfigError", "the workspace folder does not exist", "check the path")
 
 # --- VMs, CLI arguments and lifecycle (engine/request/vmrequest.py, engine/engine.py, mvm/cli)
-_c("E_ACCEL", "ConfigError", "MVM_ACCEL is not auto, kvm or tcg", "set MVM_ACCEL to auto, "
-   "kvm or tcg")
+_c("E_ACCEL", "ConfigError", "MVM_ACCEL is not auto, kvm or tcg (engine/base/settings.py)",
+   "set MVM_ACCEL to auto, kvm or tcg, or unset it")
 _c("E_BACKEND_NAME", "ConfigError", "the backend name is unknown", "run mvmctl doctor for "
    "the backends")
 _c("E_BACKEND_PLUGIN", "ConfigError", "an MVM_BACKEND_PLUGINS entry is malformed",

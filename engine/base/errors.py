@@ -12,6 +12,8 @@ site without a hint of its own gets the registry's in ``one_line()``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from mvm.engine.base.error_codes import CODES as CODES
 from mvm.engine.base.error_codes import CodeInfo as CodeInfo
 from mvm.engine.base.error_codes import default_hint as default_hint
@@ -46,6 +48,17 @@ class ConfigError(MvmError):
 
     code = "E_CONFIG"
     exit_status = 2
+
+
+class SettingsError(ConfigError):
+    """One or more environment variables are invalid. ``all_errors`` holds one coded
+    ConfigError per bad variable (the CLI prints each); this error carries the first's
+    code and message."""
+
+    def __init__(self, problems: Sequence[ConfigError]) -> None:
+        first = problems[0]
+        super().__init__(first.message, code=first.code, hint=first.hint)
+        self.all_errors: tuple[ConfigError, ...] = tuple(problems)
 
 
 class StateError(MvmError):

@@ -4,7 +4,8 @@
 the SQLite database, per-VM run directories, keys. ``$MVM_CACHE`` (default
 ``$XDG_CACHE_HOME/mvm`` or ``~/.cache/mvm``) holds content-addressed artifacts
 that can be rebuilt at any time (kernels, agents, images) and is shared by
-every checkout, so CI and fresh clones reuse the slow kernel build.
+every checkout, so CI and fresh clones reuse the slow kernel build. Both come
+from the current :class:`~mvm.engine.base.settings.Settings` (read once at the edge).
 """
 
 from __future__ import annotations
@@ -13,18 +14,15 @@ import errno
 import os
 from pathlib import Path
 
+from mvm.engine.base.settings import current_settings
+
 
 def mvm_home() -> Path:
-    return Path(os.environ.get("MVM_HOME") or Path.home() / ".mvm")
+    return current_settings().home
 
 
 def cache_dir() -> Path:
-    explicit = os.environ.get("MVM_CACHE")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "mvm"
+    return current_settings().cache
 
 
 def vm_dir(name: str) -> Path:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import shlex
 import tarfile
 from pathlib import Path
@@ -30,6 +29,7 @@ import attrs
 import structlog
 
 from mvm.engine.base.errors import BuildPhaseError, ConfigError
+from mvm.engine.base.settings import current_settings
 from mvm.engine.builders import ARTIFACTS, BuildJob, BuildMode, LogFn, LogTail, check_artifacts
 from mvm.engine.builders.bridge import caller_callback, run_on_asyncio
 from mvm.engine.builders.cache import _SKIP_NAMES
@@ -69,16 +69,16 @@ class SshTarget:
 
     @classmethod
     def from_env(cls) -> SshTarget | None:
-        address = os.environ.get("MVM_BUILDER_SSH")
-        if not address:
+        """The builder ``MVM_BUILDER_SSH`` (+ ``_KEY``, ``_KNOWN_HOSTS``, ``MVM_BUILDER_NIX``)
+        names, from the current settings."""
+        settings = current_settings()
+        if not settings.builder_ssh:
             return None
-        key = os.environ.get("MVM_BUILDER_SSH_KEY")
-        known = os.environ.get("MVM_BUILDER_SSH_KNOWN_HOSTS", "default")
         return cls.parse(
-            address,
-            key=Path(key) if key else None,
-            known_hosts=_known_hosts(known),
-            nix=os.environ.get("MVM_BUILDER_NIX", "nix"),
+            settings.builder_ssh,
+            key=settings.builder_ssh_key,
+            known_hosts=_known_hosts(settings.builder_ssh_known_hosts),
+            nix=settings.builder_nix,
         )
 
     def __str__(self) -> str:

@@ -24,7 +24,6 @@ import contextlib
 import io
 import json
 import math
-import os
 import shutil
 import socket
 import struct
@@ -39,6 +38,7 @@ import attrs
 import structlog
 
 from mvm.engine.base.errors import BuildPhaseError, ConfigError
+from mvm.engine.base.settings import current_settings
 from mvm.engine.builders import ARTIFACTS, BuildJob, BuildMode, LogFn, LogTail, check_artifacts
 from mvm.engine.builders.host import nix_build_argv, run_logged
 from mvm.engine.builders.ssh import flake_tarball
@@ -76,7 +76,7 @@ class VsockTarget:
 
     @classmethod
     def from_env(cls) -> VsockTarget | None:
-        text = os.environ.get("MVM_BUILDER_VSOCK")
+        text = current_settings().builder_vsock
         return cls.parse(text) if text else None
 
     def unavailable(self) -> str | None:

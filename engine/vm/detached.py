@@ -27,6 +27,7 @@ from mvm.engine.base.errors import BackendError, MvmError
 from mvm.engine.base.paths import CHILD_UMASK, ensure_private_dir, private_opener, vm_dir
 from mvm.engine.base.process import is_same_process, kill_verified, wait_process_exit
 from mvm.engine.base.runfiles import remove_run_dir
+from mvm.engine.base.settings import child_environ
 from mvm.engine.request.vmrequest import VmRequest
 from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.vm import network
@@ -85,6 +86,7 @@ async def _spawn_shim(name: str, *shim_args: str) -> dict[str, Any]:
                 stdout=shim_log,
                 stderr=shim_log,
                 pass_fds=(write_fd,),
+                env=child_environ(),  # the shim reads its Settings from its environment
                 start_new_session=True,
                 close_fds=True,
             )

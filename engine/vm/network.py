@@ -29,6 +29,7 @@ import structlog
 
 from mvm.engine.base.errors import BackendError, ConfigError, ConflictError
 from mvm.engine.base.paths import mvm_home
+from mvm.engine.base.settings import current_settings
 
 log = structlog.get_logger("mvm.net")
 
@@ -43,8 +44,8 @@ class NetConfig:
     @classmethod
     def from_env(cls) -> NetConfig:
         config = cls(
-            bridge=os.environ.get("MVM_NET_BRIDGE", "br-mvm"),
-            subnet=os.environ.get("MVM_NET_SUBNET", "172.16.0.0/24"),
+            bridge=current_settings().net_bridge,
+            subnet=current_settings().net_subnet,
         )
         try:
             net = ipaddress.IPv4Network(config.subnet)

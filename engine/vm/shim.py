@@ -23,6 +23,7 @@ import trio
 
 from mvm.engine.base.errors import ConflictError, MvmError, NotFoundError
 from mvm.engine.base.log import configure_logging
+from mvm.engine.base.settings import Settings, use_settings
 from mvm.engine.engine import Engine, VmHandle
 from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.vm.detached import request_from_json
@@ -104,10 +105,14 @@ async def _boot(engine: Engine, adopt: VmRecord | None, args: list[str]) -> VmHa
 
 
 def main() -> None:
-    configure_logging(json=True, level=os.environ.get("MVM_LOG_LEVEL", "info"))
     ready_fd, args = int(sys.argv[1]), sys.argv[2:]
     try:
-        status = trio.run(_main, ready_fd, args)
+        # The shim is an edge: its parent passed its settings in the environment
+        # (settings.child_environ in detached._spawn_shim).
+        settings = Settings.from_env()
+        configure_logging(json=True, level=settings.log_level or "info")
+        with use_settings(settings):
+            status = trio.run(_main, ready_fd, args)
     except MvmError as exc:
         with contextlib.suppress(OSError):
             _report(

@@ -27,6 +27,7 @@ import attrs
 import structlog
 
 from mvm.engine.base.errors import ConfigError
+from mvm.engine.base.settings import current_settings
 
 log = structlog.get_logger("mvm.vm.steps")
 
@@ -88,7 +89,7 @@ class Steps(Generic[C]):
 
 def fault_step() -> str | None:
     """The step at whose start this process SIGKILLs itself (fault-injection tests)."""
-    return os.environ.get("MVM_FAULT_KILL_AT") or None
+    return current_settings().fault_kill_at
 
 
 async def run_steps(

@@ -30,8 +30,9 @@ from mvm.cli import (
     lifecycle_commands,
     vm_commands,
 )
-from mvm.engine.base.errors import MvmError, error_leaves
+from mvm.engine.base.errors import MvmError, SettingsError, error_leaves
 from mvm.engine.base.log import configure_logging
+from mvm.engine.base.settings import Settings, current_settings, use_settings
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
 
@@ -63,8 +64,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configure_logging(json=args.log_json, level=args.log_level)
     command: Command = args.func
+    try:  # the edge: the one read of the environment (every bad variable: one line each)
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print("\n".join(err.one_line() for err in exc.all_errors), file=sys.stderr)
+        raise SystemExit(exc.exit_status) from None
     try:
-        status = trio.run(_until_terminated, functools.partial(command, args))
+        status = trio.run(_until_terminated, functools.partial(command, args), settings)
     except MvmError as exc:
         print(exc.one_line(), file=sys.stderr)
         raise SystemExit(exc.exit_status) from None
@@ -87,7 +93,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     raise SystemExit(status)
 
 
-async def _until_terminated(command: Callable[[], Awaitable[int]]) -> int:
+async def _until_terminated(
+    command: Callable[[], Awaitable[int]], settings: Settings | None = None
+) -> int:
     """Run ``command``; SIGINT/SIGTERM/SIGHUP cancel it, then KeyboardInterrupt is raised.
 
     Ctrl-C is received here rather than left to trio's KeyboardInterrupt, which can land
@@ -97,7 +105,10 @@ async def _until_terminated(command: Callable[[], Awaitable[int]]) -> int:
     VM is ready stops the guest cleanly) open their own receiver for these signals, which
     takes precedence."""
     status = 0
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+    with (
+        use_settings(settings or current_settings()),
+        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals,
+    ):
         async with trio.open_nursery() as nursery:
 
             async def on_signal() -> None:

@@ -167,7 +167,7 @@ def scan() -> tuple[Uses, Pairs, set[str]]:
     py_files = _package_files((".py",))
     assert len(py_files) > 100, f"the installed package at {PKG} looks incomplete"
     py_sources = {p: p.read_text() for p in py_files}
-    registry = PKG / "engine" / "error_codes.py"
+    registry = PKG / "engine" / "base" / "error_codes.py"
     assert registry in py_sources
     for path, source in py_sources.items():
         if path == registry:

@@ -350,7 +350,8 @@ def test_availability_names_the_missing_binary(
     monkeypatch.setenv("MVM_FIRECRACKER", str(tmp_path / "nope"))
     avail = FirecrackerBackend().availability()
     assert not avail.ok
-    assert str(tmp_path / "nope") in avail.reason and "mvm.backends.firecracker.fetch" in avail.reason
+    assert str(tmp_path / "nope") in avail.reason
+    assert "mvm.backends.firecracker.fetch" in avail.reason
     explicit = FirecrackerBackend(binary=tmp_path / "fc").availability()
     assert not explicit.ok and "not found" in explicit.reason
 

@@ -129,6 +129,7 @@ async def engine_boot(engine: Engine, image: Image, i: int) -> tuple[float, dict
     vm = await engine.start(VmRequest(name=f"bench{i}", image_dir=str(image.directory)), image)
     elapsed = time.monotonic() - t0
     phases = guest_phases(Path(vm.console_log or ""), vm.hello, elapsed)
+    phases["steps"] = vm.step_seconds
     await engine.stop(vm.name)
     return elapsed, phases
 
@@ -184,6 +185,11 @@ async def run(runs: int = 20, warmup: int = 2) -> dict[str, Any]:
         key: summary([p[key] for p in phases if key in p])["p50"]
         for key in ("kernel_s", "init_to_agent_s", "host_s")
     }
+    step_names = list(dict.fromkeys(n for p in phases for n in p.get("steps", {})))
+    step_medians = {
+        n: summary([p["steps"][n] for p in phases if n in p.get("steps", {})])["p50"]
+        for n in step_names
+    }
     return {
         "benchmark": "boot",
         "backend": "qemu",
@@ -197,6 +203,7 @@ async def run(runs: int = 20, warmup: int = 2) -> dict[str, Any]:
         "bare_qemu_s": bare,
         "floor_s": flo,
         "phases_p50_s": phase_medians,
+        "steps_p50_s": step_medians,  # the host's side, by boot step (vm.step.<name>)
         "ratio_p50": eng["p50"] / bare["p50"],
         "target_ratio_p50": 1.05,
         "ratio_floor_p50": eng["p50"] / flo["p50"],
@@ -213,4 +220,10 @@ def summary_line(result: dict[str, Any]) -> str:
         f"(target <= {result['target_ratio_p50']}); floor p50 "
         f"{result['floor_s']['p50'] * 1000:.0f} ms, engine/floor {result['ratio_floor_p50']:.3f} "
         f"(target <= {result['target_ratio_floor_p50']})"
+        + _slowest_steps(result.get("steps_p50_s", {}))
     )
+
+
+def _slowest_steps(steps: dict[str, float], top: int = 3) -> str:
+    slow = sorted(steps.items(), key=lambda kv: kv[1], reverse=True)[:top]
+    return "; slowest steps " + ", ".join(f"{n} {s * 1000:.0f} ms" for n, s in slow) if slow else ""

@@ -69,6 +69,11 @@ class VmHandle:
         return self._vm.ready_at - self._vm.started_at
 
     @property
+    def step_seconds(self) -> dict[str, float]:
+        """How long each named boot step took (engine/vm/boot.py): the boot's phases."""
+        return dict(self._vm.step_seconds)
+
+    @property
     def console_log(self) -> str | None:
         return str(self._vm.handle.plan.console_log) if self._vm.handle else None
 

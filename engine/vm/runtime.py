@@ -131,6 +131,7 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
         # how it is going
         self.state: State = "starting"
         self.step: str | None = None
+        self.step_seconds: dict[str, float] = {}  # the boot's phases, by step name
         self.started_at = time.monotonic()
         self.ready_at: float | None = None
         self.health: dict[str, HealthState] = {}
@@ -342,6 +343,11 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
         self.bus.publish(Event(kind=kind, source=self.name, vm=self.request.name, data=data))
 
     def _on_step(self, kind: str, data: dict[str, object]) -> None:
-        if not kind.endswith(".done"):
-            self.step = kind.removeprefix("vm.step.")
+        name = kind.removeprefix("vm.step.").removesuffix(".done")
+        if kind.endswith(".done"):
+            seconds = data.get("seconds")
+            if isinstance(seconds, float | int):
+                self.step_seconds[name] = float(seconds)
+        else:
+            self.step = name
         self.publish(kind, **data)

@@ -500,20 +500,42 @@ def _write(data: bytes) -> None:
 
 
 async def cmd_wait(args: argparse.Namespace) -> int:
+    """Block until the VM ends, print its exit status. A row that goes away while we wait
+    (``down``, ``cleanup``) ended too: its status is in the row's ``vm.removed`` tombstone,
+    matched by the creation time of the row we waited on (not a later VM of that name)."""
     deadline = time.monotonic() + args.timeout if args.timeout else None
+    seen: VmRecord | None = None
     async with StateStore.open() as store:
         while True:
             rec = await store.get_vm(args.name)
+            if seen is not None and (rec is None or rec.created_at != seen.created_at):
+                return await _wait_removed(store, seen)
             if rec is None:
                 raise NotFoundError(f"no VM named {args.name!r}", code="E_VM_NOT_FOUND")
+            seen = rec
             if rec.state in ("exited", "failed"):
-                print(rec.exit_code if rec.exit_code is not None else "")
-                return 0 if rec.exit_code in (None, 0) else 1
+                return _print_exit(rec.exit_code)
             if deadline is not None and time.monotonic() > deadline:
                 from mvm.engine.base.errors import RequestTimeout
 
                 raise RequestTimeout(f"{args.name} still running after {args.timeout}s")
             await anyio.sleep(0.25)
+
+
+async def _wait_removed(store: StateStore, seen: VmRecord) -> int:
+    tomb = await store.last_removal(seen.name, seen.created_at)
+    if tomb is None:  # the event log was pruned in between: say so rather than guess
+        raise NotFoundError(
+            f"VM {seen.name!r} was removed while waiting; its exit status is not recorded",
+            code="E_VM_NOT_FOUND",
+        )
+    code = tomb.data.get("exit_code")
+    return _print_exit(code if isinstance(code, int) else None)
+
+
+def _print_exit(code: int | None) -> int:
+    print(code if code is not None else "")
+    return 0 if code in (None, 0) else 1
 
 
 def _say(text: str) -> None:

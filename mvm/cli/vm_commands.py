@@ -357,7 +357,11 @@ async def cmd_down(args: argparse.Namespace) -> int:
 
 
 def _row(rec: VmRecord, ports: list[str]) -> dict[str, Any]:
-    uptime = (time.time() - rec.started_at) if rec.started_at and rec.state == "running" else None
+    """One VM as ``ls``/``status`` show it. Uptime and health describe a running VM only:
+    an exited row keeps the last health its checks wrote (``healthy`` after a kill -9,
+    issue 13), which says nothing about a VM that no longer runs, so it is not shown."""
+    running = rec.state == "running"
+    uptime = (time.time() - rec.started_at) if rec.started_at and running else None
     return {
         "name": rec.name,
         "backend": rec.backend,
@@ -371,7 +375,7 @@ def _row(rec: VmRecord, ports: list[str]) -> dict[str, Any]:
         "exit_reason": rec.exit_reason,
         "supervised": owner_alive(rec.owner),
         "supervisor_pid": int(rec.owner.split(":")[0]) if rec.owner else None,
-        "health": json.loads(rec.health) if rec.health else {},
+        "health": json.loads(rec.health) if rec.health and running else {},
     }
 
 
@@ -405,7 +409,7 @@ async def cmd_ls(args: argparse.Namespace) -> int:
                 r["state"],
                 up,
                 r["access"],
-                health_summary(r["health"]) if r["state"] == "running" else "-",
+                health_summary(r["health"]),
                 ",".join(r["ports"]) or "-",
             )
         )
@@ -439,6 +443,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
             print(f"backend:    {r['backend']}")
             print(f"access:     {r['access']}")
             print(f"ports:      {', '.join(r['ports']) or '-'}")
+            print(f"health:     {health_summary(r['health'])}")
             if r["uptime_s"] is not None:
                 print(f"uptime:     {r['uptime_s']:.0f}s")
             if r["exit_code"] is not None or r["exit_reason"]:

@@ -17,6 +17,8 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from mvm.actors.agent_connection import AgentConnection
 from mvm.actors.agent_mux import AgentMux
 from mvm.actors.health_check import HealthCheck, HealthPolicy

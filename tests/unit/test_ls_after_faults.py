@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import trio
 
 from mvm.engine.store import StateStore, VmRecord
@@ -73,7 +72,6 @@ async def test_an_exited_vm_shows_no_health(mvm_home: Path) -> None:
     assert "health:     -" in text.stdout and "healthy" not in text.stdout, text.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="lead: runtime mark_running keeps started_at on adopt")
 async def test_adoption_keeps_started_at(mvm_home: Path) -> None:
     """A detached (stub) VM whose supervisor is SIGKILLed is adopted by the next mvmctl
     command; the VM kept running all along, so its uptime must not restart at 0."""

@@ -105,6 +105,32 @@ def check_resources(vcpus: int | None, memory_mib: int | None) -> None:
 
 NetMode = Literal["none", "tap"]
 HealthAction = Literal["none", "restart-service", "restart-vm"]
+HEALTH_ACTIONS: tuple[str, ...] = ("none", "restart-service", "restart-vm")
+
+
+def check_health_action(action: str) -> None:
+    """``restart-vm`` is refused until the runtime can restart a VM (issue 13).
+
+    A user asking for it expects the VM to be stopped and booted again under the same
+    name and ports. What happened instead: the HealthCheck failed under a ``never``
+    restart policy, the VM's supervisor escalated, and the VM (and, attached, every
+    other VM of that engine) was torn down for good, silently. Refusing at request
+    time, before anything starts, is honest; remove the refusal when RuntimeVM
+    restarts (see the runtime's teardown/boot steps)."""
+    if action not in HEALTH_ACTIONS:
+        raise ConfigError(
+            f"unknown health action {action!r}",
+            code="E_HEALTH_ACTION",
+            hint="use one of: " + ", ".join(HEALTH_ACTIONS),
+        )
+    if action == "restart-vm":
+        raise ConfigError(
+            "--health-action restart-vm is not supported yet: this mvm cannot restart a "
+            "VM in place, and would stop it instead",
+            code="E_HEALTH_ACTION_UNSUPPORTED",
+            hint="use --health-action restart-service (restarts the unhealthy service "
+            "inside the VM), or none and restart the VM yourself",
+        )
 
 
 @attrs.frozen
@@ -127,6 +153,7 @@ class VmRequest:
 
     def __attrs_post_init__(self) -> None:
         check_resources(self.vcpus, self.memory_mib)
+        check_health_action(self.health_action)
         seen: set[tuple[str, int]] = set()
         for p in self.ports:
             key = (p.host_addr, p.host_port)

@@ -16,9 +16,31 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from mvm.engine.store.records import EventRecord
+from mvm.engine.store.records import EventRecord, VmRecord
 
 T = TypeVar("T")
+
+# The event a removed VM row leaves behind: its last state and exit status. A row is
+# removed by ``down``, ``cleanup`` or a new VM claiming an exited one's name, and a
+# ``mvmctl wait`` that was waiting on it must still learn how it ended (docker's
+# ``wait`` answers the exit status when ``stop`` ends a container, not "no such VM").
+REMOVED = "vm.removed"
+
+
+def record_removal(conn: sqlite3.Connection, rec: VmRecord) -> None:
+    """Append ``vm.removed`` for ``rec`` inside the caller's (deleting) transaction, so
+    no reader ever sees the row gone without its tombstone."""
+    body = {
+        "state": rec.state,
+        "exit_code": rec.exit_code,
+        "exit_reason": rec.exit_reason,
+        "created_at": rec.created_at,
+        "exited_at": rec.exited_at,
+    }
+    conn.execute(
+        "INSERT INTO events (ts, kind, source, vm, data) VALUES (?, ?, ?, ?, ?)",
+        (time.time(), REMOVED, "store", rec.name, json.dumps(body, sort_keys=True)),
+    )
 
 
 class EventsMixin:
@@ -74,6 +96,22 @@ class EventsMixin:
             EventRecord(id=r[0], ts=r[1], kind=r[2], source=r[3], vm=r[4], data=json.loads(r[5]))
             for r in reversed(rows)
         ]
+
+    async def last_removal(self, vm: str, created_at: float) -> EventRecord | None:
+        """The tombstone of the row of ``vm`` created at ``created_at`` (one incarnation
+        of the name: a later VM of the same name has another), or None."""
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT id, ts, kind, source, vm, data FROM events "
+                "WHERE kind = ? AND vm = ? ORDER BY id DESC LIMIT 20",
+                (REMOVED, vm),
+            ).fetchall()
+        )
+        for r in rows:
+            data = json.loads(r[5])
+            if data.get("created_at") == created_at:
+                return EventRecord(id=r[0], ts=r[1], kind=r[2], source=r[3], vm=r[4], data=data)
+        return None
 
     async def prune_events(self, keep: int) -> int:
         """Delete all but the newest ``keep`` events; return how many went."""

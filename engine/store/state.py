@@ -45,7 +45,7 @@ from mvm.engine.base import paths
 from mvm.engine.base.errors import ConflictError, NotFoundError
 from mvm.engine.store.builds import BuildsMixin
 from mvm.engine.store.connection import open_connection
-from mvm.engine.store.events import EventsMixin
+from mvm.engine.store.events import EventsMixin, record_removal
 from mvm.engine.store.records import (
     BUILD_STATUSES,
     VM_COLUMNS,
@@ -256,6 +256,7 @@ class StateStore(BuildsMixin, EventsMixin):
                     )
                 conn.execute("DELETE FROM ports WHERE vm = ?", (rec.name,))
                 conn.execute("DELETE FROM vms WHERE name = ?", (rec.name,))
+                record_removal(conn, old)
             conn.execute(_VM_INSERT, vm_params(rec))
             conn.executemany(_PORT_INSERT, port_rows(ports))
             return old
@@ -309,11 +310,17 @@ class StateStore(BuildsMixin, EventsMixin):
         return [vm_from_row(r) for r in rows]
 
     async def delete_vm(self, name: str) -> bool:
-        """Remove a VM and its ports; return False if it did not exist."""
+        """Remove a VM and its ports; return False if it did not exist. The row's last
+        state and exit status stay in the event log (``vm.removed``) for ``wait``."""
 
         def delete(conn: sqlite3.Connection) -> int:
+            row = conn.execute(f"{_VM_SELECT} WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return 0
             conn.execute("DELETE FROM ports WHERE vm = ?", (name,))
-            return conn.execute("DELETE FROM vms WHERE name = ?", (name,)).rowcount
+            conn.execute("DELETE FROM vms WHERE name = ?", (name,))
+            record_removal(conn, vm_from_row(row))
+            return 1
 
         return await self._write(delete) > 0
 

@@ -72,7 +72,11 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         "backend": args.backend,
     }
     kwargs = {k: v for k, v in offered.items() if k in accepted and v is not None}
-    result: dict[str, Any] = await module.run(**kwargs)
+    from mvm.bench.home import throwaway_home
+
+    # The VMs a benchmark starts never land in the user's `mvmctl ls` (issue 13).
+    with throwaway_home(f"mvmb{args.bench_name[:2]}-"):
+        result: dict[str, Any] = await module.run(**kwargs)
     text = json.dumps(result, indent=2, sort_keys=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -357,7 +357,11 @@ async def cmd_down(args: argparse.Namespace) -> int:
 
 
 def _row(rec: VmRecord, ports: list[str]) -> dict[str, Any]:
-    uptime = (time.time() - rec.started_at) if rec.started_at and rec.state == "running" else None
+    """One VM as ``ls``/``status`` show it. Uptime and health describe a running VM only:
+    an exited row keeps the last health its checks wrote (``healthy`` after a kill -9,
+    issue 13), which says nothing about a VM that no longer runs, so it is not shown."""
+    running = rec.state == "running"
+    uptime = (time.time() - rec.started_at) if rec.started_at and running else None
     return {
         "name": rec.name,
         "backend": rec.backend,
@@ -371,7 +375,7 @@ def _row(rec: VmRecord, ports: list[str]) -> dict[str, Any]:
         "exit_reason": rec.exit_reason,
         "supervised": owner_alive(rec.owner),
         "supervisor_pid": int(rec.owner.split(":")[0]) if rec.owner else None,
-        "health": json.loads(rec.health) if rec.health else {},
+        "health": json.loads(rec.health) if rec.health and running else {},
     }
 
 
@@ -405,7 +409,7 @@ async def cmd_ls(args: argparse.Namespace) -> int:
                 r["state"],
                 up,
                 r["access"],
-                health_summary(r["health"]) if r["state"] == "running" else "-",
+                health_summary(r["health"]),
                 ",".join(r["ports"]) or "-",
             )
         )
@@ -439,6 +443,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
             print(f"backend:    {r['backend']}")
             print(f"access:     {r['access']}")
             print(f"ports:      {', '.join(r['ports']) or '-'}")
+            print(f"health:     {health_summary(r['health'])}")
             if r["uptime_s"] is not None:
                 print(f"uptime:     {r['uptime_s']:.0f}s")
             if r["exit_code"] is not None or r["exit_reason"]:
@@ -500,20 +505,42 @@ def _write(data: bytes) -> None:
 
 
 async def cmd_wait(args: argparse.Namespace) -> int:
+    """Block until the VM ends, print its exit status. A row that goes away while we wait
+    (``down``, ``cleanup``) ended too: its status is in the row's ``vm.removed`` tombstone,
+    matched by the creation time of the row we waited on (not a later VM of that name)."""
     deadline = time.monotonic() + args.timeout if args.timeout else None
+    seen: VmRecord | None = None
     async with StateStore.open() as store:
         while True:
             rec = await store.get_vm(args.name)
+            if seen is not None and (rec is None or rec.created_at != seen.created_at):
+                return await _wait_removed(store, seen)
             if rec is None:
                 raise NotFoundError(f"no VM named {args.name!r}", code="E_VM_NOT_FOUND")
+            seen = rec
             if rec.state in ("exited", "failed"):
-                print(rec.exit_code if rec.exit_code is not None else "")
-                return 0 if rec.exit_code in (None, 0) else 1
+                return _print_exit(rec.exit_code)
             if deadline is not None and time.monotonic() > deadline:
                 from mvm.engine.base.errors import RequestTimeout
 
                 raise RequestTimeout(f"{args.name} still running after {args.timeout}s")
             await anyio.sleep(0.25)
+
+
+async def _wait_removed(store: StateStore, seen: VmRecord) -> int:
+    tomb = await store.last_removal(seen.name, seen.created_at)
+    if tomb is None:  # the event log was pruned in between: say so rather than guess
+        raise NotFoundError(
+            f"VM {seen.name!r} was removed while waiting; its exit status is not recorded",
+            code="E_VM_NOT_FOUND",
+        )
+    code = tomb.data.get("exit_code")
+    return _print_exit(code if isinstance(code, int) else None)
+
+
+def _print_exit(code: int | None) -> int:
+    print(code if code is not None else "")
+    return 0 if code in (None, 0) else 1
 
 
 def _say(text: str) -> None:

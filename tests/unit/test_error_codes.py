@@ -207,7 +207,7 @@ def test_every_code_used_in_the_package_is_registered(
     assert any(f.endswith(".c") for f in uses["E_EXEC"]), uses["E_EXEC"]
     assert any(f.endswith(".nix") for f in uses["E_SPEC_RESTART"]), uses["E_SPEC_RESTART"]
     missing = {code: sorted(files) for code, files in uses.items() if code not in CODES}
-    assert not missing, f"unregistered codes (add them to mvm/engine/error_codes.py): {missing}"
+    assert not missing, f"unregistered codes (add them to engine/base/error_codes.py): {missing}"
 
 
 def test_no_registered_code_is_dead(scanned: tuple[Uses, Pairs, set[str]]) -> None:

@@ -135,8 +135,17 @@ def _check_invariants(db: Path, last: int) -> int:
         assert last in names, (last, sorted(names))
         assert last - 3 not in names
         assert max(names) <= last + 1
-        steps = [json.loads(d)["i"] for (d,) in conn.execute("SELECT data FROM events")]
+        steps = [
+            json.loads(d)["i"]
+            for (d,) in conn.execute("SELECT data FROM events WHERE kind = 'test.step'")
+        ]
         assert max(steps) >= last
+        # A deleted row leaves its vm.removed tombstone in the same transaction: exactly
+        # the rows that were inserted (a committed step, or still present) and are gone.
+        tombstones = {
+            int(vm[2:]) for (vm,) in conn.execute("SELECT vm FROM events WHERE kind = 'vm.removed'")
+        }
+        assert tombstones == (set(steps) | names) - names
         return len(vms)
     finally:
         conn.close()

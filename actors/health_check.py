@@ -29,6 +29,10 @@ HealthState = Literal["healthy", "unhealthy", "unknown"]
 OnChange = Callable[[str, HealthState], Awaitable[None]]
 
 
+RestartVmFn = Callable[[str], Awaitable[None]]
+"""Asks the VM that owns the check to restart (the reason is logged and recorded)."""
+
+
 @attrs.frozen
 class HealthPolicy:
     """Thresholds count consecutive agent verdicts; the action runs on turning unhealthy.
@@ -98,8 +102,10 @@ class HealthCheck(Actor[None]):
         bus: EventBus,
         policy: HealthPolicy | None = None,
         on_change: OnChange | None = None,
+        restart_vm: RestartVmFn | None = None,
     ) -> None:
         super().__init__(f"vm/{vm}/health/{service}")
+        self._restart_vm = restart_vm
         self.vm = vm
         self.service = service
         self._agent = agent
@@ -181,6 +187,10 @@ class HealthCheck(Actor[None]):
             )
             agent = await self._agent.client()
             await agent.service(self.service, "restart")
+        elif self.policy.action == "restart-vm" and self._restart_vm is not None:
+            # The VM restarts itself (stop, boot again under the same name and ports);
+            # this actor ends with it, so there is nothing more to do here.
+            await self._restart_vm(f"service {self.service} is unhealthy")
         elif self.policy.action == "restart-vm":
             raise ActorFailed(
                 f"service {self.service} of {self.vm} is unhealthy",

@@ -74,8 +74,14 @@ class PortForward(Actor[None]):
         mapping: PortMapping,
         listener: anyio.abc.Listener[anyio.abc.SocketStream],
         agent: AgentSource,
+        *,
+        owns_listener: bool = True,
     ) -> None:
         super().__init__(f"vm/{vm}/forward/{mapping.host_port}")
+        # A VM's listeners belong to its bind_ports step, so that they stay bound (and
+        # clients queue in the backlog) while the VM restarts; a standalone forward
+        # closes its own.
+        self._owns_listener = owns_listener
         self.vm = vm
         self.mapping = mapping
         self._listener = listener
@@ -113,5 +119,6 @@ class PortForward(Actor[None]):
                     tg.cancel_scope.cancel()
 
     async def teardown(self) -> None:
-        await self._listener.aclose()
+        if self._owns_listener:
+            await self._listener.aclose()
         log.info("forward.closed", vm=self.vm, mapping=str(self.mapping))

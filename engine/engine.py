@@ -114,7 +114,7 @@ class VmHandle:
                 await self._vm.send(DetachVm())
         await self._vm.exited.wait()
 
-    async def stop(self, reason: str = "requested") -> int | None:
+    async def stop(self, reason: str = "stopped") -> int | None:
         if not self._vm.exited.is_set():
             with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                 await self._vm.send(StopVm(reason=reason))
@@ -269,6 +269,10 @@ class Engine:
             backend=rec.backend,
             mode="detached",
             net=spec.get("net", "none"),
+            # what the launching engine was asked for stays true under a new owner
+            **{
+                k: spec[k] for k in ("health_action", "stop_grace_s", "boot_timeout_s") if k in spec
+            },
         )
         vm = RuntimeVM(
             request, image, get_backend(rec.backend), store=self.store, bus=self.bus, adopt_from=rec

@@ -391,9 +391,6 @@ _c("E_CONSOLE_NO_VM", "NotFoundError", "no VM was named and no dev VM runs",
 _c("E_EXEC_ARGV", "ConfigError", "no command was given", "mvmctl exec NAME -- CMD")
 _c("E_HEALTH_ACTION", "ConfigError", "the health action is unknown",
    "use one of: none, restart-service, restart-vm")
-_c("E_HEALTH_ACTION_UNSUPPORTED", "ConfigError",
-   "the health action restart-vm cannot be performed yet (it would stop the VM)",
-   "use --health-action restart-service, or none")
 _c("E_HOST_TSC", "ConfigError", "the host TSC frequency is unknown",
    "set MVM_ACCEL=kvm on a KVM host, or check /proc/cpuinfo")
 _c("E_HYPERVISOR_NAME", "ConfigError", "the hypervisor name is unknown",

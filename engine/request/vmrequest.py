@@ -109,27 +109,13 @@ HEALTH_ACTIONS: tuple[str, ...] = ("none", "restart-service", "restart-vm")
 
 
 def check_health_action(action: str) -> None:
-    """``restart-vm`` is refused until the runtime can restart a VM (issue 13).
-
-    A user asking for it expects the VM to be stopped and booted again under the same
-    name and ports. What happened instead: the HealthCheck failed under a ``never``
-    restart policy, the VM's supervisor escalated, and the VM (and, attached, every
-    other VM of that engine) was torn down for good, silently. Refusing at request
-    time, before anything starts, is honest; remove the refusal when RuntimeVM
-    restarts (see the runtime's teardown/boot steps)."""
+    """``restart-vm`` restarts the VM in place (engine/vm/runtime.py: the steps from
+    ``spawn_vmm`` on are undone and done again, within a restart budget)."""
     if action not in HEALTH_ACTIONS:
         raise ConfigError(
             f"unknown health action {action!r}",
             code="E_HEALTH_ACTION",
             hint="use one of: " + ", ".join(HEALTH_ACTIONS),
-        )
-    if action == "restart-vm":
-        raise ConfigError(
-            "--health-action restart-vm is not supported yet: this mvm cannot restart a "
-            "VM in place, and would stop it instead",
-            code="E_HEALTH_ACTION_UNSUPPORTED",
-            hint="use --health-action restart-service (restarts the unhealthy service "
-            "inside the VM), or none and restart the VM yourself",
         )
 
 

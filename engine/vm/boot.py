@@ -287,7 +287,7 @@ async def forwards(vm: RuntimeVM) -> None:
     assert vm.supervisor is not None and vm.agent is not None
     for mapping, listener in zip(vm.request.ports, vm.listeners, strict=True):
         await vm.supervisor.start(
-            PortForward(vm.request.name, mapping, listener, vm.agent),
+            PortForward(vm.request.name, mapping, listener, vm.agent, owns_listener=False),
             policy=RestartPolicy(kind="never"),
         )
 
@@ -303,6 +303,7 @@ async def health(vm: RuntimeVM) -> None:
                 bus=vm.bus,
                 policy=HealthPolicy(action=vm.request.health_action),
                 on_change=vm.record_health,
+                restart_vm=vm.request_restart,
             ),
             policy=RestartPolicy(kind="never"),
         )
@@ -312,7 +313,7 @@ async def mark_running(vm: RuntimeVM) -> None:
     vm.ready_at = time.monotonic()
     vm.state = "running"
     fields: dict[str, object] = {"state": "running"}
-    if vm.adopt_from is None or vm.adopt_from.started_at is None:
+    if vm.adopt_from is None or vm.adopt_from.started_at is None or vm.restarts:
         fields["started_at"] = time.time()  # an adopted VM keeps its uptime
     await vm.store.update_vm(vm.request.name, **fields)
     assert vm.agent is not None
@@ -343,6 +344,10 @@ COLD_START: Steps[RuntimeVM] = Steps(
 CLONE: Steps[RuntimeVM] = COLD_START.replace(
     "volumes", Step("volumes", clone_volumes)
 ).insert_after("connect_agent", Step("identity", take_identity))
+
+RESTART_FROM = "spawn_vmm"
+"""A restart (``--health-action restart-vm``) undoes this step and every later one, and
+does them again: the name, run dir, volumes, network lease and bound ports stay."""
 
 ADOPT: Steps[RuntimeVM] = (
     COLD_START.replace("claim_name", Step("claim_name", adopt_row, record_end))

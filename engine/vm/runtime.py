@@ -65,6 +65,35 @@ class StopVm:
 
 
 @attrs.frozen
+class RestartVm:
+    """Stop the VM and boot it again under the same name, ports, disks and lease."""
+
+    reason: str = "requested"
+
+
+@attrs.define
+class RestartBudget:
+    """At most ``max_restarts`` within ``window_s``: a VM that keeps turning unhealthy
+    is stopped (with that reason) instead of being restarted forever."""
+
+    max_restarts: int = 3
+    window_s: float = 300.0
+    _times: list[float] = attrs.field(factory=list)
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._times = [t for t in self._times if now - t < self.window_s]
+        if len(self._times) >= self.max_restarts:
+            return False
+        self._times.append(now)
+        return True
+
+    @property
+    def spent(self) -> str:
+        return f"restart budget spent ({self.max_restarts} in {self.window_s:.0f} s)"
+
+
+@attrs.frozen
 class DetachVm:
     """Let go of the VM without stopping it, so that another engine can adopt it."""
 
@@ -90,7 +119,7 @@ class RegreetEndpoint:
         return await self._inner.connect()
 
 
-class RuntimeVM(Actor[StopVm | DetachVm]):
+class RuntimeVM(Actor[StopVm | DetachVm | RestartVm]):
     def __init__(
         self,
         request: VmRequest,
@@ -140,6 +169,9 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
         self.exit_code: int | None = None
         self.exit_reason: str | None = None
         self.detaching = False
+        self.restarts = 0
+        self.ending: Literal["stop", "detach", "restart"] = "stop"
+        self._restart_budget = RestartBudget()
         self.vmm_exited = anyio.Event()
         self.exited = anyio.Event()
         self._watch_scope: anyio.CancelScope | None = None
@@ -149,21 +181,32 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
     async def run(
         self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        self.stack = contextlib.AsyncExitStack()
-        async with self.stack:
+        """The head of the step list (up to ``RESTART_FROM``) runs once on the outer
+        stack; the tail (the VMM and everything on it) on an inner one, again after a
+        restart. The outer unwind is the VM's end either way."""
+        head, tail = self.steps.split(boot.RESTART_FROM)
+        outer = contextlib.AsyncExitStack()
+        async with outer:
             try:
-                await run_steps(
-                    self.steps, self, self.stack, notify=self._on_step, kill_at=fault_step()
-                )
-                task_status.started()
-                if self.gate is not None and self.exec_plan is not None:
-                    # After started(): the caller need not wait for this fsynced append.
-                    await self.gate.launched(
-                        self.exec_plan,
-                        pid=self.handle.pid if self.handle else None,
-                        boot_s=round((self.ready_at or 0.0) - self.started_at, 3),
-                    )
-                await self._serve()
+                self.stack = outer
+                await run_steps(head, self, outer, notify=self._on_step, kill_at=fault_step())
+                while True:
+                    _, tail = self.steps.split(boot.RESTART_FROM)
+                    self.ending = "stop"
+                    self.stack = contextlib.AsyncExitStack()
+                    async with self.stack:
+                        await run_steps(
+                            tail, self, self.stack, notify=self._on_step, kill_at=fault_step()
+                        )
+                        if self.restarts == 0:
+                            task_status.started()
+                            await self._record_launched()
+                        await self._serve()
+                    # (The VMM's exit cancels the tail's scope, _serve included: what it
+                    # decided is in self.ending, not in a return value.)
+                    if not self._restarting():
+                        return
+                    self._begin_restart()
             except BaseException as exc:
                 # The first cause wins: the watcher records E_VMM_EXITED before the
                 # cancellation it causes reaches the steps.
@@ -171,7 +214,20 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
                     self.failure = exc
                 raise
 
+    def _restarting(self) -> bool:
+        return self.ending == "restart"
+
+    async def _record_launched(self) -> None:
+        if self.gate is not None and self.exec_plan is not None:
+            # After started(): the caller need not wait for this fsynced append.
+            await self.gate.launched(
+                self.exec_plan,
+                pid=self.handle.pid if self.handle else None,
+                boot_s=round((self.ready_at or 0.0) - self.started_at, 3),
+            )
+
     async def _serve(self) -> None:
+        """Until a message ends this boot; ``self.ending`` says how."""
         async for msg in self.inbox:
             if isinstance(msg, StopVm):
                 self.stop_reason = msg.reason
@@ -179,7 +235,36 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
                 return
             if isinstance(msg, DetachVm):
                 self.detaching = True
+                self.ending = "detach"
                 return
+            if isinstance(msg, RestartVm):
+                if not self._restart_budget.allow():
+                    self.stop_reason = f"{msg.reason}; {self._restart_budget.spent}"
+                    await self._power_off_guest()
+                    return
+                self.ending = "restart"
+                self.stop_reason = f"restarting: {msg.reason}"
+                self.publish("vm.restarting", reason=msg.reason, restarts=self.restarts)
+                await self._power_off_guest()
+                return
+
+    def _begin_restart(self) -> None:
+        """Forget the last boot (the unwind of the tail released it) and count it."""
+        self.restarts += 1
+        self.adopt_from = None  # from now on this engine starts the VMM itself
+        self.steps = boot.CLONE if self.restore is not None else boot.COLD_START
+        self.handle = self.supervisor = self.agent = None
+        self.exit_code = self.exit_reason = self.stop_reason = None
+        self.ready_at = None
+        self.state = "starting"
+        self.vmm_exited = anyio.Event()
+        self.started_at = time.monotonic()
+        self.publish("vm.restarted", restarts=self.restarts)
+
+    async def request_restart(self, reason: str) -> None:
+        """``--health-action restart-vm``: stop this VM and boot it again in place."""
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self.send(RestartVm(reason=reason))
 
     async def teardown(self) -> None:
         """Everything was undone by the unwind in ``run``; tell the waiters."""
@@ -337,6 +422,9 @@ class RuntimeVM(Actor[StopVm | DetachVm]):
             "net": req.net,
             "ip": self.lease.ip if self.lease else None,
             "snapshot": self.restore.name if self.restore else None,
+            "health_action": req.health_action,
+            "stop_grace_s": req.stop_grace_s,
+            "boot_timeout_s": req.boot_timeout_s,
         }
 
     def publish(self, kind: str, **data: Any) -> None:

@@ -82,6 +82,11 @@ class Steps(Generic[C]):
             self._index(name)
         return Steps(tuple(s for s in self.steps if s.name not in names))
 
+    def split(self, name: str) -> tuple[Steps[C], Steps[C]]:
+        """The steps before ``name``, and ``name`` with the rest (a restart redoes those)."""
+        i = self._index(name)
+        return Steps(self.steps[:i]), Steps(self.steps[i:])
+
     def insert_after(self, name: str, step: Step[C]) -> Steps[C]:
         i = self._index(name)
         return Steps((*self.steps[: i + 1], step, *self.steps[i + 1 :]))

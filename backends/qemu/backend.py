@@ -32,7 +32,7 @@ from mvm.backends.abc.types import (
     VmmHandle,
     VmSpec,
 )
-from mvm.backends.qemu.accel import QEMU_BINARY, host_tsc_khz, resolve_accel
+from mvm.backends.qemu.accel import host_tsc_khz, resolve_accel
 from mvm.backends.qemu.argv import AGENT_VSOCK_PORT, RunPaths, build_argv
 from mvm.backends.qemu.endpoint import UnixSocketEndpoint, VsockEndpoint, parse_vsock_address
 from mvm.backends.qemu.qmp import QmpClient
@@ -75,7 +75,7 @@ class QemuBackend(vmm.ProcessControl[QemuHandle]):
     def __init__(
         self,
         *,
-        qemu: str = QEMU_BINARY,
+        qemu: str = vmm.QEMU_BINARY,
         vsock: bool | None = None,
         start_timeout: float = START_TIMEOUT_S,
     ) -> None:

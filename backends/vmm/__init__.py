@@ -16,6 +16,7 @@ from mvm.backends.vmm.kvm import (
     kvm_status,
     kvm_unavailable,
 )
+from mvm.backends.vmm.kvm_probe import QEMU_BINARY, kvm_verdict
 from mvm.backends.vmm.manager import (
     Graceful,
     Probe,
@@ -33,6 +34,7 @@ from mvm.backends.vmm.manager import (
 
 __all__ = [
     "NESTED_HINT",
+    "QEMU_BINARY",
     "UNKNOWN_STATUS",
     "Graceful",
     "KvmStatus",
@@ -50,6 +52,7 @@ __all__ = [
     "killed_on_failure",
     "kvm_status",
     "kvm_unavailable",
+    "kvm_verdict",
     "last_line",
     "launch",
     "own",

@@ -2,7 +2,7 @@
 
 Firecracker and Cloud Hypervisor need ``/dev/kvm``; on a host that is itself a
 VM (nested virtualization) the ioctls may answer while a guest never gets past
-early boot, so the QEMU accel probe's test boot decides (``guests_run_under_kvm``).
+early boot, so the KVM test boot (``kvm_probe``) decides (``guests_run_under_kvm``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 
 import attrs
+
+from mvm.backends.vmm.kvm_probe import QEMU_BINARY, kvm_verdict
 
 _KVM_GET_API_VERSION = 0xAE00
 _KVM_API_VERSION = 12
@@ -67,13 +69,11 @@ NESTED_HINT = (
 
 
 def guests_run_under_kvm() -> bool:
-    """Whether a real (tiny) guest boots under KVM here: the QEMU accel probe's verdict.
+    """Whether a real (tiny) guest boots under KVM here: the KVM test boot's verdict.
 
     /dev/kvm answering ioctls is not enough on nested hosts, where a guest may never
     get past early boot. The verdict is cached per host boot; without QEMU installed
     there is nothing to probe with, so KVM is given the benefit of the doubt."""
-    from mvm.backends.qemu.accel import QEMU_BINARY, kvm_verdict
-
     if shutil.which(QEMU_BINARY) is None:
         return True
     works, _ = kvm_verdict()

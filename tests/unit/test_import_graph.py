@@ -1,0 +1,287 @@
+"""The package import graph follows DESIGN §2: folders form a DAG and dependencies point down.
+
+Every module of the installed `mvm` package is parsed with `ast` (nothing is imported, so
+the test also sees imports that only run inside a function). Each module belongs to the
+package of its folder (`mvm.backends.qemu.accel` -> `mvm.backends.qemu`; a package's
+`__init__` belongs to the package itself), and an import of `mvm.x.y` is an edge from the
+importing module's package to the package that holds `mvm.x.y`. A parent package importing
+a child is an edge like any other, so a root module of `mvm.backends` that imports
+`mvm.backends.qemu` while `qemu` imports a root module of `mvm.backends` is a cycle.
+
+Imports under `if TYPE_CHECKING:` are left out: they never run, so they cannot make an
+import-time cycle, and they are how a lower layer names a higher layer's type in an
+annotation without depending on it at run time. Function-local imports are counted: they
+run, and hiding an upward dependency inside a function is still an upward dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import mvm
+
+ROOT = Path(mvm.__file__).resolve().parent
+
+# DESIGN §2: the engine's orchestration (root modules of mvm.engine) and the lifecycle
+# (mvm.engine.vm) sit above actors and backends.
+ENGINE_ROOT = "mvm.engine"
+ENGINE_VM = "mvm.engine.vm"
+BASE = "mvm.engine.base"
+CLI = "mvm.cli"
+
+# Module-level imports that make a known cycle the lead is removing in a file helpers may
+# not edit (engine/vm/shim.py, the detached VM's supervisor process, opens an `Engine`: as
+# a process entry point above the engine it belongs at the engine root, beside engine.py).
+# Each entry is checked to still exist, so fixing it fails this test until it is removed.
+PENDING = {"mvm.engine.vm.shim:26 -> mvm.engine.engine"}
+
+
+def _module_files() -> dict[str, Path]:
+    """Every Python module of the installed package, by dotted name."""
+    out: dict[str, Path] = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT.parent).with_suffix("")
+        parts = list(rel.parts)
+        if not all(p.isidentifier() for p in parts):
+            continue
+        # Only modules reachable as mvm.* (every folder on the way is a package).
+        if any(
+            not (ROOT.parent / Path(*parts[:i]) / "__init__.py").exists()
+            for i in range(1, len(parts))
+        ):
+            continue
+        is_pkg = parts[-1] == "__init__"
+        if is_pkg:
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+MODULES = _module_files()
+PACKAGES = {name for name, path in MODULES.items() if path.name == "__init__.py"}
+
+
+def package_of(module: str) -> str:
+    """The folder a module lives in: a package is its own folder."""
+    if module in PACKAGES:
+        return module
+    return module.rpartition(".")[0]
+
+
+def _resolve(name: str) -> str | None:
+    """The longest known module that `name` (a dotted import target) is or lies in."""
+    parts = name.split(".")
+    while parts:
+        candidate = ".".join(parts)
+        if candidate in MODULES:
+            return candidate
+        parts.pop()
+    return None
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(module: str, path: Path) -> list[tuple[str, int]]:
+    """(imported mvm module, line) for every run-time import in a module."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: list[tuple[str, int]] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                target = _resolve(alias.name)
+                if target is not None:
+                    found.append((target, node.lineno))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base_pkg = module if module in PACKAGES else module.rpartition(".")[0]
+                for _ in range(node.level - 1):
+                    base_pkg = base_pkg.rpartition(".")[0]
+                base = f"{base_pkg}.{node.module}" if node.module else base_pkg
+            else:
+                base = node.module or ""
+            if base == "mvm" or base.startswith("mvm."):
+                for alias in node.names:
+                    # `from mvm.x import y`: y is a submodule or a name in mvm.x.
+                    target = _resolve(f"{base}.{alias.name}")
+                    if target is not None:
+                        found.append((target, node.lineno))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _edges() -> dict[tuple[str, str], list[str]]:
+    """Package-level edges, each with the module-level imports that make it."""
+    edges: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for module, path in MODULES.items():
+        src = package_of(module)
+        for target, line in _imports(module, path):
+            dst = package_of(target)
+            edge = f"{module}:{line} -> {target}"
+            if dst != src and edge not in edges[(src, dst)]:
+                edges[(src, dst)].append(edge)
+    return edges
+
+
+ALL_EDGES = _edges()
+EDGES = {
+    pair: kept
+    for pair, lines in ALL_EDGES.items()
+    if (kept := [line for line in lines if line not in PENDING])
+}
+
+
+def _cycles(edges: dict[tuple[str, str], list[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one package (Tarjan)."""
+    graph: dict[str, set[str]] = defaultdict(set)
+    for src, dst in edges:
+        graph[src].add(dst)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def strongconnect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                strongconnect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp: list[str] = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            strongconnect(v)
+    return out
+
+
+def _describe(pairs: list[tuple[str, str]]) -> str:
+    lines = []
+    for pair in pairs:
+        lines.append(f"  {pair[0]} -> {pair[1]}:")
+        lines.extend(f"    {edge}" for edge in EDGES[pair])
+    return "\n".join(lines)
+
+
+def test_the_scan_sees_the_package() -> None:
+    """A scan that found nothing would pass every check below."""
+    assert {"mvm.engine.base", "mvm.engine.vm", "mvm.backends.vmm", "mvm.cli"} <= PACKAGES
+    assert ("mvm.backends.qemu", "mvm.backends.vmm") in EDGES
+    assert ("mvm.cli", "mvm.engine") in EDGES
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    edges = {("a", "b"): ["a.x:1 -> b.y"], ("b", "c"): [], ("c", "a"): [], ("c", "d"): []}
+    assert _cycles(edges) == [["a", "b", "c"]]
+
+
+def test_type_checking_imports_are_left_out(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from mvm.cli import app\n"
+        "def f() -> None:\n    from mvm.engine.base import errors\n"
+    )
+    assert _imports("mvm.x", source) == [("mvm.engine.base.errors", 5)]
+
+
+def test_packages_form_no_cycle() -> None:
+    cycles = _cycles(EDGES)
+    report = []
+    for comp in cycles:
+        members = set(comp)
+        inner = sorted(pair for pair in EDGES if pair[0] in members and pair[1] in members)
+        report.append(f"cycle {' <-> '.join(comp)}:\n{_describe(inner)}")
+    assert not cycles, "\n".join(report)
+
+
+def test_pending_exceptions_are_still_needed() -> None:
+    found = {line for lines in ALL_EDGES.values() for line in lines}
+    fixed = sorted(PENDING - found)
+    assert not fixed, f"fixed, remove from PENDING: {fixed}"
+
+
+def test_engine_base_imports_nothing_else_of_ours() -> None:
+    bad = sorted(pair for pair in EDGES if pair[0] == BASE)
+    assert not bad, _describe(bad)
+
+
+def _top(pkg: str) -> bool:
+    """The public face and its consumers: the SDK root, the CLI, the benchmarks."""
+    return pkg in ("mvm", CLI, "mvm.bench")
+
+
+def _engine_top(pkg: str) -> bool:
+    """The orchestration: the engine's root modules and the VM lifecycle."""
+    return pkg in (ENGINE_ROOT, ENGINE_VM)
+
+
+def _lower(pkg: str) -> bool:
+    """Everything the lifecycle builds on: actors, backends, the engine's other packages."""
+    return not (_top(pkg) or _engine_top(pkg))
+
+
+def _backend_or_actor(pkg: str) -> bool:
+    return pkg in ("mvm.actors", "mvm.backends") or pkg.startswith("mvm.backends.")
+
+
+@pytest.mark.parametrize(
+    ("name", "lower", "upper"),
+    [
+        ("nothing below the CLI imports it", lambda p: p != CLI, lambda p: p == CLI),
+        ("nothing below the public face imports it", lambda p: not _top(p), _top),
+        (
+            "actors and backends do not import the lifecycle or the engine's root",
+            _backend_or_actor,
+            _engine_top,
+        ),
+        (
+            "the engine's lower packages do not import the lifecycle or the engine's root",
+            _lower,
+            _engine_top,
+        ),
+    ],
+)
+def test_dependencies_point_down(
+    name: str, lower: Callable[[str], bool], upper: Callable[[str], bool]
+) -> None:
+    bad = sorted(pair for pair in EDGES if lower(pair[0]) and upper(pair[1]))
+    assert not bad, f"{name}:\n{_describe(bad)}"
+
+
+def test_every_module_is_importable_by_name() -> None:
+    """The scan's names are real module names (a mis-mapped tree would invent edges)."""
+    for name in ("mvm.engine.base.errors", "mvm.backends.vmm.manager", "mvm.engine.vm.runtime"):
+        assert name in MODULES
+        assert importlib.util.find_spec(name) is not None

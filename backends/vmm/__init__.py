@@ -5,6 +5,7 @@ the handle, spawn, wait-ready, stop escalation and kill live here once.
 """
 
 from mvm.backends.vmm.binary import find_program, resolve_binary
+from mvm.backends.vmm.configured import start_configured
 from mvm.backends.vmm.control import ProcessControl
 from mvm.backends.vmm.handle import UNKNOWN_STATUS, VmmProcess, own
 from mvm.backends.vmm.inputs import check_inputs, check_plan_inputs, last_line
@@ -13,8 +14,10 @@ from mvm.backends.vmm.kvm import (
     KvmStatus,
     guests_run_under_kvm,
     host_is_vm,
+    kvm_availability,
     kvm_status,
     kvm_unavailable,
+    refuse_tcg,
 )
 from mvm.backends.vmm.kvm_probe import QEMU_BINARY, kvm_verdict
 from mvm.backends.vmm.manager import (
@@ -25,7 +28,9 @@ from mvm.backends.vmm.manager import (
     kill,
     killed_on_failure,
     launch,
+    log_started,
     spawn,
+    stale_files,
     stop,
     terminate,
     wait,
@@ -50,14 +55,19 @@ __all__ = [
     "host_is_vm",
     "kill",
     "killed_on_failure",
+    "kvm_availability",
     "kvm_status",
     "kvm_unavailable",
     "kvm_verdict",
     "last_line",
     "launch",
+    "log_started",
     "own",
+    "refuse_tcg",
     "resolve_binary",
     "spawn",
+    "stale_files",
+    "start_configured",
     "stop",
     "terminate",
     "wait",

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import attrs
 
+from mvm.backends.abc.types import Accel, Availability
 from mvm.backends.vmm.kvm_probe import QEMU_BINARY, kvm_verdict
+from mvm.engine.base.errors import ConfigError
 
 _KVM_GET_API_VERSION = 0xAE00
 _KVM_API_VERSION = 12
@@ -87,3 +89,21 @@ def kvm_unavailable(label: str, kvm: KvmStatus) -> str | None:
     if kvm.nested and not guests_run_under_kvm():
         return f"{label} needs KVM that runs guests: {NESTED_HINT}"
     return None
+
+
+def kvm_availability(label: str, binary: Path, kvm: KvmStatus) -> Availability:
+    """A KVM-only VMM's availability once its binary is found: KVM decides."""
+    why_not = kvm_unavailable(label, kvm)
+    if why_not is not None:
+        return Availability(False, why_not)
+    return Availability(True, f"{binary}; {kvm.reason}")
+
+
+def refuse_tcg(label: str, accel: Accel, *, code: str) -> None:
+    """A KVM-only VMM cannot honour a request for TCG: say so, and who can."""
+    if accel is Accel.TCG:
+        raise ConfigError(
+            f"{label} runs only with KVM; TCG was requested",
+            code=code,
+            hint="use the qemu backend for TCG",
+        )

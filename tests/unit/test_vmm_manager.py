@@ -28,6 +28,8 @@ from mvm.backends.vmm import (
     check_plan_inputs,
     kill,
     launch,
+    stale_files,
+    start_configured,
     stop,
     terminate,
     wait,
@@ -95,7 +97,6 @@ def _plan(run_dir: Path, mode: str, *, argv0: str = sys.executable) -> LaunchPla
 def _opts(plan: LaunchPlan) -> SpawnOptions:
     return SpawnOptions(
         output=plan.console_log,
-        stale=(plan.control_socket, plan.pid_file),
         touch=(plan.run_dir / "metrics.log",),
         write_pid=True,
     )
@@ -148,6 +149,79 @@ async def test_a_child_that_never_gets_ready_is_killed_and_reaped(tmp_path: Path
     assert len(spawned) == 1
     assert not Path(f"/proc/{spawned[0]}").exists()  # killed and reaped, not left a zombie
     assert sorted(p.name for p in plan.run_dir.iterdir() if p.name.endswith(".sock")) == []
+
+
+def test_the_plans_own_sockets_and_pid_file_are_stale_but_a_vsock_address_is_not(
+    tmp_path: Path,
+) -> None:
+    plan = attrs.evolve(_plan(tmp_path, "ignore-term"), agent_socket=tmp_path / "vsock-7-5252")
+    assert stale_files(plan) == (plan.control_socket, plan.pid_file)
+
+
+async def test_start_configured_refuses_another_backends_plan_before_spawning(
+    tmp_path: Path,
+) -> None:
+    plan = _plan(tmp_path / "run", "ignore-term")
+    spawned: list[LaunchPlan] = []
+
+    async def spawn(p: LaunchPlan) -> FakeHandle:
+        spawned.append(p)
+        raise AssertionError("spawned")
+
+    async def configure(h: FakeHandle, calls: tuple[ApiCall, ...]) -> None:
+        raise AssertionError("configured")
+
+    no_calls = plan
+    not_ours = attrs.evolve(plan, backend="other", api_calls=(ApiCall("PUT", "/boot"),))
+    for foreign in (no_calls, not_ours):
+        with pytest.raises(BackendError) as err:
+            await start_configured(
+                KIND,
+                foreign,
+                backend="test",
+                plan_code="E_TEST_PLAN",
+                spawn=spawn,
+                configure=configure,
+                restore_path="/restore",
+                detached=False,
+            )
+        assert err.value.code == "E_TEST_PLAN"
+        assert "not prepared by the TestVMM backend" in err.value.message
+    assert spawned == []
+
+
+async def test_start_configured_kills_the_vmm_when_a_call_fails(tmp_path: Path) -> None:
+    plan = attrs.evolve(
+        _plan(tmp_path / "run", "ignore-term"), api_calls=(ApiCall("PUT", "/boot"),)
+    )
+    handles: list[FakeHandle] = []
+    sent: list[tuple[ApiCall, ...]] = []
+
+    async def spawn(p: LaunchPlan) -> FakeHandle:
+        handle = await launch(KIND, FakeHandle, p, _opts(p), _answers, timeout=30)
+        handles.append(handle)
+        return handle
+
+    async def configure(h: FakeHandle, calls: tuple[ApiCall, ...]) -> None:
+        sent.append(calls)
+        raise BackendError("the VMM refused the boot", code="E_TEST_CALL")
+
+    with pytest.raises(BackendError) as err:
+        await start_configured(
+            KIND,
+            plan,
+            backend="test",
+            plan_code="E_TEST_PLAN",
+            spawn=spawn,
+            configure=configure,
+            restore_path="/restore",
+            detached=False,
+        )
+    assert err.value.code == "E_TEST_CALL"
+    assert sent == [plan.api_calls]
+    (handle,) = handles
+    assert not handle.alive() and handle.status() == -signal.SIGKILL  # killed and reaped
+    assert not [p.name for p in plan.run_dir.iterdir() if p.name.endswith((".sock", ".pid"))]
 
 
 async def test_binary_that_cannot_run_is_the_kinds_coded_error(tmp_path: Path) -> None:

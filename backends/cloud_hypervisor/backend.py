@@ -70,7 +70,7 @@ async def _ping(socket: Path) -> None:
 async def _send(handle: ChHandle, calls: tuple[ApiCall, ...]) -> None:
     async with ChApi.open(handle.plan.control_socket) as api:
         for call in calls:
-            await api.request(call.method, call.path, call.body)
+            await api.call(call)
 
 
 class CloudHypervisorBackend(vmm.ProcessControl[ChHandle]):

@@ -39,6 +39,10 @@ _PROBE_EXIT_BYTE = 0x2A
 PROBE_EXIT_STATUS = (_PROBE_EXIT_BYTE << 1) | 1
 _PROBE_VERSION = 1  # bump when the probe changes so old verdicts are not reused
 
+# No default devices, no user config, no display, exit instead of reboot: the flags every
+# QEMU microVM gets (mvm.backends.qemu.argv uses them), so the test boot is a VM's boot.
+HEADLESS_FLAGS = ("-nodefaults", "-no-user-config", "-display", "none", "-no-reboot")
+
 
 def probe_stub() -> bytes:
     """A 32-bit ELF with a Xen PVH entry note (QEMU's ``-kernel`` boots it directly).
@@ -86,11 +90,7 @@ def probe_argv(stub: Path, qemu: str = QEMU_BINARY) -> list[str]:
         "16",
         "-smp",
         "1",
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
+        *HEADLESS_FLAGS,
         "-kernel",
         str(stub),
         "-device",

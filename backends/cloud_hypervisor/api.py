@@ -75,3 +75,9 @@ class ChApi(RestApi):
         """``Created`` / ``Running`` / ``Paused`` / ``Shutdown`` from ``vm.info``."""
         info = await self.get("vm.info")
         return str(info.get("state", "")) if isinstance(info, dict) else ""
+
+    async def pause(self) -> None:
+        await self.put("vm.pause")
+
+    async def resume(self) -> None:
+        await self.put("vm.resume")

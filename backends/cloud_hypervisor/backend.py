@@ -194,11 +194,11 @@ class CloudHypervisorBackend(vmm.ProcessControl[ChHandle]):
 
     async def pause(self, handle: VmmHandle) -> None:
         async with ChApi.open(handle.plan.control_socket) as api:
-            await api.put("vm.pause")
+            await api.pause()
 
     async def resume(self, handle: VmmHandle) -> None:
         async with ChApi.open(handle.plan.control_socket) as api:
-            await api.put("vm.resume")
+            await api.resume()
 
     async def snapshot(
         self,
@@ -211,18 +211,13 @@ class CloudHypervisorBackend(vmm.ProcessControl[ChHandle]):
         """Snapshot into the directory ``path`` (Cloud Hypervisor's layout); only a paused
         VM can be snapshotted, so a running one is paused and resumed around it."""
         path.mkdir(parents=True, exist_ok=True)
-        async with ChApi.open(handle.plan.control_socket, timeout=timeout) as api:
-            running = await api.state() == "Running"
-            if running:
-                await api.put("vm.pause")
-            try:
-                await api.put("vm.snapshot", {"destination_url": snapshot_url(path)})
-                if while_paused is not None:
-                    await while_paused()
-            finally:
-                if running:
-                    with anyio.CancelScope(shield=True):
-                        await api.put("vm.resume")
+        async with (
+            ChApi.open(handle.plan.control_socket, timeout=timeout) as api,
+            api.paused(),
+        ):
+            await api.put("vm.snapshot", {"destination_url": snapshot_url(path)})
+            if while_paused is not None:
+                await while_paused()
         log.info("cloud_hypervisor.snapshot", pid=handle.pid, path=str(path))
 
     def agent_endpoint(self, plan: LaunchPlan) -> AgentEndpoint:

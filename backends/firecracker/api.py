@@ -75,3 +75,9 @@ class FirecrackerApi(RestApi):
         """``Not started`` / ``Running`` / ``Paused`` as Firecracker reports it."""
         info = await self.get("/")
         return str(info.get("state", "")) if isinstance(info, dict) else ""
+
+    async def pause(self) -> None:
+        await self.patch("/vm", {"state": "Paused"})
+
+    async def resume(self) -> None:
+        await self.patch("/vm", {"state": "Resumed"})

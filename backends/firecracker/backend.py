@@ -18,7 +18,6 @@ import os
 import re
 from pathlib import Path
 
-import anyio
 import attrs
 import structlog
 
@@ -236,11 +235,11 @@ class FirecrackerBackend(vmm.ProcessControl[FirecrackerHandle]):
 
     async def pause(self, handle: VmmHandle) -> None:
         async with FirecrackerApi.open(handle.plan.control_socket) as api:
-            await api.patch("/vm", {"state": "Paused"})
+            await api.pause()
 
     async def resume(self, handle: VmmHandle) -> None:
         async with FirecrackerApi.open(handle.plan.control_socket) as api:
-            await api.patch("/vm", {"state": "Resumed"})
+            await api.resume()
 
     async def snapshot(
         self,
@@ -259,25 +258,20 @@ class FirecrackerBackend(vmm.ProcessControl[FirecrackerHandle]):
         tmp_state = state_file.with_name(state_file.name + ".tmp")
         tmp_mem = mem_file.with_name(mem_file.name + ".tmp")
         try:
-            async with FirecrackerApi.open(handle.plan.control_socket, timeout=timeout) as api:
-                running = await api.state() == "Running"
-                if running:
-                    await api.patch("/vm", {"state": "Paused"})
-                try:
-                    await api.put(
-                        "/snapshot/create",
-                        {
-                            "snapshot_type": "Full",
-                            "snapshot_path": str(tmp_state),
-                            "mem_file_path": str(tmp_mem),
-                        },
-                    )
-                    if while_paused is not None:
-                        await while_paused()
-                finally:
-                    if running:
-                        with anyio.CancelScope(shield=True):
-                            await api.patch("/vm", {"state": "Resumed"})
+            async with (
+                FirecrackerApi.open(handle.plan.control_socket, timeout=timeout) as api,
+                api.paused(),
+            ):
+                await api.put(
+                    "/snapshot/create",
+                    {
+                        "snapshot_type": "Full",
+                        "snapshot_path": str(tmp_state),
+                        "mem_file_path": str(tmp_mem),
+                    },
+                )
+                if while_paused is not None:
+                    await while_paused()
             os.replace(tmp_mem, mem_file)
             os.replace(tmp_state, state_file)
         finally:

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Self
 
+import anyio
 import httpx
 
 from mvm.backends.abc.types import ApiCall
@@ -81,3 +82,27 @@ class RestApi(ABC):
 
     async def get(self, path: str) -> Any:
         return await self.request("GET", path)
+
+    @abstractmethod
+    async def state(self) -> str:
+        """The VM's state as the VMM names it; ``Running`` is the one both agree on."""
+
+    @abstractmethod
+    async def pause(self) -> None: ...
+
+    @abstractmethod
+    async def resume(self) -> None: ...
+
+    @asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """The VM paused for the body (these VMMs snapshot only a paused VM); a VM that
+        was running is resumed afterwards, shielded, whatever the body did."""
+        running = await self.state() == "Running"
+        if running:
+            await self.pause()
+        try:
+            yield
+        finally:
+            if running:
+                with anyio.CancelScope(shield=True):
+                    await self.resume()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import anyio
 import attrs
+import httpx
 import pytest
 
 from mvm.backends.abc.types import Accel, ApiCall, LaunchInputs, LaunchPlan
@@ -34,6 +35,7 @@ from mvm.backends.vmm import (
     terminate,
     wait,
 )
+from mvm.backends.vmm.rest import RestApi
 from mvm.engine.base.errors import BackendError, ConfigError
 from mvm.engine.base.process import process_start_time
 from mvm.engine.vm.planfile import load_plan, save_plan
@@ -323,3 +325,40 @@ def test_a_plan_file_from_before_the_calls_were_recorded_still_loads(tmp_path: P
     plan = load_plan(run_dir)
     assert plan.control_socket == run_dir / "fc.sock"
     assert plan.api_calls == () and plan.inputs == LaunchInputs()
+
+
+class _RecordingApi(RestApi):
+    """A REST VMM client without a socket: ``paused`` uses only state/pause/resume."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(None, Path("/nonexistent.sock"))  # type: ignore[arg-type]
+        self._state = state
+        self.calls: list[str] = []
+
+    def socket_error(self, method: str, path: str, why: str) -> BackendError:
+        return BackendError(why, code="E_TEST_SOCKET")
+
+    def api_error(self, method: str, path: str, response: httpx.Response) -> BackendError:
+        return BackendError(path, code="E_TEST_API")
+
+    async def state(self) -> str:
+        return self._state
+
+    async def pause(self) -> None:
+        self.calls.append("pause")
+
+    async def resume(self) -> None:
+        self.calls.append("resume")
+
+
+async def test_a_running_vm_is_resumed_after_a_failed_paused_step() -> None:
+    api = _RecordingApi("Running")
+    with pytest.raises(BackendError):
+        async with api.paused():
+            api.calls.append("snapshot")
+            raise BackendError("disk full", code="E_SNAPSHOT")
+    assert api.calls == ["pause", "snapshot", "resume"]
+    paused_already = _RecordingApi("Paused")
+    async with paused_already.paused():
+        paused_already.calls.append("snapshot")
+    assert paused_already.calls == ["snapshot"]  # a paused VM stays paused

@@ -13,6 +13,7 @@ import os
 import signal
 import stat
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -160,6 +161,23 @@ def test_the_plans_own_sockets_and_pid_file_are_stale_but_a_vsock_address_is_not
     assert stale_files(plan) == (plan.control_socket, plan.pid_file)
 
 
+async def _start_configured(
+    plan: LaunchPlan,
+    spawn: Callable[[LaunchPlan], Awaitable[FakeHandle]],
+    configure: Callable[[FakeHandle, tuple[ApiCall, ...]], Awaitable[None]],
+) -> FakeHandle:
+    return await start_configured(
+        KIND,
+        plan,
+        backend="test",
+        plan_code="E_TEST_PLAN",
+        spawn=spawn,
+        configure=configure,
+        restore_path="/restore",
+        detached=False,
+    )
+
+
 async def test_start_configured_refuses_another_backends_plan_before_spawning(
     tmp_path: Path,
 ) -> None:
@@ -177,16 +195,7 @@ async def test_start_configured_refuses_another_backends_plan_before_spawning(
     not_ours = attrs.evolve(plan, backend="other", api_calls=(ApiCall("PUT", "/boot"),))
     for foreign in (no_calls, not_ours):
         with pytest.raises(BackendError) as err:
-            await start_configured(
-                KIND,
-                foreign,
-                backend="test",
-                plan_code="E_TEST_PLAN",
-                spawn=spawn,
-                configure=configure,
-                restore_path="/restore",
-                detached=False,
-            )
+            await _start_configured(foreign, spawn, configure)
         assert err.value.code == "E_TEST_PLAN"
         assert "not prepared by the TestVMM backend" in err.value.message
     assert spawned == []
@@ -209,16 +218,7 @@ async def test_start_configured_kills_the_vmm_when_a_call_fails(tmp_path: Path) 
         raise BackendError("the VMM refused the boot", code="E_TEST_CALL")
 
     with pytest.raises(BackendError) as err:
-        await start_configured(
-            KIND,
-            plan,
-            backend="test",
-            plan_code="E_TEST_PLAN",
-            spawn=spawn,
-            configure=configure,
-            restore_path="/restore",
-            detached=False,
-        )
+        await _start_configured(plan, spawn, configure)
     assert err.value.code == "E_TEST_CALL"
     assert sent == [plan.api_calls]
     (handle,) = handles

@@ -33,6 +33,7 @@ from mvm.backends.cloud_hypervisor.api import ChApi
 from mvm.backends.cloud_hypervisor.config import ChPaths, cmdline, snapshot_url, vm_config
 from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
 from mvm.backends.vmm.hybrid_vsock import HybridVsockEndpoint
+from mvm.backends.vmm.rest import RestControl
 from mvm.engine.base.errors import BackendError, BackendUnavailable, ConfigError
 
 log = structlog.get_logger("mvm.cloud_hypervisor")
@@ -73,10 +74,11 @@ async def _send(handle: ChHandle, calls: tuple[ApiCall, ...]) -> None:
             await api.call(call)
 
 
-class CloudHypervisorBackend(vmm.ProcessControl[ChHandle]):
+class CloudHypervisorBackend(RestControl[ChHandle]):
     name = "cloud-hypervisor"
     handle_type = ChHandle
     kind = KIND
+    api_type = ChApi
 
     def __init__(
         self,
@@ -190,15 +192,7 @@ class CloudHypervisorBackend(vmm.ProcessControl[ChHandle]):
 
         return await self.stop_with(handle, graceful, max(grace, 1.0))
 
-    # -- control ---------------------------------------------------------------------------
-
-    async def pause(self, handle: VmmHandle) -> None:
-        async with ChApi.open(handle.plan.control_socket) as api:
-            await api.pause()
-
-    async def resume(self, handle: VmmHandle) -> None:
-        async with ChApi.open(handle.plan.control_socket) as api:
-            await api.resume()
+    # -- control over the API (pause and resume: RestControl) ------------------------------
 
     async def snapshot(
         self,

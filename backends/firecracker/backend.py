@@ -39,6 +39,7 @@ from mvm.backends.firecracker.fetch import cached_binary
 from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
 from mvm.backends.vmm import kvm as _kvm
 from mvm.backends.vmm.hybrid_vsock import HybridVsockEndpoint
+from mvm.backends.vmm.rest import RestControl
 from mvm.engine.base.errors import BackendError, BackendUnavailable, ConfigError
 
 log = structlog.get_logger("mvm.firecracker")
@@ -100,10 +101,11 @@ async def _api_answers(socket: Path) -> None:
 # -- backend -----------------------------------------------------------------------------
 
 
-class FirecrackerBackend(vmm.ProcessControl[FirecrackerHandle]):
+class FirecrackerBackend(RestControl[FirecrackerHandle]):
     name = "firecracker"
     handle_type = FirecrackerHandle
     kind = KIND
+    api_type = FirecrackerApi
 
     def __init__(
         self,
@@ -231,15 +233,7 @@ class FirecrackerBackend(vmm.ProcessControl[FirecrackerHandle]):
         graceful = _ctrl_alt_del if grace > 0 else None
         return await self.stop_with(handle, graceful, grace)
 
-    # -- control over the API --------------------------------------------------------------
-
-    async def pause(self, handle: VmmHandle) -> None:
-        async with FirecrackerApi.open(handle.plan.control_socket) as api:
-            await api.pause()
-
-    async def resume(self, handle: VmmHandle) -> None:
-        async with FirecrackerApi.open(handle.plan.control_socket) as api:
-            await api.resume()
+    # -- control over the API (pause and resume: RestControl) ------------------------------
 
     async def snapshot(
         self,

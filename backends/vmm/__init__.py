@@ -1,7 +1,11 @@
 """One process manager for every VMM (QEMU, Firecracker, Cloud Hypervisor).
 
 Backends keep only what is VMM-specific (argv or REST calls, QMP/API details);
-the handle, spawn, wait-ready, stop escalation and kill live here once.
+the handle, spawn, wait-ready, stop escalation and kill live here once, with the
+checks every VMM shares (inputs, KVM and its test boot). Two modules are imported by
+their own path, so that a QEMU process does not load an HTTP client: ``rest`` (the REST
+client and ``RestControl`` of Firecracker and Cloud Hypervisor) and ``hybrid_vsock``
+(their agent channel).
 """
 
 from mvm.backends.vmm.binary import find_program, resolve_binary

@@ -18,7 +18,9 @@ from typing import Any, Self
 import anyio
 import httpx
 
-from mvm.backends.abc.types import ApiCall
+from mvm.backends.abc.types import ApiCall, VmmHandle
+from mvm.backends.vmm.control import ProcessControl
+from mvm.backends.vmm.handle import H
 from mvm.engine.base.errors import BackendError
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -106,3 +108,17 @@ class RestApi(ABC):
             if running:
                 with anyio.CancelScope(shield=True):
                     await self.resume()
+
+
+class RestControl(ProcessControl[H]):
+    """``ProcessControl`` for a VMM driven over a REST API: pause and resume are calls."""
+
+    api_type: type[RestApi]
+
+    async def pause(self, handle: VmmHandle) -> None:
+        async with self.api_type.open(handle.plan.control_socket) as api:
+            await api.pause()
+
+    async def resume(self, handle: VmmHandle) -> None:
+        async with self.api_type.open(handle.plan.control_socket) as api:
+            await api.resume()

@@ -76,7 +76,7 @@ def _kvm() -> Check:
             fix="add yourself to group kvm",
             required=False,
         )
-    from mvm.backends.qemu.accel import kvm_verdict
+    from mvm.backends.vmm import kvm_verdict
 
     works, reason = kvm_verdict()  # a tiny test boot, cached per host boot
     if not works:

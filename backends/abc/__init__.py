@@ -1,2 +1,38 @@
-"""mvm.backends.abc: the protocol every VMM backend implements and the values it takes
-(VmSpec in, LaunchPlan out, VmmHandle while it runs)."""
+"""mvm.backends.abc: the protocol every VMM backend implements and the values it takes.
+
+``VmSpec`` in (kernel, drives, network devices, resources, ``Accel``), ``LaunchPlan`` out
+(the whole VMM configuration: argv or REST ``ApiCall``s, with the ``LaunchInputs`` checked
+before spawn), ``VmmHandle`` while it runs and ``AgentEndpoint`` to reach the guest agent.
+Imports nothing else of ours, so both the lifecycle and every backend can name
+these types. Other packages use what is exported here.
+"""
+
+from mvm.backends.abc.types import (
+    Accel,
+    AgentEndpoint,
+    ApiCall,
+    Availability,
+    Backend,
+    Drive,
+    LaunchInputs,
+    LaunchPlan,
+    NetDevice,
+    PausedHook,
+    VmmHandle,
+    VmSpec,
+)
+
+__all__ = [
+    "Accel",
+    "AgentEndpoint",
+    "ApiCall",
+    "Availability",
+    "Backend",
+    "Drive",
+    "LaunchInputs",
+    "LaunchPlan",
+    "NetDevice",
+    "PausedHook",
+    "VmSpec",
+    "VmmHandle",
+]

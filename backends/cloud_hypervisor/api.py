@@ -8,21 +8,17 @@ whole chain is joined into one line (``E_CH_API``) with the endpoint that failed
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 import structlog
 
-from mvm.backends.vmm.rest import decode, uds_client
+from mvm.backends.vmm.rest import RestApi
 from mvm.engine.base.errors import BackendError
 
 log = structlog.get_logger("mvm.cloud_hypervisor.api")
 
 API_PREFIX = "/api/v1/"
-DEFAULT_TIMEOUT_S = 10.0
 
 
 class ChApiError(BackendError):
@@ -56,41 +52,32 @@ def error_detail(response: httpx.Response) -> str:
     return text
 
 
-class ChApi:
-    def __init__(self, client: httpx.AsyncClient, socket: Path) -> None:
-        self._client = client
-        self.socket = socket
+class ChApi(RestApi):
+    """Cloud Hypervisor's API: endpoints are named like ``vm.boot`` (under ``/api/v1/``)."""
 
-    @classmethod
-    @asynccontextmanager
-    async def open(
-        cls, socket: Path, *, timeout: float = DEFAULT_TIMEOUT_S
-    ) -> AsyncIterator[ChApi]:
-        async with uds_client(socket, timeout=timeout) as client:
-            yield cls(client, socket)
+    prefix = API_PREFIX
 
-    async def request(self, method: str, endpoint: str, body: dict[str, Any] | None = None) -> Any:
-        """``endpoint`` is e.g. ``vm.boot``; returns decoded JSON, or None for 204."""
-        try:
-            response = await self._client.request(method, API_PREFIX + endpoint, json=body)
-        except httpx.TransportError as exc:
-            raise ChSocketError(
-                f"Cloud Hypervisor API socket {self.socket} did not answer {endpoint}: "
-                f"{exc or type(exc).__name__}"
-            ) from None
-        if response.status_code >= 400:
-            error = ChApiError(endpoint, response.status_code, error_detail(response))
-            log.info("cloud_hypervisor.api_error", endpoint=endpoint, detail=error.detail)
-            raise error
-        return decode(response)
+    def socket_error(self, method: str, path: str, why: str) -> BackendError:
+        return ChSocketError(
+            f"Cloud Hypervisor API socket {self.socket} did not answer {path}: {why}"
+        )
+
+    def api_error(self, method: str, path: str, response: httpx.Response) -> BackendError:
+        error = ChApiError(path, response.status_code, error_detail(response))
+        log.info("cloud_hypervisor.api_error", endpoint=path, detail=error.detail)
+        return error
 
     async def put(self, endpoint: str, body: dict[str, Any] | None = None) -> Any:
+        """``endpoint`` is e.g. ``vm.boot``; returns decoded JSON, or None for 204."""
         return await self.request("PUT", endpoint, body)
-
-    async def get(self, endpoint: str) -> Any:
-        return await self.request("GET", endpoint)
 
     async def state(self) -> str:
         """``Created`` / ``Running`` / ``Paused`` / ``Shutdown`` from ``vm.info``."""
         info = await self.get("vm.info")
         return str(info.get("state", "")) if isinstance(info, dict) else ""
+
+    async def pause(self) -> None:
+        await self.put("vm.pause")
+
+    async def resume(self) -> None:
+        await self.put("vm.resume")

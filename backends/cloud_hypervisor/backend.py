@@ -10,7 +10,6 @@ the same ``CONNECT``/``OK`` protocol as Firecracker's.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from mvm.backends.cloud_hypervisor.api import ChApi
 from mvm.backends.cloud_hypervisor.config import ChPaths, cmdline, snapshot_url, vm_config
 from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
 from mvm.backends.vmm.hybrid_vsock import HybridVsockEndpoint
+from mvm.backends.vmm.rest import RestControl
 from mvm.engine.base.errors import BackendError, BackendUnavailable, ConfigError
 
 log = structlog.get_logger("mvm.cloud_hypervisor")
@@ -67,10 +67,17 @@ async def _ping(socket: Path) -> None:
         await api.get("vmm.ping")
 
 
-class CloudHypervisorBackend(vmm.ProcessControl[ChHandle]):
+async def _send(handle: ChHandle, calls: tuple[ApiCall, ...]) -> None:
+    async with ChApi.open(handle.plan.control_socket) as api:
+        for call in calls:
+            await api.call(call)
+
+
+class CloudHypervisorBackend(RestControl[ChHandle]):
     name = "cloud-hypervisor"
     handle_type = ChHandle
     kind = KIND
+    api_type = ChApi
 
     def __init__(
         self,
@@ -94,20 +101,11 @@ class CloudHypervisorBackend(vmm.ProcessControl[ChHandle]):
         if binary is None:
             return Availability(False, f"cloud-hypervisor binary not found ({SETUP_HINT})")
         if self.check_kvm:
-            kvm = vmm.kvm_status(self.kvm_device)
-            why_not = vmm.kvm_unavailable("Cloud Hypervisor", kvm)
-            if why_not is not None:
-                return Availability(False, why_not)
-            return Availability(True, f"{binary}; {kvm.reason}")
+            return vmm.kvm_availability(KIND.label, binary, vmm.kvm_status(self.kvm_device))
         return Availability(True, str(binary))
 
     def prepare(self, spec: VmSpec) -> LaunchPlan:
-        if spec.accel is Accel.TCG:
-            raise ConfigError(
-                "Cloud Hypervisor runs only with KVM; TCG was requested",
-                code="E_CH_ACCEL",
-                hint="use the qemu backend for TCG",
-            )
+        vmm.refuse_tcg(KIND.label, spec.accel, code="E_CH_ACCEL")
         if spec.incoming is not None:
             if not (spec.incoming / "config.json").is_file():
                 raise ConfigError(
@@ -120,10 +118,7 @@ class CloudHypervisorBackend(vmm.ProcessControl[ChHandle]):
             )
             inputs = LaunchInputs()  # a directory, checked above (config.json)
         else:
-            vmm.check_inputs(spec.kernel, spec.rootfs, None)
-            for drive in spec.drives:
-                if not drive.path.exists():
-                    raise ConfigError(f"drive {drive.path} does not exist", code="E_DRIVE_MISSING")
+            vmm.check_inputs(spec.kernel, spec.rootfs, None, spec.drives)
             calls = (ApiCall("PUT", _CREATE, vm_config(spec)), ApiCall("PUT", "vm.boot"))
             inputs = LaunchInputs(spec.kernel, spec.rootfs)
         binary = self.binary()
@@ -160,7 +155,6 @@ class CloudHypervisorBackend(vmm.ProcessControl[ChHandle]):
             output=paths.log,
             append=True,
             cwd=plan.run_dir,
-            stale=(paths.api, paths.vsock, paths.pid),
             write_pid=True,
         )
         return await vmm.launch(KIND, ChHandle, plan, opts, _ping, timeout=self.start_timeout)
@@ -168,25 +162,16 @@ class CloudHypervisorBackend(vmm.ProcessControl[ChHandle]):
     async def start(self, plan: LaunchPlan, *, detached: bool = False) -> ChHandle:
         """Spawn, then send ``plan.api_calls`` in order (create + boot, or restore +
         resume); returns once the VM runs."""
-        if plan.backend != self.name or not plan.api_calls:
-            raise BackendError(
-                "this launch plan was not prepared by the Cloud Hypervisor backend "
-                "(it carries no Cloud Hypervisor API calls)",
-                code="E_CH_PLAN",
-            )
-        t0 = time.monotonic()
-        handle = await self.spawn(plan)
-        async with vmm.killed_on_failure(KIND, handle), ChApi.open(plan.control_socket) as api:
-            for call in plan.api_calls:
-                await api.request(call.method, call.path, call.body)
-        log.info(
-            "cloud_hypervisor.started",
-            pid=handle.pid,
+        return await vmm.start_configured(
+            KIND,
+            plan,
+            backend=self.name,
+            plan_code="E_CH_PLAN",
+            spawn=self.spawn,
+            configure=_send,
+            restore_path=_RESTORE,
             detached=detached,
-            restored=any(c.path == _RESTORE for c in plan.api_calls),
-            ms=round((time.monotonic() - t0) * 1000, 1),
         )
-        return handle
 
     async def stop(self, handle: VmmHandle, *, grace: float = 5.0) -> int:
         """ACPI power button to a running guest (``grace`` s), then ``vmm.shutdown``,
@@ -206,15 +191,7 @@ class CloudHypervisorBackend(vmm.ProcessControl[ChHandle]):
 
         return await self.stop_with(handle, graceful, max(grace, 1.0))
 
-    # -- control ---------------------------------------------------------------------------
-
-    async def pause(self, handle: VmmHandle) -> None:
-        async with ChApi.open(handle.plan.control_socket) as api:
-            await api.put("vm.pause")
-
-    async def resume(self, handle: VmmHandle) -> None:
-        async with ChApi.open(handle.plan.control_socket) as api:
-            await api.put("vm.resume")
+    # -- control over the API (pause and resume: RestControl) ------------------------------
 
     async def snapshot(
         self,
@@ -227,18 +204,13 @@ class CloudHypervisorBackend(vmm.ProcessControl[ChHandle]):
         """Snapshot into the directory ``path`` (Cloud Hypervisor's layout); only a paused
         VM can be snapshotted, so a running one is paused and resumed around it."""
         path.mkdir(parents=True, exist_ok=True)
-        async with ChApi.open(handle.plan.control_socket, timeout=timeout) as api:
-            running = await api.state() == "Running"
-            if running:
-                await api.put("vm.pause")
-            try:
-                await api.put("vm.snapshot", {"destination_url": snapshot_url(path)})
-                if while_paused is not None:
-                    await while_paused()
-            finally:
-                if running:
-                    with anyio.CancelScope(shield=True):
-                        await api.put("vm.resume")
+        async with (
+            ChApi.open(handle.plan.control_socket, timeout=timeout) as api,
+            api.paused(),
+        ):
+            await api.put("vm.snapshot", {"destination_url": snapshot_url(path)})
+            if while_paused is not None:
+                await while_paused()
         log.info("cloud_hypervisor.snapshot", pid=handle.pid, path=str(path))
 
     def agent_endpoint(self, plan: LaunchPlan) -> AgentEndpoint:

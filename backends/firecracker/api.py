@@ -11,21 +11,15 @@ different failure (``E_FC_SOCKET``): the VMM is gone or never started.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 import structlog
 
-from mvm.backends.abc.types import ApiCall
-from mvm.backends.vmm.rest import decode, uds_client
+from mvm.backends.vmm.rest import RestApi
 from mvm.engine.base.errors import BackendError
 
 log = structlog.get_logger("mvm.firecracker.api")
-
-DEFAULT_TIMEOUT_S = 10.0
 
 
 class FirecrackerApiError(BackendError):
@@ -58,41 +52,18 @@ def fault_message(response: httpx.Response) -> str:
     return response.text.strip()
 
 
-class FirecrackerApi:
-    """One connection-pooling client per API socket; use ``FirecrackerApi.open``."""
+class FirecrackerApi(RestApi):
+    """Firecracker's API: paths like ``/boot-source``; a refusal carries ``fault_message``."""
 
-    def __init__(self, client: httpx.AsyncClient, socket: Path) -> None:
-        self._client = client
-        self.socket = socket
+    def socket_error(self, method: str, path: str, why: str) -> BackendError:
+        return FirecrackerSocketError(
+            f"Firecracker API socket {self.socket} did not answer {method} {path}: {why}"
+        )
 
-    @classmethod
-    @asynccontextmanager
-    async def open(
-        cls, socket: Path, *, timeout: float = DEFAULT_TIMEOUT_S
-    ) -> AsyncIterator[FirecrackerApi]:
-        async with uds_client(socket, timeout=timeout) as client:
-            yield cls(client, socket)
-
-    async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """Send one request; the decoded JSON answer (None for 204), or a coded error."""
-        try:
-            response = await self._client.request(method, path, json=body)
-        except httpx.TransportError as exc:
-            raise FirecrackerSocketError(
-                f"Firecracker API socket {self.socket} did not answer {method} {path}: "
-                f"{exc or type(exc).__name__}"
-            ) from None
-        if response.status_code >= 400:
-            error = FirecrackerApiError(method, path, response.status_code, fault_message(response))
-            log.info("firecracker.api_fault", method=method, path=path, fault=error.fault)
-            raise error
-        return decode(response)
-
-    async def call(self, call: ApiCall) -> Any:
-        return await self.request(call.method, call.path, call.body)
-
-    async def get(self, path: str) -> Any:
-        return await self.request("GET", path)
+    def api_error(self, method: str, path: str, response: httpx.Response) -> BackendError:
+        error = FirecrackerApiError(method, path, response.status_code, fault_message(response))
+        log.info("firecracker.api_fault", method=method, path=path, fault=error.fault)
+        return error
 
     async def put(self, path: str, body: dict[str, Any]) -> Any:
         return await self.request("PUT", path, body)
@@ -104,3 +75,9 @@ class FirecrackerApi:
         """``Not started`` / ``Running`` / ``Paused`` as Firecracker reports it."""
         info = await self.get("/")
         return str(info.get("state", "")) if isinstance(info, dict) else ""
+
+    async def pause(self) -> None:
+        await self.patch("/vm", {"state": "Paused"})
+
+    async def resume(self) -> None:
+        await self.patch("/vm", {"state": "Resumed"})

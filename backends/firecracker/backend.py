@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 
-import anyio
 import attrs
 import structlog
 
@@ -41,6 +39,7 @@ from mvm.backends.firecracker.fetch import cached_binary
 from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
 from mvm.backends.vmm import kvm as _kvm
 from mvm.backends.vmm.hybrid_vsock import HybridVsockEndpoint
+from mvm.backends.vmm.rest import RestControl
 from mvm.engine.base.errors import BackendError, BackendUnavailable, ConfigError
 
 log = structlog.get_logger("mvm.firecracker")
@@ -101,10 +100,11 @@ async def _api_answers(socket: Path) -> None:
 # -- backend -----------------------------------------------------------------------------
 
 
-class FirecrackerBackend(vmm.ProcessControl[FirecrackerHandle]):
+class FirecrackerBackend(RestControl[FirecrackerHandle]):
     name = "firecracker"
     handle_type = FirecrackerHandle
     kind = KIND
+    api_type = FirecrackerApi
 
     def __init__(
         self,
@@ -126,30 +126,19 @@ class FirecrackerBackend(vmm.ProcessControl[FirecrackerHandle]):
         if binary is None:
             where = self._binary or vmm.binary_override("firecracker") or "PATH or the mvm cache"
             return Availability(False, f"firecracker binary not found ({where}); {SETUP_HINT}")
-        kvm = kvm_status(self.kvm_device)
-        why_not = vmm.kvm_unavailable("Firecracker", kvm)
-        if why_not is not None:
-            return Availability(False, why_not)
-        return Availability(True, f"{binary}; {kvm.reason}")
+        return vmm.kvm_availability(KIND.label, binary, kvm_status(self.kvm_device))
 
     # -- planning --------------------------------------------------------------------------
 
     def prepare(self, spec: VmSpec) -> LaunchPlan:
-        if spec.accel is Accel.TCG:
-            raise ConfigError(
-                "Firecracker runs only with KVM; TCG was requested",
-                code="E_FC_ACCEL",
-                hint="use the qemu backend for TCG",
-            )
-        vmm.check_inputs(None if spec.incoming else spec.kernel, spec.rootfs, spec.incoming)
+        vmm.refuse_tcg(KIND.label, spec.accel, code="E_FC_ACCEL")
+        kernel = None if spec.incoming else spec.kernel
+        vmm.check_inputs(kernel, spec.rootfs, spec.incoming, spec.drives)
         if spec.incoming is not None and not snapshot_files(spec.incoming)[1].is_file():
             raise ConfigError(
                 f"snapshot memory file {snapshot_files(spec.incoming)[1]} does not exist",
                 code="E_SNAPSHOT_MISSING",
             )
-        for drive in spec.drives:
-            if not drive.path.exists():
-                raise ConfigError(f"drive {drive.path} does not exist", code="E_DRIVE_MISSING")
         calls = config_calls(spec)
         binary = self.binary()
         if binary is None:
@@ -170,7 +159,7 @@ class FirecrackerBackend(vmm.ProcessControl[FirecrackerHandle]):
             accel=Accel.KVM,
             kernel_cmdline=str(boot["boot_args"]) if boot else "",
             api_calls=tuple(calls),
-            inputs=LaunchInputs(None if spec.incoming else spec.kernel, spec.rootfs, spec.incoming),
+            inputs=LaunchInputs(kernel, spec.rootfs, spec.incoming),
         )
         return plan
 
@@ -190,7 +179,6 @@ class FirecrackerBackend(vmm.ProcessControl[FirecrackerHandle]):
             output=plan.console_log,
             append=True,
             cwd=plan.run_dir,
-            stale=(paths.api, paths.vsock, paths.pid),
             touch=(paths.log, paths.metrics),  # Firecracker refuses a missing log file
             write_pid=True,
         )
@@ -226,44 +214,25 @@ class FirecrackerBackend(vmm.ProcessControl[FirecrackerHandle]):
 
     async def start(self, plan: LaunchPlan, *, detached: bool = False) -> FirecrackerHandle:
         """Spawn, send ``plan.api_calls`` in order (boot or restore); returns once the
-        VM runs."""
-        calls = plan.api_calls
-        if plan.backend != self.name or not calls:
-            raise BackendError(
-                "this launch plan was not prepared by the Firecracker backend "
-                "(it carries no Firecracker API calls)",
-                code="E_FC_PLAN",
-                hint="start the plan with the backend that prepared it",
-            )
-        # plan.inputs are not checked again here: a file gone since prepare is reported
-        # by Firecracker itself (its fault names the call), as before.
-        t0 = time.monotonic()
-        handle = await self.spawn(plan)
-        async with vmm.killed_on_failure(KIND, handle):
-            await self.configure(handle, calls)
-        log.info(
-            "firecracker.started",
-            pid=handle.pid,
+        VM runs. ``plan.inputs`` are not checked again here: a file gone since
+        ``prepare`` is reported by Firecracker itself (its fault names the call)."""
+        return await vmm.start_configured(
+            KIND,
+            plan,
+            backend=self.name,
+            plan_code="E_FC_PLAN",
+            spawn=self.spawn,
+            configure=self.configure,
+            restore_path="/snapshot/load",
             detached=detached,
-            restored=any(c.path == "/snapshot/load" for c in calls),
-            ms=round((time.monotonic() - t0) * 1000, 1),
         )
-        return handle
 
     async def stop(self, handle: VmmHandle, *, grace: float = 5.0) -> int:
         """``SendCtrlAltDel`` to a running guest, ``grace`` s, then SIGKILL."""
         graceful = _ctrl_alt_del if grace > 0 else None
         return await self.stop_with(handle, graceful, grace)
 
-    # -- control over the API --------------------------------------------------------------
-
-    async def pause(self, handle: VmmHandle) -> None:
-        async with FirecrackerApi.open(handle.plan.control_socket) as api:
-            await api.patch("/vm", {"state": "Paused"})
-
-    async def resume(self, handle: VmmHandle) -> None:
-        async with FirecrackerApi.open(handle.plan.control_socket) as api:
-            await api.patch("/vm", {"state": "Resumed"})
+    # -- control over the API (pause and resume: RestControl) ------------------------------
 
     async def snapshot(
         self,
@@ -282,25 +251,20 @@ class FirecrackerBackend(vmm.ProcessControl[FirecrackerHandle]):
         tmp_state = state_file.with_name(state_file.name + ".tmp")
         tmp_mem = mem_file.with_name(mem_file.name + ".tmp")
         try:
-            async with FirecrackerApi.open(handle.plan.control_socket, timeout=timeout) as api:
-                running = await api.state() == "Running"
-                if running:
-                    await api.patch("/vm", {"state": "Paused"})
-                try:
-                    await api.put(
-                        "/snapshot/create",
-                        {
-                            "snapshot_type": "Full",
-                            "snapshot_path": str(tmp_state),
-                            "mem_file_path": str(tmp_mem),
-                        },
-                    )
-                    if while_paused is not None:
-                        await while_paused()
-                finally:
-                    if running:
-                        with anyio.CancelScope(shield=True):
-                            await api.patch("/vm", {"state": "Resumed"})
+            async with (
+                FirecrackerApi.open(handle.plan.control_socket, timeout=timeout) as api,
+                api.paused(),
+            ):
+                await api.put(
+                    "/snapshot/create",
+                    {
+                        "snapshot_type": "Full",
+                        "snapshot_path": str(tmp_state),
+                        "mem_file_path": str(tmp_mem),
+                    },
+                )
+                if while_paused is not None:
+                    await while_paused()
             os.replace(tmp_mem, mem_file)
             os.replace(tmp_state, state_file)
         finally:

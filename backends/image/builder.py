@@ -4,9 +4,9 @@ The output has the same layout as the Nix path (``vmlinux``, ``rootfs.ext4``,
 ``mvm-meta.json``) so the runtime cannot tell them apart. This module is the
 orchestration and the public face; each step lives in a module of its own:
 
-- ``image_checks``: reject a bad spec or missing input before any slow step;
-- ``image_key``: the content-addressed cache key (and ``spec_json``);
-- ``image_tree``: stage the guest tree (the filesystem contract ``/init`` reads,
+- ``checks``: reject a bad spec or missing input before any slow step;
+- ``key``: the content-addressed cache key (and ``spec_json``);
+- ``tree``: stage the guest tree (the filesystem contract ``/init`` reads,
   see ``_populate``);
 - ``ext4``: write that tree into a reproducible ``rootfs.ext4``, without root
   and without mounting.

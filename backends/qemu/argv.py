@@ -22,6 +22,7 @@ from pathlib import Path
 import attrs
 
 from mvm.backends.abc.types import Accel, VmSpec
+from mvm.backends.vmm.kvm_probe import HEADLESS_FLAGS, QEMU_BINARY
 
 AGENT_PORT_NAME = "mvm.agent"
 AGENT_VSOCK_PORT = 5252
@@ -100,7 +101,7 @@ def build_argv(
     accel: Accel,
     tsc_khz: int | None,
     vsock_cid: int | None = None,
-    qemu: str = "qemu-system-x86_64",
+    qemu: str = QEMU_BINARY,
 ) -> tuple[list[str], str]:
     """(argv, kernel command line). ``accel`` must be resolved (KVM or TCG)."""
     if accel is Accel.AUTO:
@@ -119,11 +120,7 @@ def build_argv(
         str(spec.memory_mib),
         "-smp",
         str(spec.vcpus),
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
+        *HEADLESS_FLAGS,
         "-kernel",
         str(spec.kernel),
         "-append",

@@ -32,7 +32,7 @@ from mvm.backends.abc.types import (
     VmmHandle,
     VmSpec,
 )
-from mvm.backends.qemu.accel import QEMU_BINARY, host_tsc_khz, resolve_accel
+from mvm.backends.qemu.accel import host_tsc_khz, resolve_accel
 from mvm.backends.qemu.argv import AGENT_VSOCK_PORT, RunPaths, build_argv
 from mvm.backends.qemu.endpoint import UnixSocketEndpoint, VsockEndpoint, parse_vsock_address
 from mvm.backends.qemu.qmp import QmpClient
@@ -75,7 +75,7 @@ class QemuBackend(vmm.ProcessControl[QemuHandle]):
     def __init__(
         self,
         *,
-        qemu: str = QEMU_BINARY,
+        qemu: str = vmm.QEMU_BINARY,
         vsock: bool | None = None,
         start_timeout: float = START_TIMEOUT_S,
     ) -> None:
@@ -109,10 +109,7 @@ class QemuBackend(vmm.ProcessControl[QemuHandle]):
         return spec.agent_vsock
 
     def prepare(self, spec: VmSpec) -> LaunchPlan:
-        vmm.check_inputs(spec.kernel, spec.rootfs, spec.incoming)
-        for drive in spec.drives:
-            if not drive.path.exists():
-                raise ConfigError(f"drive {drive.path} does not exist", code="E_DRIVE_MISSING")
+        vmm.check_inputs(spec.kernel, spec.rootfs, spec.incoming, spec.drives)
         accel = resolve_accel(spec.accel)
         tsc = host_tsc_khz() if accel is Accel.TCG else None
         cid = vsock_cid_for(spec.run_dir) if self._use_vsock(spec) else None
@@ -141,24 +138,11 @@ class QemuBackend(vmm.ProcessControl[QemuHandle]):
         whether it outlives the engine is the engine's decision."""
         vmm.check_plan_inputs(plan.inputs)
         t0 = time.monotonic()
-        opts = vmm.SpawnOptions(
-            output=RunPaths(plan.run_dir).stderr,
-            stale=tuple(
-                p
-                for p in (plan.control_socket, plan.agent_socket, plan.pid_file)
-                if p.name.endswith((".sock", ".pid"))
-            ),
-        )
+        opts = vmm.SpawnOptions(output=RunPaths(plan.run_dir).stderr)
         handle = await vmm.launch(
             KIND, QemuHandle, plan, opts, _qmp_answers, timeout=self.start_timeout
         )
-        log.info(
-            "qemu.started",
-            pid=handle.pid,
-            accel=plan.accel.value,
-            detached=detached,
-            ms=round((time.monotonic() - t0) * 1000, 1),
-        )
+        vmm.log_started(KIND, handle, t0, accel=plan.accel.value, detached=detached)
         return handle
 
     async def stop(self, handle: VmmHandle, *, grace: float = 5.0) -> int:

@@ -1,10 +1,15 @@
 """One process manager for every VMM (QEMU, Firecracker, Cloud Hypervisor).
 
 Backends keep only what is VMM-specific (argv or REST calls, QMP/API details);
-the handle, spawn, wait-ready, stop escalation and kill live here once.
+the handle, spawn, wait-ready, stop escalation and kill live here once, with the
+checks every VMM shares (inputs, KVM and its test boot). Two modules are imported by
+their own path, so that a QEMU process does not load an HTTP client: ``rest`` (the REST
+client and ``RestControl`` of Firecracker and Cloud Hypervisor) and ``hybrid_vsock``
+(their agent channel).
 """
 
 from mvm.backends.vmm.binary import binary_override, find_program, resolve_binary
+from mvm.backends.vmm.configured import start_configured
 from mvm.backends.vmm.control import ProcessControl
 from mvm.backends.vmm.handle import UNKNOWN_STATUS, VmmProcess, own
 from mvm.backends.vmm.inputs import check_inputs, check_plan_inputs, last_line
@@ -13,9 +18,12 @@ from mvm.backends.vmm.kvm import (
     KvmStatus,
     guests_run_under_kvm,
     host_is_vm,
+    kvm_availability,
     kvm_status,
     kvm_unavailable,
+    refuse_tcg,
 )
+from mvm.backends.vmm.kvm_probe import QEMU_BINARY, kvm_verdict
 from mvm.backends.vmm.manager import (
     Graceful,
     Probe,
@@ -24,7 +32,9 @@ from mvm.backends.vmm.manager import (
     kill,
     killed_on_failure,
     launch,
+    log_started,
     spawn,
+    stale_files,
     stop,
     terminate,
     wait,
@@ -33,6 +43,7 @@ from mvm.backends.vmm.manager import (
 
 __all__ = [
     "NESTED_HINT",
+    "QEMU_BINARY",
     "UNKNOWN_STATUS",
     "Graceful",
     "KvmStatus",
@@ -49,13 +60,19 @@ __all__ = [
     "host_is_vm",
     "kill",
     "killed_on_failure",
+    "kvm_availability",
     "kvm_status",
     "kvm_unavailable",
+    "kvm_verdict",
     "last_line",
     "launch",
+    "log_started",
     "own",
+    "refuse_tcg",
     "resolve_binary",
     "spawn",
+    "stale_files",
+    "start_configured",
     "stop",
     "terminate",
     "wait",

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
-from mvm.backends.abc.types import LaunchInputs
+from mvm.backends.abc.types import Drive, LaunchInputs
 from mvm.engine.base.errors import ConfigError
 
 
-def check_inputs(kernel: Path | None, rootfs: Path | None, incoming: Path | None) -> None:
+def check_inputs(
+    kernel: Path | None,
+    rootfs: Path | None,
+    incoming: Path | None,
+    drives: Iterable[Drive] = (),
+) -> None:
     """Missing inputs fail here with a coded one-liner, before anything is spawned."""
     if kernel is not None and not kernel.is_file():
         raise ConfigError(
@@ -24,6 +30,9 @@ def check_inputs(kernel: Path | None, rootfs: Path | None, incoming: Path | None
         )
     if incoming is not None and not incoming.is_file():
         raise ConfigError(f"snapshot {incoming} does not exist", code="E_SNAPSHOT_MISSING")
+    for drive in drives:
+        if not drive.path.exists():
+            raise ConfigError(f"drive {drive.path} does not exist", code="E_DRIVE_MISSING")
 
 
 def check_plan_inputs(inputs: LaunchInputs) -> None:

@@ -2,7 +2,7 @@
 
 Firecracker and Cloud Hypervisor need ``/dev/kvm``; on a host that is itself a
 VM (nested virtualization) the ioctls may answer while a guest never gets past
-early boot, so the QEMU accel probe's test boot decides (``guests_run_under_kvm``).
+early boot, so the KVM test boot (``kvm_probe``) decides (``guests_run_under_kvm``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ import shutil
 from pathlib import Path
 
 import attrs
+
+from mvm.backends.abc.types import Accel, Availability
+from mvm.backends.vmm.kvm_probe import QEMU_BINARY, kvm_verdict
+from mvm.engine.base.errors import ConfigError
 
 _KVM_GET_API_VERSION = 0xAE00
 _KVM_API_VERSION = 12
@@ -67,13 +71,11 @@ NESTED_HINT = (
 
 
 def guests_run_under_kvm() -> bool:
-    """Whether a real (tiny) guest boots under KVM here: the QEMU accel probe's verdict.
+    """Whether a real (tiny) guest boots under KVM here: the KVM test boot's verdict.
 
     /dev/kvm answering ioctls is not enough on nested hosts, where a guest may never
     get past early boot. The verdict is cached per host boot; without QEMU installed
     there is nothing to probe with, so KVM is given the benefit of the doubt."""
-    from mvm.backends.qemu.accel import QEMU_BINARY, kvm_verdict
-
     if shutil.which(QEMU_BINARY) is None:
         return True
     works, _ = kvm_verdict()
@@ -87,3 +89,21 @@ def kvm_unavailable(label: str, kvm: KvmStatus) -> str | None:
     if kvm.nested and not guests_run_under_kvm():
         return f"{label} needs KVM that runs guests: {NESTED_HINT}"
     return None
+
+
+def kvm_availability(label: str, binary: Path, kvm: KvmStatus) -> Availability:
+    """A KVM-only VMM's availability once its binary is found: KVM decides."""
+    why_not = kvm_unavailable(label, kvm)
+    if why_not is not None:
+        return Availability(False, why_not)
+    return Availability(True, f"{binary}; {kvm.reason}")
+
+
+def refuse_tcg(label: str, accel: Accel, *, code: str) -> None:
+    """A KVM-only VMM cannot honour a request for TCG: say so, and who can."""
+    if accel is Accel.TCG:
+        raise ConfigError(
+            f"{label} runs only with KVM; TCG was requested",
+            code=code,
+            hint="use the qemu backend for TCG",
+        )

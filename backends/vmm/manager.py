@@ -68,15 +68,23 @@ class SpawnOptions:
     output: Path  # stdout+stderr go here (QEMU's errors, Firecracker's serial console)
     append: bool = False
     cwd: Path | None = None
-    stale: tuple[Path, ...] = ()  # removed first: a VMM refuses to bind an existing socket
     touch: tuple[Path, ...] = ()  # created first: files the VMM opens but will not create
     write_pid: bool = False  # the VMM writes no pid file itself
 
 
+def stale_files(plan: LaunchPlan) -> tuple[Path, ...]:
+    """The plan's sockets and pid file (``*.sock``, ``*.pid``: what ``remove_run_files``
+    clears). A VMM refuses to bind a socket path a dead run left behind, and a pid file
+    left by one would name a stranger; a vsock agent address is not a file and is kept."""
+    own = (plan.control_socket, plan.agent_socket, plan.pid_file)
+    return tuple(path for path in own if path.name.endswith((".sock", ".pid")))
+
+
 def spawn(kind: VmmKind, handle_type: type[H], plan: LaunchPlan, opts: SpawnOptions) -> H:
-    """Start ``plan.argv`` in its own session; returns at once (not ready yet)."""
+    """Start ``plan.argv`` in its own session, after removing the plan's stale sockets
+    and pid file; returns at once (not ready yet)."""
     ensure_private_dir(plan.run_dir)
-    for stale in opts.stale:
+    for stale in stale_files(plan):
         stale.unlink(missing_ok=True)
     for sink in opts.touch:
         sink.touch()
@@ -157,6 +165,12 @@ async def launch(
     return handle
 
 
+def log_started(kind: VmmKind, handle: VmmProcess, since: float, **fields: object) -> None:
+    """The one ``<vmm>.started`` event: pid, the backend's own fields, ms since ``since``."""
+    ms = round((time.monotonic() - since) * 1000, 1)
+    log.info(f"{kind.event}.started", pid=handle.pid, **fields, ms=ms)
+
+
 async def wait(handle: VmmProcess) -> int:
     """The exit status: the VMM's own for a child, UNKNOWN_STATUS for an adopted one."""
     while True:
@@ -222,7 +236,9 @@ __all__ = [
     "kill",
     "killed_on_failure",
     "launch",
+    "log_started",
     "spawn",
+    "stale_files",
     "stop",
     "terminate",
     "wait",

@@ -2,7 +2,7 @@
 
 A detached VM must outlive the command that started it, and so must its port
 forwards and agent link, which live in host actors. So ``up`` spawns
-``python -m mvm.engine.vm.shim`` in its own session: the shim runs an ordinary
+``python -m mvm.engine.shim`` in its own session: the shim runs an ordinary
 engine with the VM *attached* to it (same code path as ``run``) and records
 itself as the VM's owner. ``down`` asks the shim to stop (SIGTERM -> the engine's
 deterministic teardown); if the shim is gone (SIGKILLed, OOM), ``down`` stops the
@@ -80,7 +80,7 @@ async def _spawn_shim(name: str, *shim_args: str) -> dict[str, Any]:
             # -P: without it ``-m`` puts the caller's cwd first on sys.path, and run from
             # a checkout of mvm, ./mvm (sources only) shadows the installed package.
             proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", "mvm.engine.vm.shim", str(write_fd), *shim_args],
+                [sys.executable, "-P", "-m", "mvm.engine.shim", str(write_fd), *shim_args],
                 umask=CHILD_UMASK,
                 stdin=subprocess.DEVNULL,
                 stdout=shim_log,

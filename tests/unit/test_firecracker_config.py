@@ -370,7 +370,7 @@ def test_availability_on_nested_kvm_follows_the_test_boot(
 ) -> None:
     """Nested KVM that answers ioctls but cannot boot a guest is reported unavailable."""
     import mvm.backends.firecracker.backend as fc_backend
-    import mvm.backends.qemu.accel as accel
+    import mvm.backends.vmm.kvm as kvm
 
     binary = tmp_path / "firecracker"
     binary.write_text("#!/bin/sh\n")
@@ -380,7 +380,7 @@ def test_availability_on_nested_kvm_follows_the_test_boot(
         "kvm_status",
         lambda device="/dev/kvm": fc_backend.KvmStatus(True, True, "nested"),
     )
-    monkeypatch.setattr(accel, "kvm_verdict", lambda refresh=False: (probe_boots, "probe"))
+    monkeypatch.setattr(kvm, "kvm_verdict", lambda refresh=False: (probe_boots, "probe"))
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)  # QEMU "exists"
     avail = FirecrackerBackend(binary=binary).availability()
     assert avail.ok is ok

@@ -17,19 +17,16 @@ import pytest
 
 from mvm.backends.abc.types import Accel, Drive, NetDevice, VmSpec
 from mvm.backends.qemu import QemuBackend, QemuHandle
-from mvm.backends.qemu import accel as accel_mod
 from mvm.backends.qemu.accel import (
-    PROBE_EXIT_STATUS,
     host_tsc_khz,
-    kvm_verdict,
-    probe_argv,
-    probe_stub,
     resolve_accel,
     tsc_khz_from_cpuinfo,
     tsc_khz_from_kernel_log,
 )
 from mvm.backends.qemu.argv import build_argv, kernel_cmdline
 from mvm.backends.qemu.endpoint import UnixSocketEndpoint, VsockEndpoint
+from mvm.backends.vmm import kvm_probe
+from mvm.backends.vmm.kvm_probe import PROBE_EXIT_STATUS, kvm_verdict, probe_argv, probe_stub
 from mvm.engine.base.errors import ConfigError
 from mvm.engine.base.process import process_start_time
 
@@ -315,7 +312,7 @@ def test_auto_uses_the_verdict_cached_for_this_boot(
         calls.append(1)
         return True, "probe said yes"
 
-    monkeypatch.setattr(accel_mod, "run_kvm_probe", fake_probe)
+    monkeypatch.setattr(kvm_probe, "run_kvm_probe", fake_probe)
     assert resolve_accel(Accel.AUTO) is Accel.KVM
     assert resolve_accel(Accel.AUTO) is Accel.KVM
     assert calls == [1]  # probed once, then read from the cache

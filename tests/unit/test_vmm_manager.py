@@ -13,10 +13,12 @@ import os
 import signal
 import stat
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
 import attrs
+import httpx
 import pytest
 
 from mvm.backends.abc.types import Accel, ApiCall, LaunchInputs, LaunchPlan
@@ -28,10 +30,13 @@ from mvm.backends.vmm import (
     check_plan_inputs,
     kill,
     launch,
+    stale_files,
+    start_configured,
     stop,
     terminate,
     wait,
 )
+from mvm.backends.vmm.rest import RestApi
 from mvm.engine.base.errors import BackendError, ConfigError
 from mvm.engine.base.process import process_start_time
 from mvm.engine.vm.planfile import load_plan, save_plan
@@ -95,7 +100,6 @@ def _plan(run_dir: Path, mode: str, *, argv0: str = sys.executable) -> LaunchPla
 def _opts(plan: LaunchPlan) -> SpawnOptions:
     return SpawnOptions(
         output=plan.console_log,
-        stale=(plan.control_socket, plan.pid_file),
         touch=(plan.run_dir / "metrics.log",),
         write_pid=True,
     )
@@ -148,6 +152,78 @@ async def test_a_child_that_never_gets_ready_is_killed_and_reaped(tmp_path: Path
     assert len(spawned) == 1
     assert not Path(f"/proc/{spawned[0]}").exists()  # killed and reaped, not left a zombie
     assert sorted(p.name for p in plan.run_dir.iterdir() if p.name.endswith(".sock")) == []
+
+
+def test_the_plans_own_sockets_and_pid_file_are_stale_but_a_vsock_address_is_not(
+    tmp_path: Path,
+) -> None:
+    plan = attrs.evolve(_plan(tmp_path, "ignore-term"), agent_socket=tmp_path / "vsock-7-5252")
+    assert stale_files(plan) == (plan.control_socket, plan.pid_file)
+
+
+async def _start_configured(
+    plan: LaunchPlan,
+    spawn: Callable[[LaunchPlan], Awaitable[FakeHandle]],
+    configure: Callable[[FakeHandle, tuple[ApiCall, ...]], Awaitable[None]],
+) -> FakeHandle:
+    return await start_configured(
+        KIND,
+        plan,
+        backend="test",
+        plan_code="E_TEST_PLAN",
+        spawn=spawn,
+        configure=configure,
+        restore_path="/restore",
+        detached=False,
+    )
+
+
+async def test_start_configured_refuses_another_backends_plan_before_spawning(
+    tmp_path: Path,
+) -> None:
+    plan = _plan(tmp_path / "run", "ignore-term")
+    spawned: list[LaunchPlan] = []
+
+    async def spawn(p: LaunchPlan) -> FakeHandle:
+        spawned.append(p)
+        raise AssertionError("spawned")
+
+    async def configure(h: FakeHandle, calls: tuple[ApiCall, ...]) -> None:
+        raise AssertionError("configured")
+
+    no_calls = plan
+    not_ours = attrs.evolve(plan, backend="other", api_calls=(ApiCall("PUT", "/boot"),))
+    for foreign in (no_calls, not_ours):
+        with pytest.raises(BackendError) as err:
+            await _start_configured(foreign, spawn, configure)
+        assert err.value.code == "E_TEST_PLAN"
+        assert "not prepared by the TestVMM backend" in err.value.message
+    assert spawned == []
+
+
+async def test_start_configured_kills_the_vmm_when_a_call_fails(tmp_path: Path) -> None:
+    plan = attrs.evolve(
+        _plan(tmp_path / "run", "ignore-term"), api_calls=(ApiCall("PUT", "/boot"),)
+    )
+    handles: list[FakeHandle] = []
+    sent: list[tuple[ApiCall, ...]] = []
+
+    async def spawn(p: LaunchPlan) -> FakeHandle:
+        handle = await launch(KIND, FakeHandle, p, _opts(p), _answers, timeout=30)
+        handles.append(handle)
+        return handle
+
+    async def configure(h: FakeHandle, calls: tuple[ApiCall, ...]) -> None:
+        sent.append(calls)
+        raise BackendError("the VMM refused the boot", code="E_TEST_CALL")
+
+    with pytest.raises(BackendError) as err:
+        await _start_configured(plan, spawn, configure)
+    assert err.value.code == "E_TEST_CALL"
+    assert sent == [plan.api_calls]
+    (handle,) = handles
+    assert not handle.alive() and handle.status() == -signal.SIGKILL  # killed and reaped
+    assert not [p.name for p in plan.run_dir.iterdir() if p.name.endswith((".sock", ".pid"))]
 
 
 async def test_binary_that_cannot_run_is_the_kinds_coded_error(tmp_path: Path) -> None:
@@ -249,3 +325,40 @@ def test_a_plan_file_from_before_the_calls_were_recorded_still_loads(tmp_path: P
     plan = load_plan(run_dir)
     assert plan.control_socket == run_dir / "fc.sock"
     assert plan.api_calls == () and plan.inputs == LaunchInputs()
+
+
+class _RecordingApi(RestApi):
+    """A REST VMM client without a socket: ``paused`` uses only state/pause/resume."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(None, Path("/nonexistent.sock"))  # type: ignore[arg-type]
+        self._state = state
+        self.calls: list[str] = []
+
+    def socket_error(self, method: str, path: str, why: str) -> BackendError:
+        return BackendError(why, code="E_TEST_SOCKET")
+
+    def api_error(self, method: str, path: str, response: httpx.Response) -> BackendError:
+        return BackendError(path, code="E_TEST_API")
+
+    async def state(self) -> str:
+        return self._state
+
+    async def pause(self) -> None:
+        self.calls.append("pause")
+
+    async def resume(self) -> None:
+        self.calls.append("resume")
+
+
+async def test_a_running_vm_is_resumed_after_a_failed_paused_step() -> None:
+    api = _RecordingApi("Running")
+    with pytest.raises(BackendError):
+        async with api.paused():
+            api.calls.append("snapshot")
+            raise BackendError("disk full", code="E_SNAPSHOT")
+    assert api.calls == ["pause", "snapshot", "resume"]
+    paused_already = _RecordingApi("Paused")
+    async with paused_already.paused():
+        paused_already.calls.append("snapshot")
+    assert paused_already.calls == ["snapshot"]  # a paused VM stays paused

@@ -1,4 +1,4 @@
-"""``python -m mvm.engine.vm.shim READY_FD (REQUEST_JSON | --adopt NAME | --clone SNAP REQ)``:
+"""``python -m mvm.engine.shim READY_FD (REQUEST_JSON | --adopt NAME | --clone SNAP REQ)``:
 a detached VM's supervisor.
 
 With ``--adopt`` it takes over a VM whose VMM already runs (after ``detach``, or

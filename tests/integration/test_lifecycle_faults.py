@@ -78,7 +78,11 @@ async def test_command_that_ends_logs_no_failure(
 
 
 def test_down_asks_the_owner_and_logs_no_failure(demo_image: Image) -> None:
-    assert mvmctl("up", "demo", "--name", "polite").returncode == 0
+    env = {**os.environ, "MVM_LOG_LEVEL": "info"}  # the shim logs its events at info
+    up = subprocess.run(
+        [*MVMCTL, "up", "demo", "--name", "polite"], env=env, capture_output=True, text=True
+    )
+    assert up.returncode == 0, up.stderr
     # down removes the run dir: keep the supervisor's log open to read it afterwards.
     with open(_run_dir("polite") / "shim.log", errors="replace") as shim_log:
         down = mvmctl("down", "polite")

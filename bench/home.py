@@ -18,6 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import attrs
+
+from mvm.engine.base.settings import current_settings, use_settings
+
 
 @contextmanager
 def throwaway_home(prefix: str = "mvmbench-") -> Iterator[Path]:
@@ -25,9 +29,11 @@ def throwaway_home(prefix: str = "mvmbench-") -> Iterator[Path]:
     paths must stay under 108 bytes), restore the caller's value and delete it after."""
     home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     previous = os.environ.get("MVM_HOME")
-    os.environ["MVM_HOME"] = str(home)
+    os.environ["MVM_HOME"] = str(home)  # for the processes a benchmark spawns itself
     try:
-        yield home
+        # and for the engine: the CLI installed its Settings before the bench started
+        with use_settings(attrs.evolve(current_settings(), home=home)):
+            yield home
     finally:
         if previous is None:
             os.environ.pop("MVM_HOME", None)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from typing import cast
 
 from mvm.cli.parsers import (
     agent,
@@ -50,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def handler(target: str) -> Command:
+    """The command a parser names as ``"module:function"`` in ``mvm.cli``, imported now:
+    a command's module, and what it needs, load only when that command runs."""
+    module, _, name = target.partition(":")
+    return cast(Command, getattr(importlib.import_module(f"mvm.cli.{module}"), name))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)  # --help and usage errors exit here, before any import
@@ -58,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from mvm.engine.base.log import configure_logging
 
     configure_logging(json=args.log_json, level=args.log_level)
-    command: Command = args.func
+    command = handler(args.handler)
     try:  # the edge: the one read of the environment (every bad variable: one line each)
         settings = Settings.from_env()
     except SettingsError as exc:

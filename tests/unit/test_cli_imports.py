@@ -17,8 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mvm.cli.app import build_parser
-from mvm.cli.parsers import LazyCommand
+from mvm.cli.app import build_parser, handler
 
 # Never needed to list VMs or to print help: VM boot machinery and build machinery.
 BOOT_AND_BUILD = (
@@ -108,22 +107,21 @@ def test_the_lazy_public_names_resolve() -> None:
         _ = mvm.NoSuchThing  # type: ignore[attr-defined]
 
 
-def _handlers(parser: argparse.ArgumentParser) -> Iterator[tuple[str, object]]:
+def _handlers(parser: argparse.ArgumentParser) -> Iterator[tuple[str, str]]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, child in action.choices.items():
-                func = child.get_default("func")
-                if func is not None:
-                    yield name, func
+                target = child.get_default("handler")
+                if target is not None:
+                    yield name, target
                 yield from _handlers(child)
 
 
 def test_every_command_names_a_handler_that_exists() -> None:
     handlers = list(_handlers(build_parser()))
     assert len(handlers) > 40
-    for name, func in handlers:
-        assert isinstance(func, LazyCommand), name
-        assert inspect.iscoroutinefunction(func.resolve()), (name, func)
+    for name, target in handlers:
+        assert inspect.iscoroutinefunction(handler(target)), (name, target)
 
 
 def test_the_invoke_timeout_default_is_the_engines() -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mvm.cli.parsers import lazy
-
 if TYPE_CHECKING:
     from mvm.cli.parsers import SubParsers
 
@@ -36,9 +34,9 @@ def register(sub: SubParsers) -> None:
         p.add_argument("--plot", type=Path, help="write a histogram + CDF PNG here")
         p.add_argument("--p50-ms", type=float, help="fail if the main p50 exceeds this")
         p.add_argument("--max-ratio", type=float, help="fail if the p50 ratio exceeds this")
-        p.set_defaults(func=lazy("bench_commands:cmd_bench"), bench_name=name)
+        p.set_defaults(handler="bench_commands:cmd_bench", bench_name=name)
     p = verbs.add_parser("compare", help="flag regressions between two result files")
     p.add_argument("old", type=Path)
     p.add_argument("new", type=Path)
     p.add_argument("--threshold", type=float, default=0.10, help="0.10 = 10 %% worse")
-    p.set_defaults(func=lazy("bench_commands:cmd_compare"))
+    p.set_defaults(handler="bench_commands:cmd_compare")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mvm.cli.parsers import lazy
 from mvm.engine.builders import MODES
 
 if TYPE_CHECKING:
@@ -14,12 +13,12 @@ if TYPE_CHECKING:
 def register(sub: SubParsers) -> None:
     p = sub.add_parser("doctor", help="check prerequisites and say how to fix what is missing")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=lazy("build_commands:cmd_doctor"))
+    p.set_defaults(handler="build_commands:cmd_doctor")
 
     p = sub.add_parser("kernel", help="the microVM kernel")
     ksub = p.add_subparsers(dest="kernel_command", required=True)
     kb = ksub.add_parser("build", help="build (or reuse) the cached microVM kernel")
-    kb.set_defaults(func=lazy("build_commands:cmd_kernel_build"))
+    kb.set_defaults(handler="build_commands:cmd_kernel_build")
 
     p = sub.add_parser("build", help="build an image and print its directory")
     p.add_argument(
@@ -38,4 +37,4 @@ def register(sub: SubParsers) -> None:
     )
     p.add_argument("--builder", choices=MODES, default="auto", help="for projects (flakes)")
     p.add_argument("--json", action="store_true", help="print the image metadata as JSON")
-    p.set_defaults(func=lazy("build_commands:cmd_build"))
+    p.set_defaults(handler="build_commands:cmd_build")

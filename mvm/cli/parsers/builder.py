@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from mvm.cli.parsers import lazy
 from mvm.engine.builders import MODES
 
 if TYPE_CHECKING:
@@ -19,9 +18,9 @@ def register(sub: SubParsers) -> None:
     start.add_argument("--builder", choices=MODES, default="auto")
     start.add_argument("--size", type=int, default=4, help="parallel builds")
     start.add_argument("--workspace", default=".", help="the project folder builds run in")
-    start.set_defaults(func=lazy("builder_commands:cmd_start"))
+    start.set_defaults(handler="builder_commands:cmd_start")
     psub.add_parser("status", help="is it running, with what").set_defaults(
-        func=lazy("builder_commands:cmd_status")
+        handler="builder_commands:cmd_status"
     )
     submit = psub.add_parser("submit", help="build a project (dir with mvm.toml or flake.nix)")
     submit.add_argument("project", nargs="?", default=None)
@@ -29,11 +28,11 @@ def register(sub: SubParsers) -> None:
     submit.add_argument(
         "--attr", help="packages.<system>.<name> or a package name (default: mvm.toml profile)"
     )
-    submit.set_defaults(func=lazy("builder_commands:cmd_submit"))
+    submit.set_defaults(handler="builder_commands:cmd_submit")
     psub.add_parser("stop", help="stop the builder").set_defaults(
-        func=lazy("builder_commands:cmd_stop")
+        handler="builder_commands:cmd_stop"
     )
     serve = psub.add_parser("serve", help=argparse.SUPPRESS)
     serve.add_argument("--builder", choices=MODES, default="auto")
     serve.add_argument("--size", type=int, default=4)
-    serve.set_defaults(func=lazy("builder_commands:cmd_serve"))
+    serve.set_defaults(handler="builder_commands:cmd_serve")

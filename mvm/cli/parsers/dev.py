@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mvm.cli.parsers import lazy
 from mvm.engine.builders import MODES
 
 if TYPE_CHECKING:
@@ -20,17 +19,17 @@ def register(sub: SubParsers) -> None:
     up.add_argument("--profile", help="flake package (default: dev)")
     up.add_argument("--builder", choices=MODES, default="auto")
     up.add_argument("--no-shell", action="store_true", help="boot only; do not attach")
-    up.set_defaults(func=lazy("dev_commands:cmd_dev_up"))
+    up.set_defaults(handler="dev_commands:cmd_dev_up")
     for verb, text in (("down", "stop the dev VM"), ("shell", "console in the dev VM")):
         d = dsub.add_parser(verb, help=text)
         d.add_argument("project", nargs="?", default=".")
         d.add_argument("--name", help="VM name (default: the one dev up started)")
-        d.set_defaults(func=lazy(f"dev_commands:cmd_dev_{verb}"))
+        d.set_defaults(handler=f"dev_commands:cmd_dev_{verb}")
     st = dsub.add_parser("status", help="the dev VM and the builder cache")
     st.add_argument("--json", action="store_true")
-    st.set_defaults(func=lazy("dev_commands:cmd_dev_status"))
+    st.set_defaults(handler="dev_commands:cmd_dev_status")
     cache = dsub.add_parser("cache", help="the builder cache")
     csub = cache.add_subparsers(dest="cache_command", required=True)
     ins = csub.add_parser("inspect", help="sanitized builder-cache summary + dev-image presence")
     ins.add_argument("--json", action="store_true", help="labels only: no paths, no digests")
-    ins.set_defaults(func=lazy("dev_commands:cmd_dev_cache_inspect"))
+    ins.set_defaults(handler="dev_commands:cmd_dev_cache_inspect")

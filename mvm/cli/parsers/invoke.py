@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mvm.cli.parsers import lazy
-
 if TYPE_CHECKING:
     from mvm.cli.parsers import SubParsers
 
@@ -28,4 +26,4 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per call")
     p.add_argument("--count", type=int, default=1, help="call N times (prints every result)")
     p.add_argument("--warm", type=int, default=0, metavar="K", help="use a pool of K warm wrappers")
-    p.set_defaults(func=lazy("invoke_commands:cmd_invoke"))
+    p.set_defaults(handler="invoke_commands:cmd_invoke")

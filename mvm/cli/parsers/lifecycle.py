@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mvm.cli.parsers import lazy
-
 if TYPE_CHECKING:
     from mvm.cli.parsers import SubParsers
 
@@ -13,9 +11,9 @@ if TYPE_CHECKING:
 def register(sub: SubParsers) -> None:
     p = sub.add_parser("detach", help="let an attached VM (mvmctl run) keep running detached")
     p.add_argument("name")
-    p.set_defaults(func=lazy("lifecycle_commands:cmd_detach"))
+    p.set_defaults(handler="lifecycle_commands:cmd_detach")
 
     p = sub.add_parser(
         "cleanup", help="remove exited VMs, stale run directories and leaked network leases"
     )
-    p.set_defaults(func=lazy("lifecycle_commands:cmd_cleanup"))
+    p.set_defaults(handler="lifecycle_commands:cmd_cleanup")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mvm.cli.parsers import lazy
-
 if TYPE_CHECKING:
     from mvm.cli.parsers import SubParsers
 
@@ -73,27 +71,27 @@ def register(sub: SubParsers) -> None:
                 "exit with the guest's status",
             )
             p.add_argument("-d", "--detach", action="store_true", help="(default) same as `up`")
-        p.set_defaults(func=lazy(f"vm_commands:cmd_{verb}"))
+        p.set_defaults(handler=f"vm_commands:cmd_{verb}")
 
     p = sub.add_parser("down", help="stop a VM and remove its state")
     p.add_argument("names", nargs="+")
-    p.set_defaults(func=lazy("vm_commands:cmd_down"))
+    p.set_defaults(handler="vm_commands:cmd_down")
 
     p = sub.add_parser("ls", help="list VMs")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=lazy("ls_commands:cmd_ls"))
+    p.set_defaults(handler="ls_commands:cmd_ls")
 
     p = sub.add_parser("status", help="show one VM (with its start mode)")
     p.add_argument("name")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=lazy("ls_commands:cmd_status"))
+    p.set_defaults(handler="ls_commands:cmd_status")
 
     p = sub.add_parser("logs", help="print a VM's serial console log")
     p.add_argument("name")
     p.add_argument("-f", "--follow", action="store_true")
-    p.set_defaults(func=lazy("vm_commands:cmd_logs"))
+    p.set_defaults(handler="vm_commands:cmd_logs")
 
     p = sub.add_parser("wait", help="block until a VM exits; print its exit status")
     p.add_argument("name")
     p.add_argument("--timeout", type=float)
-    p.set_defaults(func=lazy("vm_commands:cmd_wait"))
+    p.set_defaults(handler="vm_commands:cmd_wait")

@@ -2,15 +2,16 @@
 
 The public API is what this module exports; everything else is private.
 
-The SDK (``app``, ``function``, ...) and the errors are imported eagerly: an entry file
-does ``import mvm`` and must stay cheap. The engine side (``Engine``, ``Image``, ...)
-is resolved on first access (PEP 562), so ``import mvm`` -- and every ``mvmctl``
-command, which imports it -- does not load the engine, its backends and actors.
+Only the errors are imported eagerly. The SDK (``app``, ``function``, ...: the IR
+model) and the engine side (``Engine``, ``Image``, ...: the engine, its backends and
+actors) resolve on first access (PEP 562), so ``import mvm`` -- done by every entry
+file and every ``mvmctl`` command -- loads only what is then used.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 from mvm.engine.base.errors import (
@@ -26,20 +27,6 @@ from mvm.engine.base.errors import (
     RequestTimeout,
     StateError,
 )
-from mvm.sdk import (
-    app,
-    command,
-    deps,
-    emitting,
-    function,
-    image,
-    mount,
-    network,
-    resources,
-    source,
-    volume,
-    workload,
-)
 
 if TYPE_CHECKING:
     from mvm.engine.engine import Engine, VmHandle
@@ -47,6 +34,20 @@ if TYPE_CHECKING:
     from mvm.engine.images.imagespec import HealthCheck, ImageSpec, Service, Uids
     from mvm.engine.request.vmrequest import PortMapping, VmRequest
     from mvm.engine.runtime.events import Event
+    from mvm.sdk import (
+        app,
+        command,
+        deps,
+        emitting,
+        function,
+        image,
+        mount,
+        network,
+        resources,
+        source,
+        volume,
+        workload,
+    )
 
 # Public name -> the module that defines it; imported on first access.
 _LAZY = {
@@ -60,6 +61,18 @@ _LAZY = {
     "PortMapping": "mvm.engine.request.vmrequest",
     "VmRequest": "mvm.engine.request.vmrequest",
     "Event": "mvm.engine.runtime.events",
+    "app": "mvm.sdk",
+    "command": "mvm.sdk",
+    "deps": "mvm.sdk",
+    "emitting": "mvm.sdk",
+    "function": "mvm.sdk",
+    "image": "mvm.sdk",
+    "mount": "mvm.sdk",
+    "network": "mvm.sdk",
+    "resources": "mvm.sdk",
+    "source": "mvm.sdk",
+    "volume": "mvm.sdk",
+    "workload": "mvm.sdk",
 }
 
 
@@ -113,6 +126,8 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-from mvm.sdk import arm_auto_emit as _arm_auto_emit  # noqa: E402
+if os.environ.get("MVM_EMITTING") == "1":  # = mvm.sdk.emitting(), without importing it
+    # An entry file run to emit its IR (MVM_EMITTING=1 python entry.py): emit at exit.
+    from mvm.sdk import arm_auto_emit
 
-_arm_auto_emit()
+    arm_auto_emit()

@@ -87,7 +87,9 @@ def test_ls_opens_the_store_without_backends_actors_or_the_engine() -> None:
 
 
 def test_import_mvm_loads_the_sdk_but_not_the_engine_or_the_ir_converter() -> None:
-    names = _imported(code="import mvm")
+    bare = _imported(code="import mvm")
+    assert "mvm.sdk" not in bare and "mvm.engine.ir.model" not in bare
+    names = _imported(code="import mvm\nassert callable(mvm.app)")
     assert "mvm.sdk" in names
     assert _matching(names, (*BOOT_AND_BUILD, "mvm.engine.ir.convert", "cattrs")) == []
 

@@ -5,12 +5,39 @@ Exported here: the value types (``ImageSpec`` and its ``Service``, ``HealthCheck
 ``spec_from_dict``). Two modules are imported by their own path on purpose, so that naming
 an ``ImageSpec`` stays cheap: ``ir_image`` (Workload IR -> ImageSpec, which pulls in the
 IR package) and ``invoke_schema`` (the function schemas baked into an image, which pulls in
-``jsonschema``).
+``jsonschema``). The names here resolve on first use (PEP 562): ``specfile``'s cattrs
+converter is not paid by whoever imports only ``imagespec`` (``mvmctl --help`` and ``ls``).
 """
 
-from mvm.engine.images.image import Image
-from mvm.engine.images.imagespec import HealthCheck, ImageSpec, Service, Uids
-from mvm.engine.images.specfile import load_spec, spec_from_dict
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mvm.engine.images.image import Image
+    from mvm.engine.images.imagespec import HealthCheck, ImageSpec, Service, Uids
+    from mvm.engine.images.specfile import load_spec, spec_from_dict
+
+_LAZY = {
+    "Image": "mvm.engine.images.image",
+    "HealthCheck": "mvm.engine.images.imagespec",
+    "ImageSpec": "mvm.engine.images.imagespec",
+    "Service": "mvm.engine.images.imagespec",
+    "Uids": "mvm.engine.images.imagespec",
+    "load_spec": "mvm.engine.images.specfile",
+    "spec_from_dict": "mvm.engine.images.specfile",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "HealthCheck",

@@ -24,30 +24,6 @@ from mvm.engine.runtime.supervisor import RestartPolicy, Supervisor
 from mvm.engine.vm.agent_access import open_vm_agent, require_accessible, running_vm
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("exec", help="run a command in a VM (accessible images only)")
-    p.add_argument("name")
-    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
-    p.add_argument("-i", "--interactive", action="store_true", help="pass stdin through")
-    p.set_defaults(func=cmd_exec)
-
-    p = sub.add_parser("console", help="interactive shell in a VM (accessible images only)")
-    p.add_argument("name", nargs="?", help="VM (default: the dev VM `mvmctl dev up` started)")
-    p.add_argument(
-        "--shell", default=None, help="program to run instead of the image's console shell"
-    )
-    p.set_defaults(func=cmd_console)
-
-    p = sub.add_parser("forward", help="forward host ports to a running VM until Ctrl-C")
-    p.add_argument("name")
-    p.add_argument("-p", "--publish", action="append", required=True, metavar="[ADDR:]HOST:GUEST")
-    p.set_defaults(func=cmd_forward)
-
-    p = sub.add_parser("health", help="health of a VM's services as its agent reports it")
-    p.add_argument("name")
-    p.set_defaults(func=cmd_health)
-
-
 def _argv(args: argparse.Namespace) -> list[str]:
     argv = list(args.argv)
     if argv and argv[0] == "--":

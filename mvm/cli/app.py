@@ -11,27 +11,26 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from typing import cast
 
-import trio
-
-from mvm.cli import (
-    agent_commands,
-    bench_commands,
-    build_commands,
-    builder_commands,
-    clone_commands,
-    dev_commands,
-    invoke_commands,
-    ir_commands,
-    lifecycle_commands,
-    vm_commands,
+from mvm.cli.parsers import (
+    agent,
+    bench,
+    build,
+    builder,
+    clone,
+    dev,
+    invoke,
+    ir,
+    lifecycle,
+    vm,
 )
 from mvm.engine.base.errors import MvmError, SettingsError, error_leaves
-from mvm.engine.base.log import configure_logging
 from mvm.engine.base.settings import Settings, current_settings, use_settings
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
@@ -46,24 +45,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="debug, info, warning (default), error",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    vm_commands.register(sub)
-    build_commands.register(sub)
-    ir_commands.register(sub)
-    agent_commands.register(sub)
-    lifecycle_commands.register(sub)
-    clone_commands.register(sub)
-    invoke_commands.register(sub)
-    bench_commands.register(sub)
-    dev_commands.register(sub)
-    builder_commands.register(sub)
+    # Help lists commands in this order. Only parsers are built here: each command's
+    # module (and the engine, backends, actors behind it) is imported when it runs.
+    for group in (vm, build, ir, agent, lifecycle, clone, invoke, bench, dev, builder):
+        group.register(sub)
     return parser
+
+
+def handler(target: str) -> Command:
+    """The command a parser names as ``"module:function"`` in ``mvm.cli``, imported now:
+    a command's module, and what it needs, load only when that command runs."""
+    module, _, name = target.partition(":")
+    return cast(Command, getattr(importlib.import_module(f"mvm.cli.{module}"), name))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --help and usage errors exit here, before any import
+    import trio
+
+    from mvm.engine.base.log import configure_logging
+
     configure_logging(json=args.log_json, level=args.log_level)
-    command: Command = args.func
+    command = handler(args.handler)
     try:  # the edge: the one read of the environment (every bad variable: one line each)
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -105,6 +109,8 @@ async def _until_terminated(
     VM is ready stops the guest cleanly) open their own receiver for these signals, which
     takes precedence."""
     status = 0
+    import trio
+
     with (
         use_settings(settings or current_settings()),
         trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals,

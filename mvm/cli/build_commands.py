@@ -12,37 +12,6 @@ from mvm.cli.builder_commands import build_project
 from mvm.cli.images import resolve_image
 from mvm.cli.progress import BuildProgress
 from mvm.cli.project import find_target
-from mvm.engine.builders import MODES
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("doctor", help="check prerequisites and say how to fix what is missing")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_doctor)
-
-    p = sub.add_parser("kernel", help="the microVM kernel")
-    ksub = p.add_subparsers(dest="kernel_command", required=True)
-    kb = ksub.add_parser("build", help="build (or reuse) the cached microVM kernel")
-    kb.set_defaults(func=cmd_kernel_build)
-
-    p = sub.add_parser("build", help="build an image and print its directory")
-    p.add_argument(
-        "image",
-        nargs="?",
-        default=None,
-        help="demo | demo-dev | SPEC.json | IR.json | PROJECT | mvm.toml "
-        "(default: the project in this folder, else demo)",
-    )
-    p.add_argument("--flake", metavar="REF", help="flake to build: PATH, . or path:PATH")
-    p.add_argument("--profile", help="package packages.<system>.<profile> (default: mvm.toml's)")
-    p.add_argument(
-        "--no-persistent-builder",
-        action="store_true",
-        help="build in a one-shot builder instead of the persistent one",
-    )
-    p.add_argument("--builder", choices=MODES, default="auto", help="for projects (flakes)")
-    p.add_argument("--json", action="store_true", help="print the image metadata as JSON")
-    p.set_defaults(func=cmd_build)
 
 
 async def cmd_doctor(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ from mvm.cli.project import find_target, parse_attr
 from mvm.engine.base.errors import ConfigError, MvmError, NotFoundError
 from mvm.engine.base.paths import mvm_home
 from mvm.engine.base.process import is_same_process, process_start_time
-from mvm.engine.builders import MODES, BuildJob, ModeChoice
+from mvm.engine.builders import BuildJob, ModeChoice
 from mvm.engine.builders.auto import choose_builder
 from mvm.engine.builders.cache import BuildCache
 
@@ -103,29 +103,6 @@ def _dir() -> Path:
 
 def _socket() -> Path:
     return _dir() / "builder.sock"
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("persistent-builder", help="a long-lived build pool serving builds")
-    psub = p.add_subparsers(dest="builder_command", required=True)
-    start = psub.add_parser("start", help="start the builder in the background")
-    start.add_argument("--builder", choices=MODES, default="auto")
-    start.add_argument("--size", type=int, default=4, help="parallel builds")
-    start.add_argument("--workspace", default=".", help="the project folder builds run in")
-    start.set_defaults(func=cmd_start)
-    psub.add_parser("status", help="is it running, with what").set_defaults(func=cmd_status)
-    submit = psub.add_parser("submit", help="build a project (dir with mvm.toml or flake.nix)")
-    submit.add_argument("project", nargs="?", default=None)
-    submit.add_argument("--flake", help="flake ref: PATH or path:PATH (default: the workspace)")
-    submit.add_argument(
-        "--attr", help="packages.<system>.<name> or a package name (default: mvm.toml profile)"
-    )
-    submit.set_defaults(func=cmd_submit)
-    psub.add_parser("stop", help="stop the builder").set_defaults(func=cmd_stop)
-    serve = psub.add_parser("serve", help=argparse.SUPPRESS)
-    serve.add_argument("--builder", choices=MODES, default="auto")
-    serve.add_argument("--size", type=int, default=4)
-    serve.set_defaults(func=cmd_serve)
 
 
 def _pid_record() -> tuple[int, int] | None:

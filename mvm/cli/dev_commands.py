@@ -24,38 +24,12 @@ from mvm.cli.builder_commands import build_project
 from mvm.cli.project import Project, find_target
 from mvm.engine.base.errors import AccessDenied, MvmError, NotFoundError
 from mvm.engine.base.paths import mvm_home
-from mvm.engine.builders import MODES
 from mvm.engine.images.image import Image
 from mvm.engine.request.vmrequest import VmRequest, check_vm_name
 from mvm.engine.store import StateStore
 from mvm.engine.vm.detached import start_detached, stop_vm_record
 
 DEFAULT_DEV_VM = "mvm-dev"
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("dev", help="build and boot a project's dev image; shell into it")
-    dsub = p.add_subparsers(dest="dev_command", required=True)
-    up = dsub.add_parser("up", help="build (if needed) and boot the dev image, then its shell")
-    up.add_argument("project", nargs="?", default=".")
-    up.add_argument("--name", help="VM name (default: <project>-dev, or mvm-dev)")
-    up.add_argument("--profile", help="flake package (default: dev)")
-    up.add_argument("--builder", choices=MODES, default="auto")
-    up.add_argument("--no-shell", action="store_true", help="boot only; do not attach")
-    up.set_defaults(func=cmd_dev_up)
-    for verb, text in (("down", "stop the dev VM"), ("shell", "console in the dev VM")):
-        d = dsub.add_parser(verb, help=text)
-        d.add_argument("project", nargs="?", default=".")
-        d.add_argument("--name", help="VM name (default: the one dev up started)")
-        d.set_defaults(func=cmd_dev_down if verb == "down" else cmd_dev_shell)
-    st = dsub.add_parser("status", help="the dev VM and the builder cache")
-    st.add_argument("--json", action="store_true")
-    st.set_defaults(func=cmd_dev_status)
-    cache = dsub.add_parser("cache", help="the builder cache")
-    csub = cache.add_subparsers(dest="cache_command", required=True)
-    ins = csub.add_parser("inspect", help="sanitized builder-cache summary + dev-image presence")
-    ins.add_argument("--json", action="store_true", help="labels only: no paths, no digests")
-    ins.set_defaults(func=cmd_dev_cache_inspect)
 
 
 def _say(text: str) -> None:

@@ -19,30 +19,12 @@ import anyio
 from mvm.engine.base.errors import ConfigError
 from mvm.engine.images.invoke_schema import schemas_of_image
 from mvm.engine.invoke import (
-    DEFAULT_TIMEOUT,
     WarmPool,
     invoke,
     parse_inputs,
     parse_request_file,
 )
 from mvm.engine.vm.agent_access import open_vm_agent, running_vm
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("invoke", help="call a running VM's function and print its result")
-    p.add_argument("name")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument(
-        "--input", "-i", action="append", default=[], metavar="NAME=VALUE",
-        help="a keyword argument (VALUE is JSON if it parses, else a string)",
-    )  # fmt: skip
-    src.add_argument(
-        "--json", type=Path, metavar="FILE", help="[args, kwargs] as JSON ('-': stdin)"
-    )
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per call")
-    p.add_argument("--count", type=int, default=1, help="call N times (prints every result)")
-    p.add_argument("--warm", type=int, default=0, metavar="K", help="use a pool of K warm wrappers")
-    p.set_defaults(func=cmd_invoke)
 
 
 def _request(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:

@@ -20,17 +20,6 @@ from mvm.engine.vm.owner import owner_alive
 from mvm.engine.vm.reconcile import reconcile
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("detach", help="let an attached VM (mvmctl run) keep running detached")
-    p.add_argument("name")
-    p.set_defaults(func=cmd_detach)
-
-    p = sub.add_parser(
-        "cleanup", help="remove exited VMs, stale run directories and leaked network leases"
-    )
-    p.set_defaults(func=cmd_cleanup)
-
-
 async def cmd_detach(args: argparse.Namespace) -> int:
     rec = await running_vm(args.name)
     if rec.mode == "detached":

@@ -11,7 +11,6 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import anyio
 import structlog
@@ -31,99 +30,8 @@ from mvm.engine.request.volumes import Volume
 from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.vm.agent_access import open_vm_agent
 from mvm.engine.vm.detached import adopt_detached, start_detached, stop_vm_record
-from mvm.engine.vm.owner import owner_alive
-from mvm.engine.vm.uid_check import vm_uid_status
 
 log = structlog.get_logger("mvm.cli")
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    for verb, helptext in (
-        ("run", "build (if needed) and boot, detached (--attached: tied to this terminal)"),
-        ("up", "build (if needed) and boot, detached (survives this command)"),
-    ):
-        p = sub.add_parser(verb, help=helptext)
-        p.add_argument(
-            "image",
-            nargs="?",
-            default=None,
-            help="PROJECT | mvm.toml | demo | demo-dev | SPEC.json | IR.json | IMAGE_DIR "
-            "(default: the project in this folder, else demo)",
-        )
-        p.add_argument("--flake", metavar="REF", help="build and boot this flake (PATH, path:)")
-        p.add_argument("--profile", help="flake package (default: mvm.toml's profile)")
-        p.add_argument("--name", help="VM name (default: the image name)")
-        p.add_argument(
-            "-p",
-            "--publish",
-            action="append",
-            default=[],
-            metavar="[ADDR:]HOST:GUEST",
-            help="forward a host TCP port to a guest port (repeatable)",
-        )
-        p.add_argument(
-            "-v",
-            "--volume",
-            action="append",
-            default=[],
-            metavar="HOST:GUEST[:SIZE_MB]",
-            help="host folder as a guest volume: read-only, or read-write persistent with SIZE_MB",
-        )
-        p.add_argument(
-            "--health-action",
-            choices=("none", "restart-service", "restart-vm"),
-            default="none",
-            help="what to do when a service's health check turns unhealthy",
-        )
-        p.add_argument(
-            "--net",
-            choices=("none", "tap"),
-            default="none",
-            help="tap: a real NIC on bridge br-mvm with NAT (root); default: ports via the agent",
-        )
-        p.add_argument(
-            "--hypervisor",
-            "--backend",
-            dest="backend",
-            default=None,
-            help="firecracker | qemu | cloud-hypervisor | apple-container | libkrun | auto "
-            "(default: mvm.toml's, else the best available)",
-        )
-        p.add_argument("--cpus", "--vcpus", dest="vcpus", type=int, metavar="N")
-        p.add_argument("--memory", type=int, dest="memory_mib", metavar="MIB")
-        p.add_argument("--boot-timeout", type=float, default=90.0)
-        if verb == "run":
-            p.add_argument(
-                "--attached",
-                action="store_true",
-                help="tie the VM to this command: stream its output, Ctrl-C stops it, "
-                "exit with the guest's status",
-            )
-            p.add_argument("-d", "--detach", action="store_true", help="(default) same as `up`")
-        p.set_defaults(func=cmd_run if verb == "run" else cmd_up)
-
-    p = sub.add_parser("down", help="stop a VM and remove its state")
-    p.add_argument("names", nargs="+")
-    p.set_defaults(func=cmd_down)
-
-    p = sub.add_parser("ls", help="list VMs")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_ls)
-
-    p = sub.add_parser("status", help="show one VM (with its start mode)")
-    p.add_argument("name")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("logs", help="print a VM's serial console log")
-    p.add_argument("name")
-    p.add_argument("-f", "--follow", action="store_true")
-    p.set_defaults(func=cmd_logs)
-
-    p = sub.add_parser("wait", help="block until a VM exits; print its exit status")
-    p.add_argument("name")
-    p.add_argument("--timeout", type=float)
-    p.set_defaults(func=cmd_wait)
 
 
 def _request(
@@ -206,14 +114,6 @@ def write_mode(name: str, mode: str, **extra: object) -> None:
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
         write_private(path, json.dumps({"mode": mode, "recorded_at": time.time(), **extra}))
-
-
-def read_mode(name: str) -> dict[str, Any] | None:
-    try:
-        data = json.loads((vm_dir(name) / "mode.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
@@ -354,103 +254,6 @@ async def cmd_down(args: argparse.Namespace) -> int:
             await stop_vm_record(store, rec)
             _say(f"{name}: down")
     return 0
-
-
-def _row(rec: VmRecord, ports: list[str]) -> dict[str, Any]:
-    """One VM as ``ls``/``status`` show it. Uptime and health describe a running VM only:
-    an exited row keeps the last health its checks wrote (``healthy`` after a kill -9,
-    issue 13), which says nothing about a VM that no longer runs, so it is not shown."""
-    running = rec.state == "running"
-    uptime = (time.time() - rec.started_at) if rec.started_at and running else None
-    return {
-        "name": rec.name,
-        "backend": rec.backend,
-        "mode": rec.mode,
-        "state": rec.state,
-        "uptime_s": round(uptime, 1) if uptime is not None else None,
-        "ports": ports,
-        "access": "sealed" if rec.sealed else "accessible",
-        "pid": rec.pid,
-        "exit_code": rec.exit_code,
-        "exit_reason": rec.exit_reason,
-        "supervised": owner_alive(rec.owner),
-        "supervisor_pid": int(rec.owner.split(":")[0]) if rec.owner else None,
-        "health": json.loads(rec.health) if rec.health and running else {},
-    }
-
-
-async def _rows() -> list[dict[str, Any]]:
-    async with Engine.open() as engine:
-        recs = await engine.list_vms()
-        out = []
-        for rec in recs:
-            ports = [
-                f"{p.host_addr}:{p.host_port}->{p.guest_port}"
-                for p in await engine.store.list_ports(rec.name)
-            ]
-            out.append(_row(rec, ports))
-        return out
-
-
-async def cmd_ls(args: argparse.Namespace) -> int:
-    rows = await _rows()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    fmt = "{:<16} {:<16} {:<9} {:<8} {:>9} {:<11} {:<16} {}"
-    print(fmt.format("NAME", "BACKEND", "MODE", "STATE", "UPTIME", "ACCESS", "HEALTH", "PORTS"))
-    for r in rows:
-        up = f"{r['uptime_s']:.0f}s" if r["uptime_s"] is not None else "-"
-        print(
-            fmt.format(
-                r["name"],
-                r["backend"],
-                r["mode"],
-                r["state"],
-                up,
-                r["access"],
-                health_summary(r["health"]),
-                ",".join(r["ports"]) or "-",
-            )
-        )
-    return 0
-
-
-def health_summary(health: dict[str, str]) -> str:
-    """One word for the table: the worst service state, naming the unhealthy ones."""
-    if not health:
-        return "-"
-    bad = sorted(name for name, state in health.items() if state == "unhealthy")
-    if bad:
-        return "unhealthy:" + ",".join(bad)
-    return "healthy" if all(s == "healthy" for s in health.values()) else "unknown"
-
-
-async def cmd_status(args: argparse.Namespace) -> int:
-    for r in await _rows():
-        if r["name"] == args.name:
-            recorded = read_mode(args.name)
-            r["start_mode"] = recorded.get("mode") if recorded else None
-            uids = await vm_uid_status(args.name)  # declared uids vs the guest's /proc
-            if args.json:
-                print(json.dumps({**r, "uids": uids}, indent=2))
-                return 0
-            where = f"recorded in {vm_dir(args.name) / 'mode.json'}" if recorded else "not recorded"
-            print(f"name:       {r['name']}")
-            print(f"state:      {r['state']}")
-            print(f"start mode: {r['start_mode'] or r['mode']} ({where})")
-            print(f"mode now:   {r['mode']}")
-            print(f"backend:    {r['backend']}")
-            print(f"access:     {r['access']}")
-            print(f"ports:      {', '.join(r['ports']) or '-'}")
-            print(f"health:     {health_summary(r['health'])}")
-            if r["uptime_s"] is not None:
-                print(f"uptime:     {r['uptime_s']:.0f}s")
-            if r["exit_code"] is not None or r["exit_reason"]:
-                print(f"exit:       {r['exit_code']} ({r['exit_reason']})")
-            print(uids)
-            return 0
-    raise NotFoundError(f"no VM named {args.name!r}", code="E_VM_NOT_FOUND")
 
 
 async def cmd_logs(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mvm.cli.vm_commands import health_summary
+from mvm.cli.ls_commands import health_summary
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """``python -m mvm.cli``: the same as the mvmctl console script."""
 
-from mvm.cli.app import main
+from mvm.cli import main
 
 main()

@@ -23,7 +23,7 @@ from mvm.engine.base.process import processes_tagged
 from mvm.engine.vm import network
 from mvm.engine.vm.boot import CLONE, COLD_START
 
-from .test_cli import MVMCTL, mvmctl
+from .leaks import MVMCTL, mvmctl
 
 pytestmark = pytest.mark.qemu
 

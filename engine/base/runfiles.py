@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 TRANSIENT_SUFFIXES = (".sock", ".pid", ".qcow2", ".overlay", ".tmp")
+PLAN_FILE = "plan.json"  # what was sent to the VMM: engine/vm/planfile.py; adoption reads it
 
 
 def remove_run_files(run_dir: str | Path) -> None:

@@ -27,13 +27,13 @@ from mvm.backends.abc.types import Drive
 from mvm.engine.base.errors import BackendError
 from mvm.engine.base.paths import ensure_private_dir
 from mvm.engine.base.process import is_same_process, process_start_time
-from mvm.engine.base.runfiles import remove_run_files
+from mvm.engine.base.runfiles import PLAN_FILE, remove_run_files
 from mvm.engine.request.volumes import prepare_volume
 from mvm.engine.runtime.supervisor import RestartPolicy, Supervisor
 from mvm.engine.store import PortRecord, VmRecord
 from mvm.engine.vm import network
 from mvm.engine.vm.owner import engine_owner
-from mvm.engine.vm.planfile import PLAN_FILE, load_plan, save_plan
+from mvm.engine.vm.planfile import load_plan, save_plan
 from mvm.engine.vm.snapshot_volumes import clone_drives
 from mvm.engine.vm.snapshots import new_identity
 from mvm.engine.vm.steps import Step, Steps

@@ -11,16 +11,16 @@ VMM itself, verified by pid + start time, so a VM can always be removed.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import cattrs
 import structlog
 
 from mvm.engine.base.errors import BackendError, MvmError
@@ -34,17 +34,26 @@ from mvm.engine.vm import network
 from mvm.engine.vm.owner import Owner
 from mvm.engine.vm.reconcile import FINAL_STATES, settle
 
+if TYPE_CHECKING:
+    import cattrs
+
 log = structlog.get_logger("mvm.detached")
 
-_conv = cattrs.Converter()
+
+@functools.cache
+def _conv() -> cattrs.Converter:
+    """Built on first use: ``ls`` imports this module (adoption) and rarely needs it."""
+    import cattrs
+
+    return cattrs.Converter()
 
 
 def request_to_json(request: VmRequest) -> str:
-    return json.dumps(_conv.unstructure(request))
+    return json.dumps(_conv().unstructure(request))
 
 
 def request_from_json(text: str) -> VmRequest:
-    return _conv.structure(json.loads(text), VmRequest)
+    return _conv().structure(json.loads(text), VmRequest)
 
 
 async def start_detached(request: VmRequest) -> dict[str, Any]:

@@ -20,8 +20,7 @@ import cattrs
 from mvm.backends.abc.types import LaunchPlan
 from mvm.engine.base.errors import StateError
 from mvm.engine.base.paths import write_private
-
-PLAN_FILE = "plan.json"
+from mvm.engine.base.runfiles import PLAN_FILE
 
 _conv = cattrs.Converter()
 _conv.register_unstructure_hook(Path, str)

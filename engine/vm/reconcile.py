@@ -25,11 +25,10 @@ import structlog
 
 from mvm.engine.base.errors import MvmError
 from mvm.engine.base.process import is_same_process, kill_verified, processes_tagged
-from mvm.engine.base.runfiles import remove_run_files
+from mvm.engine.base.runfiles import PLAN_FILE, remove_run_files
 from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.vm import network
 from mvm.engine.vm.owner import owner_alive
-from mvm.engine.vm.planfile import PLAN_FILE
 
 log = structlog.get_logger("mvm.reconcile")
 

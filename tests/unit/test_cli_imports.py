@@ -131,3 +131,10 @@ def test_the_invoke_timeout_default_is_the_engines() -> None:
     from mvm.engine.invoke import DEFAULT_TIMEOUT as ENGINE_DEFAULT
 
     assert DEFAULT_TIMEOUT == ENGINE_DEFAULT
+
+
+def test_the_parsers_builder_modes_are_the_engines() -> None:
+    from mvm.cli.parsers.build import BUILDER_MODES
+    from mvm.engine.builders import MODES
+
+    assert BUILDER_MODES == MODES

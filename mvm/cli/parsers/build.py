@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mvm.engine.builders import MODES
-
 if TYPE_CHECKING:
     from mvm.cli.parsers import SubParsers
+
+
+# engine.builders.MODES, spelled here so that building the parser does not import the
+# builders package (tests/unit/test_cli_imports.py checks that they agree)
+BUILDER_MODES = ("auto", "host", "ssh", "vsock", "offline")
 
 
 def register(sub: SubParsers) -> None:
@@ -35,6 +38,6 @@ def register(sub: SubParsers) -> None:
         action="store_true",
         help="build in a one-shot builder instead of the persistent one",
     )
-    p.add_argument("--builder", choices=MODES, default="auto", help="for projects (flakes)")
+    p.add_argument("--builder", choices=BUILDER_MODES, default="auto", help="for projects (flakes)")
     p.add_argument("--json", action="store_true", help="print the image metadata as JSON")
     p.set_defaults(handler="build_commands:cmd_build")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mvm.engine.builders import MODES
+from mvm.cli.parsers.build import BUILDER_MODES as MODES
 
 if TYPE_CHECKING:
     from mvm.cli.parsers import SubParsers

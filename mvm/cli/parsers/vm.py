@@ -79,12 +79,12 @@ def register(sub: SubParsers) -> None:
 
     p = sub.add_parser("ls", help="list VMs")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler="ls_commands:cmd_ls")
+    p.set_defaults(handler="ls_commands:cmd_ls", event_loop="asyncio")
 
     p = sub.add_parser("status", help="show one VM (with its start mode)")
     p.add_argument("name")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler="ls_commands:cmd_status")
+    p.set_defaults(handler="ls_commands:cmd_status", event_loop="asyncio")
 
     p = sub.add_parser("logs", help="print a VM's serial console log")
     p.add_argument("name")

@@ -11,8 +11,9 @@ converter is not paid by whoever imports only ``imagespec`` (``mvmctl --help`` a
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mvm.engine.base.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from mvm.engine.images.image import Image
@@ -30,14 +31,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_exports(__name__, _LAZY, globals())
 
 __all__ = [
     "HealthCheck",

@@ -7,10 +7,10 @@ cattrs converter and the validator load when something canonicalises or validate
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mvm.engine.base.errors import IrError
+from mvm.engine.base.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from mvm.engine.ir.canonical import canonical_ir, canonical_json, ir_hash, workload_to_dict
@@ -81,14 +81,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_exports(__name__, _LAZY, globals())
 
 __all__ = [
     "SCHEMA_VERSION",

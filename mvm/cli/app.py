@@ -1,6 +1,6 @@
 """mvmctl: argument parsing, dispatch and the one-line error contract.
 
-Every command is an async function run under trio. An ``MvmError`` becomes
+Every command is an async function run under anyio (trio; asyncio for ls/status). An ``MvmError`` becomes
 ``error[CODE]: message (hint)`` on stderr and a non-zero exit; Ctrl-C cancels
 the command's scope (which tears down what it started) and exits 130. SIGTERM and
 SIGHUP (a closed terminal) count as Ctrl-C: the default action would kill the
@@ -72,12 +72,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("\n".join(err.one_line() for err in exc.all_errors), file=sys.stderr)
         raise SystemExit(exc.exit_status) from None
     try:
-        if getattr(args, "event_loop", "trio") == "asyncio":
-            status = _run_light(functools.partial(command, args), settings)
-        else:
-            import trio
+        import anyio
 
-            status = trio.run(_until_terminated, functools.partial(command, args), settings)
+        # Read-only commands (ls, status) run on asyncio, which the logging stack imports
+        # anyway: importing trio was a third of ls's start-up. The engine is anyio code.
+        status = anyio.run(
+            _until_terminated,
+            functools.partial(command, args),
+            settings,
+            backend=getattr(args, "event_loop", "trio"),
+        )
     except MvmError as exc:
         print(exc.one_line(), file=sys.stderr)
         raise SystemExit(exc.exit_status) from None
@@ -100,36 +104,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     raise SystemExit(status)
 
 
-def _run_light(command: Callable[[], Awaitable[int]], settings: Settings) -> int:
-    """Read-only commands (``ls``, ``status``) run on asyncio, which the logging stack
-    imports anyway, instead of trio: importing trio is a third of ``ls``'s start-up.
-    The engine code they use is anyio, so it runs on either; signals cancel as below."""
-    import anyio
-
-    async def light() -> int:
-        status = 0
-        with (
-            use_settings(settings),
-            anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals,
-        ):
-            async with anyio.create_task_group() as tg:
-
-                async def on_signal() -> None:
-                    async for _ in signals:
-                        raise KeyboardInterrupt
-
-                async def run() -> None:
-                    nonlocal status
-                    status = await command()
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(on_signal)
-                tg.start_soon(run)
-        return status
-
-    return anyio.run(light, backend="asyncio")
-
-
 async def _until_terminated(
     command: Callable[[], Awaitable[int]], settings: Settings | None = None
 ) -> int:
@@ -140,15 +114,15 @@ async def _until_terminated(
     ready once interrupted the engine's unwind and left its QEMU running. A cancellation
     lets shielded teardown finish. Commands that want a gentler answer (``run`` once the
     VM is ready stops the guest cleanly) open their own receiver for these signals, which
-    takes precedence."""
-    status = 0
-    import trio
+    takes precedence (under trio, where those commands run)."""
+    import anyio
 
+    status = 0
     with (
         use_settings(settings or current_settings()),
-        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals,
+        anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals,
     ):
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tg:
 
             async def on_signal() -> None:
                 async for _ in signals:
@@ -157,8 +131,8 @@ async def _until_terminated(
             async def run() -> None:
                 nonlocal status
                 status = await command()
-                nursery.cancel_scope.cancel()
+                tg.cancel_scope.cancel()
 
-            nursery.start_soon(on_signal)
-            nursery.start_soon(run)
+            tg.start_soon(on_signal)
+            tg.start_soon(run)
     return status

@@ -2,10 +2,9 @@
 
 Every command is an async function run under anyio (trio; asyncio for ls/status).
 An ``MvmError`` becomes ``error[CODE]: message (hint)`` on stderr and a non-zero exit;
-Ctrl-C cancels
-the command's scope (which tears down what it started) and exits 130. SIGTERM and
-SIGHUP (a closed terminal) count as Ctrl-C: the default action would kill the
-process mid-boot and orphan the VMM it had just spawned.
+Ctrl-C cancels the command's scope (which tears down what it started) and exits 130.
+SIGTERM and SIGHUP (a closed terminal) count as Ctrl-C: the default action would kill
+the process mid-boot and orphan the VMM it had just spawned.
 """
 
 from __future__ import annotations

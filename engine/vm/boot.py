@@ -32,6 +32,7 @@ from mvm.engine.request.volumes import prepare_volume
 from mvm.engine.runtime.supervisor import RestartPolicy, Supervisor
 from mvm.engine.store import PortRecord, VmRecord
 from mvm.engine.vm import network
+from mvm.engine.vm.launch_spec import record_spec, vm_spec
 from mvm.engine.vm.owner import engine_owner
 from mvm.engine.vm.planfile import load_plan, save_plan
 from mvm.engine.vm.snapshot_volumes import clone_drives
@@ -86,7 +87,7 @@ async def claim_name(vm: RuntimeVM) -> None:
             control_socket=None,
             agent_socket=None,
             console_log=None,
-            spec_json=json.dumps(vm.record_spec(), sort_keys=True),
+            spec_json=json.dumps(record_spec(vm), sort_keys=True),
             owner=engine_owner(),
         ),
         [
@@ -183,7 +184,7 @@ async def release_network(vm: RuntimeVM) -> None:
 
 
 async def prepare(vm: RuntimeVM) -> None:
-    vm.plan = vm.backend.prepare(vm.vm_spec())
+    vm.plan = vm.backend.prepare(vm_spec(vm))
 
 
 async def admit(vm: RuntimeVM) -> None:

@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import anyio
 import anyio.abc
-import attrs
 import structlog
 
 from mvm.actors.agent_connection import AgentConnection
@@ -32,23 +31,28 @@ from mvm.backends.abc.types import (
     Backend,
     Drive,
     LaunchPlan,
-    NetDevice,
     VmmHandle,
-    VmSpec,
 )
 from mvm.engine.admission.gate import LaunchGate
 from mvm.engine.admission.plans import ExecutionPlan
-from mvm.engine.base.errors import BackendError, MvmError, error_leaves
+from mvm.engine.base.errors import BackendError, MvmError
 from mvm.engine.base.paths import vm_dir, write_private
 from mvm.engine.images.image import Image
 from mvm.engine.request.vmrequest import VmRequest
-from mvm.engine.request.volumes import kernel_arg
 from mvm.engine.runtime.actor import Actor
 from mvm.engine.runtime.events import Event, EventBus
 from mvm.engine.runtime.supervisor import Supervisor
 from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.vm import boot, network
 from mvm.engine.vm.exit_status import console_tail, guest_exit_code, vmm_exit_reason
+from mvm.engine.vm.messages import (
+    DetachVm,
+    RegreetEndpoint,
+    RestartBudget,
+    RestartVm,
+    StopVm,
+    first_error,
+)
 from mvm.engine.vm.snapshots import SnapshotMeta
 from mvm.engine.vm.steps import Steps, fault_step, run_steps
 
@@ -57,66 +61,7 @@ log = structlog.get_logger("mvm.vm")
 State = Literal["starting", "running", "stopping", "exited", "failed"]
 
 
-@attrs.frozen
-class StopVm:
-    """Ask the VM to shut down (the actor then ends and tears down)."""
-
-    reason: str = "stopped"
-
-
-@attrs.frozen
-class RestartVm:
-    """Stop the VM and boot it again under the same name, ports, disks and lease."""
-
-    reason: str = "requested"
-
-
-@attrs.define
-class RestartBudget:
-    """At most ``max_restarts`` within ``window_s``: a VM that keeps turning unhealthy
-    is stopped (with that reason) instead of being restarted forever."""
-
-    max_restarts: int = 3
-    window_s: float = 300.0
-    _times: list[float] = attrs.field(factory=list)
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self._times = [t for t in self._times if now - t < self.window_s]
-        if len(self._times) >= self.max_restarts:
-            return False
-        self._times.append(now)
-        return True
-
-    @property
-    def spent(self) -> str:
-        return f"restart budget spent ({self.max_restarts} in {self.window_s:.0f} s)"
-
-
-@attrs.frozen
-class DetachVm:
-    """Let go of the VM without stopping it, so that another engine can adopt it."""
-
-
-def first_error(exc: BaseException) -> BaseException:
-    """The first MvmError inside task-group wrapping, else the exception itself."""
-    leaves = error_leaves(exc)
-    return next((e for e in leaves if isinstance(e, MvmError)), leaves[0] if leaves else exc)
-
-
-class RegreetEndpoint:
-    """Dials like ``inner``; the re-greet itself is AgentClient.connect's.
-
-    A restored guest may believe its source's host is still attached (the
-    virtio-serial port was open when the snapshot was taken), so it would never say
-    hello on its own. The client sends a host ``hello`` on every dial, which makes the
-    agent drop that stale session and greet now."""
-
-    def __init__(self, inner: AgentEndpoint) -> None:
-        self._inner = inner
-
-    async def connect(self) -> anyio.abc.ByteStream:
-        return await self._inner.connect()
+__all__ = ["DetachVm", "RestartVm", "RuntimeVM", "StopVm"]
 
 
 class RuntimeVM(Actor[StopVm | DetachVm | RestartVm]):
@@ -373,59 +318,6 @@ class RuntimeVM(Actor[StopVm | DetachVm | RestartVm]):
     async def record_health(self, service: str, state: HealthState) -> None:
         self.health[service] = state
         await self.store.update_vm(self.request.name, health=json.dumps(self.health))
-
-    def vm_spec(self) -> VmSpec:
-        req, image = self.request, self.image
-        extra_args = tuple(a for a in (kernel_arg(req.volumes),) if a)
-        nics: tuple[NetDevice, ...] = ()
-        if self.lease is not None:
-            extra_args += (self.lease.kernel_arg,)
-            nics = (NetDevice(tap=self.lease.tap, mac=self.lease.mac),)
-        spec = VmSpec(
-            name=req.name,
-            kernel=image.kernel,
-            rootfs=image.rootfs,
-            run_dir=self.run_dir,
-            vcpus=req.vcpus or image.vcpus,
-            memory_mib=req.memory_mib or image.memory_mib,
-            kernel_args=(f"mvm.hostname={req.name}", *extra_args),
-            drives=tuple(self.drives),
-            net=nics,
-            accel=self.accel,
-            rootfs_read_only=True,
-        )
-        snap = self.restore
-        if snap is None:
-            return spec
-        # The device model must equal the source's: same kernel, disk, sizes and
-        # accelerator; only host-side paths (run dir, sockets) differ.
-        return attrs.evolve(
-            spec,
-            kernel=snap.kernel,
-            rootfs=snap.rootfs,
-            vcpus=snap.vcpus,
-            memory_mib=snap.memory_mib,
-            accel=Accel(snap.accel),
-            incoming=snap.state_path,
-            agent_vsock=snap.agent_transport == "vsock",
-        )
-
-    def record_spec(self) -> dict[str, Any]:
-        req = self.request
-        return {
-            "image": str(self.image.directory),
-            "ports": [str(p) for p in req.ports],
-            "vcpus": req.vcpus,
-            "memory_mib": req.memory_mib,
-            "mode": req.mode,
-            "volumes": [str(v) for v in req.volumes],
-            "net": req.net,
-            "ip": self.lease.ip if self.lease else None,
-            "snapshot": self.restore.name if self.restore else None,
-            "health_action": req.health_action,
-            "stop_grace_s": req.stop_grace_s,
-            "boot_timeout_s": req.boot_timeout_s,
-        }
 
     def publish(self, kind: str, **data: Any) -> None:
         self.bus.publish(Event(kind=kind, source=self.name, vm=self.request.name, data=data))

@@ -32,6 +32,7 @@ class AgentSource(Protocol):
 log = structlog.get_logger("mvm.forward")
 
 _CHUNK = 64 * 1024
+CONNECT_RETRY_S = 5.0
 
 
 async def bind_forward_listener(mapping: PortMapping) -> anyio.abc.Listener[anyio.abc.SocketStream]:
@@ -100,8 +101,7 @@ class PortForward(Actor[None]):
         self.connections_total += 1
         async with conn:
             try:
-                client = await self._agent.client()
-                guest = await client.open_tcp(self.mapping.guest_port)
+                guest = await self._open_guest()
             except MvmError as exc:
                 log.warning(
                     "forward.connect_failed",
@@ -117,6 +117,23 @@ class PortForward(Actor[None]):
                     # The guest leg broke (agent restarted, link lost): close the host
                     # connection too instead of leaving the client hanging on it.
                     tg.cancel_scope.cancel()
+
+    async def _open_guest(self) -> anyio.abc.ByteStream:
+        """The guest leg, retried while the guest port refuses, for up to
+        ``CONNECT_RETRY_S``: "ready" is the agent's hello, and the service behind the
+        port (httpd in the demo) starts a moment later; a client that connects right
+        after ``up`` waits that moment instead of getting a reset."""
+        delay, waited = 0.05, 0.0
+        while True:
+            client = await self._agent.client()
+            try:
+                return await client.open_tcp(self.mapping.guest_port)
+            except MvmError as exc:
+                if exc.code != "E_CONNECT" or waited >= CONNECT_RETRY_S:
+                    raise
+            await anyio.sleep(delay)  # backoff on a refused port, not a synchronisation
+            waited += delay
+            delay = min(delay * 2, 0.5)
 
     async def teardown(self) -> None:
         if self._owns_listener:

@@ -425,6 +425,7 @@ class RuntimeVM(Actor[StopVm | DetachVm | RestartVm]):
             "health_action": req.health_action,
             "stop_grace_s": req.stop_grace_s,
             "boot_timeout_s": req.boot_timeout_s,
+            "ir_hash": req.ir_hash,  # `mvmctl start` boots it again under the same plan
         }
 
     def publish(self, kind: str, **data: Any) -> None:

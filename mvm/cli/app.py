@@ -28,6 +28,7 @@ from mvm.cli.parsers import (
     invoke,
     ir,
     lifecycle,
+    verbs,
     vm,
 )
 from mvm.engine.base.errors import MvmError, SettingsError, error_leaves
@@ -38,6 +39,9 @@ Command = Callable[[argparse.Namespace], Awaitable[int]]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mvmctl", description="mvm microVM manager")
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print the mvm-engine version and exit"
+    )
     parser.add_argument("--log-json", action="store_true", help="JSON logs on stderr")
     parser.add_argument(
         "--log-level",
@@ -47,9 +51,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Help lists commands in this order. Only parsers are built here: each command's
     # module (and the engine, backends, actors behind it) is imported when it runs.
-    for group in (vm, build, ir, agent, lifecycle, clone, invoke, bench, dev, builder):
+    for group in (vm, verbs, build, ir, agent, lifecycle, clone, invoke, bench, dev, builder):
         group.register(sub)
+    verbs.register_aliases(sub)
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the installed distribution's version, looked up only when asked
+    (importlib.metadata would slow every ``--help``)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"mvmctl {distribution_version()}")
+        parser.exit()
+
+
+def distribution_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mvm-engine")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (mvm-engine is not installed)"
 
 
 def handler(target: str) -> Command:

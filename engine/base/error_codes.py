@@ -407,6 +407,10 @@ _c("E_PORT_DUPLICATE", "ConflictError", "a host address and port is listed twice
 _c("E_PORT_IN_USE", "ConflictError", "the host port is in use",
    "pick another host port with -p HOST:GUEST or stop what uses it")
 _c("E_PORT_SPEC", "ConfigError", "a port mapping is invalid", "for example -p 8080:80")
+_c("E_RUN_COMMAND", "ConfigError", "`-- CMD` was given for an image not built from a spec",
+   "give demo, demo-dev or a SPEC.json, or put the command in the spec")
+_c("E_RUN_RM_DETACHED", "ConfigError", "--rm was given without --attached",
+   "add --attached, or remove the VM later with mvmctl rm NAME")
 _c("E_SHIM_FAILED", "BackendError", "the VM's supervisor exited before the VM was ready",
    _LOGS)
 _c("E_SIGNAL", "ConfigError", "the signal name or number is unknown",

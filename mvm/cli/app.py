@@ -84,6 +84,34 @@ def distribution_version() -> str:
         return "unknown (mvm-engine is not installed)"
 
 
+_TAKES_COMMAND = ("run", "up")  # IMAGE -- CMD [ARG...]
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """parse_args, with ``run|up ... -- CMD ARGS``: the words after the first ``--``
+    are the guest command, whatever they look like (flags of ours included).
+    --help and usage errors exit here, before any import."""
+    if "--" in argv and _command_word(argv) in _TAKES_COMMAND:
+        cut = argv.index("--")
+        args = parser.parse_args(argv[:cut])
+        args.cmd = argv[cut + 1 :]
+        return args
+    return parser.parse_args(argv)
+
+
+def _command_word(argv: list[str]) -> str | None:
+    """The subcommand: the first word that is not a global option (or its value)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+        elif word == "--":
+            return None
+    return None
+
+
 def handler(target: str) -> Command:
     """The command a parser names as ``"module:function"`` in ``mvm.cli``, imported now:
     a command's module, and what it needs, load only when that command runs."""
@@ -93,7 +121,7 @@ def handler(target: str) -> Command:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)  # --help and usage errors exit here, before any import
+    args = parse(parser, list(sys.argv[1:] if argv is None else argv))
     import trio
 
     from mvm.engine.base.log import configure_logging

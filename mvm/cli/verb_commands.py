@@ -56,8 +56,8 @@ async def _each(names: list[str], verb: Callable[[StateStore, str], Awaitable[No
                 await verb(store, name)
             except MvmError as exc:
                 errors.append(exc)
-    for exc in errors:
-        print(exc.one_line(), file=sys.stderr)
+    for error in errors:
+        print(error.one_line(), file=sys.stderr)
     return errors[0].exit_status if errors else 0
 
 

@@ -92,8 +92,7 @@ def zsh(parser: argparse.ArgumentParser) -> str:
   done
   local -a _cands
   _cands=(${{=$(_mvmctl_words "$_p")}})
-  compadd -- $_cands
-  _files
+  compadd -- $_cands || _files  # file names only where no word fits (bash: -o default)
 }}
 compdef _mvmctl mvmctl
 """

@@ -73,6 +73,27 @@ def test_every_shell_script_names_every_command_path() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_command_prints_the_script(shell: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-P", "-m", "mvm.cli", "completion", shell],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == script(build_parser(), shell)
+    bad = subprocess.run(
+        [sys.executable, "-P", "-m", "mvm.cli", "completion", "tcsh"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
 def test_completion_follows_the_tree() -> None:
     """A command added to the tree shows up: nothing is listed by hand."""
     parser = argparse.ArgumentParser(prog="mvmctl")
@@ -150,3 +171,27 @@ def test_start_rebuilds_the_request_from_the_recorded_spec(tmp_path: Path) -> No
     assert req.volumes[0].size_mb == 64 and not req.volumes[0].read_only
     assert (req.vcpus, req.memory_mib, req.health_action) == (2, 512, "restart-vm")
     assert (req.stop_grace_s, req.boot_timeout_s, req.ir_hash) == (7.0, 120.0, "abc")
+
+
+def test_a_verb_reports_every_name_it_could_not_handle() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-P", "-m", "mvm.cli", "stop", "nope-a", "nope-b"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 1, proc.stderr
+    assert lines == [
+        "error[E_VM_NOT_FOUND]: no VM named 'nope-a' (see mvmctl ls)",
+        "error[E_VM_NOT_FOUND]: no VM named 'nope-b' (see mvmctl ls)",
+    ]
+    bad = subprocess.run(
+        [sys.executable, "-P", "-m", "mvm.cli", "kill", "-s", "NOPE", "x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode != 0 and bad.stderr.startswith("error[E_SIGNAL]"), bad.stderr

@@ -70,8 +70,8 @@ def test_stop_keeps_row_and_logs_then_start_keeps_the_data_volume(
         _ok(mvmctl("start", "vb1"))
         row = _row("vb1")
         assert row["state"] == "running" and row["pid"] != first["pid"]
-        assert row["spec"] == first["spec"] or isinstance(row["spec"], dict)
-        assert [v for v in row["spec"]["volumes"]] == [f"{data}:/mnt/data:32"]  # type: ignore[index]
+        assert row["spec"] == first["spec"]  # booted again as recorded
+        assert row["spec"]["volumes"] == [f"{data}:/mnt/data:32"]  # type: ignore[index]
         kept = _ok(mvmctl("exec", "vb1", "--", "cat", "/mnt/data/shared/f"))
         assert kept.stdout == "kept-42\n"
 
@@ -177,3 +177,32 @@ def test_run_attached_ctrl_c_exits_130_and_rm_removes_the_row(demo_image: Image)
             proc.wait()
     assert qemu_pids() == before
     assert mvmctl("inspect", "att-int").stderr.startswith("error[E_VM_NOT_FOUND]")
+
+
+def test_stop_of_an_attached_run_ends_it_and_start_boots_it_detached(demo_image: Image) -> None:
+    """The owner of an attached VM is the `run --attached` command itself: stop asks it
+    (SIGTERM), it stops the guest and exits; the row stays for start."""
+    proc = subprocess.Popen(
+        [*MVMCTL, "run", "--attached", "demo", "--name", "att-stop", "--", "sleep", "600"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "att-stop:" in line and "Ctrl-C" in line, line
+        assert _row("att-stop")["mode"] == "attached"
+        _ok(mvmctl("stop", "att-stop"))
+        assert proc.wait(timeout=60) == 130
+        row = _row("att-stop")
+        assert row["state"] == "exited", row
+        _ok(mvmctl("start", "att-stop"))
+        row = _row("att-stop")
+        assert row["state"] == "running" and row["mode"] == "detached", row
+        assert row["spec"]["mode"] == "detached"  # type: ignore[index]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        mvmctl("rm", "-f", "att-stop")

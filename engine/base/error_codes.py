@@ -407,8 +407,14 @@ _c("E_PORT_DUPLICATE", "ConflictError", "a host address and port is listed twice
 _c("E_PORT_IN_USE", "ConflictError", "the host port is in use",
    "pick another host port with -p HOST:GUEST or stop what uses it")
 _c("E_PORT_SPEC", "ConfigError", "a port mapping is invalid", "for example -p 8080:80")
+_c("E_RUN_COMMAND", "ConfigError", "`-- CMD` was given for an image not built from a spec",
+   "give demo, demo-dev or a SPEC.json, or put the command in the spec")
+_c("E_RUN_RM_DETACHED", "ConfigError", "--rm was given without --attached",
+   "add --attached, or remove the VM later with mvmctl rm NAME")
 _c("E_SHIM_FAILED", "BackendError", "the VM's supervisor exited before the VM was ready",
    _LOGS)
+_c("E_SIGNAL", "ConfigError", "the signal name or number is unknown",
+   "use a name or number: KILL, TERM, 9")
 _c("E_VCPUS", "ConfigError", "the vCPU count is out of range", "give vcpus in range")
 _c("E_VM_NAME", "ConfigError", "the VM name is missing or invalid", "use 1-63 letters, "
    "digits, '.', '_' or '-', starting with a letter or digit")
@@ -417,6 +423,8 @@ _c("E_VM_NOT_RUNNING", "ConflictError", "the VM is not running",
    "start it again, or read its log: mvmctl logs NAME")
 _c("E_VM_ORPHANED", "ConflictError", "the VM has no live engine",
    "stop it with mvmctl down NAME")
+_c("E_VM_RUNNING", "ConflictError", "the VM is running and the verb needs it stopped",
+   "stop it first (mvmctl stop NAME), or use mvmctl rm -f NAME")
 
 # --- hypervisors (backends/qemu, backends/firecracker, backends/cloud_hypervisor)
 _c("E_CH_ACCEL", "ConfigError", "Cloud Hypervisor needs KVM and TCG was requested",

@@ -66,4 +66,5 @@ def record_spec(vm: RuntimeVM) -> dict[str, Any]:
         "health_action": req.health_action,
         "stop_grace_s": req.stop_grace_s,
         "boot_timeout_s": req.boot_timeout_s,
+        "ir_hash": req.ir_hash,  # `mvmctl start` boots it again under the same plan
     }

@@ -28,6 +28,7 @@ from mvm.cli.parsers import (
     invoke,
     ir,
     lifecycle,
+    verbs,
     vm,
 )
 from mvm.engine.base.errors import MvmError, SettingsError, error_leaves
@@ -38,6 +39,9 @@ Command = Callable[[argparse.Namespace], Awaitable[int]]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mvmctl", description="mvm microVM manager")
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print the mvm-engine version and exit"
+    )
     parser.add_argument("--log-json", action="store_true", help="JSON logs on stderr")
     parser.add_argument(
         "--log-level",
@@ -47,9 +51,65 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Help lists commands in this order. Only parsers are built here: each command's
     # module (and the engine, backends, actors behind it) is imported when it runs.
-    for group in (vm, build, ir, agent, lifecycle, clone, invoke, bench, dev, builder):
+    for group in (vm, verbs, build, ir, agent, lifecycle, clone, invoke, bench, dev, builder):
         group.register(sub)
+    verbs.register_aliases(sub)
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the installed distribution's version, looked up only when asked
+    (importlib.metadata would slow every ``--help``)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"mvmctl {distribution_version()}")
+        parser.exit()
+
+
+def distribution_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mvm-engine")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (mvm-engine is not installed)"
+
+
+_TAKES_COMMAND = ("run", "up")  # IMAGE -- CMD [ARG...]
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """parse_args, with ``run|up ... -- CMD ARGS``: the words after the first ``--``
+    are the guest command, whatever they look like (flags of ours included).
+    --help and usage errors exit here, before any import."""
+    if "--" in argv and _command_word(argv) in _TAKES_COMMAND:
+        cut = argv.index("--")
+        args = parser.parse_args(argv[:cut])
+        args.cmd = argv[cut + 1 :]
+        return args
+    return parser.parse_args(argv)
+
+
+def _command_word(argv: list[str]) -> str | None:
+    """The subcommand: the first word that is not a global option (or its value)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+        elif word == "--":
+            return None
+    return None
 
 
 def handler(target: str) -> Command:
@@ -61,7 +121,8 @@ def handler(target: str) -> Command:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)  # --help and usage errors exit here, before any import
+    # --help and usage errors exit here, before any import
+    args = parse(parser, list(sys.argv[1:] if argv is None else argv))
     from mvm.engine.base.log import configure_logging
 
     configure_logging(json=args.log_json, level=args.log_level)

@@ -45,9 +45,20 @@ def builtin_spec(ref: str) -> ImageSpec | None:
     return {"demo": DEMO_SPEC, "demo-dev": DEMO_DEV_SPEC}.get(ref)
 
 
-async def resolve_image(ref: str, *, quiet: bool = False) -> Image:
+async def resolve_image(
+    ref: str, *, quiet: bool = False, command: tuple[str, ...] | None = None
+) -> Image:
+    """``command`` (``run IMAGE -- CMD ARGS``) replaces the spec's entrypoint: the image
+    is built from the spec with that command (cached like any build), so only specs
+    can take one; a prebuilt image directory cannot."""
     spec = builtin_spec(ref)
     path = Path(ref)
+    if command and spec is None and path.is_dir():
+        raise ConfigError(
+            f"{ref} is a built image: `-- CMD` needs an image built from a spec",
+            code="E_RUN_COMMAND",
+            hint="give demo, demo-dev or a SPEC.json, or put the command in the spec",
+        )
     if spec is None and path.is_dir():
         return Image.load(path)
     if spec is None and path.suffix == ".json":
@@ -58,5 +69,9 @@ async def resolve_image(ref: str, *, quiet: bool = False) -> Image:
             "nor an image directory",
             code="E_IMAGE_REF",
         )
+    if command:
+        import attrs
+
+        spec = attrs.evolve(spec, command=command)
     with BuildProgress(enabled=not quiet) as progress:
         return await build_offline_image(spec, progress=progress.update)

@@ -20,7 +20,7 @@ from mvm.cli.attach_output import console_offset, pump_console, pump_services
 from mvm.cli.hypervisor import resolve_hypervisor
 from mvm.cli.images import resolve_image, workload_ir_hash
 from mvm.cli.project import Project, find_target
-from mvm.engine.base.errors import MvmError, NotFoundError
+from mvm.engine.base.errors import ConfigError, MvmError, NotFoundError
 from mvm.engine.base.paths import vm_dir, write_private
 from mvm.engine.engine import Engine, VmHandle
 from mvm.engine.images.image import Image
@@ -101,8 +101,15 @@ def _keys(project: Project) -> set[str]:
 
 async def _image(args: argparse.Namespace, project: Project | None) -> Image:
     """Build (a cache hit when nothing changed) the project, or resolve IMAGE."""
+    command = tuple(getattr(args, "cmd", None) or ()) or None
     if project is None:
-        return await resolve_image(args.image or "demo")
+        return await resolve_image(args.image or "demo", command=command)
+    if command:
+        raise ConfigError(
+            "`-- CMD` replaces a spec's entrypoint; a project's image comes from its flake",
+            code="E_RUN_COMMAND",
+            hint="put the command in the flake's entrypoint, or use mvmctl exec",
+        )
     from mvm.cli.builder_commands import build_project
 
     return (await build_project(project.job)).image
@@ -118,31 +125,56 @@ def write_mode(name: str, mode: str, **extra: object) -> None:
 
 async def cmd_run(args: argparse.Namespace) -> int:
     if args.detach or not args.attached:
+        if args.rm:
+            raise ConfigError(
+                "--rm needs --attached: a detached VM's row is what `mvmctl logs`, "
+                "`wait` and `start` read after it ends",
+                code="E_RUN_RM_DETACHED",
+                hint="add --attached, or remove it later with mvmctl rm NAME",
+            )
         return await cmd_up(args)
     project = _precheck(args)
     image = await _image(args, project)
     request = _request(args, image.directory, args.name or image.name, "attached", _toml(project))
     offset = console_offset(vm_dir(request.name) / "console.log")
-    async with Engine.open() as engine:
-        vm = await engine.start(request, image)
-        write_mode(request.name, "attached", pid=os.getpid())
-        _say(
-            f"{request.name}: ready in {vm.boot_seconds or 0:.2f}s"
-            + "".join(
-                f"; http://{p.host_addr}:{p.host_port} -> guest:{p.guest_port}"
-                for p in request.ports
+    detached = False
+    try:
+        async with Engine.open() as engine:
+            vm = await engine.start(request, image)
+            write_mode(request.name, "attached", pid=os.getpid())
+            _say(
+                f"{request.name}: "
+                + (f"ready in {vm.boot_seconds:.2f}s" if vm.boot_seconds else "started")
+                + "".join(
+                    f"; http://{p.host_addr}:{p.host_port} -> guest:{p.guest_port}"
+                    for p in request.ports
+                )
+                + " (Ctrl-C to stop)"
             )
-            + " (Ctrl-C to stop)"
-        )
-        code, interrupted = await _stream_while_waiting(vm, image, offset)
-        detached = vm.detached
+            code, interrupted = await _stream_while_waiting(vm, image, offset)
+            detached = vm.detached
+    finally:  # every end: a normal exit, a failed boot, Ctrl-C (cancelled)
+        if args.rm and not detached:
+            await _remove_ended(request.name)
+    if detached:
+        return await _hand_over(request.name)
     if interrupted:
         _say(f"{request.name}: interrupted; stopped and torn down")
         return 130
-    if detached:
-        return await _hand_over(request.name)
     _say(f"{request.name}: exited ({code})")
     return _exit_status(code)
+
+
+async def _remove_ended(name: str) -> None:
+    """``--rm``: forget the VM once it ended (its row, run dir and leases)."""
+    from mvm.engine.vm.detached import remove_vm
+    from mvm.engine.vm.reconcile import FINAL_STATES
+
+    with anyio.CancelScope(shield=True):
+        async with StateStore.open() as store:
+            rec = await store.get_vm(name)
+            if rec is not None and rec.state in FINAL_STATES:
+                await remove_vm(store, rec)
 
 
 def _exit_status(code: int | None) -> int:

@@ -13,7 +13,9 @@ def register(sub: SubParsers) -> None:
         ("run", "build (if needed) and boot, detached (--attached: tied to this terminal)"),
         ("up", "build (if needed) and boot, detached (survives this command)"),
     ):
-        p = sub.add_parser(verb, help=helptext)
+        p = sub.add_parser(
+            verb, help=helptext, usage="%(prog)s [options] [IMAGE] [-- CMD [ARG...]]"
+        )
         p.add_argument(
             "image",
             nargs="?",
@@ -71,6 +73,12 @@ def register(sub: SubParsers) -> None:
                 "exit with the guest's status",
             )
             p.add_argument("-d", "--detach", action="store_true", help="(default) same as `up`")
+            p.add_argument(
+                "--rm", action="store_true", help="remove the VM's record when it ends (--attached)"
+            )
+        # IMAGE -- CMD [ARG...]: mvm.cli.app splits the words after `--` off into cmd
+        # (argparse 3.11 mishandles a `--` among optional positionals).
+        p.set_defaults(cmd=[])
         p.set_defaults(handler=f"vm_commands:cmd_{verb}")
 
     p = sub.add_parser("down", help="stop a VM and remove its state")

@@ -19,14 +19,14 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import attrs
-import structlog
 
 from mvm.backends.guest.channel import Channel
 from mvm.backends.guest.protocol import VERSION, FrameReader, ProtocolError, encode_frame
 from mvm.backends.guest.streams import AgentStream, ExecSession
 from mvm.engine.base.errors import AgentError, RequestTimeout, unwrap
+from mvm.engine.base.log import get_logger
 
-log = structlog.get_logger("mvm.agent.client")
+log = get_logger("mvm.agent.client")
 
 EventCallback = Callable[[dict[str, Any]], None]
 HEALTH_MAX_AGE_S = 0.25

@@ -13,6 +13,7 @@ agent runs as uid 990. A string command runs under ``/bin/sh -c``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Literal
 
 import attrs
@@ -40,6 +41,11 @@ def _argv(command: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...] 
     if isinstance(command, str):
         return ("/bin/sh", "-c", command)
     return tuple(command)
+
+
+def _names(values: str | Iterable[str]) -> tuple[str, ...]:
+    """A list (as JSON and TOML have) or tuple of names; one bare string is one name."""
+    return (values,) if isinstance(values, str) else tuple(values)
 
 
 def _service_command(command: str | tuple[str, ...] | list[str]) -> str | tuple[str, ...]:
@@ -74,7 +80,9 @@ class ImageSpec:
     command: tuple[str, ...] | None = attrs.field(default=None, converter=_argv)
     shell: str | None = None  # entrypoint.shell; None: /bin/sh when the kind is shell
     services: dict[str, Service] = attrs.field(factory=dict)
-    packages: tuple[str, ...] = ()  # busybox applet names or absolute host paths
+    packages: tuple[str, ...] = attrs.field(
+        default=(), converter=_names
+    )  # busybox applet names or absolute host paths
     extra_files: dict[str, str] = attrs.field(factory=dict)  # guest path -> file content
     extra_file_modes: dict[str, int] = attrs.field(factory=dict)  # guest path -> mode (0644)
     uids: Uids = attrs.field(factory=Uids)

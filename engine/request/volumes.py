@@ -17,12 +17,12 @@ from pathlib import Path, PurePosixPath
 
 import anyio
 import attrs
-import structlog
 
 from mvm.engine.base.errors import BuildError, ConfigError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import mvm_home
 
-log = structlog.get_logger("mvm.volumes")
+log = get_logger("mvm.volumes")
 
 _GUEST_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
 _MIN_RO_BYTES = 8 * 1024 * 1024

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mvm.engine.store.records import EventRecord, VmRecord
@@ -77,10 +77,32 @@ class EventsMixin:
         assert event_id is not None
         return event_id
 
+    async def append_events(
+        self, events: Sequence[tuple[str, str, str | None, Mapping[str, Any], float]]
+    ) -> None:
+        """Record ``(kind, source, vm, data, ts)`` rows in one transaction: an engine's
+        event recorder (engine/event_log.py) writes what its bus published in batches."""
+        rows = [
+            (ts, str(kind), source, vm, json.dumps(dict(data), sort_keys=True, default=str))
+            for kind, source, vm, data, ts in events
+        ]
+        if rows:
+            await self._write(
+                lambda c: c.executemany(
+                    "INSERT INTO events (ts, kind, source, vm, data) VALUES (?, ?, ?, ?, ?)", rows
+                )
+            )
+
     async def list_events(
-        self, vm: str | None = None, limit: int = 100, *, after: int | None = None
+        self,
+        vm: str | None = None,
+        limit: int = 100,
+        *,
+        after: int | None = None,
+        since: float | None = None,
     ) -> list[EventRecord]:
-        """The newest ``limit`` events (of ``vm``, if given), oldest first."""
+        """The newest ``limit`` events (of ``vm``, if given; with id above ``after``; at
+        or after wall-clock ``since``), oldest first."""
         where: list[str] = []
         params: list[Any] = []
         if vm is not None:
@@ -89,6 +111,9 @@ class EventsMixin:
         if after is not None:
             where.append("id > ?")
             params.append(after)
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(since)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         sql = f"SELECT id, ts, kind, source, vm, data FROM events {clause} ORDER BY id DESC LIMIT ?"
         rows = await self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())

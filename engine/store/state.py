@@ -39,10 +39,10 @@ from typing import Any, TypeVar
 
 import anyio
 import attrs
-import structlog
 
 from mvm.engine.base import paths
 from mvm.engine.base.errors import ConflictError, NotFoundError
+from mvm.engine.base.log import get_logger
 from mvm.engine.store.builds import BuildsMixin
 from mvm.engine.store.connection import open_connection
 from mvm.engine.store.events import EventsMixin, record_removal
@@ -77,7 +77,7 @@ __all__ = [
     "VmRecord",
 ]
 
-log = structlog.get_logger("mvm.store")
+log = get_logger("mvm.store")
 
 T = TypeVar("T")
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import anyio
 import cattrs
-import structlog
 
 from mvm.engine.base.errors import BackendError, MvmError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import CHILD_UMASK, ensure_private_dir, private_opener, vm_dir
 from mvm.engine.base.process import is_same_process, kill_verified, wait_process_exit
 from mvm.engine.base.runfiles import remove_run_dir
@@ -34,7 +34,7 @@ from mvm.engine.vm import network
 from mvm.engine.vm.owner import Owner
 from mvm.engine.vm.reconcile import FINAL_STATES, settle
 
-log = structlog.get_logger("mvm.detached")
+log = get_logger("mvm.detached")
 
 _conv = cattrs.Converter()
 

@@ -34,6 +34,9 @@ HEALTH_MAX_AGE_S = 0.25
 
 @attrs.frozen
 class ExecResult:
+    """One finished guest command: exit ``code`` (None if killed by ``signal``) and its
+    buffered stdout/stderr bytes."""
+
     code: int | None
     signal: int | None
     stdout: bytes
@@ -46,6 +49,8 @@ class ExecResult:
 
 @attrs.frozen
 class LogLine:
+    """One line a guest service wrote (``service``, ``line``), as ``follow_logs`` yields it."""
+
     service: str
     line: str
 

@@ -17,6 +17,9 @@ from mvm.engine.base.errors import ConfigError, NotFoundError
 
 @attrs.frozen
 class Image:
+    """A built image directory (kernel, rootfs, ``mvm-meta.json``), as ``Engine.build`` returns
+    it."""
+
     directory: Path
     kernel: Path
     rootfs: Path

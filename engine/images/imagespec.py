@@ -54,6 +54,8 @@ def _service_command(command: str | tuple[str, ...] | list[str]) -> str | tuple[
 
 @attrs.frozen
 class Service:
+    """A long-running guest service: its command, environment and restart policy."""
+
     # A shell string (run with sh -c) or argv (exec'd as is), like mkGuest's.
     command: str | tuple[str, ...] = attrs.field(converter=_service_command)
     pre_start: str | None = None
@@ -63,6 +65,8 @@ class Service:
 
 @attrs.frozen
 class HealthCheck:
+    """A service's health command and how often it runs."""
+
     health_cmd: str
     health_interval_secs: int = 5
     health_timeout_secs: int = 3
@@ -70,12 +74,17 @@ class HealthCheck:
 
 @attrs.frozen
 class Uids:
+    """The uids the guest agent and the entrypoint run as."""
+
     agent: int = AGENT_UID
     entrypoint: int | None = None  # None: 0 in dev, 1000 when sealed
 
 
 @attrs.frozen
 class ImageSpec:
+    """What to build: the entrypoint, services, packages and files of an image
+    (``Engine.build``); lists are accepted where JSON has lists."""
+
     name: str
     command: tuple[str, ...] | None = attrs.field(default=None, converter=_argv)
     shell: str | None = None  # entrypoint.shell; None: /bin/sh when the kind is shell

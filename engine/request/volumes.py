@@ -31,6 +31,9 @@ _MAX_SIZE_MB = 1024 * 1024
 
 @attrs.frozen
 class Volume:
+    """A host folder given to the VM at ``guest``: read-only copy taken at boot (``size_mb``
+    None) or a writable disk."""
+
     host: str  # absolute host folder (a str so requests round-trip through JSON)
     guest: str
     size_mb: int | None = None  # None: read-only snapshot of the folder

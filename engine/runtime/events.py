@@ -195,6 +195,9 @@ class Subscription:
 
 
 class EventBus:
+    """One engine's in-process event stream: ``publish`` never blocks, ``subscribe`` yields
+    what follows."""
+
     def __init__(self) -> None:
         self._subscribers: list[Subscription] = []
         self.published = 0

@@ -22,12 +22,13 @@ import anyio
 
 from mvm.engine.base.errors import MvmError
 from mvm.engine.base.log import get_logger
-from mvm.engine.runtime.events import DROPPED, Event, EventBus, Subscription
+from mvm.engine.runtime.events import DROPPED, Event, EventBus, EventKind, Subscription
 from mvm.engine.store import StateStore
 
 log = get_logger("mvm.event_log")
 
-# The table keeps the newest KEEP events; pruned every PRUNE_EVERY written.
+# The table keeps the newest KEEP events; pruned every PRUNE_EVERY written. The
+# ``vm.removed`` tombstones (one per removed VM, what ``mvmctl wait`` reads) are spared.
 KEEP = 20_000
 PRUNE_EVERY = 1_000
 _BUFFER = 10_000
@@ -52,7 +53,7 @@ async def _drain(sub: Subscription, store: StateStore, written: list[int]) -> No
             written[0] = 0
             with anyio.CancelScope(shield=True):
                 try:
-                    await store.prune_events(KEEP)
+                    await store.prune_events(KEEP, spare=EventKind.VM_REMOVED)
                 except (MvmError, sqlite3.Error, OSError) as exc:
                     log.warning("events.prune_failed", error=repr(exc))
 

@@ -138,14 +138,19 @@ class EventsMixin:
                 return EventRecord(id=r[0], ts=r[1], kind=r[2], source=r[3], vm=r[4], data=data)
         return None
 
-    async def prune_events(self, keep: int) -> int:
-        """Delete all but the newest ``keep`` events; return how many went."""
-        return await self._write(
-            lambda c: (
-                c.execute(
-                    "DELETE FROM events WHERE id NOT IN "
-                    "(SELECT id FROM events ORDER BY id DESC LIMIT ?)",
-                    (keep,),
-                ).rowcount
+    async def prune_events(self, keep: int, *, spare: str | None = None) -> int:
+        """Delete all but the newest ``keep`` events (events of kind ``spare`` are kept
+        and not counted); return how many went."""
+        if spare is None:
+            sql, params = (
+                "DELETE FROM events WHERE id NOT IN "
+                "(SELECT id FROM events ORDER BY id DESC LIMIT ?)",
+                (keep,),
             )
-        )
+        else:
+            sql, params = (
+                "DELETE FROM events WHERE kind != ? AND id NOT IN "
+                "(SELECT id FROM events WHERE kind != ? ORDER BY id DESC LIMIT ?)",
+                (spare, spare, keep),
+            )
+        return await self._write(lambda c: c.execute(sql, params).rowcount)

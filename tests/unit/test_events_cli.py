@@ -15,13 +15,14 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import IO, Any
 
 import pytest
 
 from mvm.cli.events_commands import format_event, parse_since
 from mvm.engine.base.errors import ConfigError
-from mvm.engine.store import EventRecord
+from mvm.engine.store import EventRecord, StateStore
 
 
 def _mvmctl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -102,3 +103,15 @@ def test_an_event_line_names_kind_vm_and_data() -> None:
     ev = EventRecord(id=3, ts=60.0, kind="vm.stopped", source="vm/a", vm="a", data={"code": 0})
     assert format_event(ev, as_json=False) == "1970-01-01T00:01:00.000+00:00 vm.stopped a code=0"
     assert json.loads(format_event(ev, as_json=True))["kind"] == "vm.stopped"
+
+
+async def test_pruning_spares_the_removal_tombstones(mvm_home: Path) -> None:
+    """``mvmctl wait`` reads a removed VM's status from its ``vm.removed`` event: the
+    recorder's pruning (every engine's events now fill the table) keeps those."""
+    async with StateStore.open() as store:
+        await store.append_event("vm.removed", "store", "old", {"exit_code": 7})
+        for i in range(5):
+            await store.append_event("vm.step.mux", f"vm/{i}", str(i))
+        assert await store.prune_events(2, spare="vm.removed") == 3
+        kinds = [(e.kind, e.vm) for e in await store.list_events()]
+    assert kinds == [("vm.removed", "old"), ("vm.step.mux", "3"), ("vm.step.mux", "4")]

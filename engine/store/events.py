@@ -100,9 +100,11 @@ class EventsMixin:
         *,
         after: int | None = None,
         since: float | None = None,
+        oldest: bool = False,
     ) -> list[EventRecord]:
         """The newest ``limit`` events (of ``vm``, if given; with id above ``after``; at
-        or after wall-clock ``since``), oldest first."""
+        or after wall-clock ``since``), oldest first; with ``oldest``, the oldest
+        ``limit`` of them instead (a follower paging through a burst loses none)."""
         where: list[str] = []
         params: list[Any] = []
         if vm is not None:
@@ -115,11 +117,15 @@ class EventsMixin:
             where.append("ts >= ?")
             params.append(since)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        sql = f"SELECT id, ts, kind, source, vm, data FROM events {clause} ORDER BY id DESC LIMIT ?"
+        order = "ASC" if oldest else "DESC"
+        sql = (
+            f"SELECT id, ts, kind, source, vm, data FROM events {clause} "
+            f"ORDER BY id {order} LIMIT ?"
+        )
         rows = await self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
         return [
             EventRecord(id=r[0], ts=r[1], kind=r[2], source=r[3], vm=r[4], data=json.loads(r[5]))
-            for r in reversed(rows)
+            for r in (rows if oldest else reversed(rows))
         ]
 
     async def last_removal(self, vm: str, created_at: float) -> EventRecord | None:

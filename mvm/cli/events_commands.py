@@ -64,7 +64,7 @@ async def cmd_events(args: argparse.Namespace) -> int:
     since = parse_since(args.since) if args.since else None
     async with StateStore.open() as store:
         if since is not None:
-            backlog = await store.list_events(args.name, limit=1_000_000, since=since)
+            backlog = await store.list_events(args.name, limit=1_000_000, since=since, oldest=True)
             last = _print(backlog, args.json)
         else:
             newest = await store.list_events(limit=1)
@@ -73,7 +73,7 @@ async def cmd_events(args: argparse.Namespace) -> int:
             newest = await store.list_events(limit=1)
             last = newest[-1].id if newest else 0
         while args.follow:
-            fresh = await store.list_events(args.name, limit=1000, after=last)
+            fresh = await store.list_events(args.name, limit=1000, after=last, oldest=True)
             if fresh:
                 last = _print(fresh, args.json)
             else:

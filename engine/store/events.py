@@ -147,6 +147,7 @@ class EventsMixin:
     async def prune_events(self, keep: int, *, spare: str | None = None) -> int:
         """Delete all but the newest ``keep`` events (events of kind ``spare`` are kept
         and not counted); return how many went."""
+        params: tuple[str | int, ...]
         if spare is None:
             sql, params = (
                 "DELETE FROM events WHERE id NOT IN "

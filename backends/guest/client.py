@@ -219,12 +219,15 @@ class AgentClient:
 
     @property
     def closed(self) -> bool:
+        """True once the agent link is gone."""
         return self._closed.is_set()
 
     async def wait_closed(self) -> None:
+        """Block until the agent link is gone."""
         await self._closed.wait()
 
     async def send_frame(self, message: dict[str, Any]) -> None:
+        """Send one protocol message (backends/guest/PROTOCOL.md)."""
         await self.send_encoded(encode_frame(message))
 
     async def send_encoded(self, frame: bytes) -> None:
@@ -239,6 +242,7 @@ class AgentClient:
             raise AgentError("the guest agent connection broke", code="E_AGENT_GONE") from None
 
     async def open_channel(self, kind: str, *, raw: bool = False, **fields: Any) -> Channel:
+        """Open a multiplexed channel (exec, console, file streams) of ``kind``."""
         ident = next(self._ids)
         channel = Channel(ident, self, raw=raw)
         self._channels[ident] = channel
@@ -250,6 +254,7 @@ class AgentClient:
         return channel
 
     def forget(self, ident: int) -> None:
+        """Drop a closed channel from the link."""
         self._channels.pop(ident, None)
 
     async def _call(self, kind: str, *, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
@@ -310,6 +315,7 @@ class AgentClient:
         await waiter.wait()
 
     async def shutdown(self, *, reboot: bool = False, timeout: float = 10.0) -> None:
+        """Ask the guest to sync and power off (or reboot)."""
         await self._call("shutdown", timeout=timeout, reboot=reboot)
 
     async def identity(
@@ -357,6 +363,8 @@ class AgentClient:
     async def follow_logs(
         self, service: str | None = None, *, follow: bool = True
     ) -> AsyncIterator[AsyncIterator[LogLine]]:
+        """``async with client.follow_logs() as lines``: the services' log lines (of
+        ``service`` only, if given), then new ones as they come unless ``follow=False``."""
         fields: dict[str, Any] = {"follow": follow}
         if service is not None:
             fields["service"] = service

@@ -161,6 +161,7 @@ class ImageSpec:
 
     @property
     def entrypoint_kind(self) -> EntrypointKind:
+        """What the VM runs: a command, a shell, services, or nothing."""
         if self.command is not None:
             return "command"
         if self.shell is not None:
@@ -171,20 +172,24 @@ class ImageSpec:
 
     @property
     def accessible(self) -> bool:
+        """Exec and console allowed: ``dev``, or inferred (a shell image is)."""
         if self.dev is not None:
             return self.dev
         return self.entrypoint_kind == "shell"
 
     @property
     def shell_program(self) -> str:
+        """The shell a shell entrypoint runs (``/bin/sh`` unless given)."""
         return self.shell or DEFAULT_SHELL
 
     @property
     def sealed(self) -> bool:
+        """Not accessible: exec and console are refused."""
         return not self.accessible
 
     @property
     def entrypoint_uid(self) -> int:
+        """The uid the entrypoint runs as: given, else 0 in dev and 1000 sealed."""
         if self.uids.entrypoint is not None:
             return self.uids.entrypoint
         return 0 if self.accessible else 1000

@@ -37,6 +37,7 @@ class PortMapping:
 
     @classmethod
     def parse(cls, text: str) -> PortMapping:
+        """``[ADDR:]HOST:GUEST`` (``8080:80``, ``127.0.0.1:8080:80``), as ``-p`` takes it."""
         m = _PORT_SPEC.match(text.strip())
         if not m:
             raise ConfigError(

@@ -235,4 +235,5 @@ class EventBus:
 
     @property
     def subscriber_count(self) -> int:
+        """How many subscriptions are open (the engine's own event recorder is one)."""
         return len(self._subscribers)

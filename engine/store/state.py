@@ -298,12 +298,14 @@ class StateStore(BuildsMixin, EventsMixin):
         return changed > 0
 
     async def get_vm(self, name: str) -> VmRecord | None:
+        """VM ``name``'s row, or None."""
         row = await self._read(
             lambda c: c.execute(f"{_VM_SELECT} WHERE name = ?", (name,)).fetchone()
         )
         return vm_from_row(row) if row is not None else None
 
     async def list_vms(self) -> list[VmRecord]:
+        """Every VM row, whichever process owns the VM."""
         rows = await self._read(
             lambda c: c.execute(f"{_VM_SELECT} ORDER BY created_at, name").fetchall()
         )

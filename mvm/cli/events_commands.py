@@ -57,7 +57,9 @@ def format_event(ev: EventRecord, *, as_json: bool) -> str:
         )  # fmt: skip
     when = datetime.datetime.fromtimestamp(ev.ts, datetime.UTC).isoformat(timespec="milliseconds")
     fields = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in sorted(ev.data.items()))
-    return f"{when} {ev.kind} {ev.vm or '-'} {fields}".rstrip()
+    # the publisher, where it is not the VM itself (an actor: agent, mux, forward, health)
+    source = "" if ev.source in (f"vm/{ev.vm}", "store") else f" [{ev.source}]"
+    return f"{when} {ev.kind} {ev.vm or '-'}{source} {fields}".rstrip()
 
 
 async def cmd_events(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+import attrs
 import pytest
 
 from mvm.cli.events_commands import format_event, parse_since
@@ -103,6 +104,8 @@ def test_an_event_line_names_kind_vm_and_data() -> None:
     ev = EventRecord(id=3, ts=60.0, kind="vm.stopped", source="vm/a", vm="a", data={"code": 0})
     assert format_event(ev, as_json=False) == "1970-01-01T00:01:00.000+00:00 vm.stopped a code=0"
     assert json.loads(format_event(ev, as_json=True))["kind"] == "vm.stopped"
+    actor = attrs.evolve(ev, kind="actor.started", source="vm/a/agent", data={})
+    assert format_event(actor, as_json=False).endswith("actor.started a [vm/a/agent]")
 
 
 async def test_pruning_spares_the_removal_tombstones(mvm_home: Path) -> None:

@@ -13,15 +13,15 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import structlog
 
 from mvm.backends.abc.types import AgentEndpoint
 from mvm.backends.guest.client import AgentClient
 from mvm.engine.base.errors import AgentError, RequestTimeout
+from mvm.engine.base.log import get_logger
 from mvm.engine.runtime.actor import Actor
-from mvm.engine.runtime.events import Event, EventBus
+from mvm.engine.runtime.events import Event, EventBus, EventKind
 
-log = structlog.get_logger("mvm.agent")
+log = get_logger("mvm.agent")
 
 
 class AgentConnection(Actor[None]):
@@ -64,7 +64,7 @@ class AgentConnection(Actor[None]):
                 self._client = client
                 self._ready.set()
                 self._bus.publish(
-                    Event(kind="agent.hello", source=self.name, vm=self.vm, data=self.hello)
+                    Event(kind=EventKind.AGENT_HELLO, source=self.name, vm=self.vm, data=self.hello)
                 )
                 task_status.started()
                 await client.wait_closed()

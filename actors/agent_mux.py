@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-import structlog
 
 from mvm.backends.guest.channel import Channel
 from mvm.backends.guest.protocol import FrameReader, ProtocolError, encode_frame
 from mvm.engine.base.errors import AgentError, MvmError
+from mvm.engine.base.log import get_logger
 from mvm.engine.runtime.actor import Actor
 
 if TYPE_CHECKING:
     from mvm.actors.agent_connection import AgentConnection
 
-log = structlog.get_logger("mvm.agent.mux")
+log = get_logger("mvm.agent.mux")
 
 MUX_SOCKET = "agent.mux.sock"
 DETACH_REQUEST = "mvm.detach"  # mux-level extension: hand the VM over to a detached shim

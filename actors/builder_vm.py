@@ -22,17 +22,17 @@ from contextlib import asynccontextmanager
 import anyio
 import anyio.abc
 import attrs
-import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from mvm.engine.base.errors import BuildError, ConfigError, MvmError
+from mvm.engine.base.log import get_logger
 from mvm.engine.builders import Builder, BuildJob, LogFn
 from mvm.engine.builders.cache import BuildCache, CacheKey, job_key
 from mvm.engine.images.image import Image
 from mvm.engine.runtime.actor import Actor, Reply, ask
 from mvm.engine.runtime.supervisor import RestartPolicy, Supervisor
 
-log = structlog.get_logger("mvm.builder")
+log = get_logger("mvm.builder")
 
 DEFAULT_BUILD_TIMEOUT_S = 3600.0
 

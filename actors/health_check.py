@@ -16,14 +16,14 @@ from typing import Literal
 import anyio
 import anyio.abc
 import attrs
-import structlog
 
 from mvm.actors.port_forward import AgentSource
 from mvm.engine.base.errors import ActorFailed, MvmError
+from mvm.engine.base.log import get_logger
 from mvm.engine.runtime.actor import Actor
-from mvm.engine.runtime.events import Event, EventBus
+from mvm.engine.runtime.events import Event, EventBus, EventKind
 
-log = structlog.get_logger("mvm.health")
+log = get_logger("mvm.health")
 
 HealthState = Literal["healthy", "unhealthy", "unknown"]
 OnChange = Callable[[str, HealthState], Awaitable[None]]
@@ -165,7 +165,7 @@ class HealthCheck(Actor[None]):
     async def _publish(self, changed: HealthState, rc: object) -> None:
         self._bus.publish(
             Event(
-                kind="health.changed",
+                kind=EventKind.HEALTH_CHANGED,
                 source=self.name,
                 vm=self.vm,
                 data={"service": self.service, "status": changed, "rc": rc},
@@ -179,7 +179,7 @@ class HealthCheck(Actor[None]):
             self.restarts += 1
             self._bus.publish(
                 Event(
-                    kind="health.restart_service",
+                    kind=EventKind.HEALTH_RESTART_SERVICE,
                     source=self.name,
                     vm=self.vm,
                     data={"service": self.service, "restarts": self.restarts},

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.abc
-import structlog
 
 from mvm.engine.base.errors import ConflictError, MvmError
+from mvm.engine.base.log import get_logger
 from mvm.engine.request.vmrequest import PortMapping
 from mvm.engine.runtime.actor import Actor
 
@@ -29,7 +29,7 @@ class AgentSource(Protocol):
     async def client(self, timeout: float = 30.0) -> AgentClient: ...
 
 
-log = structlog.get_logger("mvm.forward")
+log = get_logger("mvm.forward")
 
 _CHUNK = 64 * 1024
 CONNECT_RETRY_S = 5.0

@@ -30,13 +30,13 @@ from typing import IO
 
 import anyio
 import attrs
-import structlog
 
 from mvm.engine.base.errors import BuildError, ConfigError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import cache_dir
 from mvm.engine.base.settings import current_settings
 
-log = structlog.get_logger("mvm.kernel")
+log = get_logger("mvm.kernel")
 
 ProgressFn = Callable[[str, float | None], None]
 

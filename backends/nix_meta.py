@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-import structlog
 
 from mvm.engine.base.errors import BuildError, ConfigError, default_hint
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.settings import current_settings
 from mvm.engine.images.imagespec import ImageSpec
 
-log = structlog.get_logger("mvm.nix")
+log = get_logger("mvm.nix")
 
 GuestFunction = Literal["mkGuest", "mkFunctionWorkload", "mkFunctionService"]
 PackageSet = Literal["stub", "nixpkgs"]

@@ -34,7 +34,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import structlog
 
 from mvm.backends.guest.build import agent_binary, init_script
 from mvm.backends.guest.protocol import FrameReader, encode_frame
@@ -43,12 +42,13 @@ from mvm.backends.kernel_build import ensure_kernel
 from mvm.bench.boot import bare_qemu, connect_agent
 from mvm.bench.common import host_info, summary
 from mvm.engine.base.errors import AgentError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import cache_dir
 from mvm.engine.images.image import Image
 from mvm.engine.images.imagespec import ImageSpec
 from mvm.engine.images.ir_image import PythonRuntime, python_runtime, shared_library_closure
 
-log = structlog.get_logger("mvm.bench.agent_language")
+log = get_logger("mvm.bench.agent_language")
 
 AGENT_PY = Path(__file__).resolve().parent / "agent_py" / "agent.py"
 AGENT_PY_GUEST = "/usr/lib/mvm/agent_py.py"

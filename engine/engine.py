@@ -18,7 +18,6 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 import attrs
-import structlog
 
 from mvm.backends.guest.client import AgentClient, ExecResult
 from mvm.backends.registry import get_backend
@@ -30,6 +29,7 @@ from mvm.engine.base.errors import (
     ConflictError,
     NotFoundError,
 )
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.settings import Settings, current_settings, use_settings
 from mvm.engine.images.image import Image
 from mvm.engine.images.imagespec import ImageSpec
@@ -41,7 +41,7 @@ from mvm.engine.vm.reconcile import adopt_orphaned, reconcile
 from mvm.engine.vm.runtime import DetachVm, RuntimeVM, StopVm
 from mvm.engine.vm.snapshots import SnapshotMeta, load_snapshot, take_snapshot
 
-log = structlog.get_logger("mvm.engine")
+log = get_logger("mvm.engine")
 
 ProgressFn = Callable[[str, float | None], None]
 P = ParamSpec("P")
@@ -49,21 +49,26 @@ T = TypeVar("T")
 
 
 class VmHandle:
-    """A VM running under this engine: exec, wait, stop."""
+    """A VM: exec in it, wait for it, stop it. ``Engine.start`` / ``clone`` / ``adopt``
+    return one for a VM this engine supervises; ``Engine.vm(name)`` also answers one for
+    a VM another process supervises (engine/remote_vm.py), with the same methods."""
 
     def __init__(self, vm: RuntimeVM) -> None:
         self._vm = vm
 
     @property
     def name(self) -> str:
+        """The VM's name (unique in the store)."""
         return self._vm.request.name
 
     @property
     def hello(self) -> dict[str, Any]:
+        """The guest agent's hello (kernel, agent version, ...); empty before it came."""
         return self._vm.agent.hello if self._vm.agent else {}
 
     @property
     def boot_seconds(self) -> float | None:
+        """Seconds from the start to the agent's hello; None while booting."""
         if self._vm.ready_at is None:
             return None
         return self._vm.ready_at - self._vm.started_at
@@ -75,13 +80,17 @@ class VmHandle:
 
     @property
     def console_log(self) -> str | None:
+        """The file the guest's serial console is written to (kernel and init lines)."""
         return str(self._vm.handle.plan.console_log) if self._vm.handle else None
 
     @property
     def pid(self) -> int | None:
+        """The VMM's process id; None before it was spawned."""
         return self._vm.handle.pid if self._vm.handle else None
 
     async def agent(self) -> AgentClient:
+        """The guest agent's client (exec, services, logs, files); ``E_AGENT_GONE``
+        when the VM has no agent link."""
         if self._vm.agent is None:
             raise NotFoundError(f"VM {self.name} has no agent connection", code="E_AGENT_GONE")
         return await self._vm.agent.client()
@@ -89,6 +98,9 @@ class VmHandle:
     async def exec(
         self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float | None = None
     ) -> ExecResult:
+        """Run ``argv`` in the guest and wait for it: its status and buffered output.
+        ``stdin`` is fed to it; ``timeout`` bounds it (``RequestTimeout``). A sealed
+        image refuses exec (``AccessDenied``)."""
         if self._vm.image.sealed:
             raise AccessDenied(
                 f"VM {self.name} runs a sealed image: exec is refused",
@@ -115,6 +127,8 @@ class VmHandle:
         await self._vm.exited.wait()
 
     async def stop(self, reason: str = "stopped") -> int | None:
+        """Stop the VM (guest sync and power-off, VMM stop, the unwind of its boot);
+        its exit status. Stopping a stopped VM only returns it."""
         if not self._vm.exited.is_set():
             with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                 await self._vm.send(StopVm(reason=reason))
@@ -136,6 +150,12 @@ def _in_scope(
 
 
 class Engine:
+    """The embeddable engine: one structured-concurrency scope over the state store, the
+    event bus and the VMs it supervises. Open it with ``async with Engine.open() as
+    engine``; leaving the block stops every VM started through it. Works under trio and
+    asyncio. Logs go to the standard-library loggers ``mvm.*`` and stay silent until the
+    host app configures logging; nothing is written to stdout or stderr."""
+
     def __init__(
         self,
         store: StateStore,
@@ -171,16 +191,23 @@ class Engine:
             chosen = attrs.evolve(chosen, home=Path(home))
         if cache is not None:
             chosen = attrs.evolve(chosen, cache=Path(cache))
+        from mvm.engine.event_log import record_events
+
         bus = EventBus()
         with use_settings(chosen):
             async with StateStore.open() as store:
                 await reconcile(store)
                 if adopt_orphans:
                     await adopt_orphaned(store)
-                async with Supervisor("engine", events=bus) as sup:
+                # every event is also stored, so other processes (mvmctl events) see it
+                async with record_events(bus, store), Supervisor("engine", events=bus) as sup:
                     yield cls(store, bus, sup, chosen)
 
     def events(self) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
+        """``async with engine.events() as events: async for ev in events`` -- the
+        :class:`Event` s this engine publishes from now on (kinds: :class:`EventKind`).
+        Events of VMs other processes supervise are in the store
+        (``engine.store.list_events``, ``mvmctl events``)."""
         return self.bus.subscribe()
 
     @_in_scope
@@ -282,22 +309,30 @@ class Engine:
         return VmHandle(vm)
 
     def vm(self, name: str) -> VmHandle:
-        try:
+        """A handle on VM ``name``, whichever process supervises it: this engine's own
+        VM, or (any other VM of the store: a detached one, another app's) a handle that
+        reaches it through its owner -- exec over the agent mux, wait on its row, stop
+        by the one stop path. A name the store does not hold raises ``E_VM_NOT_FOUND``
+        when the handle is used."""
+        if name in self._vms:
             return VmHandle(self._vms[name])
-        except KeyError:
-            raise NotFoundError(
-                f"no VM named {name!r} in this engine", code="E_VM_NOT_FOUND"
-            ) from None
+        from mvm.engine.remote_vm import RemoteVmHandle
+
+        return RemoteVmHandle(name, self.settings)
 
     @_in_scope
     async def stop(self, name: str) -> int | None:
+        """Stop VM ``name`` (here, or through its owner); its exit status."""
         handle = self.vm(name)
+        if name not in self._vms:
+            return await handle.stop()
         code = await handle.stop()
         await self._sup.stop(f"vm/{name}")
         return code
 
     @_in_scope
     async def list_vms(self) -> list[VmRecord]:
+        """Every VM in the store (after reconciling it), whichever process runs it."""
         await reconcile(self.store)
         return await self.store.list_vms()
 

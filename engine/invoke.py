@@ -27,16 +27,16 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from mvm.backends.guest import wrapper
 from mvm.backends.guest.client import AgentClient
 from mvm.backends.guest.streams import ExecSession
 from mvm.engine.base.errors import AgentError, ConfigError, MvmError, RequestTimeout
+from mvm.engine.base.log import get_logger
 from mvm.engine.images.invoke_schema import FunctionSchemas, check_args, check_result
 
-log = structlog.get_logger("mvm.invoke")
+log = get_logger("mvm.invoke")
 
 _LEN = struct.Struct(">I")
 _HEADER = struct.Struct(">IB")  # reply frames: length, status (0 value, 1 error)

@@ -16,24 +16,42 @@ from typing import TYPE_CHECKING, Any
 
 from mvm.engine.base.errors import (
     AccessDenied,
+    ActorFailed,
+    ActorStopped,
     AgentError,
+    AuditTampered,
     BackendError,
     BackendUnavailable,
     BuildError,
+    BuildPhaseError,
     ConfigError,
     ConflictError,
+    IrError,
+    KeyPermissions,
+    MessageError,
     MvmError,
+    NonceReplay,
     NotFoundError,
+    PlanExpired,
+    PlanNotYetValid,
+    PlanSignatureError,
     RequestTimeout,
+    RestartBudgetExhausted,
+    SecurityError,
+    SettingsError,
     StateError,
 )
 
 if TYPE_CHECKING:
+    from mvm.backends.guest.client import AgentClient, ExecResult, LogLine
+    from mvm.engine.base.settings import Accel, Settings
     from mvm.engine.engine import Engine, VmHandle
     from mvm.engine.images.image import Image
     from mvm.engine.images.imagespec import HealthCheck, ImageSpec, Service, Uids
-    from mvm.engine.request.vmrequest import PortMapping, VmRequest
-    from mvm.engine.runtime.events import Event
+    from mvm.engine.request.vmrequest import HealthAction, Mode, NetMode, PortMapping, VmRequest
+    from mvm.engine.request.volumes import Volume
+    from mvm.engine.runtime.events import Event, EventBus, EventKind
+    from mvm.engine.store import EventRecord, PortRecord, StateStore, VmRecord
     from mvm.sdk import (
         app,
         command,
@@ -51,6 +69,21 @@ if TYPE_CHECKING:
 
 # Public name -> the module that defines it; imported on first access.
 _LAZY = {
+    "ExecResult": "mvm.backends.guest.client",
+    "LogLine": "mvm.backends.guest.client",
+    "AgentClient": "mvm.backends.guest.client",
+    "Accel": "mvm.engine.base.settings",
+    "Settings": "mvm.engine.base.settings",
+    "Volume": "mvm.engine.request.volumes",
+    "Mode": "mvm.engine.request.vmrequest",
+    "NetMode": "mvm.engine.request.vmrequest",
+    "HealthAction": "mvm.engine.request.vmrequest",
+    "EventKind": "mvm.engine.runtime.events",
+    "EventBus": "mvm.engine.runtime.events",
+    "EventRecord": "mvm.engine.store",
+    "PortRecord": "mvm.engine.store",
+    "StateStore": "mvm.engine.store",
+    "VmRecord": "mvm.engine.store",
     "Engine": "mvm.engine.engine",
     "VmHandle": "mvm.engine.engine",
     "Image": "mvm.engine.images.image",
@@ -90,27 +123,56 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Accel",
     "AccessDenied",
+    "ActorFailed",
+    "ActorStopped",
+    "AgentClient",
     "AgentError",
+    "AuditTampered",
     "BackendError",
     "BackendUnavailable",
     "BuildError",
+    "BuildPhaseError",
     "ConfigError",
     "ConflictError",
     "Engine",
     "Event",
+    "EventBus",
+    "EventKind",
+    "EventRecord",
+    "ExecResult",
+    "HealthAction",
     "HealthCheck",
     "Image",
     "ImageSpec",
+    "IrError",
+    "KeyPermissions",
+    "LogLine",
+    "MessageError",
+    "Mode",
     "MvmError",
+    "NetMode",
+    "NonceReplay",
     "NotFoundError",
+    "PlanExpired",
+    "PlanNotYetValid",
+    "PlanSignatureError",
     "PortMapping",
+    "PortRecord",
     "RequestTimeout",
+    "RestartBudgetExhausted",
+    "SecurityError",
     "Service",
+    "Settings",
+    "SettingsError",
     "StateError",
+    "StateStore",
     "Uids",
     "VmHandle",
+    "VmRecord",
     "VmRequest",
+    "Volume",
     "app",
     "command",
     "deps",

@@ -11,12 +11,12 @@ import json
 from typing import Any
 
 import httpx
-import structlog
 
 from mvm.backends.vmm.rest import RestApi
 from mvm.engine.base.errors import BackendError
+from mvm.engine.base.log import get_logger
 
-log = structlog.get_logger("mvm.cloud_hypervisor.api")
+log = get_logger("mvm.cloud_hypervisor.api")
 
 API_PREFIX = "/api/v1/"
 

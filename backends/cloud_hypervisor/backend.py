@@ -15,7 +15,6 @@ from typing import Any
 
 import anyio
 import attrs
-import structlog
 
 from mvm.backends import vmm
 from mvm.backends.abc.types import (
@@ -35,8 +34,9 @@ from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
 from mvm.backends.vmm.hybrid_vsock import HybridVsockEndpoint
 from mvm.backends.vmm.rest import RestControl
 from mvm.engine.base.errors import BackendError, BackendUnavailable, ConfigError
+from mvm.engine.base.log import get_logger
 
-log = structlog.get_logger("mvm.cloud_hypervisor")
+log = get_logger("mvm.cloud_hypervisor")
 
 SETUP_HINT = "install cloud-hypervisor (no Debian 12 or PyPI package) or set MVM_CLOUD_HYPERVISOR"
 START_TIMEOUT_S = 10.0

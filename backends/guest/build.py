@@ -15,12 +15,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import structlog
-
 from mvm.engine.base.errors import BuildError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import cache_dir
 
-log = structlog.get_logger("mvm.agent.build")
+log = get_logger("mvm.agent.build")
 
 _HERE = Path(__file__).resolve().parent
 # Bump when the compile recipe changes in a way the key would not see.

@@ -19,14 +19,14 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import attrs
-import structlog
 
 from mvm.backends.guest.channel import Channel
 from mvm.backends.guest.protocol import VERSION, FrameReader, ProtocolError, encode_frame
 from mvm.backends.guest.streams import AgentStream, ExecSession
 from mvm.engine.base.errors import AgentError, RequestTimeout, unwrap
+from mvm.engine.base.log import get_logger
 
-log = structlog.get_logger("mvm.agent.client")
+log = get_logger("mvm.agent.client")
 
 EventCallback = Callable[[dict[str, Any]], None]
 HEALTH_MAX_AGE_S = 0.25
@@ -34,6 +34,9 @@ HEALTH_MAX_AGE_S = 0.25
 
 @attrs.frozen
 class ExecResult:
+    """One finished guest command: exit ``code`` (None if killed by ``signal``) and its
+    buffered stdout/stderr bytes."""
+
     code: int | None
     signal: int | None
     stdout: bytes
@@ -46,6 +49,8 @@ class ExecResult:
 
 @attrs.frozen
 class LogLine:
+    """One line a guest service wrote (``service``, ``line``), as ``follow_logs`` yields it."""
+
     service: str
     line: str
 
@@ -214,12 +219,15 @@ class AgentClient:
 
     @property
     def closed(self) -> bool:
+        """True once the agent link is gone."""
         return self._closed.is_set()
 
     async def wait_closed(self) -> None:
+        """Block until the agent link is gone."""
         await self._closed.wait()
 
     async def send_frame(self, message: dict[str, Any]) -> None:
+        """Send one protocol message (backends/guest/PROTOCOL.md)."""
         await self.send_encoded(encode_frame(message))
 
     async def send_encoded(self, frame: bytes) -> None:
@@ -234,6 +242,7 @@ class AgentClient:
             raise AgentError("the guest agent connection broke", code="E_AGENT_GONE") from None
 
     async def open_channel(self, kind: str, *, raw: bool = False, **fields: Any) -> Channel:
+        """Open a multiplexed channel (exec, console, file streams) of ``kind``."""
         ident = next(self._ids)
         channel = Channel(ident, self, raw=raw)
         self._channels[ident] = channel
@@ -245,6 +254,7 @@ class AgentClient:
         return channel
 
     def forget(self, ident: int) -> None:
+        """Drop a closed channel from the link."""
         self._channels.pop(ident, None)
 
     async def _call(self, kind: str, *, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
@@ -305,6 +315,7 @@ class AgentClient:
         await waiter.wait()
 
     async def shutdown(self, *, reboot: bool = False, timeout: float = 10.0) -> None:
+        """Ask the guest to sync and power off (or reboot)."""
         await self._call("shutdown", timeout=timeout, reboot=reboot)
 
     async def identity(
@@ -352,6 +363,8 @@ class AgentClient:
     async def follow_logs(
         self, service: str | None = None, *, follow: bool = True
     ) -> AsyncIterator[AsyncIterator[LogLine]]:
+        """``async with client.follow_logs() as lines``: the services' log lines (of
+        ``service`` only, if given), then new ones as they come unless ``follow=False``."""
         fields: dict[str, Any] = {"follow": follow}
         if service is not None:
             fields["service"] = service

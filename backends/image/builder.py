@@ -28,7 +28,6 @@ from typing import Any
 
 import anyio
 import attrs
-import structlog
 
 from mvm.backends.image.checks import _check_inputs, _checked_spec, check_spec
 from mvm.backends.image.checks import _validate_spec as _validate_spec  # for test_nix_lib
@@ -39,10 +38,11 @@ from mvm.backends.image.ext4 import MIN_IMAGE_BYTES, SOURCE_DATE_EPOCH, _make_fi
 from mvm.backends.image.key import RECIPE_VERSION, _cache_key, spec_json
 from mvm.backends.image.layout import AGENT_PATH, BASE_DIRS, BUSYBOX, SETUP_HINT
 from mvm.backends.image.tree import _meta_bytes, _populate, _Tree
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import cache_dir
 from mvm.engine.images.imagespec import ImageSpec
 
-log = structlog.get_logger("mvm.image")
+log = get_logger("mvm.image")
 
 # The seeds' boot budget (passthru.mvm.expectedBootMs): <= 300 ms cold p50.
 EXPECTED_BOOT_MS = 300

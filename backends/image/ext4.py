@@ -21,13 +21,13 @@ import uuid
 from pathlib import Path
 
 import anyio
-import structlog
 
 from mvm.backends.image.layout import SETUP_HINT
 from mvm.backends.image.tree import _Tree
 from mvm.engine.base.errors import BuildError
+from mvm.engine.base.log import get_logger
 
-log = structlog.get_logger("mvm.image")
+log = get_logger("mvm.image")
 
 SOURCE_DATE_EPOCH = 1704067200  # 2024-01-01T00:00:00Z: every timestamp in the image
 MIN_IMAGE_BYTES = 32 * 1024 * 1024

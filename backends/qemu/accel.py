@@ -17,14 +17,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import structlog
-
 from mvm.backends.abc.types import Accel
 from mvm.backends.vmm import kvm_verdict
 from mvm.engine.base.errors import ConfigError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.settings import current_settings
 
-log = structlog.get_logger("mvm.qemu.accel")
+log = get_logger("mvm.qemu.accel")
 
 _MHZ_PATTERNS = (
     re.compile(r"tsc: Refined TSC clocksource calibration: (\d+\.\d+) MHz"),

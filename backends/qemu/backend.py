@@ -19,7 +19,6 @@ from pathlib import Path
 
 import anyio
 import attrs
-import structlog
 
 from mvm.backends import vmm
 from mvm.backends.abc.types import (
@@ -37,8 +36,9 @@ from mvm.backends.qemu.argv import AGENT_VSOCK_PORT, RunPaths, build_argv
 from mvm.backends.qemu.endpoint import UnixSocketEndpoint, VsockEndpoint, parse_vsock_address
 from mvm.backends.qemu.qmp import QmpClient
 from mvm.engine.base.errors import BackendError, ConfigError
+from mvm.engine.base.log import get_logger
 
-log = structlog.get_logger("mvm.qemu")
+log = get_logger("mvm.qemu")
 
 SETUP_HINT = "install qemu-system-x86: run ./scripts/setup"
 START_TIMEOUT_S = 15.0

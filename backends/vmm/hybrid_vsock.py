@@ -19,11 +19,11 @@ from pathlib import Path
 import anyio
 import anyio.abc
 import attrs
-import structlog
 
 from mvm.engine.base.errors import BackendError
+from mvm.engine.base.log import get_logger
 
-log = structlog.get_logger("mvm.hybrid_vsock")
+log = get_logger("mvm.hybrid_vsock")
 
 RETRY_S = 0.005
 MAX_RETRY_S = 0.1

@@ -26,11 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import structlog
-
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import cache_dir
 
-log = structlog.get_logger("mvm.vmm.kvm_probe")
+log = get_logger("mvm.vmm.kvm_probe")
 
 QEMU_BINARY = "qemu-system-x86_64"
 PROBE_TIMEOUT_S = 5.0

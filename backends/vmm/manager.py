@@ -27,12 +27,12 @@ from pathlib import Path
 
 import anyio
 import attrs
-import structlog
 
 from mvm.backends.abc.types import LaunchPlan
 from mvm.backends.vmm.handle import H, VmmProcess
 from mvm.backends.vmm.inputs import last_line
 from mvm.engine.base.errors import BackendError, MvmError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import CHILD_UMASK, ensure_private_dir, private_opener
 from mvm.engine.base.process import (
     VMM_TAG_ENV,
@@ -42,7 +42,7 @@ from mvm.engine.base.process import (
 )
 from mvm.engine.base.runfiles import remove_run_files
 
-log = structlog.get_logger("mvm.vmm")
+log = get_logger("mvm.vmm")
 
 _POLL_S = 0.02
 _READY_POLL_S = 0.005

@@ -34,7 +34,6 @@ from typing import Any
 
 import anyio.to_thread
 import attrs
-import structlog
 
 from mvm.engine.admission.audit_head import (
     HeadProblem,
@@ -48,11 +47,12 @@ from mvm.engine.admission.audit_head import (
 )
 from mvm.engine.admission.keys import HostKey
 from mvm.engine.base.errors import AuditTampered, ConfigError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import ensure_home, mvm_home
 from mvm.engine.ir.canonical import canonical_json
 from mvm.engine.store.connection import enable_wal
 
-log = structlog.get_logger()
+log = get_logger("mvm.admission.audit")
 
 GENESIS_HASH = "0" * 64
 PLAN_ADMITTED = "plan.admitted"

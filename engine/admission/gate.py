@@ -22,15 +22,15 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import structlog
 
 from mvm.engine.admission.plans import Admission, ExecutionPlan
 from mvm.engine.base.errors import MvmError, error_leaves
+from mvm.engine.base.log import get_logger
 from mvm.engine.images.image import Image
 from mvm.engine.ir.model import Resources
 from mvm.engine.request.vmrequest import VmRequest
 
-log = structlog.get_logger("mvm.launch")
+log = get_logger("mvm.launch")
 
 
 def workload_hash(request: VmRequest, image: Image) -> str:

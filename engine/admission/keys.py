@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 import attrs
-import structlog
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -27,9 +26,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from mvm.engine.base.errors import KeyPermissions
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import mvm_home
 
-log = structlog.get_logger()
+log = get_logger("mvm.admission.keys")
 
 KEY_FILENAME = "host-signer.ed25519"
 

@@ -25,7 +25,6 @@ from typing import Any
 
 import anyio.to_thread
 import attrs
-import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from mvm.engine.admission.audit import (
@@ -49,11 +48,12 @@ from mvm.engine.base.errors import (
     PlanSignatureError,
     SecurityError,
 )
+from mvm.engine.base.log import get_logger
 from mvm.engine.ir.canonical import canonical_json
 from mvm.engine.ir.convert import structure_strict, unstructure
 from mvm.engine.ir.model import Resources
 
-log = structlog.get_logger()
+log = get_logger("mvm.admission.plans")
 
 PLAN_VERSION = 1
 PLAN_REJECTED = "plan.rejected"

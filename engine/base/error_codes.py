@@ -107,6 +107,8 @@ _c("E_UNHEALTHY", "ActorFailed", "a service's health check failed",
 _c("E_RESTART_POLICY", "ConfigError", "a restart policy is invalid", _CHECK)
 _c("E_EVENTS_MAXSIZE", "ConfigError", "an event subscription has no room for an event",
    "give max_size >= 1")
+_c("E_EVENTS_SINCE", "ConfigError", "mvmctl events --since is not a time",
+   "give a duration (30s, 10m, 2h, 1d), seconds since the epoch or an ISO date")
 _c("E_ALREADY_ADOPTED", "ConflictError", "another engine already supervises the VM",
    "use the engine that adopted it, or stop that engine")
 _c("E_DETACH", "AgentError", "this engine cannot detach the VM",
@@ -421,6 +423,8 @@ _c("E_VM_NAME", "ConfigError", "the VM name is missing or invalid", "use 1-63 le
 _c("E_VM_NOT_FOUND", "NotFoundError", "no VM of that name exists", "see mvmctl ls")
 _c("E_VM_NOT_RUNNING", "ConflictError", "the VM is not running",
    "start it again, or read its log: mvmctl logs NAME")
+_c("E_VM_REMOTE", "ConflictError", "another process supervises the VM: its agent link is there",
+   "use the handle's exec, wait and stop (they go through the owner)")
 _c("E_VM_ORPHANED", "ConflictError", "the VM has no live engine",
    "stop it with mvmctl down NAME")
 _c("E_VM_RUNNING", "ConflictError", "the VM is running and the verb needs it stopped",

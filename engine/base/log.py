@@ -1,10 +1,20 @@
-"""Logging setup for the CLI, the detached shim and embedders who want ours.
+"""Logging: silent library default, and the setup of the CLI, the shim and embedders.
 
-Library code only calls ``structlog.get_logger()`` and logs key-value events; it
-never configures anything. Programs call :func:`configure_logging` once at start
-(calling it again simply replaces the configuration). Output goes to stderr so
-stdout stays clean for command results and ``--json`` output. Standard-library
-loggers (asyncssh, httpx, ...) are routed through the same renderer.
+Library code logs key-value events through :func:`get_logger` and never prints. Left
+alone, structlog's own default writes every line to **stdout** (a ``PrintLogger``), so an
+app embedding the engine saw ~25 lines per VM on its stdout. :func:`get_logger` therefore
+installs, once and only when nobody configured structlog, a default that hands every
+event to the standard-library logger of the same name (``mvm.*``), where a
+``NullHandler`` on ``mvm`` keeps them silent (not even Python's last-resort handler
+prints warnings) until the host app configures logging (``logging.basicConfig(...)``
+shows them, rendered as ``event key=value``). A host that configured structlog itself
+keeps its configuration.
+
+Programs of ours (the CLI, the detached shim, the benchmarks) call
+:func:`configure_logging` once at start (calling it again simply replaces the
+configuration). Output goes to stderr so stdout stays clean for command results and
+``--json`` output. Standard-library loggers (asyncssh, httpx, ...) are routed through
+the same renderer.
 """
 
 from __future__ import annotations
@@ -27,6 +37,34 @@ LEVELS = {
 }
 
 _HANDLER_MARK = "_mvm_handler"
+_ROOT_LOGGER = "mvm"
+
+
+def _install_library_default() -> None:
+    """Route structlog through stdlib logging, silently, unless someone configured it."""
+    lib = logging.getLogger(_ROOT_LOGGER)
+    if not any(isinstance(h, logging.NullHandler) for h in lib.handlers):
+        lib.addHandler(logging.NullHandler())
+    if structlog.is_configured():
+        return
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,  # stdlib's level, checked before rendering
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.processors.StackInfoRenderer(),
+            structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0),
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    """The library's logger ``name`` (``mvm.<area>``): structlog's, after making sure an
+    unconfigured process gets the silent stdlib-routed default instead of stdout."""
+    _install_library_default()
+    return structlog.get_logger(name)
 
 
 class _StderrLoggerFactory:

@@ -34,6 +34,8 @@ from mvm.engine.base.errors import ConfigError, SettingsError
 
 
 class Accel(enum.Enum):
+    """The acceleration a VM asks for: KVM, TCG (emulation) or auto."""
+
     AUTO = "auto"
     KVM = "kvm"
     TCG = "tcg"

@@ -19,16 +19,16 @@ from pathlib import Path
 
 import anyio
 import attrs
-import structlog
 
 from mvm.engine.base.errors import BuildError, ConfigError, MvmError
+from mvm.engine.base.log import get_logger
 from mvm.engine.builders import Builder, BuildJob, BuildMode, ModeChoice
 from mvm.engine.builders.host import HostNixBuilder
 from mvm.engine.builders.offline import OfflineBuilder, flake_to_spec
 from mvm.engine.builders.ssh import SshBuilder, SshTarget
 from mvm.engine.builders.vsock import VsockBuilder, VsockTarget
 
-log = structlog.get_logger("mvm.build.auto")
+log = get_logger("mvm.build.auto")
 
 NIX_STORE = Path("/nix/store")
 NIX_DAEMON_SOCKET = Path("/nix/var/nix/daemon-socket/socket")

@@ -32,15 +32,15 @@ import anyio
 import attrs
 import cattrs
 import rfc8785
-import structlog
 
 from mvm.engine.base.errors import ConfigError, MvmError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import cache_dir
 from mvm.engine.builders import ARTIFACTS, BuildJob, check_artifacts
 from mvm.engine.images.image import Image
 from mvm.engine.store import StateStore
 
-log = structlog.get_logger("mvm.build.cache")
+log = get_logger("mvm.build.cache")
 
 CACHE_VERSION = "1"
 MANIFEST = "mvm-build.json"

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
-import structlog
 from anyio.streams.text import TextReceiveStream
 
 from mvm.engine.base.errors import BuildPhaseError
+from mvm.engine.base.log import get_logger
 from mvm.engine.builders import ARTIFACTS, BuildJob, BuildMode, LogFn, LogTail, check_artifacts
 
-log = structlog.get_logger("mvm.build.host")
+log = get_logger("mvm.build.host")
 
 NIX_FEATURES = "nix-command flakes"
 KILL_GRACE_S = 2.0

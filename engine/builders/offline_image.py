@@ -10,15 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import anyio
-import structlog
 
 from mvm.backends.guest.build import agent_binary, init_script
 from mvm.backends.image.builder import build_image, check_spec
 from mvm.backends.kernel_build import ensure_kernel
+from mvm.engine.base.log import get_logger
 from mvm.engine.images.image import Image
 from mvm.engine.images.imagespec import ImageSpec
 
-log = structlog.get_logger("mvm.build")
+log = get_logger("mvm.build")
 
 ProgressFn = Callable[[str, float | None], None]
 

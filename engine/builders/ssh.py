@@ -26,16 +26,16 @@ from typing import Literal
 
 import asyncssh
 import attrs
-import structlog
 
 from mvm.engine.base.errors import BuildPhaseError, ConfigError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.settings import current_settings
 from mvm.engine.builders import ARTIFACTS, BuildJob, BuildMode, LogFn, LogTail, check_artifacts
 from mvm.engine.builders.bridge import caller_callback, run_on_asyncio
 from mvm.engine.builders.cache import _SKIP_NAMES
 from mvm.engine.builders.host import nix_build_argv
 
-log = structlog.get_logger("mvm.build.ssh")
+log = get_logger("mvm.build.ssh")
 
 CONNECT_TIMEOUT_S = 10.0
 CLEANUP_TIMEOUT_S = 10.0

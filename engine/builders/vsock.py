@@ -35,15 +35,15 @@ from typing import Any
 import anyio
 import anyio.abc
 import attrs
-import structlog
 
 from mvm.engine.base.errors import BuildPhaseError, ConfigError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.settings import current_settings
 from mvm.engine.builders import ARTIFACTS, BuildJob, BuildMode, LogFn, LogTail, check_artifacts
 from mvm.engine.builders.host import nix_build_argv, run_logged
 from mvm.engine.builders.ssh import flake_tarball
 
-log = structlog.get_logger("mvm.build.vsock")
+log = get_logger("mvm.build.vsock")
 
 VERSION = 1
 MAX_HEADER = 256 * 1024

@@ -17,6 +17,9 @@ from mvm.engine.base.errors import ConfigError, NotFoundError
 
 @attrs.frozen
 class Image:
+    """A built image directory (kernel, rootfs, ``mvm-meta.json``), as ``Engine.build`` returns
+    it."""
+
     directory: Path
     kernel: Path
     rootfs: Path
@@ -24,18 +27,22 @@ class Image:
 
     @property
     def name(self) -> str:
+        """The image name recorded at build time (else the folder name)."""
         return str(self.meta.get("name", self.directory.name))
 
     @property
     def sealed(self) -> bool:
+        """True when exec and console are refused (a non-dev image)."""
         return bool(self.meta.get("sealed", True))
 
     @property
     def vcpus(self) -> int:
+        """The vCPU count the image asks for (a VmRequest may override it)."""
         return int(self.meta.get("vcpus", 1))
 
     @property
     def memory_mib(self) -> int:
+        """The guest memory the image asks for, in MiB."""
         return int(self.meta.get("memory_mib", 256))
 
     @property
@@ -45,6 +52,7 @@ class Image:
 
     @classmethod
     def load(cls, directory: Path) -> Image:
+        """Open a built image directory; a coded error names what is missing."""
         directory = directory.resolve()
         if not directory.is_dir():
             raise NotFoundError(

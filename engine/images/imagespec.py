@@ -13,6 +13,7 @@ agent runs as uid 990. A string command runs under ``/bin/sh -c``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Literal
 
 import attrs
@@ -42,12 +43,19 @@ def _argv(command: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...] 
     return tuple(command)
 
 
+def _names(values: str | Iterable[str]) -> tuple[str, ...]:
+    """A list (as JSON and TOML have) or tuple of names; one bare string is one name."""
+    return (values,) if isinstance(values, str) else tuple(values)
+
+
 def _service_command(command: str | tuple[str, ...] | list[str]) -> str | tuple[str, ...]:
     return command if isinstance(command, str) else tuple(command)
 
 
 @attrs.frozen
 class Service:
+    """A long-running guest service: its command, environment and restart policy."""
+
     # A shell string (run with sh -c) or argv (exec'd as is), like mkGuest's.
     command: str | tuple[str, ...] = attrs.field(converter=_service_command)
     pre_start: str | None = None
@@ -57,6 +65,8 @@ class Service:
 
 @attrs.frozen
 class HealthCheck:
+    """A service's health command and how often it runs."""
+
     health_cmd: str
     health_interval_secs: int = 5
     health_timeout_secs: int = 3
@@ -64,17 +74,24 @@ class HealthCheck:
 
 @attrs.frozen
 class Uids:
+    """The uids the guest agent and the entrypoint run as."""
+
     agent: int = AGENT_UID
     entrypoint: int | None = None  # None: 0 in dev, 1000 when sealed
 
 
 @attrs.frozen
 class ImageSpec:
+    """What to build: the entrypoint, services, packages and files of an image
+    (``Engine.build``); lists are accepted where JSON has lists."""
+
     name: str
     command: tuple[str, ...] | None = attrs.field(default=None, converter=_argv)
     shell: str | None = None  # entrypoint.shell; None: /bin/sh when the kind is shell
     services: dict[str, Service] = attrs.field(factory=dict)
-    packages: tuple[str, ...] = ()  # busybox applet names or absolute host paths
+    packages: tuple[str, ...] = attrs.field(
+        default=(), converter=_names
+    )  # busybox applet names or absolute host paths
     extra_files: dict[str, str] = attrs.field(factory=dict)  # guest path -> file content
     extra_file_modes: dict[str, int] = attrs.field(factory=dict)  # guest path -> mode (0644)
     uids: Uids = attrs.field(factory=Uids)
@@ -144,6 +161,7 @@ class ImageSpec:
 
     @property
     def entrypoint_kind(self) -> EntrypointKind:
+        """What the VM runs: a command, a shell, services, or nothing."""
         if self.command is not None:
             return "command"
         if self.shell is not None:
@@ -154,20 +172,24 @@ class ImageSpec:
 
     @property
     def accessible(self) -> bool:
+        """Exec and console allowed: ``dev``, or inferred (a shell image is)."""
         if self.dev is not None:
             return self.dev
         return self.entrypoint_kind == "shell"
 
     @property
     def shell_program(self) -> str:
+        """The shell a shell entrypoint runs (``/bin/sh`` unless given)."""
         return self.shell or DEFAULT_SHELL
 
     @property
     def sealed(self) -> bool:
+        """Not accessible: exec and console are refused."""
         return not self.accessible
 
     @property
     def entrypoint_uid(self) -> int:
+        """The uid the entrypoint runs as: given, else 0 in dev and 1000 sealed."""
         if self.uids.entrypoint is not None:
             return self.uids.entrypoint
         return 0 if self.accessible else 1000

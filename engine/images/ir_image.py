@@ -46,9 +46,9 @@ from typing import Any
 
 import anyio
 import attrs
-import structlog
 
 from mvm.engine.base.errors import BuildError, ConfigError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import cache_dir
 from mvm.engine.images.imagespec import ImageSpec
 from mvm.engine.images.invoke_schema import SCHEMAS_FILE
@@ -61,7 +61,7 @@ from mvm.engine.ir import (
     validate_text,
 )
 
-log = structlog.get_logger("mvm.ir_image")
+log = get_logger("mvm.ir_image")
 
 DEFAULT_WORKING_DIR = "/app"
 RUNNER_GUEST = "/usr/lib/mvm/wrappers/runner"

@@ -7,7 +7,9 @@ coded one-line error and leaves nothing behind.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+from collections.abc import Iterable
 from typing import Literal
 
 import attrs
@@ -35,6 +37,7 @@ class PortMapping:
 
     @classmethod
     def parse(cls, text: str) -> PortMapping:
+        """``[ADDR:]HOST:GUEST`` (``8080:80``, ``127.0.0.1:8080:80``), as ``-p`` takes it."""
         m = _PORT_SPEC.match(text.strip())
         if not m:
             raise ConfigError(
@@ -119,13 +122,31 @@ def check_health_action(action: str) -> None:
         )
 
 
+def _path_str(path: str | os.PathLike[str]) -> str:
+    """A ``Path`` (what ``Image.directory`` is) or a string; kept as ``str`` so a request
+    round-trips through JSON (the shim receives it that way)."""
+    return os.fspath(path)
+
+
+def _ports(ports: Iterable[PortMapping]) -> tuple[PortMapping, ...]:
+    return tuple(ports)
+
+
+def _volumes(volumes: Iterable[Volume]) -> tuple[Volume, ...]:
+    return tuple(volumes)
+
+
 @attrs.frozen
 class VmRequest:
-    """A VM to start from an already built image directory."""
+    """A VM to start from an already built image directory.
+
+    ``image_dir`` takes a ``Path`` or a string; ``ports`` and ``volumes`` take any
+    sequence (a list, as JSON has) and are kept as tuples. Every field is checked here,
+    before anything starts: a bad request fails with a coded ``ConfigError``."""
 
     name: str = attrs.field(converter=check_vm_name)
-    image_dir: str
-    ports: tuple[PortMapping, ...] = ()
+    image_dir: str = attrs.field(converter=_path_str)
+    ports: tuple[PortMapping, ...] = attrs.field(default=(), converter=_ports)
     backend: str = "qemu"
     mode: Mode = "attached"
     vcpus: int | None = None
@@ -133,7 +154,7 @@ class VmRequest:
     boot_timeout_s: float = 90.0
     stop_grace_s: float = 5.0
     health_action: HealthAction = "none"
-    volumes: tuple[Volume, ...] = ()
+    volumes: tuple[Volume, ...] = attrs.field(default=(), converter=_volumes)
     net: NetMode = "none"  # "tap": a real NIC on the mvm bridge (root only)
     ir_hash: str | None = None  # set when launched from Workload IR: signed into the plan
 

@@ -17,12 +17,12 @@ from pathlib import Path, PurePosixPath
 
 import anyio
 import attrs
-import structlog
 
 from mvm.engine.base.errors import BuildError, ConfigError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import mvm_home
 
-log = structlog.get_logger("mvm.volumes")
+log = get_logger("mvm.volumes")
 
 _GUEST_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
 _MIN_RO_BYTES = 8 * 1024 * 1024
@@ -31,6 +31,9 @@ _MAX_SIZE_MB = 1024 * 1024
 
 @attrs.frozen
 class Volume:
+    """A host folder given to the VM at ``guest``: read-only copy taken at boot (``size_mb``
+    None) or a writable disk."""
+
     host: str  # absolute host folder (a str so requests round-trip through JSON)
     guest: str
     size_mb: int | None = None  # None: read-only snapshot of the folder

@@ -29,7 +29,6 @@ from typing import Any, Literal
 import anyio
 import anyio.abc
 import attrs
-import structlog
 
 from mvm.engine.base.errors import (
     ActorFailed,
@@ -40,10 +39,11 @@ from mvm.engine.base.errors import (
     error_leaves,
     unwrap,
 )
+from mvm.engine.base.log import get_logger
 from mvm.engine.runtime.actor import Actor
-from mvm.engine.runtime.events import Event, EventBus
+from mvm.engine.runtime.events import Event, EventBus, EventKind
 
-log = structlog.get_logger("mvm.supervisor")
+log = get_logger("mvm.supervisor")
 
 PolicyKind = Literal["never", "on-failure", "always"]
 _KINDS = ("never", "on-failure", "always")
@@ -243,7 +243,7 @@ class Supervisor:
             self._children[child.name] = child
             self._starting.pop(child.name, None)
             child.first_outcome.set()
-        self._publish("actor.started", child, attempt=child.attempt)
+        self._publish(EventKind.ACTOR_STARTED, child, attempt=child.attempt)
 
     async def _supervise(self, child: _Child) -> None:
         try:
@@ -275,7 +275,7 @@ class Supervisor:
                     if failure is not None:
                         child.start_error = failure
                         self._publish(
-                            "actor.failed",
+                            EventKind.ACTOR_FAILED,
                             child,
                             attempt=child.attempt,
                             before_started=True,
@@ -294,7 +294,7 @@ class Supervisor:
             if child.stopping or interrupt is not None:
                 if failure is not None:
                     self._publish(
-                        "actor.failed",
+                        EventKind.ACTOR_FAILED,
                         child,
                         attempt=child.attempt,
                         while_stopping=True,
@@ -304,14 +304,16 @@ class Supervisor:
                     await child.turn.wait()
                     await self._teardown(child)
                 self._forget(child)
-                self._publish("actor.stopped", child, reason="stopped")
+                self._publish(EventKind.ACTOR_STOPPED, child, reason="stopped")
                 if interrupt is not None:
                     raise interrupt
                 return
 
             await self._teardown(child)
             if failure is not None:
-                self._publish("actor.failed", child, attempt=child.attempt, **_error_data(failure))
+                self._publish(
+                    EventKind.ACTOR_FAILED, child, attempt=child.attempt, **_error_data(failure)
+                )
                 if policy.kind == "never":
                     self._forget(child)
                     self._escalate(
@@ -325,7 +327,7 @@ class Supervisor:
                     return
             elif policy.kind != "always":
                 self._forget(child)
-                self._publish("actor.stopped", child, reason="returned")
+                self._publish(EventKind.ACTOR_STOPPED, child, reason="returned")
                 return
 
             now = anyio.current_time()
@@ -346,7 +348,7 @@ class Supervisor:
                 return
             delay = policy.backoff(len(child.restarts))
             child.restarts.append(now)
-            self._publish("actor.restarting", child, attempt=child.attempt + 1, delay=delay)
+            self._publish(EventKind.ACTOR_RESTARTING, child, attempt=child.attempt + 1, delay=delay)
             if child.stopping:
                 return
             child.scope = anyio.CancelScope()
@@ -354,7 +356,7 @@ class Supervisor:
                 await anyio.sleep(delay)
             if child.stopping:
                 self._forget(child)
-                self._publish("actor.stopped", child, reason="stopped")
+                self._publish(EventKind.ACTOR_STOPPED, child, reason="stopped")
                 return
 
     async def _run_once(self, child: _Child) -> tuple[BaseException | None, BaseException | None]:
@@ -383,13 +385,13 @@ class Supervisor:
                 log.error(
                     "actor.teardown_failed", actor=child.name, supervisor=self.name, exc_info=exc
                 )
-                self._publish("actor.teardown_failed", child, **_error_data(exc))
+                self._publish(EventKind.ACTOR_TEARDOWN_FAILED, child, **_error_data(exc))
 
     def _escalate(self, child: _Child, error: ActorFailed, cause: BaseException | None) -> None:
         error.__cause__ = cause
         self._publish_raw(
             Event(
-                kind="supervisor.escalated",
+                kind=EventKind.SUPERVISOR_ESCALATED,
                 source=self.name,
                 data={"child": child.name, **_error_data(error)},
             )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mvm.engine.store.records import EventRecord, VmRecord
@@ -77,10 +77,34 @@ class EventsMixin:
         assert event_id is not None
         return event_id
 
+    async def append_events(
+        self, events: Sequence[tuple[str, str, str | None, Mapping[str, Any], float]]
+    ) -> None:
+        """Record ``(kind, source, vm, data, ts)`` rows in one transaction: an engine's
+        event recorder (engine/event_log.py) writes what its bus published in batches."""
+        rows = [
+            (ts, str(kind), source, vm, json.dumps(dict(data), sort_keys=True, default=str))
+            for kind, source, vm, data, ts in events
+        ]
+        if rows:
+            await self._write(
+                lambda c: c.executemany(
+                    "INSERT INTO events (ts, kind, source, vm, data) VALUES (?, ?, ?, ?, ?)", rows
+                )
+            )
+
     async def list_events(
-        self, vm: str | None = None, limit: int = 100, *, after: int | None = None
+        self,
+        vm: str | None = None,
+        limit: int = 100,
+        *,
+        after: int | None = None,
+        since: float | None = None,
+        oldest: bool = False,
     ) -> list[EventRecord]:
-        """The newest ``limit`` events (of ``vm``, if given), oldest first."""
+        """The newest ``limit`` events (of ``vm``, if given; with id above ``after``; at
+        or after wall-clock ``since``), oldest first; with ``oldest``, the oldest
+        ``limit`` of them instead (a follower paging through a burst loses none)."""
         where: list[str] = []
         params: list[Any] = []
         if vm is not None:
@@ -89,12 +113,19 @@ class EventsMixin:
         if after is not None:
             where.append("id > ?")
             params.append(after)
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(since)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        sql = f"SELECT id, ts, kind, source, vm, data FROM events {clause} ORDER BY id DESC LIMIT ?"
+        order = "ASC" if oldest else "DESC"
+        sql = (
+            f"SELECT id, ts, kind, source, vm, data FROM events {clause} "
+            f"ORDER BY id {order} LIMIT ?"
+        )
         rows = await self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
         return [
             EventRecord(id=r[0], ts=r[1], kind=r[2], source=r[3], vm=r[4], data=json.loads(r[5]))
-            for r in reversed(rows)
+            for r in (rows if oldest else reversed(rows))
         ]
 
     async def last_removal(self, vm: str, created_at: float) -> EventRecord | None:
@@ -113,14 +144,20 @@ class EventsMixin:
                 return EventRecord(id=r[0], ts=r[1], kind=r[2], source=r[3], vm=r[4], data=data)
         return None
 
-    async def prune_events(self, keep: int) -> int:
-        """Delete all but the newest ``keep`` events; return how many went."""
-        return await self._write(
-            lambda c: (
-                c.execute(
-                    "DELETE FROM events WHERE id NOT IN "
-                    "(SELECT id FROM events ORDER BY id DESC LIMIT ?)",
-                    (keep,),
-                ).rowcount
+    async def prune_events(self, keep: int, *, spare: str | None = None) -> int:
+        """Delete all but the newest ``keep`` events (events of kind ``spare`` are kept
+        and not counted); return how many went."""
+        params: tuple[str | int, ...]
+        if spare is None:
+            sql, params = (
+                "DELETE FROM events WHERE id NOT IN "
+                "(SELECT id FROM events ORDER BY id DESC LIMIT ?)",
+                (keep,),
             )
-        )
+        else:
+            sql, params = (
+                "DELETE FROM events WHERE kind != ? AND id NOT IN "
+                "(SELECT id FROM events WHERE kind != ? ORDER BY id DESC LIMIT ?)",
+                (spare, spare, keep),
+            )
+        return await self._write(lambda c: c.execute(sql, params).rowcount)

@@ -22,11 +22,11 @@ import time
 from collections.abc import Sequence
 
 import attrs
-import structlog
 
 from mvm.engine.base.errors import StateError
+from mvm.engine.base.log import get_logger
 
-log = structlog.get_logger("mvm.store")
+log = get_logger("mvm.store")
 
 
 @attrs.frozen

@@ -50,6 +50,8 @@ class VmRecord:
 
 @attrs.frozen
 class PortRecord:
+    """One host port a VM forwards to a guest port (the ``ports`` table)."""
+
     vm: str
     host_addr: str
     host_port: int
@@ -67,6 +69,9 @@ class BuildRecord:
 
 @attrs.frozen(kw_only=True)
 class EventRecord:
+    """One stored event (the ``events`` table): ``id`` only grows, so readers tail with
+    ``after=id``."""
+
     id: int
     ts: float
     kind: str

@@ -39,10 +39,10 @@ from typing import Any, TypeVar
 
 import anyio
 import attrs
-import structlog
 
 from mvm.engine.base import paths
 from mvm.engine.base.errors import ConflictError, NotFoundError
+from mvm.engine.base.log import get_logger
 from mvm.engine.store.builds import BuildsMixin
 from mvm.engine.store.connection import open_connection
 from mvm.engine.store.events import EventsMixin, record_removal
@@ -77,7 +77,7 @@ __all__ = [
     "VmRecord",
 ]
 
-log = structlog.get_logger("mvm.store")
+log = get_logger("mvm.store")
 
 T = TypeVar("T")
 
@@ -298,12 +298,14 @@ class StateStore(BuildsMixin, EventsMixin):
         return changed > 0
 
     async def get_vm(self, name: str) -> VmRecord | None:
+        """VM ``name``'s row, or None."""
         row = await self._read(
             lambda c: c.execute(f"{_VM_SELECT} WHERE name = ?", (name,)).fetchone()
         )
         return vm_from_row(row) if row is not None else None
 
     async def list_vms(self) -> list[VmRecord]:
+        """Every VM row, whichever process owns the VM."""
         rows = await self._read(
             lambda c: c.execute(f"{_VM_SELECT} ORDER BY created_at, name").fetchall()
         )

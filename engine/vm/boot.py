@@ -29,6 +29,7 @@ from mvm.engine.base.paths import ensure_private_dir
 from mvm.engine.base.process import is_same_process, process_start_time
 from mvm.engine.base.runfiles import PLAN_FILE, remove_run_files
 from mvm.engine.request.volumes import prepare_volume
+from mvm.engine.runtime.events import EventKind
 from mvm.engine.runtime.supervisor import RestartPolicy, Supervisor
 from mvm.engine.store import PortRecord, VmRecord
 from mvm.engine.vm import network
@@ -111,7 +112,7 @@ async def record_end(vm: RuntimeVM) -> None:
     name = vm.request.name
     if vm.detaching:
         await vm.store.update_vm(name, owner=None, mode="detached")
-        vm.publish("vm.detached")
+        vm.publish(EventKind.VM_DETACHED)
         return
     cancelled = isinstance(vm.failure, anyio.get_cancelled_exc_class())
     failed = vm.failure is not None and vm.ready_at is None and not cancelled
@@ -126,7 +127,7 @@ async def record_end(vm: RuntimeVM) -> None:
         pid=None,
         health=None,
     )
-    vm.publish("vm.stopped", code=vm.exit_code, reason=reason)
+    vm.publish(EventKind.VM_STOPPED, code=vm.exit_code, reason=reason)
 
 
 async def adopt_row(vm: RuntimeVM) -> None:
@@ -203,7 +204,7 @@ async def record_failed_launch(vm: RuntimeVM) -> None:
 
 async def spawn_vmm(vm: RuntimeVM) -> None:
     assert vm.plan is not None
-    vm.publish("vm.starting", backend=vm.backend.name, accel=vm.plan.accel.value)
+    vm.publish(EventKind.VM_STARTING, backend=vm.backend.name, accel=vm.plan.accel.value)
     vm.handle = await vm.backend.start(vm.plan, detached=True)
     await vm.store.update_vm(
         vm.request.name,
@@ -221,7 +222,7 @@ async def attach_vmm(vm: RuntimeVM) -> None:
     assert rec is not None and rec.pid is not None
     vm.plan = load_plan(vm.run_dir)
     vm.handle = vm.backend.attach(vm.plan, rec.pid)
-    vm.publish("vm.adopted", pid=rec.pid)
+    vm.publish(EventKind.VM_ADOPTED, pid=rec.pid)
     await vm.watch_vmm()
 
 
@@ -275,7 +276,7 @@ async def take_identity(vm: RuntimeVM) -> None:
     vm.agent.hello.update(applied)
     if lease is not None:
         await network.join_bridge(lease)
-    vm.publish("vm.identity", snapshot=vm.restore.name, **applied)
+    vm.publish(EventKind.VM_IDENTITY, snapshot=vm.restore.name, **applied)
 
 
 async def agent_mux(vm: RuntimeVM) -> None:
@@ -318,7 +319,9 @@ async def mark_running(vm: RuntimeVM) -> None:
         fields["started_at"] = time.time()  # an adopted VM keeps its uptime
     await vm.store.update_vm(vm.request.name, **fields)
     assert vm.agent is not None
-    vm.publish("vm.ready", boot_s=round(vm.ready_at - vm.started_at, 3), hello=vm.agent.hello)
+    vm.publish(
+        EventKind.VM_READY, boot_s=round(vm.ready_at - vm.started_at, 3), hello=vm.agent.hello
+    )
 
 
 # -- the lists -------------------------------------------------------------------------------

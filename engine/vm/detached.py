@@ -21,9 +21,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import structlog
 
 from mvm.engine.base.errors import BackendError, MvmError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import CHILD_UMASK, ensure_private_dir, private_opener, vm_dir
 from mvm.engine.base.process import is_same_process, kill_verified, wait_process_exit
 from mvm.engine.base.runfiles import remove_run_dir
@@ -37,7 +37,7 @@ from mvm.engine.vm.reconcile import FINAL_STATES, settle
 if TYPE_CHECKING:
     import cattrs
 
-log = structlog.get_logger("mvm.detached")
+log = get_logger("mvm.detached")
 
 
 @functools.cache

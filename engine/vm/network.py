@@ -25,13 +25,13 @@ from typing import Any
 
 import anyio
 import attrs
-import structlog
 
 from mvm.engine.base.errors import BackendError, ConfigError, ConflictError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import mvm_home
 from mvm.engine.base.settings import current_settings
 
-log = structlog.get_logger("mvm.net")
+log = get_logger("mvm.net")
 
 NFT_TABLE = "mvm"
 

@@ -21,16 +21,16 @@ import time
 from pathlib import Path
 
 import anyio
-import structlog
 
 from mvm.engine.base.errors import MvmError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.process import is_same_process, kill_verified, processes_tagged
 from mvm.engine.base.runfiles import PLAN_FILE, remove_run_files
 from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.vm import network
 from mvm.engine.vm.owner import owner_alive
 
-log = structlog.get_logger("mvm.reconcile")
+log = get_logger("mvm.reconcile")
 
 FINAL_STATES = ("exited", "failed")
 KILL_WAIT_S = 5.0

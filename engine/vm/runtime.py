@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import anyio
 import anyio.abc
-import structlog
 
 from mvm.actors.agent_connection import AgentConnection
 from mvm.actors.health_check import HealthState
@@ -36,11 +35,12 @@ from mvm.backends.abc.types import (
 from mvm.engine.admission.gate import LaunchGate
 from mvm.engine.admission.plans import ExecutionPlan
 from mvm.engine.base.errors import BackendError, MvmError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import vm_dir, write_private
 from mvm.engine.images.image import Image
 from mvm.engine.request.vmrequest import VmRequest
 from mvm.engine.runtime.actor import Actor
-from mvm.engine.runtime.events import Event, EventBus
+from mvm.engine.runtime.events import Event, EventBus, EventKind
 from mvm.engine.runtime.supervisor import Supervisor
 from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.vm import boot, network
@@ -56,7 +56,7 @@ from mvm.engine.vm.messages import (
 from mvm.engine.vm.snapshots import SnapshotMeta
 from mvm.engine.vm.steps import Steps, fault_step, run_steps
 
-log = structlog.get_logger("mvm.vm")
+log = get_logger("mvm.vm")
 
 State = Literal["starting", "running", "stopping", "exited", "failed"]
 
@@ -189,7 +189,7 @@ class RuntimeVM(Actor[StopVm | DetachVm | RestartVm]):
                     return
                 self.ending = "restart"
                 self.stop_reason = f"restarting: {msg.reason}"
-                self.publish("vm.restarting", reason=msg.reason, restarts=self.restarts)
+                self.publish(EventKind.VM_RESTARTING, reason=msg.reason, restarts=self.restarts)
                 await self._power_off_guest()
                 return
 
@@ -204,7 +204,7 @@ class RuntimeVM(Actor[StopVm | DetachVm | RestartVm]):
         self.state = "starting"
         self.vmm_exited = anyio.Event()
         self.started_at = time.monotonic()
-        self.publish("vm.restarted", restarts=self.restarts)
+        self.publish(EventKind.VM_RESTARTED, restarts=self.restarts)
 
     async def request_restart(self, reason: str) -> None:
         """``--health-action restart-vm``: stop this VM and boot it again in place."""
@@ -242,7 +242,7 @@ class RuntimeVM(Actor[StopVm | DetachVm | RestartVm]):
                 hint=f"console log: {self._console()}",
             )
             raise self.failure
-        self.publish("vm.exited", code=self.exit_code, reason=self.exit_reason)
+        self.publish(EventKind.VM_EXITED, code=self.exit_code, reason=self.exit_reason)
         scope.cancel()
 
     def note_vmm_status(self, status: int, *, asked: bool) -> None:
@@ -293,7 +293,7 @@ class RuntimeVM(Actor[StopVm | DetachVm | RestartVm]):
         except MvmError as exc:
             log.info("vm.no_guest_poweroff", vm=self.request.name, code=exc.code)
             return
-        self.publish("vm.powering_off")
+        self.publish(EventKind.VM_POWERING_OFF)
         with anyio.move_on_after(self.request.stop_grace_s):
             await self.vmm_exited.wait()
 

@@ -30,7 +30,6 @@ from typing import Any, Literal
 
 import attrs
 import cattrs
-import structlog
 
 from mvm.backends.abc.types import Backend, VmmHandle
 from mvm.backends.registry import get_backend
@@ -41,6 +40,7 @@ from mvm.engine.base.errors import (
     NotFoundError,
     StateError,
 )
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import mvm_home
 from mvm.engine.base.process import is_same_process
 from mvm.engine.images.image import Image
@@ -50,7 +50,7 @@ from mvm.engine.store import StateStore
 from mvm.engine.vm.planfile import load_plan
 from mvm.engine.vm.snapshot_volumes import SnapshotDrive, save_volume_disks
 
-log = structlog.get_logger("mvm.snapshots")
+log = get_logger("mvm.snapshots")
 
 META_FILE = "snapshot.json"
 STATE_FILE = "state.bin"

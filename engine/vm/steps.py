@@ -24,12 +24,12 @@ from typing import Generic, TypeVar
 
 import anyio
 import attrs
-import structlog
 
 from mvm.engine.base.errors import ConfigError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.settings import current_settings
 
-log = structlog.get_logger("mvm.vm.steps")
+log = get_logger("mvm.vm.steps")
 
 C = TypeVar("C")
 

@@ -25,6 +25,7 @@ from mvm.cli.parsers import (
     builder,
     clone,
     dev,
+    events,
     invoke,
     ir,
     lifecycle,
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Help lists commands in this order. Only parsers are built here: each command's
     # module (and the engine, backends, actors behind it) is imported when it runs.
-    for group in (vm, verbs, build, ir, agent, lifecycle, clone, invoke, bench, dev, builder):
+    groups = (vm, verbs, build, ir, agent, lifecycle, events, clone, invoke, bench, dev, builder)
+    for group in groups:
         group.register(sub)
     verbs.register_aliases(sub)
     return parser

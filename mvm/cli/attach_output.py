@@ -24,12 +24,12 @@ from contextlib import suppress
 from pathlib import Path
 
 import anyio
-import structlog
 
 from mvm.backends.guest.client import AgentClient
 from mvm.engine.base.errors import MvmError
+from mvm.engine.base.log import get_logger
 
-log = structlog.get_logger("mvm.cli")
+log = get_logger("mvm.cli")
 
 START_MARK = b"mvm-init: entrypoint command as uid "
 ERR_PREFIX = b"mvm-err: "

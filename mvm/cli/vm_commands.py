@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import anyio
-import structlog
 import trio
 
 from mvm.cli.attach_output import console_offset, pump_console, pump_services
@@ -21,6 +20,7 @@ from mvm.cli.hypervisor import resolve_hypervisor
 from mvm.cli.images import resolve_image, workload_ir_hash
 from mvm.cli.project import Project, find_target
 from mvm.engine.base.errors import ConfigError, MvmError, NotFoundError
+from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import vm_dir, write_private
 from mvm.engine.engine import Engine, VmHandle
 from mvm.engine.images.image import Image
@@ -31,7 +31,7 @@ from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.vm.agent_access import open_vm_agent
 from mvm.engine.vm.detached import adopt_detached, start_detached, stop_vm_record
 
-log = structlog.get_logger("mvm.cli")
+log = get_logger("mvm.cli")
 
 
 def _request(

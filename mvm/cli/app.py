@@ -37,7 +37,14 @@ Command = Callable[[argparse.Namespace], Awaitable[int]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mvmctl", description="mvm microVM manager")
+    from mvm.engine.base.env_docs import help_text  # the Settings fields' own docs
+
+    parser = argparse.ArgumentParser(
+        prog="mvmctl",
+        description="mvm microVM manager",
+        epilog=help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--log-json", action="store_true", help="JSON logs on stderr")
     parser.add_argument(
         "--log-level",

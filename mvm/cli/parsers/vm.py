@@ -39,7 +39,9 @@ def register(sub: SubParsers) -> None:
             action="append",
             default=[],
             metavar="HOST:GUEST[:SIZE_MB]",
-            help="host folder as a guest volume: read-only, or read-write persistent with SIZE_MB",
+            help="host folder as a guest volume under /mnt/ (e.g. ./config:/mnt/config): "
+            "read-only is a copy taken at boot (host changes show at the next start); "
+            "with SIZE_MB a read-write disk seeded once from the folder, kept across restarts",
         )
         p.add_argument(
             "--health-action",

@@ -192,3 +192,20 @@ async def test_wait_json(mvm_home: Path) -> None:
     assert json.loads(out.stdout) == {"name": "waited", "exit_code": 3}
     assert out.returncode == 1
     assert _mvmctl("wait", "waited").stdout == "3\n"
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_feeding_in_chunks_as_follow_does_gives_the_same_lines(chunk: int) -> None:
+    """`logs -f` feeds the filter whatever the file grew by: a line split across reads
+    is held until its newline, so the followed view equals the one-shot view."""
+    from mvm.cli.log_view import ConsoleFilter
+
+    for app_only in (True, False):
+        view = ConsoleFilter(app_only=app_only)
+        got: list[LogLine] = []
+        for i in range(0, len(RECORDED), chunk):
+            view.feed(RECORDED[i : i + chunk])
+            got += view.take(None)
+        view.feed(b"", final=True)
+        got += view.take(None)
+        assert got == console_view(RECORDED, app_only=app_only, started_at=None)

@@ -209,3 +209,24 @@ def test_feeding_in_chunks_as_follow_does_gives_the_same_lines(chunk: int) -> No
         view.feed(b"", final=True)
         got += view.take(None)
         assert got == console_view(RECORDED, app_only=app_only, started_at=None)
+
+
+def test_a_running_stub_vm_logs_health_json_and_a_bad_service(mvm_home: Path) -> None:
+    """The stub backend runs the real guest agent as a host process: `logs` reaches its
+    `logs` request (a bad --service is the agent's E_LOGS_ARGS, one line), and
+    `health --json` is the agent's report as JSON."""
+    up = _mvmctl("up", "--backend", "stub", "--name", "stubby")
+    assert up.returncode == 0, up.stderr
+    try:
+        raw = _mvmctl("logs", "stubby", "--all")
+        assert raw.returncode == 0 and "mvm-agent:" in raw.stdout, raw
+        app = _mvmctl("logs", "stubby")
+        assert app.returncode == 0 and "mvm-agent:" not in app.stdout, app
+        bad = _mvmctl("logs", "stubby", "--service", "../etc")
+        assert bad.returncode == 1 and bad.stderr.startswith("error[E_LOGS_ARGS]"), bad.stderr
+        assert len(bad.stderr.splitlines()) == 1
+        health = _mvmctl("health", "stubby", "--json")
+        assert health.returncode == 0, health.stderr
+        assert json.loads(health.stdout) == {"name": "stubby", "services": {}}
+    finally:
+        assert _mvmctl("down", "stubby").returncode == 0

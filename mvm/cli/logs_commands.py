@@ -57,8 +57,11 @@ async def cmd_logs(args: argparse.Namespace) -> int:
     services = await _service_snapshot(name, args.service) if running else []
     if args.service is not None and not running:
         _note(f"{name} is not running: its services' logs live in the guest")
-    for line in select([*lines, *services], since=since, tail=args.tail):
+    shown = select([*lines, *services], since=since, tail=args.tail)
+    for line in shown:
         _print(line, args.timestamps)
+    if not shown and not args.all and args.service is None and since is None and args.tail != 0:
+        _note(f"{name}: no app output yet (the raw console: mvmctl logs {name} --all)")
     if not args.follow:
         return 0
     async with anyio.create_task_group() as tg:

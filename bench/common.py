@@ -114,7 +114,7 @@ def plot(result: dict[str, Any], path: str) -> None:
         raise ConfigError(
             "--plot needs matplotlib",
             code="E_BENCH_PLOT",
-            hint="pip install 'mvm[bench]' (or ./scripts/setup --bench)",
+            hint="./scripts/setup --bench (or .venv/bin/pip install 'mvm-engine[bench]')",
         ) from None
     series = {
         k: [float(x) for x in v]

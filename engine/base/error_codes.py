@@ -399,6 +399,8 @@ _c("E_HYPERVISOR_NAME", "ConfigError", "the hypervisor name is unknown",
    "use qemu, firecracker or cloud-hypervisor")
 _c("E_HYPERVISOR_UNAVAILABLE", "ConfigError", "the chosen hypervisor cannot run here",
    "run mvmctl doctor, or use --hypervisor qemu")
+_c("E_LOGS_SINCE", "ConfigError", "logs --since is neither a duration nor a time",
+   "use 30s, 5m, 2h, 1d, 2026-01-02T03:04:05Z or Unix seconds")
 _c("E_LOG_LEVEL", "ConfigError", "the log level is unknown",
    "use one of: debug, info, warning, error, critical")
 _c("E_MEMORY", "ConfigError", "the memory size is out of range", "give memory_mib in range")
@@ -495,7 +497,7 @@ _c("E_VOLUME_HOST", "ConfigError", "the volume's host folder does not exist",
 _c("E_VOLUME_SIZE", "ConfigError", "the volume's content is over its size",
    "give a larger SIZE_MB")
 _c("E_VOLUME_SPEC", "ConfigError", "a volume mount is invalid",
-   "mount under /mnt, /srv, /data or /home, each path once")
+   "mount each volume once, in a folder of /mnt/ (e.g. /mnt/data)")
 
 # --- snapshots (engine/vm/snapshots.py, engine/vm/snapshot_volumes.py, backends)
 _c("E_SNAPSHOT", "BackendError", "the hypervisor failed to take the snapshot", _LOGS)
@@ -551,7 +553,7 @@ _c("E_BENCH_BACKEND", "ConfigError", "bench boot supports only the qemu backend 
 _c("E_BENCH_BUDGET", "BudgetExceeded", "a benchmark exceeded its time budget",
    "raise the budget or find the slow step")
 _c("E_BENCH_PLOT", "ConfigError", "--plot needs matplotlib",
-   "pip install 'mvm[bench]' (or ./scripts/setup --bench)")
+   "./scripts/setup --bench (or .venv/bin/pip install 'mvm-engine[bench]')")
 _c("E_BENCH_RESULT", "ConfigError", "a benchmark result file cannot be read", "check the path")
 # fmt: on
 

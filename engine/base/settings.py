@@ -81,31 +81,115 @@ def _binaries(value: Mapping[str, Path]) -> Mapping[str, Path]:
     return MappingProxyType(dict(value))
 
 
+def _env(var: str | tuple[str, ...], default: str, doc: str) -> dict[str, object]:
+    """A field's documentation: the variable(s) that set it, the default in words and
+    what it means. ``mvmctl --help``'s Environment section and the README's are made
+    from these (:mod:`mvm.engine.base.env_docs`)."""
+    return {"env": (var,) if isinstance(var, str) else var, "default": default, "doc": doc}
+
+
 @attrs.frozen
 class Settings:
     """What the environment configures. Fields are typed and already validated;
     ``None`` means "not set" (the reader uses its own default)."""
 
-    home: Path = attrs.field(factory=_default_home, converter=Path)
-    cache: Path = attrs.field(factory=_default_cache, converter=Path)
-    accel: Accel = Accel.AUTO
-    kernel: Path | None = None  # MVM_KERNEL: a vmlinux used instead of the cached build
-    kernel_jobs: int | None = None
-    net_bridge: str = "br-mvm"
-    net_subnet: str = "172.16.0.0/24"  # checked by NetConfig when a VM is networked
-    builder_ssh: str | None = None  # [user@]host[:port], parsed by SshTarget
-    builder_ssh_key: Path | None = None
-    builder_ssh_known_hosts: str = "default"  # "default", "none" or a path
-    builder_nix: str = "nix"
-    builder_vsock: str | None = None  # vsock:CID[:PORT] or unix:PATH
-    backend_plugins: str = ""  # NAME=module:factory,...
-    nix_dir: Path | None = None
-    binaries: Mapping[str, Path] = attrs.field(
-        factory=dict, converter=_binaries, eq=False, hash=False
+    home: Path = attrs.field(
+        factory=_default_home,
+        converter=Path,
+        metadata=_env("MVM_HOME", "~/.mvm", "state: state.db, vms/NAME/ (console logs), volumes/"),
     )
-    fake_sealed: bool = False  # the stub backend boots its agent --sealed
-    log_level: str | None = None
-    fault_kill_at: str | None = None  # tests: the boot step at which to SIGKILL oneself
+    cache: Path = attrs.field(
+        factory=_default_cache,
+        converter=Path,
+        metadata=_env(
+            "MVM_CACHE",
+            "$XDG_CACHE_HOME/mvm, else ~/.cache/mvm",
+            "rebuildable artifacts: the kernel, the guest agent, images",
+        ),
+    )
+    accel: Accel = attrs.field(
+        default=Accel.AUTO,
+        metadata=_env(
+            "MVM_ACCEL", "auto", "auto, kvm or tcg: auto uses KVM where /dev/kvm works, else TCG"
+        ),
+    )
+    kernel: Path | None = attrs.field(
+        default=None,
+        metadata=_env(
+            "MVM_KERNEL", "the cached build", "a vmlinux to boot instead of `mvmctl kernel build`'s"
+        ),
+    )
+    kernel_jobs: int | None = attrs.field(
+        default=None,
+        metadata=_env("MVM_KERNEL_JOBS", "the CPUs this process may use", "kernel build jobs"),
+    )
+    net_bridge: str = attrs.field(
+        default="br-mvm", metadata=_env("MVM_NET_BRIDGE", "br-mvm", "the bridge of --net tap")
+    )
+    net_subnet: str = attrs.field(  # checked by NetConfig when a VM is networked
+        default="172.16.0.0/24",
+        metadata=_env("MVM_NET_SUBNET", "172.16.0.0/24", "the subnet --net tap VMs get"),
+    )
+    builder_ssh: str | None = attrs.field(  # parsed by SshTarget
+        default=None,
+        metadata=_env("MVM_BUILDER_SSH", "unset", "[user@]host[:port] of the ssh builder"),
+    )
+    builder_ssh_key: Path | None = attrs.field(
+        default=None,
+        metadata=_env("MVM_BUILDER_SSH_KEY", "ssh's own keys", "private key for the ssh builder"),
+    )
+    builder_ssh_known_hosts: str = attrs.field(
+        default="default",
+        metadata=_env(
+            "MVM_BUILDER_SSH_KNOWN_HOSTS",
+            "default",
+            "default (~/.ssh/known_hosts), none (no host key check) or a known_hosts path",
+        ),
+    )
+    builder_nix: str = attrs.field(
+        default="nix", metadata=_env("MVM_BUILDER_NIX", "nix", "the nix program on the builder")
+    )
+    builder_vsock: str | None = attrs.field(
+        default=None,
+        metadata=_env(
+            "MVM_BUILDER_VSOCK", "unset", "vsock:CID[:PORT] or unix:PATH of a builder VM's agent"
+        ),
+    )
+    backend_plugins: str = attrs.field(
+        default="",
+        metadata=_env(
+            "MVM_BACKEND_PLUGINS", "none", "more hypervisor backends: NAME=module:factory,..."
+        ),
+    )
+    nix_dir: Path | None = attrs.field(
+        default=None,
+        metadata=_env("MVM_NIX_DIR", "nix/ of the installed mvm", "the mvm Nix library to use"),
+    )
+    binaries: Mapping[str, Path] = attrs.field(
+        factory=dict,
+        converter=_binaries,
+        eq=False,
+        hash=False,
+        metadata=_env(
+            tuple(BINARY_VARS.values()), "found on PATH", "path of the {program} program"
+        ),
+    )
+    fake_sealed: bool = attrs.field(
+        default=False,
+        metadata=_env("MVM_FAKE_SEALED", "0", "tests: 1 boots the stub backend's agent sealed"),
+    )
+    log_level: str | None = attrs.field(
+        default=None,
+        metadata=_env(
+            "MVM_LOG_LEVEL", "warning", "debug, info, warning or error (--log-level wins)"
+        ),
+    )
+    fault_kill_at: str | None = attrs.field(
+        default=None,
+        metadata=_env(
+            "MVM_FAULT_KILL_AT", "unset", "tests: the boot step at which to SIGKILL itself"
+        ),
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -74,10 +74,12 @@ class Volume:
                 f"volume guest path {guest!r} is not a plain absolute path", code="E_VOLUME_SPEC"
             )
         if not guest.startswith("/mnt/") or guest.count("/") < 2:
+            # /init mounts volumes on the read-only rootfs only where it has a writable
+            # place for the mount point: a folder of /mnt (a tmpfs).
             raise ConfigError(
-                f"volume guest path {guest} is not under /mnt/",
+                f"volume guest path {guest} is not a folder under /mnt/",
                 code="E_VOLUME_SPEC",
-                hint="mount under /mnt, /srv, /data or /home",
+                hint=f"mount it in a folder of /mnt/, e.g. {_under_mnt(guest)}",
             )
         if not host.is_dir():
             raise ConfigError(
@@ -86,6 +88,11 @@ class Volume:
                 hint="create it first (an empty folder is fine)",
             )
         return cls(host=str(host), guest=guest, size_mb=size)
+
+
+def _under_mnt(guest: str) -> str:
+    """The nearest allowed guest path: ``/data`` -> ``/mnt/data``."""
+    return f"/mnt/{PurePosixPath(guest).name or 'data'}"
 
 
 def check_volumes(volumes: tuple[Volume, ...]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -184,12 +185,20 @@ async def _until_closed_or_signal(client: AgentClient) -> bool:
 async def cmd_health(args: argparse.Namespace) -> int:
     async with open_vm_agent(args.name) as client:
         status = await client.health()
+    worst = max(
+        (
+            {"healthy": 0, "unknown": 1}.get(str(i.get("status", "unknown")), 2)
+            for i in status.values()
+        ),
+        default=0,
+    )
+    if getattr(args, "json", False):
+        print(json.dumps({"name": args.name, "services": status}, indent=2, sort_keys=True))
+        return 0 if worst == 0 else 1
     if not status:
         print(f"{args.name}: no health checks defined")
         return 0
-    worst = 0
     for service, info in sorted(status.items()):
         state = str(info.get("status", "unknown"))
-        worst = max(worst, {"healthy": 0, "unknown": 1}.get(state, 2))
         print(f"{service}\t{state}\tfailures={info.get('failures', 0)}\trc={info.get('rc')}")
     return 0 if worst == 0 else 1

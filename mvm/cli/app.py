@@ -39,7 +39,14 @@ Command = Callable[[argparse.Namespace], Awaitable[int]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mvmctl", description="mvm microVM manager")
+    from mvm.engine.base.env_docs import help_text  # the Settings fields' own docs
+
+    parser = argparse.ArgumentParser(
+        prog="mvmctl",
+        description="mvm microVM manager",
+        epilog=help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--version", action=_VersionAction, help="print the mvm-engine version and exit"
     )

@@ -72,22 +72,9 @@ async def cmd_ls(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    fmt = "{:<16} {:<16} {:<9} {:<8} {:>9} {:<11} {:<16} {}"
-    print(fmt.format("NAME", "BACKEND", "MODE", "STATE", "UPTIME", "ACCESS", "HEALTH", "PORTS"))
-    for r in rows:
-        up = f"{r['uptime_s']:.0f}s" if r["uptime_s"] is not None else "-"
-        print(
-            fmt.format(
-                r["name"],
-                r["backend"],
-                r["mode"],
-                r["state"],
-                up,
-                r["access"],
-                health_summary(r["health"]),
-                ",".join(r["ports"]) or "-",
-            )
-        )
+    from mvm.cli.ls_table import ls_cells, print_table  # rich: only for a table
+
+    print_table([ls_cells(r, health_summary(r["health"])) for r in rows])
     return 0
 
 
@@ -119,6 +106,9 @@ async def cmd_status(args: argparse.Namespace) -> int:
             print(f"mode now:   {r['mode']}")
             print(f"backend:    {r['backend']}")
             print(f"access:     {r['access']}")
+            print(f"pid:        {r['pid'] or '-'}")
+            supervisor = f"pid {r['supervisor_pid']}" if r["supervisor_pid"] else "-"
+            print(f"supervisor: {supervisor} ({'alive' if r['supervised'] else 'none'})")
             print(f"ports:      {', '.join(r['ports']) or '-'}")
             print(f"health:     {health_summary(r['health'])}")
             if r["uptime_s"] is not None:

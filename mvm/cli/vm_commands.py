@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import signal
@@ -28,7 +27,6 @@ from mvm.engine.request.mvmtoml import MvmToml
 from mvm.engine.request.vmrequest import PortMapping, VmRequest, check_resources, check_vm_name
 from mvm.engine.request.volumes import Volume
 from mvm.engine.store import StateStore, VmRecord
-from mvm.engine.vm.agent_access import open_vm_agent
 from mvm.engine.vm.detached import adopt_detached, start_detached, stop_vm_record
 
 log = get_logger("mvm.cli")
@@ -288,57 +286,6 @@ async def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_logs(args: argparse.Namespace) -> int:
-    """The serial console log, then the services' logs (``[service] line``) as the
-    guest agent reports them; with ``-f`` both are followed until the VM is down."""
-    log_path = vm_dir(args.name) / "console.log"
-    if not log_path.exists():
-        raise NotFoundError(f"no console log for {args.name!r}", code="E_VM_NOT_FOUND")
-    if not args.follow:
-        _write(log_path.read_bytes())
-        await _service_logs(args.name, follow=False)
-        return 0
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(functools.partial(_service_logs, args.name, follow=True))
-        await _follow_console(args.name, log_path)
-        tg.cancel_scope.cancel()
-    return 0
-
-
-async def _follow_console(name: str, log_path: Path) -> None:
-    offset = 0
-    while True:
-        with contextlib.suppress(OSError):  # down removes the run dir under us
-            data = log_path.read_bytes()[offset:]
-            offset += len(data)
-            _write(data)
-        async with StateStore.open() as store:
-            rec = await store.get_vm(name)
-        if rec is None or rec.state in ("exited", "failed"):
-            return
-        await anyio.sleep(0.5)
-
-
-async def _service_logs(name: str, *, follow: bool) -> None:
-    """Service lines live in the guest; a VM that is not running has none to give."""
-    try:
-        async with (
-            open_vm_agent(name) as client,
-            client.follow_logs(follow=follow) as lines,
-        ):
-            async for line in lines:
-                _write(f"[{line.service}] {line.line}\n".encode(errors="replace"))
-    except* MvmError as group:  # the link dies with the VM, inside the client's tasks
-        codes = [e.code for e in group.exceptions if isinstance(e, MvmError)]
-        log.debug("logs.service_logs_ended", vm=name, codes=codes)
-
-
-def _write(data: bytes) -> None:
-    if data:
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-
-
 async def cmd_wait(args: argparse.Namespace) -> int:
     """Block until the VM ends, print its exit status. A row that goes away while we wait
     (``down``, ``cleanup``) ended too: its status is in the row's ``vm.removed`` tombstone,
@@ -349,12 +296,12 @@ async def cmd_wait(args: argparse.Namespace) -> int:
         while True:
             rec = await store.get_vm(args.name)
             if seen is not None and (rec is None or rec.created_at != seen.created_at):
-                return await _wait_removed(store, seen)
+                return await _wait_removed(store, seen, args)
             if rec is None:
                 raise NotFoundError(f"no VM named {args.name!r}", code="E_VM_NOT_FOUND")
             seen = rec
             if rec.state in ("exited", "failed"):
-                return _print_exit(rec.exit_code)
+                return _print_exit(rec.exit_code, args)
             if deadline is not None and time.monotonic() > deadline:
                 from mvm.engine.base.errors import RequestTimeout
 
@@ -362,7 +309,7 @@ async def cmd_wait(args: argparse.Namespace) -> int:
             await anyio.sleep(0.25)
 
 
-async def _wait_removed(store: StateStore, seen: VmRecord) -> int:
+async def _wait_removed(store: StateStore, seen: VmRecord, args: argparse.Namespace) -> int:
     tomb = await store.last_removal(seen.name, seen.created_at)
     if tomb is None:  # the event log was pruned in between: say so rather than guess
         raise NotFoundError(
@@ -370,11 +317,14 @@ async def _wait_removed(store: StateStore, seen: VmRecord) -> int:
             code="E_VM_NOT_FOUND",
         )
     code = tomb.data.get("exit_code")
-    return _print_exit(code if isinstance(code, int) else None)
+    return _print_exit(code if isinstance(code, int) else None, args)
 
 
-def _print_exit(code: int | None) -> int:
-    print(code if code is not None else "")
+def _print_exit(code: int | None, args: argparse.Namespace) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps({"name": args.name, "exit_code": code}))
+    else:
+        print(code if code is not None else "")
     return 0 if code in (None, 0) else 1
 
 

@@ -55,9 +55,11 @@ def test_attached_run_streams_stdout_stderr_and_exits_7(tmp_path: Path, seed_out
         assert "to-stderr" in err and "to-stdout" not in err, run.stderr
         assert err.index("to-stderr") < err.index("my-app: exited (7)"), run.stderr
         _not_console(run.stdout + run.stderr)
-        # `mvmctl logs` is unchanged: still the whole console
-        logs = ok(mvmctl("mvmctl logs my-app", root)).stdout
-        assert "mvm-init: entrypoint command" in logs and "to-stdout" in logs
+        # `mvmctl logs` shows the app's output too, first; --all the whole console
+        logs = ok(mvmctl("mvmctl logs my-app", root))
+        assert logs.stdout == "to-stdout\n" and logs.stderr == "to-stderr\n", logs
+        raw = ok(mvmctl("mvmctl logs my-app --all", root)).stdout
+        assert "mvm-init: entrypoint command" in raw and "to-stdout" in raw
     finally:
         ok(mvmctl("mvmctl down my-app", root))
     seed_outcome.works("stdout line on stdout, stderr line on stderr, exit 7; no console lines")

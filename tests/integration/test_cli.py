@@ -118,8 +118,9 @@ def test_up_ls_logs_down(demo_image: Image, free_port: int) -> None:
         assert row["mode"] == "detached" and row["state"] == "running"
         assert row["ports"] == [f"127.0.0.1:{free_port}->80"]
         assert row["access"] == "sealed"
-        logs = mvmctl("logs", "bg")
+        logs = mvmctl("logs", "bg", "--all")  # the raw console (default: the app's output)
         assert "mvm-init: ready" in logs.stdout
+        assert "mvm-init:" not in mvmctl("logs", "bg").stdout
         again = mvmctl("up", "demo", "--name", "bg")
         assert again.returncode != 0 and again.stderr.startswith("error[E_NAME_TAKEN]")
     finally:

@@ -306,7 +306,7 @@ def test_secret_volume_is_readable_in_guest_and_never_leaks(
         outputs.append(read.stderr)
         listed = _ok(cli("exec", "sec1", "--", "ls", "-l", "/mnt/secrets"))
         assert "token" in listed.stdout
-        logs = _ok(cli("logs", "sec1"))
+        logs = _ok(cli("logs", "sec1", "--all"))  # the raw console, where a leak would show
         assert "mvm-init: ready" in logs.stdout
         assert "/mnt/secrets" in logs.stdout  # the mount is logged, its contents are not
         outputs += [logs.stdout, logs.stderr]
@@ -596,7 +596,7 @@ def test_logs_follow_shows_new_serial_and_service_lines_and_ends_with_down(
 ) -> None:
     _ok(mvmctl("up", str(rt_image.directory), "--name", "follow1"))
     follow = subprocess.Popen(
-        [*MVMCTL, "logs", "follow1", "-f"],
+        [*MVMCTL, "logs", "follow1", "-f", "--all"],  # --all: /init's lines too
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mvm import ConfigError
+from mvm.engine.base.errors import default_hint
 from mvm.engine.request.volumes import Volume, kernel_arg, persistent_volume_path, prepare_volume
 
 
@@ -36,6 +37,28 @@ def test_bad_volumes_are_coded(tmp_path: Path, text: str, code: str) -> None:
     with pytest.raises(ConfigError) as info:
         Volume.parse(text.format(tmp=tmp_path))
     assert info.value.code == code
+
+
+@pytest.mark.parametrize("guest", ["/data", "/srv/www", "/home/app", "/mnt"])
+def test_the_refusal_hint_names_only_paths_the_rule_allows(tmp_path: Path, guest: str) -> None:
+    """Issue 16: `-v HOST:/data` was refused by an error whose hint listed /data as allowed.
+    Every path the hint suggests must parse, and the refused one must not appear in it."""
+    with pytest.raises(ConfigError) as info:
+        Volume.parse(f"{tmp_path}:{guest}")
+    err = info.value
+    assert err.code == "E_VOLUME_SPEC" and err.hint is not None
+    suggested = [word.rstrip(").,") for word in err.hint.split() if word.startswith("/")]
+    assert suggested, err.hint
+    for path in suggested:
+        if path.rstrip("/") == "/mnt":
+            continue  # the folder named as the parent, not a mount point
+        assert Volume.parse(f"{tmp_path}:{path}").guest == path
+    assert guest not in suggested
+    registry = default_hint("E_VOLUME_SPEC") or ""
+    for path in (w.rstrip(").,") for w in registry.split() if w.startswith("/mnt/")):
+        if path != "/mnt/":
+            assert Volume.parse(f"{tmp_path}:{path}").guest == path
+    assert not any(bad in registry for bad in ("/srv", "/data,", "/home"))
 
 
 def _debugfs_cat(image: Path, path: str) -> bytes:

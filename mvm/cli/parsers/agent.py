@@ -30,4 +30,5 @@ def register(sub: SubParsers) -> None:
 
     p = sub.add_parser("health", help="health of a VM's services as its agent reports it")
     p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="the agent's report as JSON")
     p.set_defaults(handler="agent_commands:cmd_health")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -40,7 +41,9 @@ def register(sub: SubParsers) -> None:
             action="append",
             default=[],
             metavar="HOST:GUEST[:SIZE_MB]",
-            help="host folder as a guest volume: read-only, or read-write persistent with SIZE_MB",
+            help="host folder as a guest volume under /mnt/ (e.g. ./config:/mnt/config): "
+            "read-only is a copy taken at boot (host changes show at the next start); "
+            "with SIZE_MB a read-write disk seeded once from the folder, kept across restarts",
         )
         p.add_argument(
             "--health-action",
@@ -94,12 +97,46 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler="ls_commands:cmd_status", event_loop="asyncio")
 
-    p = sub.add_parser("logs", help="print a VM's serial console log")
+    p = sub.add_parser(
+        "logs",
+        help="print a VM's app output (entrypoint and services; --all: the raw console)",
+        description="The app's output: a command entrypoint's stdout/stderr (without the "
+        "kernel's and /init's lines), then each service's log as [service] line. "
+        "Service logs live in the guest: only a running VM has them.",
+    )
     p.add_argument("name")
-    p.add_argument("-f", "--follow", action="store_true")
-    p.set_defaults(handler="vm_commands:cmd_logs")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the VM ends")
+    p.add_argument("-n", "--tail", type=_count, metavar="N", help="only the last N lines")
+    p.add_argument(
+        "--since",
+        metavar="DURATION|TIME",
+        help="only lines from then on: 30s, 5m, 2h, 1d, 2026-01-02T03:04:05Z or Unix seconds "
+        "(console times are estimated from the guest's uptime; service lines carry none, "
+        "so only the ones that arrive with -f pass)",
+    )
+    p.add_argument(
+        "-t", "--timestamps", action="store_true", help="prefix each line with its UTC time"
+    )
+    p.add_argument("--service", metavar="S", help="only service S's log")
+    p.add_argument(
+        "--all",
+        "--console",
+        dest="all",
+        action="store_true",
+        help="the raw serial console (kernel, /init, agent and app lines) instead of "
+        "the entrypoint's output",
+    )
+    p.set_defaults(handler="logs_commands:cmd_logs")
 
     p = sub.add_parser("wait", help="block until a VM exits; print its exit status")
     p.add_argument("name")
     p.add_argument("--timeout", type=float)
+    p.add_argument("--json", action="store_true", help='print {"name", "exit_code"} as JSON')
     p.set_defaults(handler="vm_commands:cmd_wait")
+
+
+def _count(text: str) -> int:
+    """``--tail N``: a whole number, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of lines")
+    return int(text)

@@ -29,6 +29,8 @@ from mvm.engine.base.errors import (
 )
 
 if TYPE_CHECKING:
+    from mvm.backends.guest.files import FileEntry, GuestFiles
+    from mvm.backends.guest.streams import ExecSession
     from mvm.engine.engine import Engine, VmHandle
     from mvm.engine.images.image import Image
     from mvm.engine.images.imagespec import HealthCheck, ImageSpec, Service, Uids
@@ -51,6 +53,9 @@ if TYPE_CHECKING:
 
 # Public name -> the module that defines it; imported on first access.
 _LAZY = {
+    "ExecSession": "mvm.backends.guest.streams",
+    "FileEntry": "mvm.backends.guest.files",
+    "GuestFiles": "mvm.backends.guest.files",
     "Engine": "mvm.engine.engine",
     "VmHandle": "mvm.engine.engine",
     "Image": "mvm.engine.images.image",
@@ -99,6 +104,9 @@ __all__ = [
     "ConflictError",
     "Engine",
     "Event",
+    "ExecSession",
+    "FileEntry",
+    "GuestFiles",
     "HealthCheck",
     "Image",
     "ImageSpec",

@@ -41,6 +41,7 @@ from mvm.engine.admission.plans import ExecutionPlan
 from mvm.engine.base.errors import BackendError, MvmError, error_leaves
 from mvm.engine.base.paths import vm_dir, write_private
 from mvm.engine.images.image import Image
+from mvm.engine.request.envvars import env_kernel_arg
 from mvm.engine.request.vmrequest import VmRequest
 from mvm.engine.request.volumes import kernel_arg
 from mvm.engine.runtime.actor import Actor
@@ -376,7 +377,9 @@ class RuntimeVM(Actor[StopVm | DetachVm | RestartVm]):
 
     def vm_spec(self) -> VmSpec:
         req, image = self.request, self.image
-        extra_args = tuple(a for a in (kernel_arg(req.volumes),) if a)
+        extra_args = tuple(
+            a for a in (kernel_arg(req.volumes), env_kernel_arg(dict(req.env))) if a
+        )
         nics: tuple[NetDevice, ...] = ()
         if self.lease is not None:
             extra_args += (self.lease.kernel_arg,)

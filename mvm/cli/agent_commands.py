@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -17,8 +18,10 @@ import trio
 
 from mvm.actors.port_forward import PortForward, bind_forward_listener
 from mvm.backends.guest.client import AgentClient
+from mvm.backends.guest.exec_user import exec_as
 from mvm.backends.guest.streams import ExecSession
 from mvm.engine.base.errors import ConfigError, NotFoundError
+from mvm.engine.request.envvars import parse_env
 from mvm.engine.request.vmrequest import PortMapping
 from mvm.engine.runtime.supervisor import RestartPolicy, Supervisor
 from mvm.engine.vm.agent_access import open_vm_agent, require_accessible, running_vm
@@ -54,17 +57,32 @@ def _status(proc: ExecSession) -> int:
 
 
 async def cmd_exec(args: argparse.Namespace) -> int:
+    """docker exec's flags; the exit status is the command's (128+N for signal N)."""
     argv = _argv(args)
+    env = parse_env(args.env, args.env_file, lookup=os.environ.get)
     require_accessible(await running_vm(args.name), "exec")
-    async with (
-        open_vm_agent(args.name) as client,
-        client.open_exec(argv, stdin=args.interactive) as proc,
-        anyio.create_task_group() as tg,
-    ):
-        if args.interactive:
-            tg.start_soon(_pump_stdin, proc)
-        await _pump_output(proc)
-        tg.cancel_scope.cancel()
+    tty = bool(args.tty)
+    if tty:
+        env.setdefault("TERM", os.environ.get("TERM", "xterm"))
+    size = shutil.get_terminal_size()
+    async with open_vm_agent(args.name) as client:
+        if args.user:
+            argv, env = await exec_as(client, args.user, argv, env)
+        async with client.open_exec(
+            argv,
+            env=env,
+            cwd=args.workdir,
+            stdin=args.interactive,
+            pty=tty,
+            rows=size.lines,
+            cols=size.columns,
+        ) as proc:
+            with _raw_terminal() if tty and args.interactive else contextlib.nullcontext():
+                async with anyio.create_task_group() as tg:
+                    if args.interactive:
+                        tg.start_soon(_pump_stdin, proc)
+                    await _pump_output(proc)
+                    tg.cancel_scope.cancel()
     return _status(proc)
 
 

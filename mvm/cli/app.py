@@ -75,8 +75,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(exc.exit_status) from None
     try:
         status = trio.run(_until_terminated, functools.partial(command, args), settings)
-    except MvmError as exc:
-        print(exc.one_line(), file=sys.stderr)
+    except MvmError as exc:  # a validator's every problem: one coded line each
+        print("\n".join(e.one_line() for e in getattr(exc, "all_errors", (exc,))), file=sys.stderr)
         raise SystemExit(exc.exit_status) from None
     except KeyboardInterrupt:
         print("interrupted; everything this command started was torn down", file=sys.stderr)

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from mvm.cli.parsers import SubParsers
+
+
+def add_env_flags(p: argparse.ArgumentParser, who: str) -> None:
+    """-e/--env-file, as docker has them (engine/request/envvars.py parses both)."""
+    p.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VAL",
+        help=f"set a variable for {who} (KEY alone: this shell's value; repeatable)",
+    )
+    p.add_argument(
+        "--env-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="read KEY=VAL lines (# comments, quotes) from FILE (repeatable)",
+    )
 
 
 def register(sub: SubParsers) -> None:
@@ -40,6 +60,7 @@ def register(sub: SubParsers) -> None:
             metavar="HOST:GUEST[:SIZE_MB]",
             help="host folder as a guest volume: read-only, or read-write persistent with SIZE_MB",
         )
+        add_env_flags(p, "the guest's services, entrypoint and exec")
         p.add_argument(
             "--health-action",
             choices=("none", "restart-service", "restart-vm"),

@@ -1,0 +1,46 @@
+"""exec -u resolution against guest files, and cp's SRC/DST split."""
+
+from __future__ import annotations
+
+import pytest
+
+from mvm.backends.guest.exec_user import resolve_user
+from mvm.cli.cp_commands import cp_plan, split_remote
+from mvm.engine.base.errors import ConfigError, NotFoundError
+
+PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n# c\n"
+GROUP = "root:x:0:\nstaff:x:50:app\n"
+
+
+def test_names_numbers_and_groups() -> None:
+    assert resolve_user("app", PASSWD, GROUP).uid == 1000
+    assert resolve_user("app", PASSWD, GROUP).home == "/home/app"
+    assert resolve_user("0", PASSWD, GROUP).name == "root"
+    numeric = resolve_user("4321", PASSWD, GROUP)
+    assert (numeric.uid, numeric.gid, numeric.home) == (4321, 4321, "/")
+    assert resolve_user("app:staff", PASSWD, GROUP).gid == 50
+    assert resolve_user("app:7", PASSWD, GROUP).gid == 7
+
+
+@pytest.mark.parametrize("spec", ["ghost", "app:nogroup"])
+def test_unknown_user_or_group(spec: str) -> None:
+    with pytest.raises(NotFoundError) as info:
+        resolve_user(spec, PASSWD, GROUP)
+    assert info.value.code == "E_EXEC_USER_UNKNOWN"
+
+
+def test_split_remote() -> None:
+    assert split_remote("vm1:/tmp/x") == ("vm1", "/tmp/x")
+    assert split_remote("vm1:") == ("vm1", "/")
+    assert split_remote("./a:b") is None
+    assert split_remote("/abs:path") is None
+    assert split_remote("plain") is None
+    assert cp_plan("f", "vm:/d") == ("vm", "put", "f", "/d")
+    assert cp_plan("vm:/s", "out") == ("vm", "get", "out", "/s")
+
+
+@pytest.mark.parametrize(("src", "dst"), [("a", "b"), ("v:/a", "w:/b")])
+def test_cp_needs_exactly_one_remote(src: str, dst: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        cp_plan(src, dst)
+    assert info.value.code == "E_CP_ARGS"

@@ -150,7 +150,7 @@ class GuestFiles:
             async for fd, data in proc.output():
                 if fd == 2:
                     stderr += data
-        _check(proc, stderr, f"copying {source} to {remote}")
+        _check(proc, bytes(stderr), f"copying {source} to {remote}")
         return posixpath.join(parent, name)
 
     async def get(self, remote: str, local: str | os.PathLike[str]) -> Path:
@@ -182,7 +182,7 @@ class GuestFiles:
                         spool.write(data)
                     else:
                         stderr += data
-            _check(proc, stderr, f"copying {remote} from the guest")
+            _check(proc, bytes(stderr), f"copying {remote} from the guest")
             spool.seek(0)
             await anyio.to_thread.run_sync(_extract, spool, target_dir, base, name)
         return target_dir / name

@@ -149,3 +149,75 @@ def test_cp_tree_keeps_modes(vm: str, tmp_path: Path) -> None:
     assert stat.S_IMODE((back / "sub").stat().st_mode) == 0o711
     missing = mvmctl("cp", f"{vm}:/tmp/nope", str(tmp_path / "n"))
     assert missing.returncode != 0 and missing.stderr.startswith(b"error[E_CP_SOURCE]")
+
+
+async def test_library_streaming_exec_files_and_env(demo_dev_image: Image, tmp_path: Path) -> None:
+    from mvm import Engine, ExecSession, FileEntry, VmRequest
+
+    request = VmRequest(
+        name="xlib", image_dir=str(demo_dev_image.directory), env={"LIB_VAR": "from the library"}
+    )
+    async with Engine.open() as engine:
+        vm = await engine.start(request, demo_dev_image)
+        seen = await vm.exec(["sh", "-c", 'echo "$LIB_VAR $X"; pwd'], env={"X": "y"}, cwd="/tmp")
+        assert seen.stdout == b"from the library y\n/tmp\n"
+        chunks: list[bytes] = []
+        proc: ExecSession
+        async with vm.open_exec(["tr", "a-z", "A-Z"], stdin=True) as proc:
+            await proc.write(b"first ")
+            await proc.write(b"second\n")
+            await proc.close_stdin()
+            async for fd, data in proc.output():
+                assert fd == 1
+                chunks.append(data)
+        assert b"".join(chunks) == b"FIRST SECOND\n" and proc.exit_code == 0
+        (tmp_path / "d").mkdir()
+        (tmp_path / "d" / "f.txt").write_bytes(b"payload")
+        (tmp_path / "d" / "f.txt").chmod(0o640)
+        assert await vm.files.put(tmp_path / "d", "/tmp") == "/tmp/d"
+        entries = await vm.files.list("/tmp/d")
+        assert entries == [
+            FileEntry(path="/tmp/d/f.txt", size=7, mode=0o100640, mtime=entries[0].mtime)
+        ]
+        got = await vm.files.get("/tmp/d/f.txt", tmp_path / "copy.txt")
+        assert got.read_bytes() == b"payload"
+
+
+async def test_sealed_image_refuses_files_and_exec(demo_image: Image) -> None:
+    from mvm import AccessDenied, Engine, VmRequest
+
+    async with Engine.open() as engine:
+        vm = await engine.start(
+            VmRequest(name="xsealed", image_dir=str(demo_image.directory)), demo_image
+        )
+        with pytest.raises(AccessDenied) as info:
+            await vm.files.put(Path("/etc/hostname"), "/tmp")
+        assert info.value.code == "E_SEALED"
+        with pytest.raises(AccessDenied):
+            async with vm.open_exec(["true"]):
+                pass
+    sealed = await _cli_cp_on_sealed(demo_image)
+    assert sealed.startswith(b"error[E_SEALED]"), sealed
+
+
+async def _cli_cp_on_sealed(demo_image: Image) -> bytes:
+    """``mvmctl cp`` against a detached sealed VM: refused before any transfer."""
+    import anyio
+
+    def run() -> bytes:
+        up = subprocess.run(
+            [*MVMCTL, "up", "demo", "--name", "xs2"], capture_output=True, check=False, timeout=300
+        )
+        assert up.returncode == 0, up.stderr
+        try:
+            cp = subprocess.run(
+                [*MVMCTL, "cp", "/etc/hostname", "xs2:/tmp"],
+                capture_output=True,
+                check=False,
+                timeout=60,
+            )
+            return cp.stderr
+        finally:
+            subprocess.run([*MVMCTL, "down", "xs2"], capture_output=True, check=False, timeout=120)
+
+    return await anyio.to_thread.run_sync(run)

@@ -39,7 +39,7 @@ def test_env_file_comments_quotes_and_later_wins(tmp_path: Path) -> None:
 
 def test_every_bad_line_is_reported(tmp_path: Path) -> None:
     f = tmp_path / "bad.env"
-    f.write_text("GOOD=1\n1BAD=x\nMVM_ENTRYPOINT_UID=0\nOPEN=\"never closed\nALSO BAD=2\n")
+    f.write_text('GOOD=1\n1BAD=x\nMVM_ENTRYPOINT_UID=0\nOPEN="never closed\nALSO BAD=2\n')
     with pytest.raises(EnvError) as info:
         parse_env(["-x=1", "UNSET"], [f, tmp_path / "missing.env"])
     lines = [e.one_line() for e in info.value.all_errors]
@@ -54,7 +54,7 @@ def test_every_bad_line_is_reported(tmp_path: Path) -> None:
     ]
     assert lines[0].startswith(f"error[E_ENV_SPEC]: {f}:2: '1BAD'")
     assert f"{f}:3: MVM_ENTRYPOINT_UID is reserved" in lines[1]
-    assert f"{f}:4: unterminated \" quote" in lines[2]
+    assert f'{f}:4: unterminated " quote' in lines[2]
     assert f"{f}:5: 'ALSO BAD'" in lines[3]
     assert "missing.env" in lines[4]
     assert "-e -x=1" in lines[5]
@@ -63,19 +63,19 @@ def test_every_bad_line_is_reported(tmp_path: Path) -> None:
 
 
 def test_kernel_arg_decodes_to_a_script_the_shell_loads_verbatim(tmp_path: Path) -> None:
-    env = {"A": "it's $HOME `x` \"q\"", "B": "two\nlines"}
+    env = {"A": 'it\'s $HOME `x` "q"', "B": "two\nlines"}
     arg = env_kernel_arg(env)
     assert arg.startswith("mvm.env=") and " " not in arg
     script = base64.b64decode(arg.removeprefix("mvm.env=")).decode()
     assert script == env_script(env)
     (tmp_path / "env").write_text(script)
     out = subprocess.run(
-        ["/bin/busybox", "sh", "-c", f'set -a; . {tmp_path}/env; set +a; env -0'],
+        ["/bin/busybox", "sh", "-c", f"set -a; . {tmp_path}/env; set +a; env -0"],
         capture_output=True,
         check=True,
         env={"PATH": "/bin"},
     ).stdout.split(b"\0")
-    assert "A=it's $HOME `x` \"q\"".encode() in out
+    assert b'A=it\'s $HOME `x` "q"' in out
     assert b"B=two\nlines" in out
     assert env_kernel_arg({}) == ""
 

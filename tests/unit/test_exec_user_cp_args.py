@@ -44,3 +44,36 @@ def test_cp_needs_exactly_one_remote(src: str, dst: str) -> None:
     with pytest.raises(ConfigError) as info:
         cp_plan(src, dst)
     assert info.value.code == "E_CP_ARGS"
+
+
+def test_exec_parser_takes_docker_flags() -> None:
+    from mvm.cli.app import build_parser
+
+    args = build_parser().parse_args(
+        [
+            "exec",
+            "-it",
+            "-w",
+            "/srv",
+            "-u",
+            "app",
+            "-e",
+            "A=1",
+            "-e",
+            "B",
+            "--env-file",
+            "f",
+            "vm",
+            "--",
+            "sh",
+            "-c",
+            "exit 7",
+        ]
+    )
+    assert (args.interactive, args.tty, args.workdir, args.user) == (True, True, "/srv", "app")
+    assert (args.env, args.env_file, args.name) == (["A=1", "B"], ["f"], "vm")
+    assert args.argv[-3:] == ["sh", "-c", "exit 7"]
+    run = build_parser().parse_args(["up", "demo", "-e", "K=V", "--env-file", "x.env"])
+    assert (run.env, run.env_file) == (["K=V"], ["x.env"])
+    cp = build_parser().parse_args(["cp", "./a", "vm:/b"])
+    assert (cp.src, cp.dst, cp.handler) == ("./a", "vm:/b", "cp_commands:cmd_cp")

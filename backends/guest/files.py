@@ -104,7 +104,17 @@ async def _send(proc: ExecSession, source: Path, name: str) -> None:
 def _keep_modes(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
     """tarfile's ``data`` filter (no absolute paths, nothing outside ``dest``, no device
     files, no owners), but with the member's permission bits kept (minus setuid/setgid)."""
-    safe = tarfile.data_filter(member, dest)
+    try:
+        safe = tarfile.data_filter(member, dest)
+    except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError):
+        if not member.issym():
+            raise
+        # A symlink is copied as it is (``/etc/x -> /usr/...``, as docker cp does);
+        # later members are still checked through it, so none can land outside dest.
+        plain = tarfile.data_filter(member.replace(linkname=".", deep=False), dest)
+        return plain.replace(linkname=member.linkname, deep=False)
+    if member.issym():
+        return safe
     return safe.replace(mode=member.mode & 0o1777, deep=False)
 
 

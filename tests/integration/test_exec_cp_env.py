@@ -86,6 +86,8 @@ def test_workdir_env_stdin_tty_and_user(vm: str) -> None:
     assert user.stdout == b"1234 2345 /\n", user.stderr
     root = mvmctl("exec", "-u", "root", vm, "--", "sh", "-c", "echo $(id -u) $HOME")
     assert root.stdout == b"0 /root\n", root.stderr
+    nobody = mvmctl("exec", "-u", "nobody", vm, "--", "sh", "-c", "echo $(id -u) $(id -un)")
+    assert nobody.stdout == b"65534 nobody\n", nobody.stderr
     ghost = mvmctl("exec", "-u", "ghost", vm, "--", "true")
     assert ghost.returncode != 0 and ghost.stderr.startswith(b"error[E_EXEC_USER_UNKNOWN]")
 
@@ -221,3 +223,23 @@ async def _cli_cp_on_sealed(demo_image: Image) -> bytes:
             subprocess.run([*MVMCTL, "down", "xs2"], capture_output=True, check=False, timeout=120)
 
     return await anyio.to_thread.run_sync(run)
+
+
+async def test_user_switch_is_refused_when_exec_is_not_root() -> None:
+    from mvm import AccessDenied, Engine, ImageSpec, Uids, VmRequest
+    from mvm.backends.guest.exec_user import exec_as
+    from mvm.engine.builders.offline_image import build_offline_image
+
+    image = await build_offline_image(
+        ImageSpec(name="rootless-x", shell="/bin/sh", uids=Uids(entrypoint=1000), dev=True)
+    )
+    async with Engine.open() as engine:
+        vm = await engine.start(VmRequest(name="xrootless", image_dir=str(image.directory)), image)
+        client = await vm.agent()
+        with pytest.raises(AccessDenied) as info:
+            await exec_as(client, "root", ["id", "-u"], {})
+        assert info.value.code == "E_EXEC_USER"
+        assert "entrypoint uid 1000" in info.value.message
+        argv, env = await exec_as(client, "app", ["id", "-u"], {})
+        assert argv == ["id", "-u"]
+        assert (await client.exec(argv, env=env)).stdout == b"1000\n"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from mvm.backends.guest.exec_user import resolve_user
@@ -77,3 +80,70 @@ def test_exec_parser_takes_docker_flags() -> None:
     assert (run.env, run.env_file) == (["K=V"], ["x.env"])
     cp = build_parser().parse_args(["cp", "./a", "vm:/b"])
     assert (cp.src, cp.dst, cp.handler) == ("./a", "vm:/b", "cp_commands:cmd_cp")
+
+
+def _tar(entries: list[tuple[str, bytes | None, int, str | None]]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, body, mode, link in entries:
+            info = tarfile.TarInfo(name)
+            info.mode = mode
+            if link is not None:
+                info.type, info.linkname = tarfile.SYMTYPE, link
+                tar.addfile(info)
+            elif body is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(body)
+                tar.addfile(info, io.BytesIO(body))
+    return buf.getvalue()
+
+
+def test_get_extract_renames_keeps_modes_and_symlinks(tmp_path: Path) -> None:
+    import io
+    import stat
+
+    from mvm.backends.guest.files import _extract
+
+    data = _tar(
+        [
+            ("tree", None, 0o555, None),
+            ("tree/run.sh", b"#!/bin/sh\n", 0o4750, None),
+            ("tree/etc", None, 0o755, "/etc"),
+        ]
+    )
+    _extract(io.BytesIO(data), tmp_path, "tree", "copy")
+    assert stat.S_IMODE((tmp_path / "copy").stat().st_mode) == 0o555
+    assert stat.S_IMODE((tmp_path / "copy" / "run.sh").stat().st_mode) == 0o750  # no setuid
+    assert os.readlink(tmp_path / "copy" / "etc") == "/etc"
+    (tmp_path / "copy").chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [("tree/../../evil", b"x", 0o644, None)],
+        [
+            ("tree", None, 0o755, None),
+            ("tree/l", None, 0o777, "/tmp"),
+            ("tree/l/x", b"x", 0o644, None),
+        ],
+    ],
+)
+def test_get_extract_never_writes_outside(
+    tmp_path: Path, entries: list[tuple[str, bytes | None, int, str | None]]
+) -> None:
+    import io
+    import tarfile
+
+    from mvm.backends.guest.files import _extract
+
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(tarfile.FilterError):
+        _extract(io.BytesIO(_tar(entries)), dest, "tree", "tree")
+    assert not (tmp_path / "evil").exists()

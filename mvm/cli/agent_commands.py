@@ -20,7 +20,7 @@ from mvm.actors.port_forward import PortForward, bind_forward_listener
 from mvm.backends.guest.client import AgentClient
 from mvm.backends.guest.exec_user import exec_as
 from mvm.backends.guest.streams import ExecSession
-from mvm.engine.base.errors import ConfigError, NotFoundError
+from mvm.engine.base.errors import ConfigError, MvmError, NotFoundError
 from mvm.engine.request.envvars import parse_env
 from mvm.engine.request.vmrequest import PortMapping
 from mvm.engine.runtime.supervisor import RestartPolicy, Supervisor
@@ -81,9 +81,20 @@ async def cmd_exec(args: argparse.Namespace) -> int:
                 async with anyio.create_task_group() as tg:
                     if args.interactive:
                         tg.start_soon(_pump_stdin, proc)
+                    if tty:
+                        tg.start_soon(_follow_window_size, proc)
                     await _pump_output(proc)
                     tg.cancel_scope.cancel()
     return _status(proc)
+
+
+async def _follow_window_size(proc: ExecSession) -> None:
+    """SIGWINCH here -> ``resize`` there, so full-screen programs redraw at the new size."""
+    with trio.open_signal_receiver(signal.SIGWINCH) as signals:
+        async for _ in signals:
+            size = shutil.get_terminal_size()
+            with contextlib.suppress(MvmError):
+                await proc.resize(size.lines, size.columns)
 
 
 @contextmanager
@@ -140,6 +151,7 @@ async def _console(client: AgentClient, shell: str | None, rows: int, cols: int)
         with _raw_terminal():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_pump_stdin, proc)
+                tg.start_soon(_follow_window_size, proc)
                 await _pump_output(proc)
                 tg.cancel_scope.cancel()
     return proc

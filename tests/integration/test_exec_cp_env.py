@@ -7,13 +7,20 @@ modes both ways, and the runtime variables as exec and the ``web`` service see t
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import pty
+import select
 import shutil
+import signal
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,6 +79,7 @@ def test_exit_statuses_are_the_commands(vm: str) -> None:
     assert mvmctl("exec", vm, "--", "false").returncode == 1
     assert sh("exit 7").returncode == 7
     assert sh("kill -9 $$").returncode == 128 + 9
+    assert sh("kill -INT $$").returncode == 130
 
 
 def test_workdir_env_stdin_tty_and_user(vm: str) -> None:
@@ -90,6 +98,55 @@ def test_workdir_env_stdin_tty_and_user(vm: str) -> None:
     assert nobody.stdout == b"65534 nobody\n", nobody.stderr
     ghost = mvmctl("exec", "-u", "ghost", vm, "--", "true")
     assert ghost.returncode != 0 and ghost.stderr.startswith(b"error[E_EXEC_USER_UNKNOWN]")
+
+
+def _read_until(fd: int, pattern: bytes, timeout: float = 60) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while pattern not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {pattern!r} in {seen!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            seen += os.read(fd, 4096)
+    return seen
+
+
+def _winsize(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def test_exec_it_is_a_terminal_that_follows_resizes(vm: str) -> None:
+    master, slave = pty.openpty()
+    _winsize(slave, 30, 100)
+    proc = subprocess.Popen(
+        [*MVMCTL, "exec", "-it", vm, "--", "sh"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env={**os.environ, **_HOME},
+        start_new_session=True,
+    )
+    os.close(slave)
+    try:
+        os.write(master, b"echo S=$(stty size)\n")
+        _read_until(master, b"S=30 100")
+        _winsize(master, 40, 120)
+        proc.send_signal(signal.SIGWINCH)
+        deadline = time.monotonic() + 30
+        while True:  # the resize races the next command: ask until it shows
+            os.write(master, b"echo S=$(stty size)\n")
+            seen = _read_until(master, b"S=", 30)
+            seen += _read_until(master, b"\n", 30)
+            if b"S=40 120" in seen:
+                break
+            assert time.monotonic() < deadline, seen
+        os.write(master, b"exit 3\n")
+        assert proc.wait(timeout=60) == 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
 
 
 def test_runtime_env_reaches_exec_and_the_service(vm: str) -> None:

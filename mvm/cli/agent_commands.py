@@ -20,7 +20,7 @@ from mvm.actors.port_forward import PortForward, bind_forward_listener
 from mvm.backends.guest.client import AgentClient
 from mvm.backends.guest.exec_user import exec_as
 from mvm.backends.guest.streams import ExecSession
-from mvm.engine.base.errors import ConfigError, MvmError, NotFoundError
+from mvm.engine.base.errors import AgentError, ConfigError, MvmError, NotFoundError
 from mvm.engine.request.envvars import parse_env
 from mvm.engine.request.vmrequest import PortMapping
 from mvm.engine.runtime.supervisor import RestartPolicy, Supervisor
@@ -64,27 +64,40 @@ async def cmd_exec(args: argparse.Namespace) -> int:
     tty = bool(args.tty)
     if tty:
         env.setdefault("TERM", os.environ.get("TERM", "xterm"))
-    size = shutil.get_terminal_size()
     async with open_vm_agent(args.name) as client:
         if args.user:
             argv, env = await exec_as(client, args.user, argv, env)
-        async with client.open_exec(
-            argv,
-            env=env,
-            cwd=args.workdir,
-            stdin=args.interactive,
-            pty=tty,
-            rows=size.lines,
-            cols=size.columns,
-        ) as proc:
-            with _raw_terminal() if tty and args.interactive else contextlib.nullcontext():
-                async with anyio.create_task_group() as tg:
-                    if args.interactive:
-                        tg.start_soon(_pump_stdin, proc)
-                    if tty:
-                        tg.start_soon(_follow_window_size, proc)
-                    await _pump_output(proc)
-                    tg.cancel_scope.cancel()
+        try:
+            return await _exec_streams(client, args, argv, env, tty)
+        except AgentError as exc:
+            if exc.code != "E_EXEC":
+                raise
+            # The command could not start: a shell's statuses (127 not found, 126 not runnable).
+            print(exc.one_line(), file=sys.stderr)
+            return 127 if "No such file" in exc.message else 126
+
+
+async def _exec_streams(
+    client: AgentClient, args: argparse.Namespace, argv: list[str], env: dict[str, str], tty: bool
+) -> int:
+    size = shutil.get_terminal_size()
+    async with client.open_exec(
+        argv,
+        env=env,
+        cwd=args.workdir,
+        stdin=args.interactive,
+        pty=tty,
+        rows=size.lines,
+        cols=size.columns,
+    ) as proc:
+        with _raw_terminal() if tty and args.interactive else contextlib.nullcontext():
+            async with anyio.create_task_group() as tg:
+                if args.interactive:
+                    tg.start_soon(_pump_stdin, proc)
+                if tty:
+                    tg.start_soon(_follow_window_size, proc)
+                await _pump_output(proc)
+                tg.cancel_scope.cancel()
     return _status(proc)
 
 

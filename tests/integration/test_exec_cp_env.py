@@ -80,6 +80,9 @@ def test_exit_statuses_are_the_commands(vm: str) -> None:
     assert sh("exit 7").returncode == 7
     assert sh("kill -9 $$").returncode == 128 + 9
     assert sh("kill -INT $$").returncode == 130
+    missing = mvmctl("exec", vm, "--", "/no/such/program")
+    assert missing.returncode == 127
+    assert missing.stderr.startswith(b"error[E_EXEC]: /no/such/program: No such file")
 
 
 def test_workdir_env_stdin_tty_and_user(vm: str) -> None:

@@ -91,8 +91,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise exits[0] from None
         errors = [e for e in leaves if isinstance(e, MvmError)]
         if errors:
-            print(errors[0].one_line(), file=sys.stderr)
-            raise SystemExit(errors[0].exit_status) from None
+            first = errors[0]
+            lines = (e.one_line() for e in getattr(first, "all_errors", (first,)))
+            print("\n".join(lines), file=sys.stderr)
+            raise SystemExit(first.exit_status) from None
         raise
     raise SystemExit(status)
 

@@ -92,3 +92,37 @@ def test_vm_request_takes_a_dict_and_checks_it() -> None:
     with pytest.raises(EnvError) as info:
         VmRequest(name="a", image_dir="/x", env={"MVM_SEALED": "0", "bad key": "1"})
     assert [e.code for e in info.value.all_errors] == ["E_ENV_RESERVED", "E_ENV_SPEC"]
+
+
+def test_cli_prints_one_coded_line_per_bad_variable(tmp_path: Path) -> None:
+    import sys
+
+    bad = tmp_path / "bad.env"
+    bad.write_text("# ok\nGOOD=1\nno equals sign here\n")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mvm.cli",
+            "up",
+            "demo",
+            "-e",
+            "1BAD=x",
+            "-e",
+            "MVM_X=1",
+            "--env-file",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    lines = out.stderr.splitlines()
+    assert [line.split("]")[0] for line in lines] == [
+        "error[E_ENV_SPEC",
+        "error[E_ENV_SPEC",
+        "error[E_ENV_RESERVED",
+    ], out.stderr
+    assert f"{bad}:3" in lines[0]

@@ -20,6 +20,8 @@ import anyio
 import attrs
 
 from mvm.backends.guest.client import AgentClient, ExecResult
+from mvm.backends.guest.files import GuestFiles
+from mvm.backends.guest.streams import ExecSession
 from mvm.backends.registry import get_backend
 from mvm.engine.admission.gate import LaunchGate
 from mvm.engine.base.errors import (
@@ -95,19 +97,50 @@ class VmHandle:
             raise NotFoundError(f"VM {self.name} has no agent connection", code="E_AGENT_GONE")
         return await self._vm.agent.client()
 
-    async def exec(
-        self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float | None = None
-    ) -> ExecResult:
-        """Run ``argv`` in the guest and wait for it: its status and buffered output.
-        ``stdin`` is fed to it; ``timeout`` bounds it (``RequestTimeout``). A sealed
-        image refuses exec (``AccessDenied``)."""
+    def _accessible(self, what: str) -> None:
         if self._vm.image.sealed:
             raise AccessDenied(
-                f"VM {self.name} runs a sealed image: exec is refused",
+                f"VM {self.name} runs a sealed image: {what} is refused",
                 hint="build the image with dev = true for exec/console",
             )
+
+    async def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> ExecResult:
+        """Run a command to completion; its output collected (see ``open_exec`` to stream)."""
+        self._accessible("exec")
         client = await self.agent()
-        return await client.exec(list(argv), stdin=stdin, timeout=timeout)
+        return await client.exec(list(argv), stdin=stdin, timeout=timeout, env=env, cwd=cwd)
+
+    @asynccontextmanager
+    async def open_exec(
+        self,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bool = False,
+        pty: bool = False,
+    ) -> AsyncIterator[ExecSession]:
+        """A streaming exec: ``async for fd, data in proc.output()``, ``await
+        proc.write(b)`` / ``close_stdin()`` (with ``stdin=True``), ``kill``; afterwards
+        ``proc.exit_code`` / ``proc.exit_signal``."""
+        self._accessible("exec")
+        client = await self.agent()
+        async with client.open_exec(argv, env=env, cwd=cwd, stdin=stdin, pty=pty) as proc:
+            yield proc
+
+    @property
+    def files(self) -> GuestFiles:
+        """``put(local, remote)``, ``get(remote, local)``, ``list(remote)`` in the guest."""
+        self._accessible("file copy")
+        return GuestFiles(self.agent)
 
     async def wait(self) -> int | None:
         """Block until the VM exits; its entrypoint's exit status (or the VMM's)."""

@@ -81,13 +81,21 @@ class RemoteVmHandle(VmHandle):
         )
 
     async def exec(
-        self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float | None = None
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
     ) -> ExecResult:
         """Run ``argv`` in the guest through the owner's agent mux (sealed: refused)."""
         with use_settings(self._settings):
             require_accessible(await running_vm(self._name), "exec")
             async with open_vm_agent(self._name) as client:
-                return await client.exec(list(argv), stdin=stdin, timeout=timeout)
+                return await client.exec(
+                    list(argv), stdin=stdin, timeout=timeout, env=env, cwd=cwd
+                )
 
     async def wait(self) -> int | None:
         """Block until the VM ends (its row final, or removed: then its tombstone)."""

@@ -44,6 +44,8 @@ from mvm.engine.base.errors import (
 
 if TYPE_CHECKING:
     from mvm.backends.guest.client import AgentClient, ExecResult, LogLine
+    from mvm.backends.guest.files import FileEntry, GuestFiles
+    from mvm.backends.guest.streams import ExecSession
     from mvm.engine.base.settings import Accel, Settings
     from mvm.engine.engine import Engine, VmHandle
     from mvm.engine.images.image import Image
@@ -84,6 +86,9 @@ _LAZY = {
     "PortRecord": "mvm.engine.store",
     "StateStore": "mvm.engine.store",
     "VmRecord": "mvm.engine.store",
+    "ExecSession": "mvm.backends.guest.streams",
+    "FileEntry": "mvm.backends.guest.files",
+    "GuestFiles": "mvm.backends.guest.files",
     "Engine": "mvm.engine.engine",
     "VmHandle": "mvm.engine.engine",
     "Image": "mvm.engine.images.image",
@@ -142,6 +147,9 @@ __all__ = [
     "EventKind",
     "EventRecord",
     "ExecResult",
+    "ExecSession",
+    "FileEntry",
+    "GuestFiles",
     "HealthAction",
     "HealthCheck",
     "Image",

@@ -130,6 +130,10 @@ _c("E_CTL", "AgentError", "the guest init's control FIFO is unavailable", _REBUI
 _c("E_EXEC", "AgentError", "the guest could not start the command",
    "check the program exists in the image")
 _c("E_EXEC_ARGS", "AgentError", "an exec or console request had bad fields", _REPORT)
+_c("E_CP", "AgentError", "the guest's tar failed while copying files",
+   "check the guest path and its permissions")
+_c("E_EXEC_USER", "AccessDenied", "exec -u asked for another user while exec does not run "
+   "as root", "build the image with a root entrypoint for -u, or drop -u")
 _c("E_EXEC_SIGNAL", "AgentError", "a signal number outside 1..64 was sent", "send a signal 1..64")
 _c("E_EXEC_TIMEOUT", "RequestTimeout", "the command did not finish in time",
    "raise --timeout or make the command finish")
@@ -391,6 +395,21 @@ _c("E_CLONE_COUNT", "ConfigError", "--count is below 1", "give --count >= 1")
 _c("E_CONSOLE_NO_VM", "NotFoundError", "no VM was named and no dev VM runs",
    "mvmctl dev up, or mvmctl console VM")
 _c("E_EXEC_ARGV", "ConfigError", "no command was given", "mvmctl exec NAME -- CMD")
+_c("E_CP_ARGS", "ConfigError", "cp needs exactly one VM:PATH side",
+   "mvmctl cp FILE VM:/path, or mvmctl cp VM:/path FILE")
+_c("E_CP_DEST", "ConfigError", "the cp destination cannot take the source",
+   "name an existing folder or a new path whose folder exists")
+_c("E_CP_SOURCE", "NotFoundError", "the cp source does not exist", "check the path")
+_c("E_ENV_FILE", "ConfigError", "an --env-file cannot be read", "give a readable UTF-8 file")
+_c("E_ENV_RESERVED", "ConfigError", "a runtime variable uses the reserved MVM_ prefix",
+   "pick a name that does not start with MVM_")
+_c("E_ENV_SPEC", "ConfigError", "a -e / --env-file line is not KEY=VALUE", "write KEY=VALUE")
+_c("E_ENV_TOO_LARGE", "ConfigError", "the runtime environment does not fit the kernel "
+   "command line", "put larger configuration in a folder mounted with -v DIR:/mnt/config")
+_c("E_EXEC_USER_SPEC", "ConfigError", "exec -u names no usable user",
+   "give -u NAME, -u UID or -u UID:GID")
+_c("E_EXEC_USER_UNKNOWN", "NotFoundError", "exec -u names a user or group the guest lacks",
+   "give a uid, or a user the image has")
 _c("E_HEALTH_ACTION", "ConfigError", "the health action is unknown",
    "use one of: none, restart-service, restart-vm")
 _c("E_HOST_TSC", "ConfigError", "the host TSC frequency is unknown",

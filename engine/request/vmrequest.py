@@ -9,12 +9,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import attrs
 
 from mvm.engine.base.errors import ConfigError
+from mvm.engine.request.envvars import check_env
 from mvm.engine.request.volumes import Volume, check_volumes
 
 Mode = Literal["attached", "detached"]
@@ -136,6 +137,11 @@ def _volumes(volumes: Iterable[Volume]) -> tuple[Volume, ...]:
     return tuple(volumes)
 
 
+def _env_pairs(value: Mapping[str, str] | Iterable[Sequence[str]]) -> tuple[tuple[str, str], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple((str(pair[0]), str(pair[1])) for pair in items)
+
+
 @attrs.frozen
 class VmRequest:
     """A VM to start from an already built image directory.
@@ -157,6 +163,9 @@ class VmRequest:
     volumes: tuple[Volume, ...] = attrs.field(default=(), converter=_volumes)
     net: NetMode = "none"  # "tap": a real NIC on the mvm bridge (root only)
     ir_hash: str | None = None  # set when launched from Workload IR: signed into the plan
+    # Runtime environment for the guest's services, entrypoint and exec (-e/--env-file):
+    # a dict is accepted and kept as ordered pairs (engine/request/envvars.py).
+    env: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_env_pairs)
 
     def __attrs_post_init__(self) -> None:
         check_resources(self.vcpus, self.memory_mib)
@@ -168,3 +177,4 @@ class VmRequest:
                 raise ConfigError(f"host port {p.host_port} is mapped twice", code="E_PORT_SPEC")
             seen.add(key)
         check_volumes(self.volumes)
+        check_env(dict(self.env))

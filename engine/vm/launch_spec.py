@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from mvm.backends.abc.types import Accel, NetDevice, VmSpec
+from mvm.engine.request.envvars import env_kernel_arg
 from mvm.engine.request.volumes import kernel_arg
 
 if TYPE_CHECKING:
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
 def vm_spec(vm: RuntimeVM) -> VmSpec:
     req, image = vm.request, vm.image
-    extra_args = tuple(a for a in (kernel_arg(req.volumes),) if a)
+    extra_args = tuple(a for a in (kernel_arg(req.volumes), env_kernel_arg(dict(req.env))) if a)
     nics: tuple[NetDevice, ...] = ()
     if vm.lease is not None:
         extra_args += (vm.lease.kernel_arg,)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -18,8 +19,10 @@ import trio
 
 from mvm.actors.port_forward import PortForward, bind_forward_listener
 from mvm.backends.guest.client import AgentClient
+from mvm.backends.guest.exec_user import exec_as
 from mvm.backends.guest.streams import ExecSession
-from mvm.engine.base.errors import ConfigError, NotFoundError
+from mvm.engine.base.errors import AgentError, ConfigError, MvmError, NotFoundError
+from mvm.engine.request.envvars import parse_env
 from mvm.engine.request.vmrequest import PortMapping
 from mvm.engine.runtime.supervisor import RestartPolicy, Supervisor
 from mvm.engine.vm.agent_access import open_vm_agent, require_accessible, running_vm
@@ -55,18 +58,57 @@ def _status(proc: ExecSession) -> int:
 
 
 async def cmd_exec(args: argparse.Namespace) -> int:
+    """docker exec's flags; the exit status is the command's (128+N for signal N)."""
     argv = _argv(args)
+    env = parse_env(args.env, args.env_file, lookup=os.environ.get)
     require_accessible(await running_vm(args.name), "exec")
-    async with (
-        open_vm_agent(args.name) as client,
-        client.open_exec(argv, stdin=args.interactive) as proc,
-        anyio.create_task_group() as tg,
-    ):
-        if args.interactive:
-            tg.start_soon(_pump_stdin, proc)
-        await _pump_output(proc)
-        tg.cancel_scope.cancel()
+    tty = bool(args.tty)
+    if tty:
+        env.setdefault("TERM", os.environ.get("TERM", "xterm"))
+    async with open_vm_agent(args.name) as client:
+        if args.user:
+            argv, env = await exec_as(client, args.user, argv, env)
+        try:
+            return await _exec_streams(client, args, argv, env, tty)
+        except AgentError as exc:
+            if exc.code != "E_EXEC":
+                raise
+            # The command could not start: a shell's statuses (127 not found, 126 not runnable).
+            print(exc.one_line(), file=sys.stderr)
+            return 127 if "No such file" in exc.message else 126
+
+
+async def _exec_streams(
+    client: AgentClient, args: argparse.Namespace, argv: list[str], env: dict[str, str], tty: bool
+) -> int:
+    size = shutil.get_terminal_size()
+    async with client.open_exec(
+        argv,
+        env=env,
+        cwd=args.workdir,
+        stdin=args.interactive,
+        pty=tty,
+        rows=size.lines,
+        cols=size.columns,
+    ) as proc:
+        with _raw_terminal() if tty and args.interactive else contextlib.nullcontext():
+            async with anyio.create_task_group() as tg:
+                if args.interactive:
+                    tg.start_soon(_pump_stdin, proc)
+                if tty:
+                    tg.start_soon(_follow_window_size, proc)
+                await _pump_output(proc)
+                tg.cancel_scope.cancel()
     return _status(proc)
+
+
+async def _follow_window_size(proc: ExecSession) -> None:
+    """SIGWINCH here -> ``resize`` there, so full-screen programs redraw at the new size."""
+    with trio.open_signal_receiver(signal.SIGWINCH) as signals:
+        async for _ in signals:
+            size = shutil.get_terminal_size()
+            with contextlib.suppress(MvmError):
+                await proc.resize(size.lines, size.columns)
 
 
 @contextmanager
@@ -123,6 +165,7 @@ async def _console(client: AgentClient, shell: str | None, rows: int, cols: int)
         with _raw_terminal():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_pump_stdin, proc)
+                tg.start_soon(_follow_window_size, proc)
                 await _pump_output(proc)
                 tg.cancel_scope.cancel()
     return proc

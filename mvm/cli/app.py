@@ -152,8 +152,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             settings,
             backend=getattr(args, "event_loop", "trio"),
         )
-    except MvmError as exc:
-        print(exc.one_line(), file=sys.stderr)
+    except MvmError as exc:  # a validator's every problem: one coded line each
+        print("\n".join(e.one_line() for e in getattr(exc, "all_errors", (exc,))), file=sys.stderr)
         raise SystemExit(exc.exit_status) from None
     except KeyboardInterrupt:
         print("interrupted; everything this command started was torn down", file=sys.stderr)
@@ -168,8 +168,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise exits[0] from None
         errors = [e for e in leaves if isinstance(e, MvmError)]
         if errors:
-            print(errors[0].one_line(), file=sys.stderr)
-            raise SystemExit(errors[0].exit_status) from None
+            first = errors[0]
+            lines = (e.one_line() for e in getattr(first, "all_errors", (first,)))
+            print("\n".join(lines), file=sys.stderr)
+            raise SystemExit(first.exit_status) from None
         raise
     raise SystemExit(status)
 

@@ -23,6 +23,7 @@ from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import vm_dir, write_private
 from mvm.engine.engine import Engine, VmHandle
 from mvm.engine.images.image import Image
+from mvm.engine.request.envvars import env_kernel_arg, parse_env
 from mvm.engine.request.mvmtoml import MvmToml
 from mvm.engine.request.vmrequest import PortMapping, VmRequest, check_resources, check_vm_name
 from mvm.engine.request.volumes import Volume
@@ -55,7 +56,13 @@ def _request(
         health_action=args.health_action,
         net=args.net,
         ir_hash=workload_ir_hash(args.image) if args.image else None,
+        env=cli_env(args),
     )
+
+
+def cli_env(args: argparse.Namespace) -> dict[str, str]:
+    """-e/--env-file (every bad line reported); a bare KEY takes this shell's value."""
+    return parse_env(args.env, args.env_file, lookup=os.environ.get)
 
 
 def _host_path(volume: str) -> str:
@@ -73,6 +80,7 @@ def _precheck(args: argparse.Namespace) -> Project | None:
         PortMapping.parse(p)
     for v in args.volume:
         Volume.parse(_host_path(v))
+    env_kernel_arg(cli_env(args))
     if args.name is not None:
         check_vm_name(args.name)
     check_resources(args.vcpus, args.memory_mib)  # the request's own bounds, before a build

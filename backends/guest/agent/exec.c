@@ -198,6 +198,10 @@ void exec_spawn_ex(session_t *s, int64_t id, char **argv, char **env, const char
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		signal(SIGPIPE, SIG_DFL);
 		signal(SIGCHLD, SIG_DFL);
+		/* /init starts us as a background job, which ignores SIGINT/SIGQUIT: a
+		 * command must get the defaults back, or ^C and `kill -INT` do nothing. */
+		signal(SIGINT, SIG_DFL);
+		signal(SIGQUIT, SIG_DFL);
 		setsid();
 		if (pty) {
 			if (!proxy) /* else the real process takes the PTY as its terminal */

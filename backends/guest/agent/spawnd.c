@@ -239,6 +239,10 @@ static void child_exec(char **argv, char **env, size_t envc, const char *cwd, un
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	signal(SIGPIPE, SIG_DFL);
 	signal(SIGCHLD, SIG_DFL);
+	/* /init starts us as a background job, which ignores SIGINT/SIGQUIT: a
+	 * command must get the defaults back, or ^C and `kill -INT` do nothing. */
+	signal(SIGINT, SIG_DFL);
+	signal(SIGQUIT, SIG_DFL);
 	setsid();
 	if (flags & SPAWN_PTY)
 		ioctl(0, TIOCSCTTY, 1);

@@ -9,6 +9,25 @@ if TYPE_CHECKING:
     from mvm.cli.parsers import SubParsers
 
 
+def add_env_flags(p: argparse.ArgumentParser, who: str) -> None:
+    """-e/--env-file, as docker has them (engine/request/envvars.py parses both)."""
+    p.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VAL",
+        help=f"set a variable for {who} (KEY alone: this shell's value; repeatable)",
+    )
+    p.add_argument(
+        "--env-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="read KEY=VAL lines (# comments, quotes) from FILE (repeatable)",
+    )
+
+
 def register(sub: SubParsers) -> None:
     for verb, helptext in (
         ("run", "build (if needed) and boot, detached (--attached: tied to this terminal)"),
@@ -45,6 +64,7 @@ def register(sub: SubParsers) -> None:
             "read-only is a copy taken at boot (host changes show at the next start); "
             "with SIZE_MB a read-write disk seeded once from the folder, kept across restarts",
         )
+        add_env_flags(p, "the guest's services, entrypoint and exec")
         p.add_argument(
             "--health-action",
             choices=("none", "restart-service", "restart-vm"),

@@ -25,7 +25,7 @@ import attrs
 
 from mvm.engine.base.errors import ConfigError, IrError, MvmError
 from mvm.engine.ir import Workload, canonical_ir, ir_hash, validate, validate_text
-from mvm.engine.ir.validate import loads
+from mvm.engine.ir.validation import loads
 
 EMIT_TIMEOUT_SECS = 120.0
 

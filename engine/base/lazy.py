@@ -4,7 +4,8 @@
 whose modules pull in cattrs, jsonschema or the whole engine. A package keeps a table
 ``{name: module}`` and sets ``__getattr__ = lazy_exports(__name__, table, globals())``;
 the first access imports the module and caches the value in the package's namespace,
-so later accesses never reach the hook.
+so later accesses never reach the hook. (A name must not also be a submodule's name:
+importing ``pkg.x`` sets the attribute ``pkg.x`` to the module, hiding a lazy ``x``.)
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
         Volume,
         Workload,
     )
-    from mvm.engine.ir.validate import (
+    from mvm.engine.ir.validation import (
         check_workload,
         loads,
         parse_workload,
@@ -72,12 +72,12 @@ _LAZY = {
     "Source": "mvm.engine.ir.model",
     "Volume": "mvm.engine.ir.model",
     "Workload": "mvm.engine.ir.model",
-    "check_workload": "mvm.engine.ir.validate",
-    "loads": "mvm.engine.ir.validate",
-    "parse_workload": "mvm.engine.ir.validate",
-    "supported_languages": "mvm.engine.ir.validate",
-    "validate": "mvm.engine.ir.validate",
-    "validate_text": "mvm.engine.ir.validate",
+    "check_workload": "mvm.engine.ir.validation",
+    "loads": "mvm.engine.ir.validation",
+    "parse_workload": "mvm.engine.ir.validation",
+    "supported_languages": "mvm.engine.ir.validation",
+    "validate": "mvm.engine.ir.validation",
+    "validate_text": "mvm.engine.ir.validation",
 }
 
 

@@ -138,3 +138,17 @@ def test_the_parsers_builder_modes_are_the_engines() -> None:
     from mvm.engine.builders import MODES
 
     assert BUILDER_MODES == MODES
+
+
+def test_no_lazy_export_is_hidden_by_a_submodule_of_the_same_name() -> None:
+    """Importing ``pkg.x`` sets the attribute ``pkg.x`` to the submodule, which then hides
+    a lazily exported ``x`` (``mvm.engine.ir.validate`` the function was once shadowed by
+    the module of that name, for whoever imported the module first)."""
+    import importlib
+    import pkgutil
+
+    for package in ("mvm", "mvm.engine.ir", "mvm.engine.images"):
+        pkg = importlib.import_module(package)
+        submodules = {m.name for m in pkgutil.iter_modules(pkg.__path__)}
+        clashes = submodules & set(getattr(pkg, "__all__", ()))
+        assert not clashes, f"{package}: exported names that are also submodules: {clashes}"

@@ -416,7 +416,7 @@ def test_round_trip_is_stable_and_hash_tracks_meaning() -> None:
 
 
 def test_an_ir_over_the_size_cap_is_refused_before_parsing() -> None:
-    from mvm.engine.ir.validate import MAX_IR_BYTES
+    from mvm.engine.ir.validation import MAX_IR_BYTES
 
     text = '{"x": "' + "a" * MAX_IR_BYTES + '"}'
     with pytest.raises(IrError) as info:

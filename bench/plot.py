@@ -52,7 +52,7 @@ def sample_series(result: dict[str, Any]) -> dict[str, list[float]]:
 def ratios(result: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     """Every ``ratio*`` of the result with its ``target_ratio*`` (None when it has none)."""
     out: dict[str, dict[str, float | None]] = {}
-    for key, value in sorted(result.items()):
+    for key, value in sorted(result.items(), key=lambda kv: (len(kv[0]), kv[0])):  # main first
         if key.startswith("ratio") and isinstance(value, int | float):
             target = result.get(f"target_{key}")
             out[key] = {
@@ -93,9 +93,10 @@ def plot(result: dict[str, Any], path: str | Path) -> dict[str, Any]:
     hist, cdf = axes[0]
     unit = result.get("unit", "s")
     drawn: dict[str, Any] = {"png": str(png), "title": title(result), "unit": unit, "series": {}}
+    edges = _shared_bins([v for values in series.values() for v in values])
     for name, values in series.items():
         p50 = statistics.median(values)
-        bars = hist.hist(values, bins=min(30, max(5, len(values) // 2)), alpha=0.5, label=name)
+        bars = hist.hist(values, bins=edges, alpha=0.5, label=name)
         color = bars[2][0].get_facecolor()
         ordered = sorted(values)
         n = len(ordered)
@@ -110,7 +111,7 @@ def plot(result: dict[str, Any], path: str | Path) -> dict[str, Any]:
         lines = [ax.axvline(p50, color=color[:3], ls="--", label=label) for ax in (hist, cdf)]
         drawn["series"][name] = {
             "n": n,
-            "p50": float(lines[0].get_xdata()[0]),  # type: ignore[index]
+            "p50": float(lines[0].get_xdata()[0]),
             "ecdf_drawstyle": ecdf.get_drawstyle(),
         }
     hist.set_xlabel(unit)
@@ -134,6 +135,14 @@ def plot(result: dict[str, Any], path: str | Path) -> dict[str, Any]:
     return drawn
 
 
+def _shared_bins(values: list[float]) -> list[float]:
+    """One set of bin edges for every series, so bar widths compare across them."""
+    count = max(8, min(30, len(values) // 3))
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    hi = hi if hi > lo else lo + 1e-3
+    return [lo + (hi - lo) * i / count for i in range(count + 1)]
+
+
 def _phase_bar(ax: Any, phases: dict[str, float]) -> dict[str, float]:
     """One stacked bar: where a median boot's wall time goes, guest clock first."""
     drawn: dict[str, float] = {}
@@ -148,6 +157,7 @@ def _phase_bar(ax: Any, phases: dict[str, float]) -> dict[str, float]:
         ax.annotate(f"{label}\n{value:.2f} s", (0, bottom + value / 2), ha="center", va="center")
         drawn[key] = float(bar.get_height())
         bottom += value
+    ax.set_xlim(-1, 1)
     ax.set_ylabel("s")
     ax.set_title("boot phases (medians; guest clock)")
     ax.legend(fontsize=8)
@@ -162,6 +172,7 @@ def _steps_bar(ax: Any, steps: dict[str, float]) -> dict[str, float]:
         ax.text(0.5, 0.5, "no host steps in this result", ha="center", transform=ax.transAxes)
         ax.set_axis_off()
     bars = ax.barh(names, values)
+    ax.bar_label(bars, labels=[f"{v * 1000:.0f} ms" for v in values], fontsize=7, padding=2)
     ax.invert_yaxis()  # first step on top
     ax.set_xlabel("s")
     ax.set_title("host boot steps (medians)")

@@ -22,7 +22,7 @@ import anyio
 
 from mvm import Engine, Image, VmRequest
 from mvm.backends.demo import DEMO_SPEC
-from mvm.bench.common import host_info, summary
+from mvm.bench.common import Progress, host_info, round_label, summary
 from mvm.engine.builders.offline_image import build_offline_image
 
 TARGET_RATIO = 0.40
@@ -65,9 +65,14 @@ async def parallel_clones(engine: Engine, count: int) -> dict[str, Any]:
     return {"count": count, "all_ready_s": wall, "each_s": summary(each)}
 
 
-async def run(runs: int = 20, warmup: int = 2, count: int | None = None) -> dict[str, Any]:
+async def run(
+    runs: int = 20, warmup: int = 2, count: int | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
+    """``progress`` gets one line per round (the CLI prints them on stderr)."""
+    say = progress or (lambda _line: None)
     os.environ.setdefault("MVM_HOME", tempfile.mkdtemp(prefix="mvmbc-", dir="/tmp"))
     os.environ["MVM_ACCEL"] = "tcg"
+    say("clone: building the demo image, booting and snapshotting the source VM (not timed)")
     image = await build_offline_image(DEMO_SPEC)
     cold: list[float] = []
     clones: list[float] = []
@@ -81,9 +86,11 @@ async def run(runs: int = 20, warmup: int = 2, count: int | None = None) -> dict
         for i in range(warmup + runs):
             c = await cold_boot(engine, image, i)
             k = await clone_once(engine, i)
+            say(f"clone {round_label(i, warmup, runs)}: cold boot {c:.2f} s, clone {k:.2f} s")
             if i >= warmup:
                 cold.append(c)
                 clones.append(k)
+        say(f"clone: {count or 8} clones at once")
         parallel = await parallel_clones(engine, count or 8)
     cold_s, clone_s = summary(cold), summary(clones)
     return {

@@ -14,8 +14,17 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+Progress = Callable[[str], None]
+"""Where a benchmark reports each run as it happens (the CLI: a line on stderr)."""
+
+
+def round_label(i: int, warmup: int, runs: int) -> str:
+    """``warmup 1/2`` for warm-up rounds, then ``3/20`` for the timed ones."""
+    return f"warmup {i + 1}/{warmup}" if i < warmup else f"{i - warmup + 1}/{runs}"
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -99,49 +108,6 @@ def _comparable(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, flo
 
     walk(old, new, "")
     return found
-
-
-def plot(result: dict[str, Any], path: str) -> None:
-    """Histogram + CDF of every sample series in ``result["samples"]`` (matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        from mvm.engine.base.errors import ConfigError
-
-        raise ConfigError(
-            "--plot needs matplotlib",
-            code="E_BENCH_PLOT",
-            hint="./scripts/setup --bench (or .venv/bin/pip install 'mvm-engine[bench]')",
-        ) from None
-    series = {
-        k: [float(x) for x in v]
-        for k, v in result.get("samples", {}).items()
-        if isinstance(v, list) and v and all(isinstance(x, int | float) for x in v)
-    }
-    fig, (hist, cdf) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, values in series.items():
-        hist.hist(values, bins=min(30, max(5, len(values) // 2)), alpha=0.6, label=name)
-        ordered = sorted(values)
-        cdf.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=name)
-    unit = result.get("unit", "s")
-    hist.set_xlabel(unit)
-    hist.set_ylabel("runs")
-    cdf.set_xlabel(unit)
-    cdf.set_ylabel("fraction of runs")
-    for ax in (hist, cdf):
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.suptitle(
-        f"mvm bench {result.get('benchmark')} ({result.get('backend', '')}, "
-        f"{result.get('accel', '')}) on {result.get('host', {}).get('cpu', '?')}"
-    )
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def free_port() -> int:

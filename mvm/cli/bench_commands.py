@@ -1,9 +1,10 @@
 """``mvmctl bench``: the benchmark harness as a product feature.
 
 Every run prints a one-line summary on stderr and the full JSON result (host,
-versions, raw samples) on stdout or to ``--json``; ``--plot`` draws a histogram
-and CDF; budgets (``--p50-ms``, ``--max-ratio``) turn a benchmark into a gate
-that exits non-zero, and ``compare`` flags regressions between two results.
+versions, raw samples) on stdout or to ``--json``; ``--plot`` draws histograms,
+step ECDFs with p50 lines and (boot) the phase split; a line per run goes to
+stderr as it happens; budgets (``--p50-ms``, ``--max-ratio``) turn a benchmark
+into a gate that exits non-zero, and ``compare`` flags regressions between two results.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ async def cmd_bench(args: argparse.Namespace) -> int:
             code="E_BENCH_BACKEND",
             hint="firecracker/cloud-hypervisor guests need a host with working KVM",
         )
+    if args.plot:
+        from mvm.bench.plot import require_matplotlib
+
+        require_matplotlib()  # before the run: a missing library must not cost one
     module = importlib.import_module(f"mvm.bench.{args.bench_name}")
     accepted = inspect.signature(module.run).parameters
     offered = {
@@ -37,8 +42,11 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         "warmup": args.warmup,
         "count": args.count,
         "backend": args.backend,
+        "progress": _progress,
     }
     kwargs = {k: v for k, v in offered.items() if k in accepted and v is not None}
+    if "progress" not in accepted:  # it reports no runs: at least say it started
+        _progress(f"bench {args.bench_name}: running (no line per run for this benchmark)")
     from mvm.bench.home import throwaway_home
 
     # The VMs a benchmark starts never land in the user's `mvmctl ls` (issue 13).
@@ -51,12 +59,18 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     else:
         print(text)
     if args.plot:
-        from mvm.bench.common import plot
+        from mvm.bench.plot import plot, sidecar_path
 
-        plot(result, str(args.plot))
+        plot(result, args.plot)
+        print(f"plot: {args.plot} (numbers drawn: {sidecar_path(args.plot)})", file=sys.stderr)
     print(module.summary_line(result), file=sys.stderr)
     _gate(result, args)
     return 0
+
+
+def _progress(line: str) -> None:
+    """A benchmark's line per run: a long run shows it is alive, and how it goes."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _gate(result: dict[str, Any], args: argparse.Namespace) -> None:

@@ -31,7 +31,12 @@ def register(sub: SubParsers) -> None:
         p.add_argument("--backend", help="qemu (default for boot) or stub")
         p.add_argument("--count", type=int, default=None, help="N for scale/health")
         p.add_argument("--json", type=Path, help="write the result here (else stdout)")
-        p.add_argument("--plot", type=Path, help="write a histogram + CDF PNG here")
+        p.add_argument(
+            "--plot",
+            type=Path,
+            help="write a PNG (histogram, step ECDF, p50s, ratio; boot: phase split) "
+            "and the numbers drawn to NAME.plot.json",
+        )
         p.add_argument("--p50-ms", type=float, help="fail if the main p50 exceeds this")
         p.add_argument("--max-ratio", type=float, help="fail if the p50 ratio exceeds this")
         p.set_defaults(handler="bench_commands:cmd_bench", bench_name=name)

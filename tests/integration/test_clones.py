@@ -5,7 +5,6 @@ the read-only rootfs file, and leave nothing behind."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from contextlib import suppress
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from mvm import Engine, Image, PortMapping, VmRequest
-from mvm.cli import clone_commands, vm_commands
+from mvm.cli.app import build_parser, handler
 from mvm.engine.base.errors import ConflictError, NotFoundError
 from mvm.engine.base.paths import vm_dir
 from mvm.engine.store import StateStore
@@ -140,17 +139,10 @@ async def test_eight_parallel_clones_have_distinct_identities_and_rng(
     assert qemu_pids() == before
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(required=True)
-    vm_commands.register(sub)
-    clone_commands.register(sub)
-    return parser
-
-
 async def _cli(*argv: str) -> int:
-    args = _parser().parse_args(list(argv))
-    code: int = await args.func(args)
+    """An mvmctl command run in this process (the real parser and handler)."""
+    args = build_parser().parse_args(list(argv))
+    code: int = await handler(args.handler)(args)
     return code
 
 

@@ -63,7 +63,7 @@ def test_stop_keeps_row_and_logs_then_start_keeps_the_data_volume(
         assert not _alive(first["pid"])
         ls = json.loads(_ok(mvmctl("ls", "--json")).stdout)
         assert [r["state"] for r in ls if r["name"] == "vb1"] == ["exited"]
-        assert "Linux version" in _ok(mvmctl("logs", "vb1")).stdout  # logs still work
+        assert "Linux version" in _ok(mvmctl("logs", "vb1", "--all")).stdout  # logs still work
         again = mvmctl("stop", "vb1")  # stopping a stopped VM is not an error
         assert again.returncode == 0 and "already exited" in again.stderr
 

@@ -277,12 +277,18 @@ _c("E_NIXPKGS_UNAVAILABLE", "ConfigError", "a package needs nixpkgs, which this 
 # --- image specs, mkGuest arguments and images (engine/images/imagespec.py, nix/lib/args.nix)
 _c("E_DEV_SEALED", "AccessDenied", "dev needs an accessible image and this one is sealed",
    "set entrypoint.shell (or dev = true) in the dev output's mkGuest")
+_c("E_IMAGE_AMBIGUOUS", "ConflictError", "an image key prefix matches more than one image",
+   "give more characters of the key (mvmctl images) or the image's name")
+_c("E_IMAGE_IN_USE", "ConflictError", "a VM row (running or stopped) still uses the image",
+   "remove the VM first (mvmctl rm NAME) or force it: mvmctl rmi -f")
 _c("E_IMAGE_META", "ConfigError", "the image's mvm-meta.json is missing or not JSON",
    _REBUILD)
 _c("E_IMAGE_MISSING", "NotFoundError", "the image directory does not exist",
    "build it first: mvmctl build")
 _c("E_IMAGE_REF", "ConfigError", "the image reference names nothing known",
    "give demo, demo-dev, a spec .json file or an image directory")
+_c("E_IMAGE_UNKNOWN", "NotFoundError", "no cached image has that name or key",
+   "list the built images: mvmctl images")
 _c("E_ROOTFS_MISSING", "ConfigError", "the image has no root filesystem", _REBUILD)
 _c("E_SPEC_COMMAND", "ConfigError", "a command is empty or not a string or list of strings",
    "omit it or give argv")

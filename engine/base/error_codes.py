@@ -376,7 +376,7 @@ _c("E_UNPINNED_DEPS", "IrError", "the app's dependencies are not pinned by a loc
 _c("E_UNSUPPORTED_LANGUAGE", "IrError", "the IR names an unsupported language",
    "use one of the languages the SDK supports")
 
-# --- mvm.toml and projects (engine/request/mvmtoml.py, mvm/cli/project.py)
+# --- mvm.toml and projects (engine/request/mvmtoml.py, engine/builders/project.py)
 _c("E_PROFILE", "ConfigError", "the profile is not a flake package name",
    "a name like default or dev (packages.<system>.<profile>)")
 _c("E_TOML_MISSING", "ConfigError", "mvm.toml does not exist", "run in the project folder")

@@ -429,6 +429,8 @@ _c("E_LOGS_SINCE", "ConfigError", "logs --since is neither a duration nor a time
 _c("E_LOG_LEVEL", "ConfigError", "the log level is unknown",
    "use one of: debug, info, warning, error, critical")
 _c("E_MEMORY", "ConfigError", "the memory size is out of range", "give memory_mib in range")
+_c("E_VM_TTL", "ConfigError", "the VM's lifetime (ttl_s, --ttl) is not a positive duration",
+   "give a duration such as 30s, 10m, 2h, 1d, or seconds")
 _c("E_NAME_TAKEN", "ConflictError", "a VM of that name already exists",
    "pick another --name or run: mvmctl down NAME")
 _c("E_PORT_DUPLICATE", "ConflictError", "a host address and port is listed twice",

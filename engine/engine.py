@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from pathlib import Path
@@ -244,11 +245,15 @@ class Engine:
         return self.bus.subscribe()
 
     @_in_scope
-    async def build(self, spec: ImageSpec, progress: ProgressFn | None = None) -> Image:
-        """Build (or reuse from cache) an image for spec with the offline builder."""
-        from mvm.engine.builders.offline_image import build_offline_image
+    async def build(
+        self, target: ImageSpec | str | os.PathLike[str], progress: ProgressFn | None = None
+    ) -> Image:
+        """Build (or reuse from cache) an image: an ImageSpec, a spec or Workload IR
+        ``.json`` path, a built image directory, or a project dir (flake.nix / mvm.toml),
+        resolved as ``mvmctl build`` resolves its argument (engine/build_target.py)."""
+        from mvm.engine.build_target import build_target
 
-        return await build_offline_image(spec, progress=progress)
+        return await build_target(target, progress)
 
     @_in_scope
     async def start(self, request: VmRequest, image: Image | None = None) -> VmHandle:

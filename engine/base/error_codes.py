@@ -277,12 +277,18 @@ _c("E_NIXPKGS_UNAVAILABLE", "ConfigError", "a package needs nixpkgs, which this 
 # --- image specs, mkGuest arguments and images (engine/images/imagespec.py, nix/lib/args.nix)
 _c("E_DEV_SEALED", "AccessDenied", "dev needs an accessible image and this one is sealed",
    "set entrypoint.shell (or dev = true) in the dev output's mkGuest")
+_c("E_IMAGE_AMBIGUOUS", "ConflictError", "an image key prefix matches more than one image",
+   "give more characters of the key (mvmctl images) or the image's name")
+_c("E_IMAGE_IN_USE", "ConflictError", "a VM row (running or stopped) still uses the image",
+   "remove the VM first (mvmctl rm NAME) or force it: mvmctl rmi -f")
 _c("E_IMAGE_META", "ConfigError", "the image's mvm-meta.json is missing or not JSON",
    _REBUILD)
 _c("E_IMAGE_MISSING", "NotFoundError", "the image directory does not exist",
    "build it first: mvmctl build")
 _c("E_IMAGE_REF", "ConfigError", "the image reference names nothing known",
    "give demo, demo-dev, a spec .json file or an image directory")
+_c("E_IMAGE_UNKNOWN", "NotFoundError", "no cached image has that name or key",
+   "list the built images: mvmctl images")
 _c("E_ROOTFS_MISSING", "ConfigError", "the image has no root filesystem", _REBUILD)
 _c("E_SPEC_COMMAND", "ConfigError", "a command is empty or not a string or list of strings",
    "omit it or give argv")
@@ -370,7 +376,7 @@ _c("E_UNPINNED_DEPS", "IrError", "the app's dependencies are not pinned by a loc
 _c("E_UNSUPPORTED_LANGUAGE", "IrError", "the IR names an unsupported language",
    "use one of the languages the SDK supports")
 
-# --- mvm.toml and projects (engine/request/mvmtoml.py, mvm/cli/project.py)
+# --- mvm.toml and projects (engine/request/mvmtoml.py, engine/builders/project.py)
 _c("E_PROFILE", "ConfigError", "the profile is not a flake package name",
    "a name like default or dev (packages.<system>.<profile>)")
 _c("E_TOML_MISSING", "ConfigError", "mvm.toml does not exist", "run in the project folder")
@@ -423,6 +429,8 @@ _c("E_LOGS_SINCE", "ConfigError", "logs --since is neither a duration nor a time
 _c("E_LOG_LEVEL", "ConfigError", "the log level is unknown",
    "use one of: debug, info, warning, error, critical")
 _c("E_MEMORY", "ConfigError", "the memory size is out of range", "give memory_mib in range")
+_c("E_VM_TTL", "ConfigError", "the VM's lifetime (ttl_s, --ttl) is not a positive duration",
+   "give a duration such as 30s, 10m, 2h, 1d, or seconds")
 _c("E_NAME_TAKEN", "ConflictError", "a VM of that name already exists",
    "pick another --name or run: mvmctl down NAME")
 _c("E_PORT_DUPLICATE", "ConflictError", "a host address and port is listed twice",

@@ -166,9 +166,18 @@ class VmRequest:
     # Runtime environment for the guest's services, entrypoint and exec (-e/--env-file):
     # a dict is accepted and kept as ordered pairs (engine/request/envvars.py).
     env: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_env_pairs)
+    # Optional lifetime: seconds after the VM is first ready it is stopped (the one stop
+    # path, exit_reason "ttl expired"); None: until stopped.
+    ttl_s: float | None = None
 
     def __attrs_post_init__(self) -> None:
         check_resources(self.vcpus, self.memory_mib)
+        if self.ttl_s is not None and not (
+            isinstance(self.ttl_s, int | float) and 0 < self.ttl_s < float("inf")
+        ):
+            raise ConfigError(
+                f"ttl_s {self.ttl_s!r} is not a positive number of seconds", code="E_VM_TTL"
+            )
         check_health_action(self.health_action)
         seen: set[tuple[str, int]] = set()
         for p in self.ports:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from typing import Any, Literal
 
@@ -111,6 +112,7 @@ class RuntimeVM(Actor[StopVm | DetachVm | RestartVm]):
         self.health: dict[str, HealthState] = {}
         self.failure: BaseException | None = None
         self.stop_reason: str | None = None
+        self.ttl_deadline: float | None = None  # anyio clock; set when first ready
         self.exit_code: int | None = None
         self.exit_reason: str | None = None
         self.detaching = False
@@ -172,7 +174,20 @@ class RuntimeVM(Actor[StopVm | DetachVm | RestartVm]):
             )
 
     async def _serve(self) -> None:
-        """Until a message ends this boot; ``self.ending`` says how."""
+        """Until a message ends this boot, or the request's TTL (counted from the first
+        boot's ready, so a restart does not extend it) runs out: then the VM stops
+        the way a StopVm stops it, with the reason "ttl expired"."""
+        ttl = self.request.ttl_s
+        if ttl is not None and self.ttl_deadline is None:
+            self.ttl_deadline = anyio.current_time() + ttl
+        with anyio.move_on_at(self.ttl_deadline or math.inf):
+            await self._serve_inbox()
+            return
+        self.stop_reason = "ttl expired"
+        log.info("vm.ttl_expired", vm=self.request.name, ttl_s=ttl)
+        await self._power_off_guest()
+
+    async def _serve_inbox(self) -> None:
         async for msg in self.inbox:
             if isinstance(msg, StopVm):
                 self.stop_reason = msg.reason

@@ -26,6 +26,7 @@ from mvm.cli.parsers import (
     clone,
     dev,
     events,
+    images,
     invoke,
     ir,
     lifecycle,
@@ -59,7 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Help lists commands in this order. Only parsers are built here: each command's
     # module (and the engine, backends, actors behind it) is imported when it runs.
-    groups = (vm, verbs, build, ir, agent, lifecycle, events, clone, invoke, bench, dev, builder)
+    groups = (
+        vm,
+        verbs,
+        build,
+        images,
+        ir,
+        agent,
+        lifecycle,
+        events,
+        clone,
+        invoke,
+        bench,
+        dev,
+        builder,
+    )
     for group in groups:
         group.register(sub)
     verbs.register_aliases(sub)

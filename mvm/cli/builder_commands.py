@@ -29,6 +29,7 @@ from mvm.cli.project import find_target, parse_attr
 from mvm.engine.base.errors import ConfigError, MvmError, NotFoundError
 from mvm.engine.base.paths import mvm_home
 from mvm.engine.base.process import is_same_process, process_start_time
+from mvm.engine.build_target import build_job, is_offline_failure
 from mvm.engine.builders import BuildJob, ModeChoice
 from mvm.engine.builders.auto import choose_builder
 from mvm.engine.builders.cache import BuildCache
@@ -56,42 +57,12 @@ async def build_project(
         say("builder: one-shot builder requested (--no-persistent-builder)")
     elif not _socket().exists():
         say("builder: no persistent builder running; using a one-shot builder")
-    choice = await choose_builder(job, mode)
-    for line in choice.explanation.splitlines():
-        say(line)
-    if choice.fell_back:
-        say(f"no Nix builder available: building {job.label} with the offline builder")
-    log = on_log or (lambda line: say(f"| {line}"))
-    try:
-        async with builder_pool(choice.builder, size=1) as pool:
-            outcome = await pool.build(choice.job, on_log=log)
-    except MvmError as exc:
-        if mode != "auto" or choice.mode != "host" or not _is_offline_failure(exc.message):
-            raise
-        say(f"host Nix failed ({exc.code}): using the offline builder")
-        choice = await choose_builder(job, "offline")
-        async with builder_pool(choice.builder, size=1) as pool:
-            outcome = await pool.build(choice.job, on_log=log)
+    outcome = await build_job(job, mode, say=say, on_log=on_log)
     say(
         f"built {outcome.image.name} ({'cache hit' if outcome.cache_hit else 'built'}, "
         f"{outcome.mode}, {outcome.seconds:.2f}s): {outcome.image.directory}"
     )
     return outcome
-
-
-def _is_offline_failure(message: str) -> bool:
-    """Host Nix failures the offline assembler can route around: inputs that need the
-    network, or a flake whose ``path:`` inputs point outside its store copy."""
-    return any(
-        m in message
-        for m in (
-            "unable to download",
-            "Couldn't resolve host",
-            "could not resolve",
-            "network",
-            "points outside of its parent's store path",
-        )
-    )
 
 
 # -- persistent builder ----------------------------------------------------------------------
@@ -279,7 +250,7 @@ async def _serve_build(
             if (
                 args.builder != "auto"
                 or choice.mode != "host"
-                or not _is_offline_failure(exc.message)
+                or not is_offline_failure(exc.message)
             ):
                 raise
             await send({"log": "host Nix cannot fetch the flake's inputs: offline builder"})

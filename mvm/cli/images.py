@@ -8,33 +8,21 @@ vmlinux + rootfs.ext4 + mvm-meta.json (e.g. a Nix build result).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mvm.cli.progress import BuildProgress
 from mvm.engine.base.errors import ConfigError
+from mvm.engine.build_target import is_workload_ir, spec_of_file
 from mvm.engine.builders.offline_image import build_offline_image
 from mvm.engine.images.image import Image
 from mvm.engine.images.imagespec import ImageSpec
-from mvm.engine.images.ir_image import load_ir_spec
-from mvm.engine.images.specfile import load_spec
 from mvm.engine.ir import ir_hash, validate_text
-
-
-def _is_workload_ir(path: Path) -> bool:
-    """IR documents carry ``schema_version``; ImageSpec files never do. Unreadable or
-    non-JSON files go down the spec path, whose errors name the problem."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "schema_version" in data
 
 
 def workload_ir_hash(ref: str) -> str | None:
     """The IR hash when ``ref`` is a Workload IR file: it is what the launch's plan signs."""
     path = Path(ref)
-    if path.suffix != ".json" or not _is_workload_ir(path):
+    if path.suffix != ".json" or not is_workload_ir(path):
         return None
     return ir_hash(validate_text(path.read_bytes(), base_dir=path.resolve().parent))
 
@@ -62,7 +50,7 @@ async def resolve_image(
     if spec is None and path.is_dir():
         return Image.load(path)
     if spec is None and path.suffix == ".json":
-        spec = await load_ir_spec(path) if _is_workload_ir(path) else load_spec(path)
+        spec = await spec_of_file(path)
     if spec is None:
         raise ConfigError(
             f"image {ref!r} is neither a built-in (demo, demo-dev), a spec .json file "

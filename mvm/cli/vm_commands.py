@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -57,7 +58,25 @@ def _request(
         net=args.net,
         ir_hash=workload_ir_hash(args.image) if args.image else None,
         env=cli_env(args),
+        ttl_s=parse_ttl(args.ttl) if getattr(args, "ttl", None) else None,
     )
+
+
+_TTL = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+_TTL_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_ttl(text: str) -> float:
+    """``--ttl``: a duration (30s, 10m, 2h, 1d) or plain seconds, above zero."""
+    m = _TTL.match(text.strip())
+    seconds = float(m.group(1)) * _TTL_UNIT_S[m.group(2)] if m else 0.0
+    if seconds <= 0:
+        raise ConfigError(
+            f"--ttl {text!r} is not a duration above zero",
+            code="E_VM_TTL",
+            hint="give a duration such as 30s, 10m, 2h, 1d, or seconds",
+        )
+    return seconds
 
 
 def cli_env(args: argparse.Namespace) -> dict[str, str]:

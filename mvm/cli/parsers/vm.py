@@ -88,6 +88,12 @@ def register(sub: SubParsers) -> None:
         p.add_argument("--cpus", "--vcpus", dest="vcpus", type=int, metavar="N")
         p.add_argument("--memory", type=int, dest="memory_mib", metavar="MIB")
         p.add_argument("--boot-timeout", type=float, default=90.0)
+        p.add_argument(
+            "--ttl",
+            metavar="DURATION",
+            help="stop the VM this long after it is ready (30s, 10m, 2h, 1d, or seconds); "
+            'its exit reason is "ttl expired"',
+        )
         if verb == "run":
             p.add_argument(
                 "--attached",

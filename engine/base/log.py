@@ -12,7 +12,13 @@ keeps its configuration.
 
 Programs of ours (the CLI, the detached shim, the benchmarks) call
 :func:`configure_logging` once at start (calling it again simply replaces the
-configuration). Output goes to stderr so stdout stays clean for command results and
+configuration).
+
+structlog (with the rich library its dev renderer imports) is a quarter of a short
+command's start-up, and ``mvmctl ls`` usually logs nothing. So loggers are proxies that
+import structlog on their first call, and ``configure_logging`` only records its
+arguments until then (or applies them at once if structlog is already loaded).
+Output goes to stderr so stdout stays clean for command results and
 ``--json`` output. Standard-library loggers (asyncssh, httpx, ...) are routed through
 the same renderer.
 """
@@ -21,11 +27,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
-
-import structlog
+from typing import TYPE_CHECKING, Any, TextIO
 
 from mvm.engine.base.errors import ConfigError
+
+if TYPE_CHECKING:
+    import structlog
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -40,8 +47,23 @@ _HANDLER_MARK = "_mvm_handler"
 _ROOT_LOGGER = "mvm"
 
 
+_pending: dict[str, Any] | None = None  # configure_logging's arguments, not yet applied
+
+
+def _structlog() -> Any:
+    """structlog, imported now; a configuration recorded before is applied first."""
+    global _pending
+    import structlog
+
+    if _pending is not None:
+        pending, _pending = _pending, None
+        _apply(**pending)
+    return structlog
+
+
 def _install_library_default() -> None:
     """Route structlog through stdlib logging, silently, unless someone configured it."""
+    structlog = _structlog()
     lib = logging.getLogger(_ROOT_LOGGER)
     if not any(isinstance(h, logging.NullHandler) for h in lib.handlers):
         lib.addHandler(logging.NullHandler())
@@ -60,11 +82,27 @@ def _install_library_default() -> None:
     )
 
 
+class _Logger:
+    """The library's logger until its first use, when it becomes structlog's."""
+
+    __slots__ = ("_name", "_real")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._real: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._real is None:
+            _install_library_default()
+            self._real = _structlog().get_logger(self._name)
+        return getattr(self._real, attr)
+
+
 def get_logger(name: str) -> Any:
-    """The library's logger ``name`` (``mvm.<area>``): structlog's, after making sure an
-    unconfigured process gets the silent stdlib-routed default instead of stdout."""
-    _install_library_default()
-    return structlog.get_logger(name)
+    """The library's logger ``name`` (``mvm.<area>``): structlog's, on first use, after
+    making sure an unconfigured process gets the silent stdlib-routed default instead
+    of stdout."""
+    return _Logger(name)
 
 
 class _StderrLoggerFactory:
@@ -72,6 +110,8 @@ class _StderrLoggerFactory:
     (test capture, daemonising) are honoured."""
 
     def __call__(self, *args: Any) -> structlog.PrintLogger:
+        import structlog
+
         return structlog.PrintLogger(sys.stderr)
 
 
@@ -87,7 +127,9 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 def configure_logging(*, json: bool = False, level: str = "info") -> None:
     """structlog to stderr: JSON lines (``json=True``, for machines and the shim's log
-    file) or the console renderer; events below ``level`` are dropped cheaply."""
+    file) or the console renderer; events below ``level`` are dropped cheaply. Applied
+    when structlog is first needed (at once if it is loaded already)."""
+    global _pending
     try:
         levelno = LEVELS[level.lower()]
     except KeyError:
@@ -96,6 +138,15 @@ def configure_logging(*, json: bool = False, level: str = "info") -> None:
             code="E_LOG_LEVEL",
             hint="use one of: debug, info, warning, error, critical",
         ) from None
+    if "structlog" in sys.modules:
+        _pending = None
+        _apply(json=json, levelno=levelno)
+    else:
+        _pending = {"json": json, "levelno": levelno}
+
+
+def _apply(*, json: bool, levelno: int) -> None:
+    import structlog
 
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -92,10 +92,21 @@ class _Logger:
         self._real: Any = None
 
     def __getattr__(self, attr: str) -> Any:
+        if self._real is None and _below_pending_level(attr):
+            return _drop  # a program set a higher level: no need to load structlog for it
         if self._real is None:
             _install_library_default()
             self._real = _structlog().get_logger(self._name)
         return getattr(self._real, attr)
+
+
+def _drop(*_args: Any, **_kwargs: Any) -> None:
+    return None
+
+
+def _below_pending_level(method: str) -> bool:
+    level = LEVELS.get(method)
+    return _pending is not None and level is not None and level < _pending["levelno"]
 
 
 def get_logger(name: str) -> Any:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from helpers.records import vm_row
 
 from mvm.cli.log_view import LogLine, console_view, format_ts, parse_since, select
 from mvm.engine.base.errors import ConfigError
@@ -119,27 +120,13 @@ def _mvmctl(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _row(name: str, home: Path, started_at: float) -> VmRecord:
-    return VmRecord(
-        name=name,
-        backend="qemu",
-        mode="detached",
-        state="exited",
-        pid=None,
-        pid_start_time=None,
-        run_dir=str(home / "vms" / name),
-        image="/nonexistent/image",
-        sealed=False,
+    return vm_row(
+        name,
+        home,
         created_at=started_at - 2,
         started_at=started_at,
         exited_at=started_at + 1,
         exit_code=3,
-        exit_reason="guest exited",
-        control_socket=None,
-        agent_socket=None,
-        console_log=None,
-        spec_json="{}",
-        owner=None,
-        health=None,
     )
 
 

@@ -8,8 +8,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from helpers.records import vm_row
 
 from mvm.cli.ls_table import COLUMNS, render_table
 from mvm.engine.store import StateStore, VmRecord
@@ -28,29 +29,7 @@ def _mvmctl(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _row(name: str, home: Path) -> VmRecord:
-    now = time.time()
-    return VmRecord(
-        name=name,
-        backend="cloud-hypervisor",
-        mode="detached",
-        state="exited",
-        pid=None,
-        pid_start_time=None,
-        run_dir=str(home / "vms" / name),
-        image="/nonexistent/image",
-        sealed=False,
-        created_at=now - 60,
-        started_at=now - 50,
-        exited_at=now - 5,
-        exit_code=0,
-        exit_reason="guest exited",
-        control_socket=None,
-        agent_socket=None,
-        console_log=None,
-        spec_json="{}",
-        owner=None,
-        health=None,
-    )
+    return vm_row(name, home, backend="cloud-hypervisor")
 
 
 def _starts(line: str) -> list[int]:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import trio
+from helpers.records import vm_row
 
 from mvm.engine.store import StateStore, VmRecord
 
@@ -30,27 +31,12 @@ def _mvmctl(*args: str) -> subprocess.CompletedProcess[str]:
 def _exited_row(name: str) -> VmRecord:
     """What a kill -9 of a VM whose health check had passed leaves: state exited, the
     last health written by the (now gone) HealthCheck still in the row."""
-    now = time.time()
-    return VmRecord(
-        name=name,
-        backend="qemu",
-        mode="detached",
-        state="exited",
-        pid=None,
-        pid_start_time=None,
-        run_dir=str(Path(os.environ["MVM_HOME"]) / "vms" / name),
-        image="/nonexistent/image",
+    return vm_row(
+        name,
+        Path(os.environ["MVM_HOME"]),
         sealed=True,
-        created_at=now - 60,
-        started_at=now - 50,
-        exited_at=now - 5,
         exit_code=137,
         exit_reason="VMM died",
-        control_socket=None,
-        agent_socket=None,
-        console_log=None,
-        spec_json="{}",
-        owner=None,
         health=json.dumps({"web": "healthy"}),
     )
 

@@ -4,14 +4,11 @@ publishes, `down` asks it to stop, `events` follows the store."""
 
 from __future__ import annotations
 
-import json
-import queue
 import subprocess
-import threading
 import time
-from typing import IO, Any
 
 import pytest
+from helpers.events import events_until, lines_of
 
 from mvm import Image
 
@@ -19,32 +16,6 @@ from .conftest import qemu_pids
 from .test_cli import MVMCTL, mvmctl
 
 pytestmark = pytest.mark.qemu
-
-
-def _lines(stream: IO[str]) -> queue.Queue[str]:
-    out: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        for line in stream:
-            out.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return out
-
-
-def _until(lines: queue.Queue[str], vm: str, kind: str, timeout: float) -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        assert left > 0, f"no {kind} of {vm} in {[e['kind'] for e in seen]}"
-        try:
-            ev = json.loads(lines.get(timeout=left))
-        except queue.Empty:
-            continue
-        seen.append(ev)
-        if ev["vm"] == vm and ev["kind"] == kind:
-            return seen
 
 
 def test_events_sees_the_stop_of_a_vm_down_stops(demo_image: Image) -> None:
@@ -60,12 +31,12 @@ def test_events_sees_the_stop_of_a_vm_down_stops(demo_image: Image) -> None:
     )
     try:
         assert follower.stdout is not None
-        lines = _lines(follower.stdout)
-        ready = _until(lines, "evq", "vm.ready", timeout=60)[-1]
+        lines = lines_of(follower.stdout)
+        ready = events_until(lines, "evq", "vm.ready", timeout=60)[-1]
         assert ready["data"]["hello"]  # the guest agent's hello, published by the shim
         down = mvmctl("down", "evq")
         assert down.returncode == 0, down.stderr
-        stopped = _until(lines, "evq", "vm.stopped", timeout=60)[-1]
+        stopped = events_until(lines, "evq", "vm.stopped", timeout=60)[-1]
         assert stopped["data"]["reason"] == "stopped" and stopped["data"]["code"] == 0
         assert follower.poll() is None
     finally:

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import IO, Any
 
 import attrs
 import pytest
+from helpers.events import events_until, lines_of
 
 from mvm.cli.events_commands import format_event, parse_since
 from mvm.engine.base.errors import ConfigError
@@ -37,33 +35,6 @@ def _mvmctl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _lines(stream: IO[str]) -> queue.Queue[str]:
-    out: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        for line in stream:
-            out.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return out
-
-
-def _until(lines: queue.Queue[str], vm: str, kind: str, timeout: float) -> list[dict[str, Any]]:
-    """Events read up to the first ``kind`` of ``vm`` (AssertionError after ``timeout``)."""
-    seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        assert left > 0, f"no {kind} of {vm} in {[e['kind'] for e in seen]}"
-        try:
-            ev = json.loads(lines.get(timeout=left))
-        except queue.Empty:
-            continue
-        seen.append(ev)
-        if ev["vm"] == vm and ev["kind"] == kind:
-            return seen
-
-
 def test_events_sees_a_stop_that_another_process_does() -> None:
     start = time.time()
     up = _mvmctl("up", "--backend", "stub", "--name", "evented")
@@ -77,12 +48,12 @@ def test_events_sees_a_stop_that_another_process_does() -> None:
     )
     try:
         assert follower.stdout is not None
-        lines = _lines(follower.stdout)
-        backlog = _until(lines, "evented", "vm.ready", timeout=30)
+        lines = lines_of(follower.stdout)
+        backlog = events_until(lines, "evented", "vm.ready", timeout=30)
         assert any(e["kind"] == "vm.step.spawn_vmm" for e in backlog)
         down = _mvmctl("down", "evented")
         assert down.returncode == 0, down.stderr
-        stopped = _until(lines, "evented", "vm.stopped", timeout=30)[-1]
+        stopped = events_until(lines, "evented", "vm.stopped", timeout=30)[-1]
         assert stopped["data"]["reason"] == "stopped"
         assert follower.poll() is None  # still following
     finally:

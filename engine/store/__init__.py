@@ -3,7 +3,7 @@
 Other packages use what is exported here; the modules behind it are private.
 """
 
-from mvm.engine.store.state import (
+from mvm.engine.store.records import (
     BUILD_STATUSES,
     VM_COLUMNS,
     VM_MODES,
@@ -11,10 +11,9 @@ from mvm.engine.store.state import (
     BuildRecord,
     EventRecord,
     PortRecord,
-    StateStore,
-    Transaction,
     VmRecord,
 )
+from mvm.engine.store.state import StateStore, Transaction
 
 __all__ = [
     "BUILD_STATUSES",

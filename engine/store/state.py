@@ -22,10 +22,10 @@ an ``anyio.Lock`` so statements of concurrent tasks never interleave.
 
 Layout: this module keeps the connection, transactions and the VM and port
 tables (the rows whose writes race across processes). Records and their checks
-are in ``store_records``, error mapping in ``store_errors``, opening the file in
-``store_connection``, and the build cache and event log tables in the
-``store_builds`` / ``store_events`` mixins. The records and constants are
-re-exported here (``__all__``), so importers keep using ``mvm.engine.store``.
+are in ``records``, error mapping in ``sqlite_errors``, opening the file in
+``connection``, and the build cache and event log tables in the ``builds`` /
+``events`` mixins. Importers use the package, ``mvm.engine.store``, which exports
+the records and this module's store.
 """
 
 from __future__ import annotations
@@ -47,12 +47,7 @@ from mvm.engine.store.builds import BuildsMixin
 from mvm.engine.store.connection import open_connection
 from mvm.engine.store.events import EventsMixin, record_removal
 from mvm.engine.store.records import (
-    BUILD_STATUSES,
     VM_COLUMNS,
-    VM_MODES,
-    VM_STATES,
-    BuildRecord,
-    EventRecord,
     PortRecord,
     VmRecord,
     check_ports,
@@ -63,19 +58,7 @@ from mvm.engine.store.records import (
 )
 from mvm.engine.store.sqlite_errors import is_pk_violation, name_taken, port_conflict, state_error
 
-__all__ = [
-    "BUILD_STATUSES",
-    "BUSY_TIMEOUT_S",
-    "VM_COLUMNS",
-    "VM_MODES",
-    "VM_STATES",
-    "BuildRecord",
-    "EventRecord",
-    "PortRecord",
-    "StateStore",
-    "Transaction",
-    "VmRecord",
-]
+__all__ = ["BUSY_TIMEOUT_S", "StateStore", "Transaction"]
 
 log = get_logger("mvm.store")
 

@@ -10,9 +10,8 @@ file and every ``mvmctl`` command -- loads only what is then used.
 
 from __future__ import annotations
 
-import importlib
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mvm.engine.base.errors import (
     AccessDenied,
@@ -41,6 +40,7 @@ from mvm.engine.base.errors import (
     SettingsError,
     StateError,
 )
+from mvm.engine.base.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from mvm.backends.guest.client import AgentClient, ExecResult, LogLine
@@ -114,13 +114,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mvm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later accesses skip this hook
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

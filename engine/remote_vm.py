@@ -93,9 +93,7 @@ class RemoteVmHandle(VmHandle):
         with use_settings(self._settings):
             require_accessible(await running_vm(self._name), "exec")
             async with open_vm_agent(self._name) as client:
-                return await client.exec(
-                    list(argv), stdin=stdin, timeout=timeout, env=env, cwd=cwd
-                )
+                return await client.exec(list(argv), stdin=stdin, timeout=timeout, env=env, cwd=cwd)
 
     async def wait(self) -> int | None:
         """Block until the VM ends (its row final, or removed: then its tombstone)."""

@@ -96,3 +96,13 @@ def processes_tagged(run_dir: str | Path) -> list[tuple[int, int]]:
         if start is not None and is_same_process(pid, start):
             found.append((pid, start))
     return found
+
+
+async def wait_gone(pid: int, start_time: int | None, timeout: float) -> bool:
+    """Whether the process (pid + start time) is gone within ``timeout`` seconds; woken
+    by the kernel when it exits (``wait_process_exit``), not by polling."""
+    import anyio
+
+    with anyio.move_on_after(timeout):
+        await wait_process_exit(pid, start_time)
+    return not is_same_process(pid, start_time)

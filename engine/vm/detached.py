@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -25,7 +24,7 @@ import anyio
 from mvm.engine.base.errors import BackendError, MvmError
 from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import CHILD_UMASK, ensure_private_dir, private_opener, vm_dir
-from mvm.engine.base.process import is_same_process, kill_verified, wait_process_exit
+from mvm.engine.base.process import is_same_process, kill_verified, wait_gone, wait_process_exit
 from mvm.engine.base.runfiles import remove_run_dir
 from mvm.engine.base.settings import child_environ
 from mvm.engine.request.vmrequest import VmRequest
@@ -186,10 +185,10 @@ async def stop_vm(store: StateStore, rec: VmRecord, *, grace: float = 10.0) -> V
     owner = Owner.parse(rec.owner)
     if owner is not None and owner.alive and not owner.is_me:
         kill_verified(owner.pid, owner.start_time, signal.SIGTERM)
-        if not await _wait_gone(owner.pid, owner.start_time, grace + 5):
+        if not await wait_gone(owner.pid, owner.start_time, grace + 5):
             log.warning("down.owner_unresponsive", vm=rec.name, pid=owner.pid)
             kill_verified(owner.pid, owner.start_time, signal.SIGKILL)
-            await _wait_gone(owner.pid, owner.start_time, 3.0)
+            await wait_gone(owner.pid, owner.start_time, 3.0)
     fresh = await store.get_vm(rec.name) or rec
     if fresh.state not in FINAL_STATES:
         await _power_off_unowned(fresh, grace)
@@ -210,7 +209,7 @@ async def _power_off_unowned(rec: VmRecord, grace: float) -> None:
         log.info("down.no_guest_poweroff", vm=rec.name, code=exc.code)
         return
     assert rec.pid is not None
-    await _wait_gone(rec.pid, rec.pid_start_time, grace)
+    await wait_gone(rec.pid, rec.pid_start_time, grace)
 
 
 async def remove_vm(store: StateStore, rec: VmRecord) -> None:
@@ -219,12 +218,3 @@ async def remove_vm(store: StateStore, rec: VmRecord) -> None:
         await network.release(lease)
     remove_run_dir(rec.run_dir)
     await store.delete_vm(rec.name)
-
-
-async def _wait_gone(pid: int, start_time: int | None, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not is_same_process(pid, start_time):
-            return True
-        await anyio.sleep(0.05)
-    return not is_same_process(pid, start_time)

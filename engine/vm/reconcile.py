@@ -24,7 +24,7 @@ import anyio
 
 from mvm.engine.base.errors import MvmError
 from mvm.engine.base.log import get_logger
-from mvm.engine.base.process import is_same_process, kill_verified, processes_tagged
+from mvm.engine.base.process import is_same_process, kill_verified, processes_tagged, wait_gone
 from mvm.engine.base.runfiles import PLAN_FILE, remove_run_files
 from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.vm import network
@@ -70,7 +70,9 @@ async def settle(store: StateStore, rec: VmRecord, *, reason: str | None = None)
     vmms = live_vmms(rec)
     for pid, start in vmms:
         kill_verified(pid, start)
-    await _wait_gone(vmms)
+    with anyio.move_on_after(KILL_WAIT_S):  # one deadline for them all
+        for pid, start in vmms:
+            await wait_gone(pid, start, KILL_WAIT_S)
     if reason is None:
         when = "during boot" if rec.state == "starting" else "while it ran"
         if vmms:
@@ -95,12 +97,6 @@ async def settle(store: StateStore, rec: VmRecord, *, reason: str | None = None)
     )
     log.warning("reconcile.vm_settled", vm=rec.name, state=state, reason=reason)
     return await store.get_vm(rec.name)
-
-
-async def _wait_gone(procs: list[tuple[int, int]]) -> None:
-    with anyio.move_on_after(KILL_WAIT_S):
-        while any(is_same_process(pid, start) for pid, start in procs):
-            await anyio.sleep(0.02)
 
 
 async def adopt_orphaned(store: StateStore) -> list[str]:

@@ -261,6 +261,11 @@ async def connect_agent(vm: RuntimeVM) -> None:
         vmm_exited=vm.vmm_exited,
     )
     await vm.supervisor.start(vm.agent, policy=AGENT_POLICY)
+    if vm.adopt_from is None or vm.adopt_from.started_at is None or vm.restarts:
+        # the hello is the boot's known moment on the wall clock (logs --since and
+        # --timestamps place the console on it); a one-shot command may be done and the
+        # guest off before mark_running, so it is written here. An adopted VM keeps its own.
+        await vm.store.update_vm(vm.request.name, started_at=time.time())
 
 
 async def take_identity(vm: RuntimeVM) -> None:
@@ -314,10 +319,7 @@ async def health(vm: RuntimeVM) -> None:
 async def mark_running(vm: RuntimeVM) -> None:
     vm.ready_at = time.monotonic()
     vm.state = "running"
-    fields: dict[str, object] = {"state": "running"}
-    if vm.adopt_from is None or vm.adopt_from.started_at is None or vm.restarts:
-        fields["started_at"] = time.time()  # an adopted VM keeps its uptime
-    await vm.store.update_vm(vm.request.name, **fields)
+    await vm.store.update_vm(vm.request.name, state="running")
     assert vm.agent is not None
     vm.publish(
         EventKind.VM_READY, boot_s=round(vm.ready_at - vm.started_at, 3), hello=vm.agent.hello

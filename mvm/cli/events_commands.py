@@ -11,40 +11,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import re
 import sys
-import time
 
 import anyio
 
-from mvm.engine.base.errors import ConfigError
+from mvm.cli.since import parse_since
 from mvm.engine.store import EventRecord, StateStore
 
 POLL_S = 0.2
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_since(text: str, now: float | None = None) -> float:
-    """``--since``: a duration ago, epoch seconds, or an ISO date (UTC unless it says)."""
-    now = time.time() if now is None else now
-    if m := _DURATION.match(text.strip()):
-        return now - float(m.group(1)) * _UNIT_S[m.group(2)]
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        when = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(
-            f"--since {text!r} is not a time",
-            code="E_EVENTS_SINCE",
-            hint="give a duration (30s, 10m, 2h, 1d), seconds since the epoch or an ISO date",
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.UTC)
-    return when.timestamp()
 
 
 def format_event(ev: EventRecord, *, as_json: bool) -> str:
@@ -63,7 +37,7 @@ def format_event(ev: EventRecord, *, as_json: bool) -> str:
 
 
 async def cmd_events(args: argparse.Namespace) -> int:
-    since = parse_since(args.since) if args.since else None
+    since = parse_since(args.since, code="E_EVENTS_SINCE") if args.since else None
     async with StateStore.open() as store:
         if since is not None:
             backlog = await store.list_events(args.name, limit=1_000_000, since=since, oldest=True)

@@ -19,20 +19,16 @@ no known start: their lines have no time (``--since`` leaves them out).
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 import attrs
 
 from mvm.cli.attach_output import START_MARK, classify
-from mvm.engine.base.errors import ConfigError
 
 _KERNEL = re.compile(rb"^\[\s*(\d+\.\d+)\] ")
 _BOOT = re.compile(rb"^\[\s*0\.0+\] Linux version ")
 _READY = re.compile(rb"^mvm-init: ready uptime=(\d+(?:\.\d+)?)")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 @attrs.frozen
@@ -144,31 +140,6 @@ def console_view(data: bytes, *, app_only: bool, started_at: float | None) -> li
     view = ConsoleFilter(app_only=app_only)
     view.feed(data, final=True)
     return view.take(started_at)
-
-
-def parse_since(text: str, now: float | None = None) -> float:
-    """``--since``: a duration back from now (``30s``, ``5m``, ``2h``, ``1d``), an
-    RFC 3339 / ISO 8601 time (``2026-01-02T03:04:05Z``; no zone means UTC) or Unix
-    seconds. Returns Unix seconds."""
-    now = time.time() if now is None else now
-    value = text.strip()
-    if m := _DURATION.match(value):
-        return now - float(m.group(1)) * _UNITS[m.group(2)]
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(
-            f"--since {text!r} is neither a duration nor a time",
-            code="E_LOGS_SINCE",
-            hint="use 30s, 5m, 2h, 1d, 2026-01-02T03:04:05Z or Unix seconds",
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
 
 
 def select(

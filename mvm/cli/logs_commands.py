@@ -26,7 +26,8 @@ import anyio
 import attrs
 import structlog
 
-from mvm.cli.log_view import ConsoleFilter, LogLine, count_by_source, parse_since, select
+from mvm.cli.log_view import ConsoleFilter, LogLine, count_by_source, select
+from mvm.cli.since import parse_since
 from mvm.engine.base.errors import MvmError, NotFoundError
 from mvm.engine.base.paths import vm_dir
 from mvm.engine.store import StateStore, VmRecord
@@ -44,7 +45,7 @@ async def cmd_logs(args: argparse.Namespace) -> int:
         rec = await store.get_vm(name)
     if rec is None and not log_path.exists():
         raise NotFoundError(f"no VM named {name!r}", code="E_VM_NOT_FOUND", hint="see mvmctl ls")
-    since = parse_since(args.since) if args.since else None
+    since = parse_since(args.since, code="E_LOGS_SINCE") if args.since else None
     started_at = rec.started_at if rec is not None else None
     console = ConsoleFilter(app_only=not args.all)
     offset, lines = 0, []

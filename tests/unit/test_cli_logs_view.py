@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from helpers.records import vm_row
 
-from mvm.cli.log_view import LogLine, console_view, format_ts, parse_since, select
+from mvm.cli.log_view import LogLine, console_view, format_ts, select
+from mvm.cli.since import parse_since
 from mvm.engine.base.errors import ConfigError
 from mvm.engine.store import StateStore, VmRecord
 
@@ -85,16 +86,16 @@ def test_tail_and_since_select_from_the_view() -> None:
 
 def test_since_reads_durations_times_and_unix_seconds() -> None:
     now = 1_800_000_000.0
-    assert parse_since("30s", now) == now - 30
-    assert parse_since("5m", now) == now - 300
-    assert parse_since("2h", now) == now - 7200
-    assert parse_since("1.5d", now) == now - 1.5 * 86400
-    assert parse_since("1700000000", now) == 1_700_000_000.0
+    assert parse_since("30s", now, code="E_LOGS_SINCE") == now - 30
+    assert parse_since("5m", now, code="E_LOGS_SINCE") == now - 300
+    assert parse_since("2h", now, code="E_LOGS_SINCE") == now - 7200
+    assert parse_since("1.5d", now, code="E_LOGS_SINCE") == now - 1.5 * 86400
+    assert parse_since("1700000000", now, code="E_LOGS_SINCE") == 1_700_000_000.0
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
-    assert parse_since("2026-01-02T03:04:05Z", now) == when
-    assert parse_since("2026-01-02T03:04:05", now) == when  # no zone: UTC
+    assert parse_since("2026-01-02T03:04:05Z", now, code="E_LOGS_SINCE") == when
+    assert parse_since("2026-01-02T03:04:05", now, code="E_LOGS_SINCE") == when  # no zone: UTC
     with pytest.raises(ConfigError) as info:
-        parse_since("yesterday", now)
+        parse_since("yesterday", now, code="E_LOGS_SINCE")
     assert info.value.code == "E_LOGS_SINCE"
 
 

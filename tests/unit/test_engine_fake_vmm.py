@@ -309,3 +309,27 @@ async def test_every_launch_is_admitted_and_its_outcome_audited(image: Image) ->
     assert first.data["admission_profile"] == "dev" and first.data["plan"] == launched.data["plan"]
     assert failed.data["code"] == "E_BOOT_TIMEOUT"
     assert log.verify().ok
+
+
+async def test_the_hello_is_recorded_before_the_steps_after_it(
+    image: Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-shot command can be done and its guest off before ``mark_running``: the row's
+    ``started_at`` (what ``logs --since`` places the console on) is written at the hello."""
+    from mvm.engine.vm import boot
+    from mvm.engine.vm.runtime import RuntimeVM
+
+    seen: list[float | None] = []
+    mux_step = next(s for s in boot.COLD_START.steps if s.name == "mux")
+
+    async def mux_after_looking(vm: RuntimeVM) -> None:
+        rec = await vm.store.get_vm(vm.request.name)
+        seen.append(rec.started_at if rec is not None else None)
+        await mux_step.do(vm)
+
+    edited = boot.COLD_START.replace("mux", attrs.evolve(mux_step, do=mux_after_looking))
+    monkeypatch.setattr(boot, "COLD_START", edited)
+    before = time.time()
+    async with Engine.open() as engine:
+        await engine.start(_request(image, "hello1"), image)
+    assert len(seen) == 1 and seen[0] is not None and seen[0] >= before

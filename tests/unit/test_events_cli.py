@@ -19,7 +19,8 @@ import attrs
 import pytest
 from helpers.events import events_until, lines_of
 
-from mvm.cli.events_commands import format_event, parse_since
+from mvm.cli.events_commands import format_event
+from mvm.cli.since import parse_since
 from mvm.engine.base.errors import ConfigError
 from mvm.engine.store import EventRecord, StateStore
 
@@ -63,11 +64,11 @@ def test_events_sees_a_stop_that_another_process_does() -> None:
 
 
 def test_since_parses_durations_epochs_and_iso_dates() -> None:
-    assert parse_since("10m", now=1000.0) == 400.0
-    assert parse_since("1.5", now=1000.0) == 1.5
-    assert parse_since("1970-01-01T00:01:00") == 60.0
+    assert parse_since("10m", now=1000.0, code="E_EVENTS_SINCE") == 400.0
+    assert parse_since("1.5", now=1000.0, code="E_EVENTS_SINCE") == 1.5
+    assert parse_since("1970-01-01T00:01:00", code="E_EVENTS_SINCE") == 60.0
     with pytest.raises(ConfigError) as err:
-        parse_since("yesterday")
+        parse_since("yesterday", code="E_EVENTS_SINCE")
     assert err.value.code == "E_EVENTS_SINCE"
 
 

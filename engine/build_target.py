@@ -76,13 +76,16 @@ async def build_job(
     *,
     say: Say = _log_say,
     on_log: Callable[[str], None] | None = None,
+    persistent: bool = True,
 ) -> BuildOutcome:
-    """Build a project job with the builder ``mode`` picks; ``auto`` falls back to the
+    """Build a project job with the builder ``mode`` picks (``persistent``: a builder VM
+    is the long-lived ``mvm-builder``, else a one-shot VM); ``auto`` falls back to the
     offline assembler when host Nix cannot fetch the flake's inputs."""
     from mvm.actors.builder_vm import builder_pool
+    from mvm.engine.builder_session import BuilderVmProvider
     from mvm.engine.builders.auto import choose_builder
 
-    choice = await choose_builder(job, mode)
+    choice = await choose_builder(job, mode, persistent=persistent, vm=BuilderVmProvider())
     for line in choice.explanation.splitlines():
         say(line)
     if choice.fell_back:

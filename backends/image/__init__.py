@@ -8,13 +8,17 @@ of every cache key that depends on how images are assembled). Other packages use
 exported here; ``builder`` is the orchestration, the steps live in modules of their own.
 """
 
-from mvm.backends.image.builder import ImageArtifacts, build_image
+from mvm.backends.image.assemble import GuestTree, assemble_rootfs
+from mvm.backends.image.builder import ImageArtifacts, build_image, image_meta
 from mvm.backends.image.checks import check_spec
 from mvm.backends.image.key import RECIPE_VERSION
 
 __all__ = [
     "RECIPE_VERSION",
+    "GuestTree",
     "ImageArtifacts",
+    "assemble_rootfs",
     "build_image",
     "check_spec",
+    "image_meta",
 ]

@@ -194,6 +194,18 @@ _c("E_WRAPPER_REUSED", "FunctionError", "a oneshot wrapper was asked to dispatch
 # --- builds (engine/builders/offline_image.py, engine/builders/, backends/image_*.py, kernel)
 _c("E_BUILD_ARTIFACTS", "BuildPhaseError", "the build produced no image artifacts",
    "the flake package must be an mkGuest image")
+_c("E_BUILDER_PACKAGES", "BuildPhaseError", "the builder VM needs Debian packages not installed",
+   "run ./scripts/setup (it installs the builder VM's Debian packages)")
+_c("E_BUILDER_IMAGE", "BuildPhaseError", "the builder image just assembled does not check out",
+   "remove ~/.cache/mvm/builder-vm and build again; mvmctl dev cache inspect says why")
+_c("E_BUILDER_EXEC", "BuildPhaseError", "a staging command failed inside the builder VM",
+   "mvmctl logs mvm-builder --all shows the builder VM's console")
+_c("E_BUILD_ATTR", "BuildPhaseError", "the flake does not provide the attribute to build",
+   "check packages.<system>.<profile> in flake.nix and --profile")
+_c("E_BUILD_SYSTEM", "BuildPhaseError", "the flake's image is for another system than the builder",
+   'set system = "x86_64-linux" in flake.nix')
+_c("E_BUILD_EVAL", "BuildPhaseError", "nix could not evaluate the flake in the builder VM",
+   "read nix's error in the message; nix flake check shows it too")
 _c("E_BUILD_FETCH", "BuildPhaseError", "fetching the built image back failed",
    "check the builder's disk and the nix build output")
 _c("E_BUILD_MODE", "BuildError", "the requested builder is unavailable here",

@@ -19,9 +19,9 @@ import attrs
 from mvm.engine.base.errors import BuildPhaseError
 from mvm.engine.images.imagespec import ImageSpec
 
-BuildMode = Literal["host", "ssh", "vsock", "offline"]
-ModeChoice = Literal["host", "ssh", "vsock", "offline", "auto"]
-MODES: tuple[ModeChoice, ...] = ("auto", "host", "ssh", "vsock", "offline")
+BuildMode = Literal["host", "ssh", "vsock", "vm", "offline"]
+ModeChoice = Literal["host", "ssh", "vsock", "vm", "offline", "auto"]
+MODES: tuple[ModeChoice, ...] = ("auto", "vm", "host", "ssh", "vsock", "offline")
 ARTIFACTS = ("vmlinux", "rootfs.ext4", "mvm-meta.json")
 
 LogFn = Callable[[str], None]

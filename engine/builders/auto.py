@@ -1,11 +1,14 @@
 """``auto`` mode: pick a builder and say why, including why the others were passed over.
 
-Order: host Nix (fastest, no copying) > SSH builder (``MVM_BUILDER_SSH``) > builder VM
-over vsock (``MVM_BUILDER_VSOCK``) > the offline assembler, which takes only inputs it
-can express (specs, and flakes whose image is a plain mkGuest of busybox applets).
-Each probe is cheap and returns a reason either way; the reasons are what
-``mvmctl build`` and ``mvmctl doctor`` print, so "why did it not use my Nix?" has
-an answer on screen instead of in a debugger.
+Order for a flake: an SSH builder (``MVM_BUILDER_SSH``) > a builder VM over vsock
+(``MVM_BUILDER_VSOCK``) > the offline assembler when the flake is a plain mkGuest image
+it builds identically (no VM needed) > the builder VM (Nix inside a microVM the engine
+boots; the persistent ``mvm-builder`` unless ``--no-persistent-builder``). Host Nix is
+only ever used when asked for (``--builder host``): a ``/nix/store`` that appears on the
+host (any ``nix`` command makes one) must not silently change where builds run. A spec
+is the offline assembler's native input. Each probe is cheap and returns a reason either
+way; the reasons are what ``mvmctl build`` and ``mvmctl doctor`` print, so "why did it
+not use my Nix?" has an answer on screen instead of in a debugger.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 import attrs
@@ -39,6 +43,15 @@ class Probe:
     mode: BuildMode
     ok: bool
     reason: str
+
+
+class VmProvider(Protocol):
+    """The builder VM, supplied from above (``mvm.engine.builder_session``): booting one
+    needs the engine, which imports this module."""
+
+    async def probe(self, job: BuildJob, *, persistent: bool) -> Probe: ...
+
+    def builder(self, *, persistent: bool) -> Builder: ...
 
 
 @attrs.frozen
@@ -165,13 +178,15 @@ async def choose_builder(
     nix: str = "nix",
     ssh: SshTarget | None = None,
     vsock: VsockTarget | None = None,
+    persistent: bool = True,
+    vm: VmProvider | None = None,
 ) -> Choice:
     """The builder for ``job``; for the offline builder the returned job carries the
     spec it will build. Raises with every reason when nothing can build it."""
     ssh = ssh if ssh is not None else SshTarget.from_env()
     vsock = vsock if vsock is not None else VsockTarget.from_env()
     probes: list[Probe] = []
-    wants = ("host", "ssh", "vsock", "offline") if requested == "auto" else (requested,)
+    wants = ("ssh", "vsock", "offline", "vm") if requested == "auto" else (requested,)
     if job.source is None and requested == "auto":
         wants = ("offline",)  # a spec is the offline builder's native input
     for mode in wants:
@@ -186,8 +201,14 @@ async def choose_builder(
         elif mode == "vsock":
             probe = probe_vsock(vsock)
             builder = VsockBuilder(vsock) if vsock else HostNixBuilder(nix)
+        elif mode == "vm":
+            if vm is None:
+                probe = Probe("vm", False, "this caller cannot boot a builder VM")
+            else:
+                probe = await vm.probe(job, persistent=persistent)
+                builder = vm.builder(persistent=persistent)
         else:
-            probe, job = await _probe_offline(job)
+            probe, job = await _probe_offline(job, falls_through=requested == "auto")
             builder = OfflineBuilder()
         probes.append(probe)
         if probe.ok:
@@ -200,18 +221,23 @@ async def choose_builder(
     raise BuildError(f"no builder can build {job.label}: {reasons}", code="E_BUILD_NO_BUILDER")
 
 
-async def _probe_offline(job: BuildJob) -> tuple[Probe, BuildJob]:
+async def _probe_offline(job: BuildJob, *, falls_through: bool = False) -> tuple[Probe, BuildJob]:
+    """``falls_through``: a flake the assembler cannot express (nixpkgs packages, other
+    inputs) is a reason to go on to the builder VM, not an error."""
     if job.spec is not None:
         return Probe("offline", True, "the spec needs no Nix"), job
     assert job.source is not None
     try:
         spec = await flake_to_spec(job.source, job.attr)
     except ConfigError as exc:
-        if exc.code != "E_FLAKE_OFFLINE":
-            raise  # the flake itself is refused (bad mkGuest input, no nixpkgs, other system)
+        passable = (
+            ("E_FLAKE_OFFLINE", "E_NIXPKGS_UNAVAILABLE") if falls_through else ("E_FLAKE_OFFLINE",)
+        )
+        if exc.code not in passable:
+            raise  # the flake itself is refused (bad mkGuest input, other system)
         return Probe("offline", False, exc.message), job
     reason = (
-        f"falling back: {job.source}#{job.attr} is a plain mkGuest image ({spec.name}) "
-        "the offline builder can express"
+        f"{job.source}#{job.attr} is a plain mkGuest image ({spec.name}) the offline "
+        "assembler builds identically, without a builder VM"
     )
     return Probe("offline", True, reason), attrs.evolve(job, spec=spec)

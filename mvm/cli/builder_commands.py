@@ -30,6 +30,7 @@ from mvm.engine.base.errors import ConfigError, MvmError, NotFoundError
 from mvm.engine.base.paths import mvm_home
 from mvm.engine.base.process import is_same_process, process_start_time
 from mvm.engine.build_target import build_job, is_offline_failure
+from mvm.engine.builder_session import BuilderVmProvider
 from mvm.engine.builders import BuildJob, ModeChoice
 from mvm.engine.builders.auto import choose_builder
 from mvm.engine.builders.cache import BuildCache
@@ -49,15 +50,12 @@ async def build_project(
     on_log: Callable[[str], None] | None = None,
     one_shot: bool = False,
 ) -> BuildOutcome:
-    """Build ``job``. The persistent builder VM is not there yet, so every build runs in
-    a one-shot pool here; stderr says which builder was used and why. When host Nix
-    is picked but cannot fetch the flake's inputs (no network), ``auto`` falls back
-    to the offline assembler, saying so."""
+    """Build ``job``; stderr says which builder was used and why. A flake that needs Nix
+    builds in the persistent builder VM (started if it is not running) unless
+    ``one_shot``; one the offline assembler expresses is built without a VM."""
     if one_shot:
         say("builder: one-shot builder requested (--no-persistent-builder)")
-    elif not _socket().exists():
-        say("builder: no persistent builder running; using a one-shot builder")
-    outcome = await build_job(job, mode, say=say, on_log=on_log)
+    outcome = await build_job(job, mode, say=say, on_log=on_log, persistent=not one_shot)
     say(
         f"built {outcome.image.name} ({'cache hit' if outcome.cache_hit else 'built'}, "
         f"{outcome.mode}, {outcome.seconds:.2f}s): {outcome.image.directory}"
@@ -240,7 +238,7 @@ async def _serve_build(
     lines: list[str] = []
     try:
         job = BuildJob(name="submit", source=Path(request["source"]), attr=request["attr"])
-        choice = await choose_builder(job, args.builder)
+        choice = await choose_builder(job, args.builder, vm=BuilderVmProvider())
         for line in choice.explanation.splitlines():
             await send({"log": line})
         try:

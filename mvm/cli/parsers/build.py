@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 # engine.builders.MODES, spelled here so that building the parser does not import the
 # builders package (tests/unit/test_cli_imports.py checks that they agree)
-BUILDER_MODES = ("auto", "host", "ssh", "vsock", "offline")
+BUILDER_MODES = ("auto", "vm", "host", "ssh", "vsock", "offline")
 
 
 def register(sub: SubParsers) -> None:

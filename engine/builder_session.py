@@ -66,6 +66,36 @@ async def persistent_running() -> bool:
     return rec is not None and rec.state == "running"
 
 
+async def persistent_state() -> dict[str, object]:
+    """``persistent-builder status``: the builder VM's state and its image cache's
+    readiness (no rebuild, no fingerprint: ``dev cache inspect`` checks that)."""
+    from mvm.engine.builders.builder_vm import inspect
+    from mvm.engine.store import StateStore
+
+    async with StateStore.open() as store:
+        rec = await store.get_vm(PERSISTENT_NAME)
+    cache = await anyio.to_thread.run_sync(inspect, None)
+    return {
+        "name": PERSISTENT_NAME,
+        "state": rec.state if rec is not None else "absent",
+        "image": cache.summary(),
+    }
+
+
+async def stop_persistent() -> bool:
+    """Stop and forget ``mvm-builder`` (its ``/nix`` volume stays: the next start is
+    warm); False if it was not there."""
+    from mvm.engine.store import StateStore
+    from mvm.engine.vm.detached import stop_vm_record
+
+    async with StateStore.open() as store:
+        rec = await store.get_vm(PERSISTENT_NAME)
+        if rec is None:
+            return False
+        await stop_vm_record(store, rec)
+    return True
+
+
 async def start_persistent(log_fn: LogFn) -> bool:
     """Start ``mvm-builder`` detached unless it runs; True if it was started here."""
     from mvm.engine.vm.detached import start_detached

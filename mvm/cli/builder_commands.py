@@ -4,15 +4,18 @@
 pick a builder (``auto`` explains its choice and any fallback on stderr), run it in
 a BuilderPool, stream the build log, return the cached Image.
 
-``mvmctl persistent-builder start`` keeps one pool alive in a background process
-(its cache warm, SSH/vsock builders reachable) and serves builds on a Unix socket
-under ``$MVM_HOME/builder/``: newline-delimited JSON, one request per connection.
-``submit`` sends a project there and streams its log; ``status`` and ``stop`` ask it.
+``mvmctl persistent-builder start`` boots the persistent builder VM ``mvm-builder``
+(Nix inside a microVM, its store on a volume that outlives it) and keeps one build pool
+alive in a background process (its cache warm, single flight across submits) serving
+builds on a Unix socket under ``$MVM_HOME/builder/``: newline-delimited JSON, one
+request per connection. ``submit`` sends a project there and streams its log (a flake
+that needs Nix builds in ``mvm-builder``); ``status`` and ``stop`` cover both.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -30,7 +33,13 @@ from mvm.engine.base.errors import ConfigError, MvmError, NotFoundError
 from mvm.engine.base.paths import mvm_home
 from mvm.engine.base.process import is_same_process, process_start_time
 from mvm.engine.build_target import build_job, is_offline_failure
-from mvm.engine.builder_session import BuilderVmProvider
+from mvm.engine.builder_session import (
+    PERSISTENT_NAME,
+    BuilderVmProvider,
+    persistent_state,
+    start_persistent,
+    stop_persistent,
+)
 from mvm.engine.builders import BuildJob, ModeChoice
 from mvm.engine.builders.auto import choose_builder
 from mvm.engine.builders.cache import BuildCache
@@ -110,10 +119,17 @@ async def cmd_start(args: argparse.Namespace) -> int:
     (_dir() / "pid").write_text(f"{proc.pid}:{process_start_time(proc.pid)}")
     (_dir() / "workspace").write_text(str(workspace))
     _say(
-        f"persistent builder started (pid {proc.pid}, {args.builder}, {args.size} slots, "
-        f"workspace {workspace}); this build pool runs on the host: a persistent builder VM "
-        "needs a Nix-built builder image (nixpkgs), which this host cannot build"
+        f"persistent builder started (pool pid {proc.pid}, {args.builder}, {args.size} slots, "
+        f"workspace {workspace})"
     )
+    if args.builder in ("auto", "vm"):
+        try:
+            started = await start_persistent(_say)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await _stop_pool()
+            raise
+        _say(f"builder VM {PERSISTENT_NAME}: {'started' if started else 'already running'}")
     return 0
 
 
@@ -138,14 +154,29 @@ async def _ask(request: dict[str, Any], on_line: Callable[[dict[str, Any]], None
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
-    await _ask({"op": "status"}, lambda msg: print(json.dumps(msg, indent=2)))
+    answer: dict[str, Any] = {}
+    await _ask({"op": "status"}, answer.update)
+    answer["builder_vm"] = await persistent_state()
+    print(json.dumps(answer, indent=2))
     return 0
 
 
 async def cmd_stop(args: argparse.Namespace) -> int:
-    await _ask({"op": "stop"}, lambda msg: None)
-    _say("persistent builder stopped")
+    """Stop the pool and the builder VM; either may already be gone (a crash), the
+    other is still stopped, and only "neither was running" is an error."""
+    vm_stopped = await stop_persistent()
+    try:
+        await _ask({"op": "stop"}, lambda msg: None)
+    except NotFoundError:
+        if not vm_stopped:
+            raise
+    _say("persistent builder stopped" + (f" (and its VM {PERSISTENT_NAME})" if vm_stopped else ""))
     return 0
+
+
+async def _stop_pool() -> None:
+    with contextlib.suppress(MvmError):
+        await _ask({"op": "stop"}, lambda msg: None)
 
 
 async def cmd_submit(args: argparse.Namespace) -> int:

@@ -12,12 +12,13 @@ and ``dev shell``/``down`` find it without a name.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import platform
 import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import attrs
 
 from mvm.cli.builder_commands import build_project
@@ -166,27 +167,20 @@ async def cmd_dev_shell(args: argparse.Namespace) -> int:
 # -- status / cache inspect ------------------------------------------------------------------
 
 
-def builder_cache() -> dict[str, Any]:
-    """The builder-VM cache's sanitized summary: kind, readiness and a safe reason code.
+async def builder_cache(*, verify: bool = False) -> dict[str, Any]:
+    """The builder-VM cache's sanitized summary: kind, arch, readiness and the seed's
+    safe reason code; ``verify`` also compares its fingerprint with today's inputs
+    (the Debian packages, kernel, agent and library it would be made of)."""
+    from mvm.engine.builders.builder_vm import inspect
+    from mvm.engine.builders.builder_vm.image import gather_inputs
 
-    The builder VM image is built from nix/images/builder-vm with nixpkgs, which this
-    host cannot fetch, so the cache is normally empty: report exactly that."""
-    from mvm.engine.base.paths import cache_dir
-
-    arch = "aarch64" if platform.machine().lower() in ("aarch64", "arm64") else "x86_64"
-    root = cache_dir() / "builder-vm" / arch
-    kernel, rootfs = root / "vmlinux", root / "rootfs.ext4"
-    if not (kernel.is_file() and rootfs.is_file()):
-        reason = "missing_artifact"
-    elif not (root / "fingerprint").is_file():
-        reason = "missing_fingerprint"
-    elif not (root / "digests.json").is_file():
-        reason = "missing_artifact_digest_manifest"
-    elif not (root / "provenance.json").is_file():
-        reason = "missing_provenance"
-    else:
-        reason = "hit"
-    return {"kind": "builder-vm", "arch": arch, "ready": reason == "hit", "reason": reason}
+    fingerprint = None
+    if verify:
+        with contextlib.suppress(MvmError):
+            inputs = await gather_inputs()
+            fingerprint = await anyio.to_thread.run_sync(inputs.fingerprint)
+    state = await anyio.to_thread.run_sync(inspect, fingerprint)
+    return state.summary()
 
 
 def _dev_image_present() -> bool:
@@ -213,7 +207,7 @@ async def _dev_vm() -> dict[str, Any]:
 
 
 async def cmd_dev_status(args: argparse.Namespace) -> int:
-    vm, cache = await _dev_vm(), builder_cache()
+    vm, cache = await _dev_vm(), await builder_cache()
     if args.json:
         print(json.dumps({"dev_vm": vm, "builder_cache": cache}))
         return 0
@@ -223,12 +217,12 @@ async def cmd_dev_status(args: argparse.Namespace) -> int:
         f"ready={'yes' if cache['ready'] else 'no'} reason={cache['reason']}"
     )
     if not cache["ready"]:
-        print("               builds use the host (or offline) builder; no builder VM image")
+        print("               the first build that needs Nix assembles it from Debian's packages")
     return 0
 
 
 async def cmd_dev_cache_inspect(args: argparse.Namespace) -> int:
-    cache = builder_cache()
+    cache = await builder_cache(verify=True)
     summary = {**cache, "dev_image": "present" if _dev_image_present() else "absent"}
     if args.json:
         print(json.dumps(summary, sort_keys=True))

@@ -32,8 +32,10 @@ def test_the_script_overrides_mvm_and_nixpkgs_only_where_declared() -> None:
 
 
 def test_failures_name_their_phase() -> None:
-    missing = ("error: flake 'path:/w/src' does not provide attribute "
-               "'packages.x86_64-linux.nope', 'legacyPackages.x86_64-linux.nope' or 'nope'")
+    missing = (
+        "error: flake 'path:/w/src' does not provide attribute "
+        "'packages.x86_64-linux.nope', 'legacyPackages.x86_64-linux.nope' or 'nope'"
+    )
     attr = failure(1, [missing], "p#nope")
     assert (attr.code, attr.phase) == ("E_BUILD_ATTR", "nix evaluation")
     coded = failure(1, ["error: E_NIXPKGS_UNAVAILABLE: nixpkgs: pkgs.foo is not in the offline "

@@ -114,7 +114,9 @@ def _dpkg_files(deb: str) -> list[str]:
 def _kept(path: str) -> bool:
     if not path.startswith("/") or path.startswith(_EXCLUDED):
         return False
-    return os.path.islink(path) or os.path.isfile(path)
+    # Directories are made as needed; a link to one is merged-usr's /bin, /sbin,
+    # /lib (dpkg lists them as the package's directories), not a file to copy.
+    return not os.path.isdir(path) and (os.path.islink(path) or os.path.isfile(path))
 
 
 def package_manifest(names: Iterable[str] | None = None) -> dict[str, Any]:

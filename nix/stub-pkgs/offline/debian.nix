@@ -8,13 +8,15 @@
 # glibc of its own. Impure by design: the builder reads /usr (sandbox = false),
 # and the Debian versions are in the derivation so an upgrade rebuilds it.
 { runCommand }:
-name: pkg:
+_name: pkg:
 let
   firstDeb = builtins.head pkg.debs;
   version = builtins.replaceStrings [ ":" "~" ] [ "-" "_" ] (pkg.versions.${firstDeb} or "0");
 in
-runCommand "${name}-${version}" {
-  pname = name;
+# Named after the first Debian package, not the Nix name, so that aliases
+# (python3/python311, nodejs/nodejs_20, ...) are one derivation, built once.
+runCommand "${firstDeb}-${version}" {
+  pname = firstDeb;
   inherit version;
   debs = pkg.debs;
   debVersions = builtins.toJSON pkg.versions;
@@ -31,7 +33,7 @@ runCommand "${name}-${version}" {
   # 1. The packages' files, at their own paths under $out.
   while IFS= read -r f; do
     [ -n "$f" ] || continue
-    [ -e "$f" ] || [ -L "$f" ] || fail "E_OFFLINE_PKG_MISSING: offline-pkgs: $f (of ${name}) is gone; run ./scripts/setup"
+    [ -e "$f" ] || [ -L "$f" ] || fail "E_OFFLINE_PKG_MISSING: offline-pkgs: $f (of ${firstDeb}) is gone; run ./scripts/setup"
     mkdir -p "$out$(dirname "$f")"
     cp -P --preserve=mode "$f" "$out$f"
   done < "$filesPath"
@@ -47,7 +49,7 @@ runCommand "${name}-${version}" {
     elif [ -f "''${l#"$out"}" ]; then
       rm "$l"; cp -L --preserve=mode "''${l#"$out"}" "$l"; chmod u+w "$l"
     else
-      echo "offline-pkgs: ${name}: dropping the dangling link ''${l#"$out"} -> $t" >&2; rm "$l"
+      echo "offline-pkgs: ${firstDeb}: dropping the dangling link ''${l#"$out"} -> $t" >&2; rm "$l"
     fi
   done
 
@@ -60,7 +62,7 @@ runCommand "${name}-${version}" {
     printf '%s\n' "$f" >> elfs
     printf '%s\n' "$out_of_ldd" | while read -r a b c _; do
       if [ "$b" = "=>" ]; then
-        if [ "$c" = "not" ]; then echo "offline-pkgs: ${name}: ''${f#"$out"} needs $a, not found here" >&2
+        if [ "$c" = "not" ]; then echo "offline-pkgs: ${firstDeb}: ''${f#"$out"} needs $a, not found here" >&2
         elif [ -n "$c" ]; then echo "$a $c"; fi
       else
         case "$a" in /*) echo "$(basename "$a") $a" ;; esac
@@ -89,11 +91,13 @@ runCommand "${name}-${version}" {
     fi
   done
 
-  # 5. bin/ links for the programs.
-  for d in usr/bin usr/sbin sbin usr/games usr/lib/postgresql/*/bin; do
+  # 5. bin/ links for the programs (PostgreSQL's own bin/ first: /usr/bin has
+  #    only postgresql-common's perl wrappers); the first name wins.
+  cd "$out"
+  for d in usr/lib/postgresql/*/bin usr/bin usr/sbin sbin usr/games; do
     [ -d "$out/$d" ] || continue
     for f in "$out/$d"/*; do
-      [ -e "$f" ] || [ -L "$f" ] || continue
+      [ -e "$f" ] || continue   # a link to something no listed package has
       b=$(basename "$f")
       [ -e "$out/bin/$b" ] || [ -L "$out/bin/$b" ] || ln -s "../$d/$b" "$out/bin/$b"
     done

@@ -216,3 +216,63 @@ def test_the_beginner_guide_flake_builds_with_the_offline_set(built: Built) -> N
     run = _debugfs(rootfs, "cat /etc/mvm/services/hello/run")
     assert f"{py}/bin/python3 -m http.server 8080" in run
     assert "python3" in _debugfs(rootfs, "ls /usr/bin")
+
+
+@needs_tools
+def test_the_guides_server_and_health_check_work_together(built: Built) -> None:
+    """The guide's service and its health check, on the host with empty environments:
+    python3's http.server serves, curl -sf fetches the page."""
+    py, curl = built.out["python3"], built.out["curl"]
+    www = built.root / "www"
+    www.mkdir()
+    (www / "index.html").write_text("<h1>Hello from mvm!</h1>\n")
+    argv = ["env", "-i", f"{py}/bin/python3", "-u", "-m", "http.server", "0",
+            "--bind", "127.0.0.1", "--directory", str(www)]  # fmt: skip
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as server:
+        try:
+            assert server.stdout is not None
+            ready = server.stdout.readline()  # printed once the socket listens
+            port = re.search(r"port (\d+)", ready)
+            assert port is not None, ready
+            got = subprocess.run(
+                ["env", "-i", f"{curl}/bin/curl", "-sf", f"http://localhost:{port.group(1)}/"],
+                capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+            assert got.returncode == 0 and got.stdout == "<h1>Hello from mvm!</h1>\n", got
+        finally:
+            server.terminate()
+
+
+@needs_tools
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git (a git+file: mvm input)")
+def test_nix_build_with_the_set_as_the_nixpkgs_input(built: Built) -> None:
+    """What the builder VM runs: `nix build --override-input nixpkgs path:<set>` on the
+    user's flake (the mvm input is this library, as a git+file: flake with its guest
+    sources). The packages are the ones nix-build made: same derivations."""
+    src = built.root / "mvm-src"
+    shutil.copytree(REPO / "nix", src / "nix")
+    shutil.copytree(REPO / "backends" / "guest", src / "backends" / "guest",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    git = ["git", "-C", str(src), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "mvm"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    flake = built.root / "hello-flake"
+    flake.mkdir()
+    (flake / "flake.nix").write_text(BEGINNER_FLAKE)
+    env = {
+        **built.env,
+        "NIX_CONFIG": built.env["NIX_CONFIG"] + "experimental-features = nix-command flakes\n",
+    }
+    result = built.root / "result"
+    proc = subprocess.run(
+        ["nix", "build", "-o", str(result), f"{flake}#packages.x86_64-linux.default",
+         "--override-input", "mvm", f"git+file://{src}?dir=nix",
+         "--override-input", "mvm/nixpkgs", f"path:{built.set}",
+         "--override-input", "nixpkgs", f"path:{built.set}"],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in result.iterdir()) == ["mvm-meta.json", "rootfs.ext4", "vmlinux"]
+    assert json.loads((result / "mvm-meta.json").read_text())["name"] == "hello"
+    store = _debugfs(result / "rootfs.ext4", "ls -l /nix/store")
+    assert built.out["python3"].name in store and built.out["curl"].name in store

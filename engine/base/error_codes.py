@@ -285,6 +285,8 @@ _c("E_NIX_TIMEOUT", "BuildError", "nix evaluation took too long",
 _c("E_NIXPKGS_UNAVAILABLE", "ConfigError", "a package needs nixpkgs, which this host lacks",
    "use busybox applet names in packages, or build where nixpkgs can be fetched "
    "(a Nix builder: host Nix with a store, or MVM_BUILDER_SSH)")
+_c("E_OFFLINE_PKG_MISSING", "BuildError",
+   "a Debian package the offline package set is made from is not installed", _SETUP)
 
 # --- image specs, mkGuest arguments and images (engine/images/imagespec.py, nix/lib/args.nix)
 _c("E_DEV_SEALED", "AccessDenied", "dev needs an accessible image and this one is sealed",

@@ -22,7 +22,7 @@ def test_inputs_in_both_spellings() -> None:
 
 def test_the_script_overrides_mvm_and_nixpkgs_only_where_declared() -> None:
     script = build_script("/nix/var/mvm/j1", "packages.x86_64-linux.default", {"mvm", "nixpkgs"})
-    assert "--override-input mvm 'path:/usr/share/mvm/src?dir=nix'" in script
+    assert "--override-input mvm path:/usr/share/mvm/src " in script
     assert "--override-input mvm/nixpkgs path:/usr/share/mvm/offline-nixpkgs" in script
     assert "--override-input nixpkgs path:/usr/share/mvm/offline-nixpkgs" in script
     assert "path:/nix/var/mvm/j1/src#packages.x86_64-linux.default" in script

@@ -19,10 +19,19 @@ from mvm.backends.image import GuestTree
 from mvm.engine.builders.builder_vm.debian import DebianClosure, guest_path
 
 LIBRARY = "/usr/share/mvm/src"  # nix/ and backends/guest/, as the installed package lays them
+# Nix 2.8's path: flakes take no ``?dir=``, and nix/ alone lacks ../backends/guest: the
+# library is given as a flake at the root of both that forwards to nix/flake.nix.
+ROOT_FLAKE = """\
+{
+  description = "mvm (the library a builder VM builds with): nix/flake.nix, with ../backends/guest";
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.05";
+  outputs = args: (import ./nix/flake.nix).outputs args;
+}
+"""
 OFFLINE_NIXPKGS = "/usr/share/mvm/offline-nixpkgs"
 KERNEL = "/usr/share/mvm/vmlinux"
 NIX_VOLUME = "/mnt/nix"  # the persistent volume (volumes live under /mnt)
-NIX_STATE = "/nix"  # a link to it: store, db, the builds' temp and home
+NIX_STATE = "/nix"  # bound onto it at boot: store, db, the builds' temp and home
 WORK = "/nix/var/mvm"
 _TOP_LINKS = frozenset(
     {"/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"}
@@ -33,18 +42,19 @@ sandbox = false
 substituters =
 experimental-features = nix-command flakes
 warn-dirty = false
-allow-symlinked-store = true
 """
 
 
 def extend(tree: GuestTree, debian: DebianClosure, kernel: Path, library: Path) -> None:
     _debian_files(tree, debian)
-    tree.symlink(NIX_STATE, NIX_VOLUME)
+    tree.dir(NIX_STATE)  # the volume is bound here by /init (/etc/mvm/binds)
+    tree.file("/etc/mvm/binds", f"{NIX_VOLUME} {NIX_STATE}\n")
     tree.dir("/etc/nix")
     tree.file("/etc/nix/nix.conf", NIX_CONF)
     tree.copy(KERNEL, kernel, 0o644)
     _copy_tree(tree, library, f"{LIBRARY}/nix")
     _copy_tree(tree, library.parent / "backends" / "guest", f"{LIBRARY}/backends/guest")
+    tree.file(f"{LIBRARY}/flake.nix", ROOT_FLAKE)
     _offline_nixpkgs(tree, debian)
     subprocess.run(["ldconfig", "-r", str(tree.root)], check=False, capture_output=True)
 

@@ -57,7 +57,12 @@ let
 
   script = spec: layout: kernel:
     let
-      drvPackages = builtins.filter (p: !(builtins.isString p)) spec.packages;
+      # A shell entrypoint of /bin/bash gets bash even when the packages do not list it
+      # (the Dev Image seed's git/jq/ripgrep/python3), as the offline builder adds
+      # bash-static: busybox has no bash.
+      wantsBash = spec.entrypointKind == "shell" && spec.shell == "/bin/bash";
+      drvPackages = builtins.filter (p: !(builtins.isString p)) spec.packages
+        ++ (if wantsBash then [ pkgs.bash ] else [ ]);
       applets = builtins.filter builtins.isString spec.packages;
       modeOf = p: if spec.extraFileModes ? ${p} then u.toOctal spec.extraFileModes.${p} else "0644";
       textFiles = layout.files // builtins.mapAttrs (p: c: { text = c; mode = modeOf p; })
@@ -125,7 +130,12 @@ let
         for pkg in ${toString drvPackages}; do
           for dir in bin sbin; do
             [ -d "$pkg/$dir" ] || continue
-            for f in "$pkg/$dir"/*; do ln -sfn "$f" "$tree/usr/$dir/$(basename "$f")"; done
+            for f in "$pkg/$dir"/*; do
+              ln -sfn "$f" "$tree/usr/$dir/$(basename "$f")"
+              # /bin/bash (the Dev Image's entrypoint.shell) as on a Debian system; a
+              # busybox applet already in /bin stays
+              [ -e "$tree/$dir/$(basename "$f")" ] || ln -s "$f" "$tree/$dir/$(basename "$f")"
+            done
           done
         done
       ''}
@@ -172,7 +182,7 @@ let
           printf 'sif "%s" %s @%s\n' "$p" "$field" ${toString sourceDateEpoch}
         done
       done > debugfs.cmd
-      debugfs -w -f debugfs.cmd "$out/rootfs.ext4" 2> debugfs.err
+      debugfs -w -f debugfs.cmd "$out/rootfs.ext4" > /dev/null 2> debugfs.err
       if grep -v '^debugfs ' debugfs.err >&2; then fail "E_IMAGE_FS: mkGuest: debugfs failed"; fi
       e2fsck -f -n "$out/rootfs.ext4"
       cp ${q "${kernelFile kernel}"} "$out/vmlinux"

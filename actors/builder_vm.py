@@ -108,7 +108,7 @@ class BuilderVM(Actor[_Work]):
                 raise MvmError(f"build {work.key.key} vanished from the cache", code="E_BUILD")
         except MvmError as exc:
             pool.stats.failures += 1
-            log.warning("build.failed", slot=self.name, key=work.key.key, code=exc.code)
+            log.info("build.failed", slot=self.name, key=work.key.key, code=exc.code)
             pool.finish(work.key.key, exc)
             return
         except Exception as exc:

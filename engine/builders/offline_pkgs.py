@@ -71,8 +71,9 @@ PACKAGE_TABLE: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "zip": ("zip",),
 })  # fmt: skip
 
-# dpkg -L entries that are documentation, not the program.
-_EXCLUDED = tuple(f"/usr/share/{d}/" for d in ("doc", "man", "info", "locale", "lintian"))
+# dpkg -L entries that are documentation, not the program (the builder image leaves out
+# the same ones: a package set entry may only name files the builder VM has).
+EXCLUDED_DIRS = tuple(f"/usr/share/{d}/" for d in ("doc", "man", "info", "locale", "lintian"))
 # Written next to default.nix: the build support it shares with the tests' host set.
 _SUPPORT = "host.nix"
 
@@ -112,7 +113,7 @@ def _dpkg_files(deb: str) -> list[str]:
 
 
 def _kept(path: str) -> bool:
-    if not path.startswith("/") or path.startswith(_EXCLUDED):
+    if not path.startswith("/") or path.startswith(EXCLUDED_DIRS):
         return False
     # Directories are made as needed; a link to one is merged-usr's /bin, /sbin,
     # /lib (dpkg lists them as the package's directories), not a file to copy.

@@ -10,7 +10,6 @@ the guest gets ``/lib -> usr/lib`` links so the ELF interpreter path still resol
 
 from __future__ import annotations
 
-import re
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import attrs
 
 from mvm.engine.base.errors import BuildPhaseError
+from mvm.engine.builders.offline_pkgs import EXCLUDED_DIRS
 
 # What every builder VM has: Nix, a shell and tools for the rootfs derivation (busybox,
 # e2fsprogs), a C toolchain for the guest agent (gcc + musl for a static binary),
@@ -26,7 +26,6 @@ BUILDER_ROOTS = (
     "nix-bin", "bash", "coreutils", "busybox-static", "e2fsprogs", "gcc", "musl-tools",
     "patchelf", "libc-bin", "findutils", "tar", "gzip", "xz-utils", "diffutils", "file",
 )  # fmt: skip
-_SKIP = re.compile(r"^/usr/share/(doc|doc-base|man|info|locale|lintian|bug|bash-completion)/")
 _MERGED = (("/bin/", "/usr/bin/"), ("/sbin/", "/usr/sbin/"), ("/lib64/", "/usr/lib64/"),
            ("/lib/", "/usr/lib/"))  # fmt: skip
 SETUP_HINT = "run ./scripts/setup (it installs the builder VM's Debian packages)"
@@ -145,7 +144,7 @@ def _files(packages: list[str]) -> list[str]:
     seen: set[str] = set()
     out: list[str] = []
     for line in result.stdout.splitlines():
-        if not line.startswith("/") or _SKIP.match(line) or line in seen:
+        if not line.startswith("/") or line.startswith(EXCLUDED_DIRS) or line in seen:
             continue
         seen.add(line)
         path = Path(line)

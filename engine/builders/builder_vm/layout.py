@@ -32,7 +32,7 @@ OFFLINE_NIXPKGS = "/usr/share/mvm/offline-nixpkgs"
 KERNEL = "/usr/share/mvm/vmlinux"
 NIX_VOLUME = "/mnt/nix"  # the persistent volume (volumes live under /mnt)
 NIX_STATE = "/nix"  # bound onto it at boot: store, db, the builds' temp and home
-WORK = "/nix/var/mvm"
+WORK = "/nix/var/mvm/jobs"  # one folder per build, removed when it ends
 _TOP_LINKS = frozenset(
     {"/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"}
 )  # per-build workspaces under here

@@ -58,8 +58,10 @@ def failure(status: int, lines: list[str], label: str) -> BuildPhaseError:
     """The one coded line a failed ``nix build`` becomes, naming its phase."""
     text = "\n".join(lines)
     tail = " | ".join(ln.strip() for ln in lines[-3:] if ln.strip())[:400]
-    if m := _CODED.search(text):
-        return BuildPhaseError("nix evaluation", m.group(2).strip(), code=m.group(1))
+    building = any(ln.startswith(("building '", "these ", "this derivation")) for ln in lines)
+    if m := _CODED.search(text):  # our own library's or package set's line
+        phase = "nix build" if building else "nix evaluation"
+        return BuildPhaseError(phase, m.group(2).strip(), code=m.group(1))
     if m := _ATTR.search(text):
         return BuildPhaseError(
             "nix evaluation",
@@ -74,7 +76,6 @@ def failure(status: int, lines: list[str], label: str) -> BuildPhaseError:
             code="E_BUILD_SYSTEM",
             hint='set system = "x86_64-linux" in flake.nix',
         )
-    building = any(ln.startswith(("building '", "these ", "this derivation")) for ln in lines)
     if not building:
         return BuildPhaseError(
             "nix evaluation", f"nix could not evaluate {label}: {tail}", code="E_BUILD_EVAL"

@@ -189,6 +189,11 @@ async def choose_builder(
     wants = ("ssh", "vsock", "offline", "vm") if requested == "auto" else (requested,)
     if job.source is None and requested == "auto":
         wants = ("offline",)  # a spec is the offline builder's native input
+    elif requested == "auto":
+        found = probe_host(nix)
+        probes.append(
+            Probe("host", False, f"{found.reason}; auto never builds on the host (--builder host)")
+        )
     for mode in wants:
         if mode == "host":
             probe = probe_host(nix)

@@ -169,8 +169,9 @@ async def test_auto_falls_back_to_offline_and_says_why(
     assert choice.mode == "offline" and choice.fell_back
     assert choice.job.spec is not None and choice.job.spec.name == "web"
     text = choice.explanation
-    assert "skip host:" in text and "skip ssh: no builder configured" in text
-    assert "skip vsock:" in text and "use  offline: falling back" in text
+    assert "skip host:" in text and "auto never builds on the host" in text
+    assert "skip ssh: no builder configured" in text and "skip vsock:" in text
+    assert "use  offline:" in text and "builds identically, without a builder VM" in text
     spec_choice = await choose_builder(BuildJob(name="demo", spec=DEMO_SPEC))
     assert spec_choice.mode == "offline" and not spec_choice.fell_back
 

@@ -91,6 +91,22 @@ static int parse_id(const char *s, unsigned *out)
 	return 0;
 }
 
+/* /init starts every workload from a background job of a non-interactive ash,
+ * which sets SIGINT and SIGQUIT to SIG_IGN for good (a trap cannot undo it), and
+ * an ignored disposition survives execve. Everything /init runs goes through
+ * setpriv, so this is where the program gets the defaults back: otherwise
+ * `kill -INT` and ^C do nothing to services, the entrypoint and the agent's
+ * children. The signal mask is cleared for the same reason. */
+static void reset_signals(void)
+{
+	for (int sig = 1; sig < NSIG; sig++)
+		if (sig != SIGKILL && sig != SIGSTOP)
+			signal(sig, SIG_DFL); /* fails harmlessly for the libc-reserved ones */
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
 static int setpriv_main(int argc, char **argv)
 {
 	unsigned uid = 0, gid = 0;
@@ -131,6 +147,7 @@ static int setpriv_main(int argc, char **argv)
 		perror("mvm-agent setpriv: no_new_privs");
 		return 126;
 	}
+	reset_signals();
 	execvp(argv[i], argv + i);
 	fprintf(stderr, "mvm-agent setpriv: %s: %s\n", argv[i], strerror(errno));
 	return errno == ENOENT ? 127 : 126;

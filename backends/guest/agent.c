@@ -72,7 +72,9 @@ static void usage(void)
 		"                 [--sealed] [--health-dir DIR] [--log-dir DIR] [--ctl FIFO]\n"
 		"                 [--wrapper FILE] [--spawn SOCKET] [--console-shell PROG]\n"
 		"                 [--run-dir DIR]\n"
+#ifndef MVM_AGENT_SEALED
 		"       mvm-agent spawnd --socket PATH --uid U [--peer-uid A]\n"
+#endif
 		"       mvm-agent setpriv [--reuid=U] [--regid=G] [--clear-groups] [--no-new-privs] "
 		"PROG [ARGS..]\n");
 	exit(2);
@@ -506,8 +508,12 @@ int main(int argc, char **argv)
 		return setpriv_main(argc - 1, argv + 1);
 	if (argc > 1 && !strcmp(argv[1], "reseed")) /* identity.c */
 		return reseed_main(argc - 1, argv + 1);
+#ifndef MVM_AGENT_SEALED
 	if (argc > 1 && !strcmp(argv[1], "spawnd")) /* spawnd.c, root: started by /init */
 		return spawnd_main(argc - 1, argv + 1);
+#else
+	g_cfg.sealed = 1; /* the sealed build is sealed whatever /init passes */
+#endif
 	const char *tcp = NULL, *vsock = NULL;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];

@@ -38,16 +38,19 @@ let
     else u.fail "E_INIT_MISSING" "mkGuest" "the guest init ${toString guestSrc}/init does not exist";
 
   # Same sources and flags as backends/guest/build.py, minus -Werror: a newer
-  # nixpkgs compiler must not fail the image over a new warning.
-  agent = pkgs.pkgsStatic.runCommandCC "mvm-agent" {
+  # nixpkgs compiler must not fail the image over a new warning. Two variants: a
+  # sealed image gets the agent compiled without exec/console/spawnd/PTY code.
+  agentBuild = name: defines: pkgs.pkgsStatic.runCommandCC name {
     main = guestSrc + "/agent.c";
     modules = guestSrc + "/agent";
   } ''
     mkdir -p src/agent "$out/bin"
     cp "$main" src/agent.c
     cp "$modules"/*.c "$modules"/*.h src/agent/
-    $CC -static -Os -std=gnu11 -Wall -Wextra -s -o "$out/bin/mvm-agent" src/agent.c src/agent/*.c
+    $CC -static -Os -std=gnu11 -Wall -Wextra ${defines} -o "$out/bin/mvm-agent" src/agent.c src/agent/*.c
   '';
+  agent = agentBuild "mvm-agent" "";
+  agentSealed = agentBuild "mvm-agent-sealed" "-DMVM_AGENT_SEALED";
 
   kernelFile = kernel:
     if kernel == null then "${pkgs.linuxPackages.kernel.dev}/vmlinux"
@@ -99,7 +102,7 @@ let
           || fail ${q "E_SPEC_PACKAGE: mkGuest: package ${u.repr a} is not a busybox applet"}
       '') applets)}
       install -m 0755 ${initScript} "$tree/init"
-      install -m 0755 ${agent}/bin/mvm-agent "$tree/usr/bin/mvm-agent"
+      install -m 0755 ${if spec.sealed then agentSealed else agent}/bin/mvm-agent "$tree/usr/bin/mvm-agent"
 
       ${u.concatStrings (u.mapAttrsToList (path: f: ''
         mkdir -p "$(dirname "$tree"${q path})"
@@ -180,7 +183,7 @@ let
     '';
 in
 {
-  inherit agent initScript;
+  inherit agent agentSealed initScript;
   # The image derivation for a normalised spec and its layout.
   image = spec: layout: kernel:
     pkgs.runCommand "mvm-image-${spec.name}" {

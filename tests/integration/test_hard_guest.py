@@ -1,9 +1,15 @@
 """Guest hardening on a real QEMU guest (issue 15): a sealed image's services start
 with default signal dispositions (not the SIG_IGN(SIGINT/SIGQUIT) of /init's
 background jobs), so SIGINT stops one, and the agent inside is the sealed build,
-which has no exec code at all (it answers exec itself, not only the host's gate)."""
+which has no exec code at all (it answers exec itself, not only the host's gate).
+A sealed Python function runs non-dumpable (PR_SET_DUMPABLE=0, set by the prod
+wrapper), so /proc/<pid>/mem of it belongs to root: other guest uids, and its own,
+can neither read it nor ptrace it."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import anyio
 import pytest
@@ -13,6 +19,9 @@ from mvm import Engine, Image, ImageSpec, VmRequest
 from mvm.engine.base.errors import MvmError
 from mvm.engine.builders.offline_image import build_offline_image
 from mvm.engine.images.imagespec import Service
+from mvm.engine.images.ir_image import load_ir_spec
+
+from .test_cli import mvmctl
 
 pytestmark = pytest.mark.qemu
 
@@ -66,3 +75,42 @@ async def test_sealed_service_gets_default_signals_and_the_agent_has_no_exec(
         finally:
             with anyio.CancelScope(shield=True):
                 await engine.stop("hardsig1")
+
+
+PROBE_IR = """{ "schema_version": "0.1", "id": "hardfn", "apps": [ { "name": "hardfn", "source": { "kind": "local_path", "path": "./src", "include": ["**"], "exclude": [] }, "image": { "kind": "nix_packages", "packages": ["python3"] }, "entrypoints": [ { "kind": "function", "language": "python", "module": "app", "function": "probe", "format": "json", "primary": true } ], "resources": { "vcpus": 1, "memory_mb": 256, "boot_timeout_secs": 30 }, "dependencies": { "kind": "none" } } ], "volumes": [], "extensions": {}}"""  # noqa: E501
+PROBE_PY = """import ctypes, os
+
+def probe() -> dict:
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return {
+        "dumpable": ctypes.CDLL(None).prctl(3, 0, 0, 0, 0),  # PR_GET_DUMPABLE
+        "uid": os.getuid(),
+        "mem_owner": os.stat("/proc/self/mem").st_uid,
+        "sigign": status["SigIgn"].strip(),
+    }
+"""
+
+
+def test_sealed_python_function_is_not_dumpable(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "app.py").write_text(PROBE_PY)
+    ir = tmp_path / "workload-ir.json"
+    ir.write_text(PROBE_IR)
+
+    async def build() -> Image:
+        return await build_offline_image(await load_ir_spec(ir))
+
+    image = trio.run(build)
+    assert image.sealed
+    up = mvmctl("up", str(image.directory), "--name", "hardfn1")
+    assert up.returncode == 0, up.stderr
+    try:
+        out = mvmctl("invoke", "hardfn1")
+        assert out.returncode == 0, out.stderr
+        got = json.loads(out.stdout)
+        assert got["uid"] != 0, got  # the function runs rootless
+        assert got["dumpable"] == 0 and got["mem_owner"] == 0, got
+        assert int(got["sigign"], 16) & 0b110 == 0, got  # no SIGINT/SIGQUIT ignored
+    finally:
+        down = mvmctl("down", "hardfn1")
+    assert down.returncode == 0, down.stderr

@@ -145,6 +145,16 @@ let
         esac
       ''}
 
+      ${if spec.sealed then ''
+        # Sealed: root-owned ELF programs are execute-only (tree._execute_only), so
+        # every workload process is non-dumpable from its execve on.
+        find "$tree" -type f -perm /111 -perm /044 ! -name '*.so*' -print0 \
+          | while IFS= read -r -d "" f; do
+              if [ "$(head -c 4 "$f" | od -An -tx1 | tr -d ' \n')" = 7f454c46 ]; then
+                chmod go-r "$f"
+              fi
+            done
+      '' else ""}
       # The filesystem, with ext4._make_filesystem's recipe.
       export LC_ALL=C E2FSPROGS_FAKE_TIME=${toString sourceDateEpoch} SOURCE_DATE_EPOCH=${toString sourceDateEpoch}
       printf '%s' ${q mke2fsConf} > mke2fs.conf

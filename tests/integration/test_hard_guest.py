@@ -2,9 +2,10 @@
 with default signal dispositions (not the SIG_IGN(SIGINT/SIGQUIT) of /init's
 background jobs), so SIGINT stops one, and the agent inside is the sealed build,
 which has no exec code at all (it answers exec itself, not only the host's gate).
-A sealed Python function runs non-dumpable (PR_SET_DUMPABLE=0, set by the prod
-wrapper), so /proc/<pid>/mem of it belongs to root: other guest uids, and its own,
-can neither read it nor ptrace it."""
+Workload processes of a sealed image are non-dumpable (its ELF programs are
+execute-only; the prod Python wrapper also sets PR_SET_DUMPABLE=0), so their
+/proc/<pid>/mem belongs to root: no other guest uid, nor their own, can read it or
+ptrace them."""
 
 from __future__ import annotations
 
@@ -25,12 +26,19 @@ from .test_cli import mvmctl
 
 pytestmark = pytest.mark.qemu
 
+# MemOwner: busybox's stat is an execute-only ELF in a sealed image, so it runs
+# non-dumpable and its /proc/self/mem belongs to root, not to the service's uid.
+
 ZERO = "0000000000000000"
+WANT = {"SigIgn": ZERO, "SigBlk": ZERO, "Uid": "1000", "MemOwner": "0"}
 SPEC = ImageSpec(
     name="hardsig",
     services={
         "sig": Service(
-            command="grep -E '^Sig(Ign|Blk)' /proc/self/status; exec sleep 600",
+            command=(
+                "grep -E '^Sig(Ign|Blk)' /proc/self/status; echo Uid: $(id -u); "
+                "echo MemOwner: $(stat -c %u /proc/self/mem); exec sleep 600"
+            ),
             restart="on-failure",
         )
     },
@@ -60,14 +68,14 @@ async def test_sealed_service_gets_default_signals_and_the_agent_has_no_exec(
                         async for line in lines:
                             key, _, value = line.line.partition(":")
                             got[key] = value.strip()
-                            if len(got) == 2:
+                            if len(got) == 4:
                                 return got
                     raise AssertionError("the service log ended")
 
-                assert await masks() == {"SigIgn": ZERO, "SigBlk": ZERO}
+                assert await masks() == WANT
                 # SIGINT ends it (rc 130, a failure), so /init starts it again.
                 await agent.service("sig", "kill", sig=2)
-                assert await masks() == {"SigIgn": ZERO, "SigBlk": ZERO}
+                assert await masks() == WANT
             with pytest.raises(MvmError) as refused:
                 await agent.exec(["id"])
             assert refused.value.code == "E_SEALED"

@@ -72,7 +72,9 @@ static void usage(void)
 		"                 [--sealed] [--health-dir DIR] [--log-dir DIR] [--ctl FIFO]\n"
 		"                 [--wrapper FILE] [--spawn SOCKET] [--console-shell PROG]\n"
 		"                 [--run-dir DIR]\n"
+#ifndef MVM_AGENT_SEALED
 		"       mvm-agent spawnd --socket PATH --uid U [--peer-uid A]\n"
+#endif
 		"       mvm-agent setpriv [--reuid=U] [--regid=G] [--clear-groups] [--no-new-privs] "
 		"PROG [ARGS..]\n");
 	exit(2);
@@ -89,6 +91,22 @@ static int parse_id(const char *s, unsigned *out)
 		return -1;
 	*out = (unsigned)v;
 	return 0;
+}
+
+/* /init starts every workload from a background job of a non-interactive ash,
+ * which sets SIGINT and SIGQUIT to SIG_IGN for good (a trap cannot undo it), and
+ * an ignored disposition survives execve. Everything /init runs goes through
+ * setpriv, so this is where the program gets the defaults back: otherwise
+ * `kill -INT` and ^C do nothing to services, the entrypoint and the agent's
+ * children. The signal mask is cleared for the same reason. */
+static void reset_signals(void)
+{
+	for (int sig = 1; sig < NSIG; sig++)
+		if (sig != SIGKILL && sig != SIGSTOP)
+			signal(sig, SIG_DFL); /* fails harmlessly for the libc-reserved ones */
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
 static int setpriv_main(int argc, char **argv)
@@ -131,6 +149,7 @@ static int setpriv_main(int argc, char **argv)
 		perror("mvm-agent setpriv: no_new_privs");
 		return 126;
 	}
+	reset_signals();
 	execvp(argv[i], argv + i);
 	fprintf(stderr, "mvm-agent setpriv: %s: %s\n", argv[i], strerror(errno));
 	return errno == ENOENT ? 127 : 126;
@@ -489,8 +508,12 @@ int main(int argc, char **argv)
 		return setpriv_main(argc - 1, argv + 1);
 	if (argc > 1 && !strcmp(argv[1], "reseed")) /* identity.c */
 		return reseed_main(argc - 1, argv + 1);
+#ifndef MVM_AGENT_SEALED
 	if (argc > 1 && !strcmp(argv[1], "spawnd")) /* spawnd.c, root: started by /init */
 		return spawnd_main(argc - 1, argv + 1);
+#else
+	g_cfg.sealed = 1; /* the sealed build is sealed whatever /init passes */
+#endif
 	const char *tcp = NULL, *vsock = NULL;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];

@@ -1,9 +1,16 @@
 """Build the guest agent (static C) and locate the guest ``/init``.
 
 The agent is compiled on demand and cached by content: the key hashes every
-source file and the compiler's identity, so editing a source or upgrading the
-toolchain rebuilds it, and every checkout shares one binary per key. Static
-linking matters: the guest has no dynamic loader and no libc of its own.
+source file, the compiler's identity and the variant, so editing a source or
+upgrading the toolchain rebuilds it, and every checkout shares one binary per key.
+Static linking matters: the guest has no dynamic loader and no libc of its own.
+
+Two variants come from the same sources. The accessible one serves ``exec``,
+``console`` (and so ``cp``) and has the root ``spawnd`` helper; the sealed one is
+compiled with ``-DMVM_AGENT_SEALED``, which leaves that code out entirely (the seeds:
+"in production builds, the do_exec symbol is gated out"): those requests get a
+coded ``E_SEALED`` error. The binaries keep their symbol table (no ``-s``, ~25 KiB)
+so that ``nm`` on the very file an image ships shows what is in it.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ log = get_logger("mvm.agent.build")
 
 _HERE = Path(__file__).resolve().parent
 # Bump when the compile recipe changes in a way the key would not see.
-RECIPE_VERSION = "1"
-CFLAGS = ("-static", "-Os", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-s")
+RECIPE_VERSION = "2"
+CFLAGS = ("-static", "-Os", "-std=gnu11", "-Wall", "-Wextra", "-Werror")
+SEALED_DEFINE = "-DMVM_AGENT_SEALED"
 # musl gives a ~100 KiB binary with working openpty; glibc's static libc is the fallback.
 COMPILERS = ("musl-gcc", "gcc")
 SETUP_HINT = "run ./scripts/setup"
@@ -70,14 +78,18 @@ def _compiler_identity(path: str) -> str:
     return lines[0] if lines else ""
 
 
-def _cache_key(name: str, identity: str, sources: list[Path]) -> str:
+def _flags(sealed: bool) -> tuple[str, ...]:
+    return (*CFLAGS, SEALED_DEFINE) if sealed else CFLAGS
+
+
+def _cache_key(name: str, identity: str, sources: list[Path], flags: tuple[str, ...]) -> str:
     h = hashlib.sha256()
 
     def part(data: bytes) -> None:
         h.update(len(data).to_bytes(8, "big"))
         h.update(data)
 
-    for item in ("mvm-agent", RECIPE_VERSION, name, identity, " ".join(CFLAGS)):
+    for item in ("mvm-agent", RECIPE_VERSION, name, identity, " ".join(flags)):
         part(item.encode())
     for src in sources:
         part(str(src.relative_to(_HERE)).encode())
@@ -85,8 +97,10 @@ def _cache_key(name: str, identity: str, sources: list[Path]) -> str:
     return h.hexdigest()
 
 
-def agent_binary() -> Path:
+def agent_binary(*, sealed: bool = False) -> Path:
     """Path of the compiled agent, building it if this source + compiler has no cached copy.
+
+    ``sealed`` picks the production variant (no exec/console/spawnd/PTY code).
 
     Blocking (a compile takes about a second): async callers use ``anyio.to_thread``.
     Concurrent callers, in threads or processes, may both compile; each renames a
@@ -94,7 +108,8 @@ def agent_binary() -> Path:
     """
     name, compiler = _compiler()
     sources = agent_sources()
-    key = _cache_key(name, _compiler_identity(compiler), sources)
+    flags = _flags(sealed)
+    key = _cache_key(name, _compiler_identity(compiler), sources, flags)
     final = cache_dir() / "agent" / key / "mvm-agent"
     if final.is_file():
         return final
@@ -102,7 +117,7 @@ def agent_binary() -> Path:
     with tempfile.TemporaryDirectory(prefix=".build-", dir=final.parent) as tmp:
         out = Path(tmp) / "mvm-agent"
         c_files = [str(s) for s in sources if s.suffix == ".c"]
-        argv = [compiler, *CFLAGS, "-o", str(out), *c_files]
+        argv = [compiler, *flags, "-o", str(out), *c_files]
         try:
             result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -120,5 +135,11 @@ def agent_binary() -> Path:
             )
         os.chmod(out, 0o755)
         os.replace(out, final)
-    log.info("agent.built", compiler=name, key=key[:16], bytes=final.stat().st_size)
+    log.info(
+        "agent.built",
+        compiler=name,
+        sealed=sealed,
+        key=key[:16],
+        bytes=final.stat().st_size,
+    )
     return final

@@ -29,6 +29,7 @@ from typing import Any
 import anyio
 import attrs
 
+from mvm.backends.guest.build import agent_binary
 from mvm.backends.image.checks import _check_inputs, _checked_spec, check_spec
 from mvm.backends.image.checks import _validate_spec as _validate_spec  # for test_nix_lib
 
@@ -38,6 +39,7 @@ from mvm.backends.image.ext4 import MIN_IMAGE_BYTES, SOURCE_DATE_EPOCH, _make_fi
 from mvm.backends.image.key import RECIPE_VERSION, _cache_key, spec_json
 from mvm.backends.image.layout import AGENT_PATH, BASE_DIRS, BUSYBOX, SETUP_HINT
 from mvm.backends.image.tree import _meta_bytes, _populate, _Tree
+from mvm.engine.base.errors import BuildError
 from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import cache_dir
 from mvm.engine.images.imagespec import ImageSpec
@@ -69,6 +71,7 @@ async def build_image(
     busybox: Path = BUSYBOX,
 ) -> ImageArtifacts:
     """Build (or reuse) the image for ``spec``; ``cache`` replaces ``cache_dir()`` as the root."""
+    agent = await anyio.to_thread.run_sync(_agent_for, spec, agent)
     _check_inputs(kernel=kernel, agent=agent, init=init, busybox=busybox)
     applets, packages = await _checked_spec(spec, busybox)
     key, spec_hash = await anyio.to_thread.run_sync(
@@ -116,6 +119,23 @@ async def build_image(
     result = _load_existing(final, key)
     assert result is not None
     return result
+
+
+def _agent_for(spec: ImageSpec, agent: Path) -> Path:
+    """The agent that goes into ``spec``'s image: a sealed image handed this host's
+    accessible build gets the sealed variant (no exec/console code) instead.
+
+    Callers pass the one agent they built; the swap lives here so every caller gets
+    it. The key hashes the agent file that went in, so the two variants never share a
+    cached image. Any other agent (a test's fake, a bench's variant) is used as is."""
+    if not spec.sealed or not agent.is_file():
+        return agent
+    try:
+        if agent.resolve() != agent_binary().resolve():
+            return agent
+    except BuildError:  # no toolchain here: then ``agent`` is not this host's build
+        return agent
+    return agent_binary(sealed=True)
 
 
 def image_meta(spec: ImageSpec, spec_hash: str) -> dict[str, Any]:

@@ -70,6 +70,9 @@ class _Tree:
         return p
 
 
+ELF_MAGIC = b"\x7fELF"
+
+
 def _sh_quote(value: str) -> str:
     """Always single-quoted, so the scripts read uniformly."""
     return "'" + value.replace("'", "'\\''") + "'"
@@ -184,6 +187,29 @@ def _populate(
     for guest, source in sorted(spec.host_files.items()):
         src = Path(source)
         tree.copy(guest, src, stat.S_IMODE(src.stat().st_mode) & 0o755)
+    if spec.sealed:
+        _execute_only(tree)
+
+
+def _execute_only(tree: _Tree) -> None:
+    """Sealed images: root-owned ELF programs lose their group/other read bits (0755 ->
+    0711), so every workload process is non-dumpable from its execve on, whatever its
+    language: the kernel gives a process that cannot read its own program the dumpable
+    value of fs.suid_dumpable (0), as PR_SET_DUMPABLE=0 would, and no same-uid process
+    can ptrace it or read its /proc/PID/mem. A prctl before exec cannot do this (execve
+    resets the flag). Shared objects (``*.so*``) stay readable: ld.so reads them.
+    nix/lib/rootfs.nix applies the same rule."""
+    for path in sorted(tree.root.rglob("*")):
+        if path.is_symlink() or not path.is_file() or ".so" in path.name:
+            continue
+        mode = stat.S_IMODE(path.stat().st_mode)
+        guest = "/" + path.relative_to(tree.root).as_posix()
+        if not mode & 0o111 or not mode & 0o044 or guest in tree.owners:
+            continue
+        with path.open("rb") as f:
+            if f.read(4) != ELF_MAGIC:
+                continue
+        path.chmod(mode & ~0o044)
 
 
 def _copy_package(tree: _Tree, pkg: Path) -> None:

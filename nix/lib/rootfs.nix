@@ -38,16 +38,19 @@ let
     else u.fail "E_INIT_MISSING" "mkGuest" "the guest init ${toString guestSrc}/init does not exist";
 
   # Same sources and flags as backends/guest/build.py, minus -Werror: a newer
-  # nixpkgs compiler must not fail the image over a new warning.
-  agent = pkgs.pkgsStatic.runCommandCC "mvm-agent" {
+  # nixpkgs compiler must not fail the image over a new warning. Two variants: a
+  # sealed image gets the agent compiled without exec/console/spawnd/PTY code.
+  agentBuild = name: defines: pkgs.pkgsStatic.runCommandCC name {
     main = guestSrc + "/agent.c";
     modules = guestSrc + "/agent";
   } ''
     mkdir -p src/agent "$out/bin"
     cp "$main" src/agent.c
     cp "$modules"/*.c "$modules"/*.h src/agent/
-    $CC -static -Os -std=gnu11 -Wall -Wextra -s -o "$out/bin/mvm-agent" src/agent.c src/agent/*.c
+    $CC -static -Os -std=gnu11 -Wall -Wextra ${defines} -o "$out/bin/mvm-agent" src/agent.c src/agent/*.c
   '';
+  agent = agentBuild "mvm-agent" "";
+  agentSealed = agentBuild "mvm-agent-sealed" "-DMVM_AGENT_SEALED";
 
   kernelFile = kernel:
     if kernel == null then "${pkgs.linuxPackages.kernel.dev}/vmlinux"
@@ -104,7 +107,7 @@ let
           || fail ${q "E_SPEC_PACKAGE: mkGuest: package ${u.repr a} is not a busybox applet"}
       '') applets)}
       install -m 0755 ${initScript} "$tree/init"
-      install -m 0755 ${agent}/bin/mvm-agent "$tree/usr/bin/mvm-agent"
+      install -m 0755 ${if spec.sealed then agentSealed else agent}/bin/mvm-agent "$tree/usr/bin/mvm-agent"
 
       ${u.concatStrings (u.mapAttrsToList (path: f: ''
         mkdir -p "$(dirname "$tree"${q path})"
@@ -152,6 +155,16 @@ let
         esac
       ''}
 
+      ${if spec.sealed then ''
+        # Sealed: root-owned ELF programs are execute-only (tree._execute_only), so
+        # every workload process is non-dumpable from its execve on.
+        find "$tree" -type f -perm /111 -perm /044 ! -name '*.so*' -print0 \
+          | while IFS= read -r -d "" f; do
+              if [ "$(head -c 4 "$f" | od -An -tx1 | tr -d ' \n')" = 7f454c46 ]; then
+                chmod go-r "$f"
+              fi
+            done
+      '' else ""}
       # The filesystem, with ext4._make_filesystem's recipe.
       export LC_ALL=C E2FSPROGS_FAKE_TIME=${toString sourceDateEpoch} SOURCE_DATE_EPOCH=${toString sourceDateEpoch}
       printf '%s' ${q mke2fsConf} > mke2fs.conf
@@ -190,7 +203,7 @@ let
     '';
 in
 {
-  inherit agent initScript;
+  inherit agent agentSealed initScript;
   # The image derivation for a normalised spec and its layout.
   image = spec: layout: kernel:
     pkgs.runCommand "mvm-image-${spec.name}" {

@@ -132,7 +132,7 @@ async def test_demo_image_content(inputs: Inputs) -> None:
 async def test_busybox_and_applet_links(inputs: Inputs) -> None:
     img = (await build(DEMO_SPEC, inputs)).rootfs
     bin_ = ls(img, "/bin")
-    assert bin_["busybox"][0] == 0o100755
+    assert bin_["busybox"][0] == 0o100711  # sealed: ELF programs are execute-only
     assert f"Size: {ib.BUSYBOX.stat().st_size}" in debugfs(img, "stat /bin/busybox")
     applets = subprocess.run(
         [str(ib.BUSYBOX), "--list"], capture_output=True, text=True, check=True
@@ -147,7 +147,11 @@ async def test_busybox_and_applet_links(inputs: Inputs) -> None:
 async def test_ownership_and_modes(inputs: Inputs) -> None:
     img = (await build(DEMO_SPEC, inputs)).rootfs
     assert ls(img, "/")["init"] == (0o100755, 0, 0)
-    assert ls(img, "/usr/bin")["mvm-agent"] == (0o100755, 0, 0)
+    # Sealed: ELF programs are execute-only (non-dumpable processes); scripts stay 0755.
+    assert ls(img, "/usr/bin")["mvm-agent"] == (0o100711, 0, 0)
+    dev = (await build(DEMO_DEV_SPEC, inputs)).rootfs
+    assert ls(dev, "/usr/bin")["mvm-agent"] == (0o100755, 0, 0)
+    assert ls(dev, "/bin")["busybox"][0] == 0o100755
     assert ls(img, "/")["tmp"] == (0o041777, 0, 0)
     assert ls(img, "/")["root"] == (0o040700, 0, 0)
     assert ls(img, "/home")["app"] == (0o040755, 1000, 1000)

@@ -240,6 +240,9 @@ def test_services_are_supervised_and_controlled(tmp_path: Path, guest_factory: l
     assert re.search(r"^Uid:\s+1000\s+1000\s+1000\s+1000$", status, re.M)
     assert re.search(r"^Groups:\s*$", status, re.M)
     assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+    # A background job of ash ignores SIGINT/SIGQUIT; setpriv gives the defaults back.
+    assert re.search(r"^SigIgn:\s+0+$", status, re.M), status
+    assert re.search(r"^SigBlk:\s+0+$", status, re.M), status
 
     # The agent's request lines, as it writes them into the FIFO.
     guest.run("echo 'kill web 9' > /run/mvm/ctl")

@@ -825,7 +825,10 @@ async def test_nix_built_image_has_the_offline_builders_tree(tmp_path: Path) -> 
     out = Path(built.stdout.decode().strip())
     assert sorted(p.name for p in out.iterdir()) == ["mvm-meta.json", "rootfs.ext4", "vmlinux"]
     assert (out / "vmlinux").read_bytes() == kernel.read_bytes()
-    (agent,) = (nix_state / "store").glob("*-mvm-agent/bin/mvm-agent")
+    # The demo is sealed: Nix built (and shipped) only the agent without exec/console.
+    (agent,) = (nix_state / "store").glob("*-mvm-agent-sealed/bin/mvm-agent")
+    assert not list((nix_state / "store").glob("*-mvm-agent/bin/mvm-agent"))
+    assert b"do_exec" not in agent.read_bytes() and b"run_start" in agent.read_bytes()
 
     init = REPO / "backends" / "guest" / "init"
     offline = await ib.build_image(

@@ -154,7 +154,7 @@ void send_data(stream_t *st, int fd, const unsigned char *data, size_t n);
 void send_ack(stream_t *st, size_t n);
 
 /* ---- exec.c ---- */
-void exec_start(session_t *s, int64_t id, const jdoc_t *d, int req);
+void do_exec(session_t *s, int64_t id, const jdoc_t *d, int req);
 void exec_on_child_exit(stream_t *st, int status);
 void exec_on_readable(stream_t *st, int which);
 void exec_on_writable(stream_t *st);
@@ -182,7 +182,7 @@ void spawn_proxy(const char *sock_path, char **argv, char **env, const char *cwd
 int spawnd_main(int argc, char **argv);
 
 /* ---- console.c ---- */
-void console_start(session_t *s, int64_t id, const jdoc_t *d, int req);
+void do_console(session_t *s, int64_t id, const jdoc_t *d, int req);
 void uids_reply(session_t *s, int64_t id);
 
 /* ---- run.c ---- */

@@ -11,7 +11,9 @@
 #include <string.h>
 #include <unistd.h>
 
-void console_start(session_t *s, int64_t id, const jdoc_t *d, int req)
+#ifndef MVM_AGENT_SEALED
+/* Not compiled into the sealed agent (MVM_AGENT_SEALED). */
+void do_console(session_t *s, int64_t id, const jdoc_t *d, int req)
 {
 	if (g_cfg.sealed) {
 		send_error(s, id, "E_SEALED", "console is disabled on sealed images");
@@ -39,6 +41,7 @@ void console_start(session_t *s, int64_t id, const jdoc_t *d, int req)
 	exec_spawn_ex(s, id, argv, env, NULL, 1, 1, rows, cols, 1, SPAWN_CONSOLE);
 	free(shell);
 }
+#endif
 
 /* Fills uid[4]/gid[4] (real, effective, saved, fs) from /proc/PID/status. */
 static int proc_ids(const char *pid, long uid[4], long gid[4])

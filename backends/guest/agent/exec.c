@@ -6,7 +6,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#ifndef MVM_AGENT_SEALED
 #include <pty.h>
+#endif
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,7 +127,9 @@ char **build_env(const jdoc_t *d, int obj, int *bad)
 	return env;
 }
 
-void exec_start(session_t *s, int64_t id, const jdoc_t *d, int req)
+#ifndef MVM_AGENT_SEALED
+/* `exec` of a host-chosen argv: not compiled into the sealed agent (MVM_AGENT_SEALED). */
+void do_exec(session_t *s, int64_t id, const jdoc_t *d, int req)
 {
 	if (g_cfg.sealed) {
 		send_error(s, id, "E_SEALED", "exec is disabled on sealed images");
@@ -160,6 +164,7 @@ void exec_start(session_t *s, int64_t id, const jdoc_t *d, int req)
 		cols = 80;
 	exec_spawn_ex(s, id, argv, env, cwd, want_stdin, pty, rows, cols, 1, 0);
 }
+#endif
 
 /* Shared by `exec` and `run`: takes ownership of the argv array (not its strings)
  * and of env; answers `started` or `error` E_EXEC. */
@@ -173,17 +178,30 @@ void exec_spawn_ex(session_t *s, int64_t id, char **argv, char **env, const char
 		   int want_stdin, int pty, int64_t rows, int64_t cols, int as_entrypoint,
 		   unsigned flags)
 {
+#ifdef MVM_AGENT_SEALED
+	int proxy = 0; /* no spawnd, no PTY: only `run` of the image's own entrypoint */
+	(void)as_entrypoint;
+	(void)flags;
+	(void)rows;
+	(void)cols;
+#else
 	int proxy = as_entrypoint && g_cfg.spawn;
+#endif
 	int out[2] = {-1, -1}, err[2] = {-1, -1}, in[2] = {-1, -1}, status[2] = {-1, -1};
 	int master = -1, slave = -1;
 	int ok = pipe2(status, O_CLOEXEC) == 0;
 	if (ok && pty) {
+#ifdef MVM_AGENT_SEALED
+		ok = 0;
+		errno = ENOTSUP;
+#else
 		struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
 		ok = openpty(&master, &slave, NULL, NULL, &ws) == 0;
 		if (ok) {
 			set_cloexec(master);
 			set_cloexec(slave);
 		}
+#endif
 	} else if (ok) {
 		ok = pipe2(out, O_CLOEXEC) == 0 && pipe2(err, O_CLOEXEC) == 0;
 		if (ok && want_stdin)
@@ -214,9 +232,11 @@ void exec_spawn_ex(session_t *s, int64_t id, char **argv, char **env, const char
 			dup2(out[1], 1);
 			dup2(err[1], 2);
 		}
+#ifndef MVM_AGENT_SEALED
 		if (proxy)
 			spawn_proxy(g_cfg.spawn, argv, env, cwd, (pty ? SPAWN_PTY : 0) | flags,
 				    status[1]);
+#endif
 		int e = 0;
 		if (cwd && chdir(cwd) != 0)
 			e = errno;
@@ -397,6 +417,7 @@ void exec_host_frame(stream_t *st, const char *t, const jdoc_t *d, int req)
 		}
 		if (st->pid > 0 && !st->exited && kill(-st->pid, (int)sig) != 0)
 			kill(st->pid, (int)sig);
+#ifndef MVM_AGENT_SEALED
 	} else if (!strcmp(t, "resize")) {
 		int64_t rows = 0, cols = 0;
 		int fd = st->fd_in >= 0 ? st->fd_in : st->fd_out;
@@ -406,6 +427,7 @@ void exec_host_frame(stream_t *st, const char *t, const jdoc_t *d, int req)
 			struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
 			ioctl(fd, TIOCSWINSZ, &ws);
 		}
+#endif
 	}
 }
 

@@ -355,10 +355,16 @@ static int dispatch(session_t *s, const char *body, size_t len)
 		frame_begin(&f, s, "pong", id);
 		fw_int(&f, "uptime_ms", uptime_ms());
 		frame_end(&f);
-	} else if (!strcmp(t, "exec")) {
-		exec_start(s, id, &d, 0);
-	} else if (!strcmp(t, "console")) {
-		console_start(s, id, &d, 0);
+	} else if (!strcmp(t, "exec") || !strcmp(t, "console")) {
+#ifdef MVM_AGENT_SEALED
+		/* The sealed build has no code for these (the host's exec, cp and console). */
+		send_error(s, id, "E_SEALED", "%s is not in a sealed image's agent", t);
+#else
+		if (t[0] == 'e')
+			do_exec(s, id, &d, 0);
+		else
+			do_console(s, id, &d, 0);
+#endif
 	} else if (!strcmp(t, "uids")) {
 		uids_reply(s, id);
 	} else if (!strcmp(t, "run")) {

@@ -41,6 +41,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#ifndef MVM_AGENT_SEALED /* the sealed agent has no spawnd and no proxy */
+
 extern char **environ;
 
 #define SPAWN_MAGIC 0x6d766d73u /* "mvms" */
@@ -426,3 +428,4 @@ int spawnd_main(int argc, char **argv)
 		close(conn);
 	}
 }
+#endif

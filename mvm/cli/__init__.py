@@ -15,7 +15,9 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-__all__ = ["main"]
+__all__ = ["command_done", "main"]
+
+_done = False
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -27,6 +29,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     run(argv)
 
 
+def command_done() -> None:
+    """The command has returned: from now on a terminating signal is ignored (trio puts
+    this module's handler back when its own receiver closes)."""
+    global _done
+    _done = True
+
+
 def _interrupted_before_start(signum: int, _frame: FrameType | None) -> None:
+    if _done:
+        return
     os.write(sys.stderr.fileno(), b"interrupted before the command started; nothing to undo\n")
     os._exit(130)

@@ -167,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             settings,
             backend=getattr(args, "event_loop", "trio"),
         )
+        ignore_terminating_signals()  # what it did is done: exit with its status
     except MvmError as exc:  # a validator's every problem: one coded line each
         print("\n".join(e.one_line() for e in getattr(exc, "all_errors", (exc,))), file=sys.stderr)
         raise SystemExit(exc.exit_status) from None
@@ -191,6 +192,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     raise SystemExit(status)
 
 
+def ignore_terminating_signals() -> None:
+    """Once the command has returned, a Ctrl-C must not turn its outcome into a Python
+    exit by SIGINT (``up`` printed "up in 1.7s" and the VM runs: the exit status is 0)."""
+    from mvm.cli import command_done
+
+    command_done()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not None:  # None: a handler not set from Python
+            signal.signal(sig, signal.SIG_IGN)
+
+
 async def _until_terminated(
     command: Callable[[], Awaitable[int]], settings: Settings | None = None
 ) -> int:
@@ -204,7 +216,7 @@ async def _until_terminated(
     takes precedence (under trio, where those commands run)."""
     import anyio
 
-    status = 0
+    status, finished = 0, False
     with (
         use_settings(settings or current_settings()),
         anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals,
@@ -213,11 +225,15 @@ async def _until_terminated(
 
             async def on_signal() -> None:
                 async for _ in signals:
+                    if finished:
+                        return  # the command is done: nothing is left to interrupt
                     raise KeyboardInterrupt
 
             async def run() -> None:
-                nonlocal status
+                nonlocal status, finished
                 status = await command()
+                finished = True
+                ignore_terminating_signals()
                 tg.cancel_scope.cancel()
 
             tg.start_soon(on_signal)

@@ -208,8 +208,8 @@ def test_the_guides_hello_flake_builds_in_the_builder_vm_and_serves(
     seed_outcome.works("nix build in the builder VM; serves Hello from mvm!, health healthy")
 
 
-@pytest.mark.seed(BUILDER, "mvmctl build --flake . (cache hit boots no builder; a change rebuilds)")
-def test_a_cache_hit_boots_no_builder_and_a_change_rebuilds_warm(
+@pytest.mark.seed(BUILDER, "mvmctl build --flake . again (a cache hit boots no builder)")
+def test_a_cache_hit_boots_no_builder(
     tmp_path: Path, home: Path, seed_outcome
 ) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "hello"
@@ -219,11 +219,9 @@ def test_a_cache_hit_boots_no_builder_and_a_change_rebuilds_warm(
     assert _row(home, root, "mvm-builder") is None
     hit = ok(mvmctl("mvmctl build --flake .", root, home))
     assert "cache hit" in hit.stderr and _row(home, root, "mvm-builder") is None
-    (root / "flake.nix").write_text(HELLO.replace("Hello from mvm!", f"Hello again! {RUN}"))
-    rebuilt = ok(mvmctl("mvmctl build --flake .", root, home))
-    assert "cache hit" not in rebuilt.stderr and rebuilt.stdout != hit.stdout
-    assert "builder image: hit" in rebuilt.stderr  # booted again from the cached image
-    seed_outcome.works("an unchanged flake is a cache hit without a builder; a change rebuilds")
+    # a changed input rebuilding is the cache key's job (unit/test_build_cache.py) and what
+    # `mvmctl bench build` times ("warm"): one more TCG build here would cost a minute
+    seed_outcome.works("an unchanged flake is a cache hit that boots no builder VM")
 
 
 @pytest.mark.seed(BUILDER, "troubleshooting: the phase named in the error")

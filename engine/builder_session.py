@@ -14,6 +14,7 @@ process, its own ``/nix`` volume, both gone when the build ends or is interrupte
 
 from __future__ import annotations
 
+import functools
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -170,7 +171,21 @@ class VmNixBuilder:
                 vm = await engine.start(builder_request(image, name, detached=False), image)
                 yield vm.agent
         finally:
-            shutil.rmtree(mvm_home() / "volumes" / name, ignore_errors=True)
+            with anyio.CancelScope(shield=True):
+                await _forget(name)  # a one-shot VM leaves no row in `ls`, no volume
+
+
+async def _forget(name: str) -> None:
+    from mvm.engine.store import StateStore
+    from mvm.engine.vm.detached import remove_vm
+
+    async with StateStore.open() as store:
+        rec = await store.get_vm(name)
+        if rec is not None:
+            await remove_vm(store, rec)
+    await anyio.to_thread.run_sync(
+        functools.partial(shutil.rmtree, mvm_home() / "volumes" / name, ignore_errors=True)
+    )
 
 
 async def run_job(client: ClientFactory, job: BuildJob, out: Path, log_fn: LogFn) -> None:

@@ -209,9 +209,7 @@ def test_the_guides_hello_flake_builds_in_the_builder_vm_and_serves(
 
 
 @pytest.mark.seed(BUILDER, "mvmctl build --flake . again (a cache hit boots no builder)")
-def test_a_cache_hit_boots_no_builder(
-    tmp_path: Path, home: Path, seed_outcome
-) -> None:  # type: ignore[no-untyped-def]
+def test_a_cache_hit_boots_no_builder(tmp_path: Path, home: Path, seed_outcome) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "hello"
     root.mkdir()
     (root / "flake.nix").write_text(HELLO.replace("Hello from mvm!", f"Hello from mvm! {RUN}"))
@@ -265,3 +263,43 @@ def test_the_dev_image_builds_in_the_builder_vm_and_has_its_tools(
     finally:
         ok(mvmctl("mvmctl dev down", root, home))
     seed_outcome.works("builds in the builder VM; bash, git, jq, rg, python3 in the dev VM")
+
+
+@pytest.mark.seed(BUILDER, "mvmctl build --no-persistent-builder, Ctrl-C mid-build")
+def test_ctrl_c_mid_build_leaves_no_vm_no_staging_and_no_job(
+    tmp_path: Path, home: Path, seed_outcome
+) -> None:  # type: ignore[no-untyped-def]
+    import signal
+
+    from mvm.engine.base.settings import current_settings
+
+    root = tmp_path / "hello"
+    root.mkdir()
+    (root / "flake.nix").write_text(HELLO.replace("Hello from mvm!", f"Interrupted {RUN}"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mvm.cli", "build", "--flake", ".", "--no-persistent-builder"],
+        cwd=root, env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:  # the moment is an event: nix has started building
+        seen.append(line)
+        if line.startswith("| building '"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _out, rest = proc.communicate(timeout=180)
+    assert proc.returncode == 130, "".join(seen) + rest
+    assert "Traceback" not in rest and "interrupted" in rest
+    one_shots = [r for r in json.loads(ok(mvmctl("mvmctl ls --json", root, home)).stdout)
+                 if str(r["name"]).startswith("mvm-builder-")]  # fmt: skip
+    assert one_shots == []
+    assert not (home / "volumes").exists() or not [
+        p for p in (home / "volumes").iterdir() if p.name.startswith("mvm-builder-")
+    ]
+    cache = current_settings().cache
+    assert not list((cache / "builds").glob(".staging*")) and not list(
+        (cache / "builder-vm").glob("*/.staging-*")
+    )
+    seed_outcome.works(
+        "Ctrl-C mid nix build: exit 130, the one-shot VM, its volume and staging gone"
+    )

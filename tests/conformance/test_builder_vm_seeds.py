@@ -24,79 +24,17 @@ from pathlib import Path
 import pytest
 from conftest import _kill_what_the_test_left
 
+from conformance.seed_texts import BEGINNER_FLAKE_X86, DEV_IMAGE_FLAKE
+
 pytestmark = pytest.mark.qemu
 
 BEGINNERS = "nix-beginners-guide.txt"
 DEV = "dev-image.txt"
 BUILDER = "builder-vm.txt"
 
-HELLO = """{
-inputs = {
-mvm.url = "github:auser/mvm?dir=nix";
-nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
-};
-outputs = { mvm, nixpkgs, ... }:
-let
-system = "x86_64-linux";
-pkgs = import nixpkgs { inherit system; };
-in {
-packages.${system}.default = mvm.lib.${system}.mkGuest {
-name = "hello";
-packages = [ pkgs.python3 pkgs.curl ];
-services.hello = {
-preStart = ''
-mkdir -p /tmp/www
-echo '<h1>Hello from mvm!</h1>' > /tmp/www/index.html
-'';
-command = "${pkgs.python3}/bin/python3 -m http.server 8080 --directory /tmp/www";
-};
-healthChecks.hello = {
-healthCmd = "${pkgs.curl}/bin/curl -sf http://localhost:8080/";
-healthIntervalSecs = 5;
-};
-};
-};
-}
-"""
+HELLO = BEGINNER_FLAKE_X86
 
-DEV_FLAKE = """{
-inputs = {
-nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
-mvm.url = "github:tinylabscom/mvm";
-};
-outputs = { self, nixpkgs, mvm, ... }:
-let
-system = "x86_64-linux";
-pkgs = import nixpkgs { inherit system; };
-in
-{
-packages.${system} = {
-# Production image — what `mvmctl up` builds.
-default = mvm.lib.${system}.mkGuest {
-name = "my-app";
-entrypoint.command = [ "/usr/local/bin/serve" ];
-};
-# Dev image — what `mvmctl dev up` builds.
-dev = mvm.lib.${system}.mkGuest {
-name = "my-app-dev";
-# entrypoint.shell auto-infers `dev = true` (accessible).
-# `mvmctl console <vm>` attaches via vsock.
-entrypoint.shell = "/bin/bash";
-# Anything in nixpkgs.
-packages = with pkgs; [
-git
-jq
-ripgrep
-python3
-];
-# Optional: per-tenant defaults; mvm.toml overrides at run time.
-vcpus = 2;
-memory_mib = 1024;
-};
-};
-};
-}
-"""
+DEV_FLAKE = DEV_IMAGE_FLAKE
 RUN = uuid.uuid4().hex[:8]
 DEV_TOML = """flake = "."
 profile = "dev"

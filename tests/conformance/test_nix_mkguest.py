@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conformance.seed_texts import MY_APP_FLAKE, MY_APP_TOML
+from conformance.seed_texts import BEGINNER_FLAKE, DEV_IMAGE_FLAKE, MY_APP_FLAKE, MY_APP_TOML
 from mvm.backends import nix_meta
 from mvm.engine.base.errors import ConfigError
 from mvm.engine.builders import BuildJob
@@ -236,44 +236,6 @@ async def test_a_snippet_without_name_is_refused_with_the_name_code(tmp_path: Pa
 
 # --------------------------------------------------------------- Dev Image
 
-DEV_IMAGE_FLAKE = """{
-inputs = {
-nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
-mvm.url = "github:tinylabscom/mvm";
-};
-outputs = { self, nixpkgs, mvm, ... }:
-let
-system = "x86_64-linux";
-pkgs = import nixpkgs { inherit system; };
-in
-{
-packages.${system} = {
-# Production image — what `mvmctl up` builds.
-default = mvm.lib.${system}.mkGuest {
-name = "my-app";
-entrypoint.command = [ "/usr/local/bin/serve" ];
-};
-# Dev image — what `mvmctl dev up` builds.
-dev = mvm.lib.${system}.mkGuest {
-name = "my-app-dev";
-# entrypoint.shell auto-infers `dev = true` (accessible).
-# `mvmctl console <vm>` attaches via vsock.
-entrypoint.shell = "/bin/bash";
-# Anything in nixpkgs.
-packages = with pkgs; [
-git
-jq
-ripgrep
-python3
-];
-# Optional: per-tenant defaults; mvm.toml overrides at run time.
-vcpus = 2;
-memory_mib = 1024;
-};
-};
-};
-}
-"""
 
 DEV_TOML = """flake = "."
 profile = "dev"
@@ -342,35 +304,6 @@ async def test_dev_forced_on_a_command(tmp_path: Path, seed_outcome: Any) -> Non
 
 
 # --------------------------------------------------------------- Nix for mvm: A Beginner's Guide
-
-BEGINNER_FLAKE = """{
-inputs = {
-mvm.url = "github:auser/mvm?dir=nix";
-nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
-};
-outputs = { mvm, nixpkgs, ... }:
-let
-system = "aarch64-linux";
-pkgs = import nixpkgs { inherit system; };
-in {
-packages.${system}.default = mvm.lib.${system}.mkGuest {
-name = "hello";
-packages = [ pkgs.python3 pkgs.curl ];
-services.hello = {
-preStart = ''
-mkdir -p /tmp/www
-echo '<h1>Hello from mvm!</h1>' > /tmp/www/index.html
-'';
-command = "${pkgs.python3}/bin/python3 -m http.server 8080 --directory /tmp/www";
-};
-healthChecks.hello = {
-healthCmd = "${pkgs.curl}/bin/curl -sf http://localhost:8080/";
-healthIntervalSecs = 5;
-};
-};
-};
-}
-"""
 
 
 @pytest.mark.seed(BEGINNER, "the end-result flake (hello, python3 + curl)")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conformance.seed_texts import BEGINNER_FLAKE_X86
 
 from mvm.engine.base.errors import BuildError
 from mvm.engine.builders import offline_pkgs
@@ -151,37 +152,6 @@ def test_an_unknown_name_lists_the_known_ones(built: Built) -> None:
     assert flake.stdout.strip() == '[ "curl" "jq" "python3" ]', flake.stderr
 
 
-# The beginner guide's final flake, verbatim except `system = "x86_64-linux"`.
-BEGINNER_FLAKE = """{
-inputs = {
-mvm.url = "github:auser/mvm?dir=nix";
-nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
-};
-outputs = { mvm, nixpkgs, ... }:
-let
-system = "x86_64-linux";
-pkgs = import nixpkgs { inherit system; };
-in {
-packages.${system}.default = mvm.lib.${system}.mkGuest {
-name = "hello";
-packages = [ pkgs.python3 pkgs.curl ];
-services.hello = {
-preStart = ''
-mkdir -p /tmp/www
-echo '<h1>Hello from mvm!</h1>' > /tmp/www/index.html
-'';
-command = "${pkgs.python3}/bin/python3 -m http.server 8080 --directory /tmp/www";
-};
-healthChecks.hello = {
-healthCmd = "${pkgs.curl}/bin/curl -sf http://localhost:8080/";
-healthIntervalSecs = 5;
-};
-};
-};
-}
-"""
-
-
 def _debugfs(image: Path, request: str) -> str:
     return subprocess.run(["debugfs", "-R", request, str(image)], capture_output=True,
                           text=True, check=True).stdout  # fmt: skip
@@ -194,7 +164,7 @@ def test_the_beginner_guide_flake_builds_with_the_offline_set(built: Built) -> N
     holds python3's whole closure under /nix/store."""
     src = built.root / "hello"
     src.mkdir()
-    (src / "flake.nix").write_text(BEGINNER_FLAKE)
+    (src / "flake.nix").write_text(BEGINNER_FLAKE_X86)
     expr = (
         f'let nixpkgs = {built.set}; pkgs = import nixpkgs {{ system = "x86_64-linux"; }};'
         f" mvm = {{ lib.x86_64-linux = import {REPO}/nix/lib {{ inherit pkgs; }}; }};"
@@ -258,7 +228,7 @@ def test_nix_build_with_the_set_as_the_nixpkgs_input(built: Built) -> None:
         subprocess.run(git + args, check=True, capture_output=True)
     flake = built.root / "hello-flake"
     flake.mkdir()
-    (flake / "flake.nix").write_text(BEGINNER_FLAKE)
+    (flake / "flake.nix").write_text(BEGINNER_FLAKE_X86)
     env = {
         **built.env,
         "NIX_CONFIG": built.env["NIX_CONFIG"] + "experimental-features = nix-command flakes\n",

@@ -283,8 +283,8 @@ _c("E_NIX_PATH", "ConfigError", "the Nix library path cannot be a Nix path liter
 _c("E_NIX_TIMEOUT", "BuildError", "nix evaluation took too long",
    "simplify the expression or retry")
 _c("E_NIXPKGS_UNAVAILABLE", "ConfigError", "a package needs nixpkgs, which this host lacks",
-   "use busybox applet names in packages, or build where nixpkgs can be fetched "
-   "(a Nix builder: host Nix with a store, or MVM_BUILDER_SSH)")
+   "use a package of the offline set (the message lists them) or a busybox applet, or "
+   "build where nixpkgs can be fetched (MVM_BUILDER_SSH, --builder host with a store)")
 _c("E_OFFLINE_PKG_MISSING", "BuildError",
    "a Debian package the offline package set is made from is not installed", _SETUP)
 

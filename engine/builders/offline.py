@@ -35,13 +35,14 @@ let
   stubs = /. + args.stub;
   systems = [ "x86_64-linux" "aarch64-linux" ];
   forAll = f: builtins.listToAttrs (map (s: { name = s; value = f s; }) systems);
-  offlinePkgs = system: import (stubs + "/offline") { inherit system; };
+  offlineDir = /. + args.offline;
+  offlinePkgs = system: import offlineDir { inherit system; };
   libFor = system: import (/. + args.nixdir + "/lib") {
     pkgs = import stubs { inherit system; } // offlinePkgs system;
   };
   known = {
     mvm = { lib = forAll libFor; outPath = args.nixdir; };
-    nixpkgs = { outPath = stubs + "/offline"; legacyPackages = forAll offlinePkgs; };
+    nixpkgs = { outPath = offlineDir; legacyPackages = forAll offlinePkgs; };
   };
   wanted = builtins.functionArgs flake.outputs;
   missing = builtins.filter (n: n != "self" && !(known ? ${n}) && !wanted.${n})
@@ -81,9 +82,11 @@ def host_system() -> str:
     return "aarch64-linux" if machine in ("aarch64", "arm64") else "x86_64-linux"
 
 
-async def flake_info(source: Path, attr: str) -> dict[str, Any]:
+async def flake_info(source: Path, attr: str, *, offline_set: Path | None = None) -> dict[str, Any]:
     """``{system, spec, mvm}`` of ``source#attr``: the flake evaluated offline, its
-    ``mvm`` and ``nixpkgs`` inputs substituted (see ``_FLAKE_SPEC``)."""
+    ``mvm`` and ``nixpkgs`` inputs substituted (see ``_FLAKE_SPEC``). ``nixpkgs`` is the
+    placeholder set, or ``offline_set``: an offline package set with this machine's
+    manifest (``offline_pkgs.write_offline_nixpkgs``), what the builder VM builds with."""
     if not (source / "flake.nix").is_file():
         raise ConfigError(f"{source} has no flake.nix", code="E_BUILD_SOURCE")
     if not nix_meta.nix_available():
@@ -93,6 +96,7 @@ async def flake_info(source: Path, attr: str) -> dict[str, Any]:
         "src": str(source.resolve()),
         "attr": attr,
         "stub": str(root / "stub-pkgs"),
+        "offline": str(offline_set or root / "stub-pkgs" / "offline"),
         "nixdir": str(root),
         "system": host_system(),
     }

@@ -1,14 +1,18 @@
 """``mvmctl validate`` on a project: mvm.toml's every key, then the flake evaluated.
 
 Like ``nix flake check --no-build`` with mvm.toml checks layered on (the seed): the
-flake is evaluated offline (its ``mvm`` and ``nixpkgs`` inputs substituted, as the
-offline builder does) and its ``packages.<system>.<profile>`` must be an mkGuest
-image. Every problem is one coded line on stderr; any problem means exit 1.
+flake is evaluated offline (its ``mvm`` input is the installed library, its ``nixpkgs``
+the offline package set the builder VM builds with) and its
+``packages.<system>.<profile>`` must be an mkGuest image. Every problem is one coded
+line on stderr; any problem means exit 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from mvm.engine.base.errors import ConfigError, MvmError
@@ -47,7 +51,8 @@ async def validate_project(path: Path | None) -> int:
             problems.append(ConfigError(f"{flake_dir} has no flake.nix", code="E_TOML_PATH"))
     else:
         try:
-            info = await flake_info(flake_dir, profile)
+            with _package_set() as offline_set:
+                info = await flake_info(flake_dir, profile, offline_set=offline_set)
             if info.get("system") != host_system():
                 problems.append(
                     ConfigError(
@@ -65,6 +70,22 @@ async def validate_project(path: Path | None) -> int:
         return 1
     print(f"ok: {toml_path if toml_path.is_file() else folder} ({summary}; {checked} evaluates)")
     return 0
+
+
+@contextlib.contextmanager
+def _package_set() -> Iterator[Path | None]:
+    """The offline package set a build in the builder VM gets, made from this machine's
+    Debian packages, so ``validate`` accepts what ``build`` builds (``pkgs.python3``);
+    without those packages installed, the placeholder set (every name refused)."""
+    from mvm.engine.builders import offline_pkgs
+
+    try:
+        manifest = offline_pkgs.package_manifest()
+    except MvmError:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="mvm-validate-") as tmp:
+        yield offline_pkgs.write_offline_nixpkgs(Path(tmp) / "nixpkgs", manifest)
 
 
 def _lines(problem: MvmError) -> list[str]:

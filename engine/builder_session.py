@@ -1,7 +1,7 @@
 """Builds in a builder VM: Nix inside a microVM the engine boots, reached over its agent.
 
 ``VmNixBuilder`` is a ``Builder`` (mode ``vm``). Each build stages the workspace into
-``/nix/var/mvm/<job>/src`` through the agent's file transfer, runs ``nix build`` there
+``/nix/var/mvm/jobs/<id>/src`` through the agent's file transfer, runs ``nix build`` there
 with the log streamed to the host line by line, and copies ``vmlinux``, ``rootfs.ext4``
 and ``mvm-meta.json`` back out of the result; its folder in the guest is removed
 whatever happens (shielded), the Nix store on the ``/nix`` volume stays warm.
@@ -28,14 +28,16 @@ from mvm.backends.guest.files import GuestFiles
 from mvm.engine.base.errors import BuildPhaseError, MvmError
 from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import mvm_home
-from mvm.engine.builders import ARTIFACTS, BuildJob, BuildMode, LogFn, check_artifacts
+from mvm.engine.builders import ARTIFACTS, BuildJob, BuildMode, LogFn, LogTail, check_artifacts
 from mvm.engine.builders.auto import Probe
-from mvm.engine.builders.builder_vm import cache_root, ensure_builder_image, nix_job
+from mvm.engine.builders.builder_vm import cache_root, ensure_builder_image, inspect, nix_job
 from mvm.engine.builders.builder_vm.layout import NIX_VOLUME, WORK
 from mvm.engine.engine import Engine
 from mvm.engine.images.image import Image
 from mvm.engine.request.vmrequest import VmRequest
 from mvm.engine.request.volumes import Volume
+from mvm.engine.store import StateStore, VmRecord
+from mvm.engine.vm.detached import remove_vm, start_detached, stop_vm_record
 
 log = get_logger("mvm.builder_vm")
 
@@ -59,22 +61,20 @@ def builder_request(image: Image, name: str, *, detached: bool) -> VmRequest:
     )
 
 
-async def persistent_running() -> bool:
-    from mvm.engine.store import StateStore
-
+async def _persistent_row() -> VmRecord | None:
     async with StateStore.open() as store:
-        rec = await store.get_vm(PERSISTENT_NAME)
+        return await store.get_vm(PERSISTENT_NAME)
+
+
+async def persistent_running() -> bool:
+    rec = await _persistent_row()
     return rec is not None and rec.state == "running"
 
 
 async def persistent_state() -> dict[str, object]:
     """``persistent-builder status``: the builder VM's state and its image cache's
     readiness (no rebuild, no fingerprint: ``dev cache inspect`` checks that)."""
-    from mvm.engine.builders.builder_vm import inspect
-    from mvm.engine.store import StateStore
-
-    async with StateStore.open() as store:
-        rec = await store.get_vm(PERSISTENT_NAME)
+    rec = await _persistent_row()
     cache = await anyio.to_thread.run_sync(inspect, None)
     return {
         "name": PERSISTENT_NAME,
@@ -86,9 +86,6 @@ async def persistent_state() -> dict[str, object]:
 async def stop_persistent() -> bool:
     """Stop and forget ``mvm-builder`` (its ``/nix`` volume stays: the next start is
     warm); False if it was not there."""
-    from mvm.engine.store import StateStore
-    from mvm.engine.vm.detached import stop_vm_record
-
     async with StateStore.open() as store:
         rec = await store.get_vm(PERSISTENT_NAME)
         if rec is None:
@@ -99,8 +96,6 @@ async def stop_persistent() -> bool:
 
 async def start_persistent(log_fn: LogFn) -> bool:
     """Start ``mvm-builder`` detached unless it runs; True if it was started here."""
-    from mvm.engine.vm.detached import start_detached
-
     if await persistent_running():
         return False
     image, state = await ensure_builder_image(log_fn)
@@ -109,26 +104,28 @@ async def start_persistent(log_fn: LogFn) -> bool:
     return True
 
 
-async def probe_vm(job: BuildJob, *, persistent: bool) -> Probe:
-    """A builder VM needs a flake, QEMU to boot it and Debian's nix-bin to put in it."""
-    if job.source is None:
-        return Probe("vm", False, "a spec needs no Nix")
-    if persistent and await persistent_running():
-        return Probe("vm", True, f"the persistent builder VM {PERSISTENT_NAME} is running")
-    missing = [p for p in ("qemu-system-x86_64",) if shutil.which(p) is None]
-    missing += [] if Path("/usr/bin/nix").is_file() else ["nix-bin (Debian's Nix, for the VM)"]
-    if missing:
-        return Probe("vm", False, f"a builder VM needs {', '.join(missing)} (run ./scripts/setup)")
-    kind = f"the persistent builder VM {PERSISTENT_NAME}" if persistent else "a one-shot builder VM"
-    return Probe("vm", True, f"{kind} runs nix build (Nix inside a microVM)")
-
-
 class BuilderVmProvider:
     """What ``choose_builder`` is handed to consider the builder VM (it cannot import
     this module: the engine sits above the builders)."""
 
     async def probe(self, job: BuildJob, *, persistent: bool) -> Probe:
-        return await probe_vm(job, persistent=persistent)
+        """A builder VM needs a flake, QEMU to boot it and Debian's nix-bin to put in it."""
+        if job.source is None:
+            return Probe("vm", False, "a spec needs no Nix")
+        if persistent and await persistent_running():
+            return Probe("vm", True, f"the persistent builder VM {PERSISTENT_NAME} is running")
+        missing = [] if shutil.which("qemu-system-x86_64") else ["qemu-system-x86_64"]
+        if not Path("/usr/bin/nix").is_file():
+            missing.append("nix-bin (Debian's Nix, for the VM)")
+        if missing:
+            why = f"a builder VM needs {', '.join(missing)} (run ./scripts/setup)"
+            return Probe("vm", False, why)
+        kind = (
+            f"the persistent builder VM {PERSISTENT_NAME}"
+            if persistent
+            else "a one-shot builder VM"
+        )
+        return Probe("vm", True, f"{kind} runs nix build (Nix inside a microVM)")
 
     def builder(self, *, persistent: bool) -> VmNixBuilder:
         return VmNixBuilder(persistent=persistent)
@@ -176,9 +173,6 @@ class VmNixBuilder:
 
 
 async def _forget(name: str) -> None:
-    from mvm.engine.store import StateStore
-    from mvm.engine.vm.detached import remove_vm
-
     async with StateStore.open() as store:
         rec = await store.get_vm(name)
         if rec is not None:
@@ -203,10 +197,10 @@ async def run_job(client: ClientFactory, job: BuildJob, out: Path, log_fn: LogFn
         if "nixpkgs" in inputs:
             log_fn("nixpkgs: the offline package set (no network for github:NixOS/nixpkgs)")
         script = nix_job.build_script(workdir, job.attr, inputs)
-        lines: list[str] = []
-        status = await _stream(agent, ["/bin/sh", "-c", script], lines, log_fn)
+        tail = LogTail(log_fn, keep=200)  # what a failure is read from
+        status = await _stream(agent, ["/bin/sh", "-c", script], tail)
         if status != 0:
-            raise nix_job.failure(status, lines, job.label)
+            raise nix_job.failure(status, tail.lines, job.label)
         result = (
             await _checked(agent, ["readlink", "-f", f"{workdir}/result"], "artifact extraction")
         ).strip()
@@ -241,17 +235,14 @@ async def _checked(agent: AgentClient, argv: list[str], phase: str) -> str:
     return result.stdout.decode(errors="replace")
 
 
-async def _stream(agent: AgentClient, argv: list[str], lines: list[str], log_fn: LogFn) -> int:
+async def _stream(agent: AgentClient, argv: list[str], log_fn: LogFn) -> int:
+    """Run ``argv`` in the guest, each output line to ``log_fn``; its exit status."""
     pending = b""
     async with agent.open_exec(argv) as proc:
         async for _fd, data in proc.output():
             *complete, pending = (pending + data).split(b"\n")
             for raw in complete:
-                line = raw.decode(errors="replace")
-                lines.append(line)
-                del lines[:-200]
-                log_fn(line)
+                log_fn(raw.decode(errors="replace"))
     if pending:
-        lines.append(pending.decode(errors="replace"))
-        log_fn(lines[-1])
+        log_fn(pending.decode(errors="replace"))
     return proc.exit_code if proc.exit_code is not None else 128 + (proc.exit_signal or 0)

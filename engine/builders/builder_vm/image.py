@@ -31,6 +31,7 @@ from mvm.backends.nix_meta import nix_dir
 from mvm.engine.base.errors import BuildPhaseError
 from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import cache_dir
+from mvm.engine.builders import offline_pkgs
 from mvm.engine.builders.builder_vm import layout
 from mvm.engine.builders.builder_vm.debian import BUILDER_ROOTS, DebianClosure, closure
 from mvm.engine.images.image import Image
@@ -73,8 +74,6 @@ def cache_root() -> Path:
 
 
 def _roots() -> tuple[str, ...]:
-    from mvm.engine.builders import offline_pkgs
-
     return tuple(dict.fromkeys((*BUILDER_ROOTS, *offline_pkgs.debian_packages())))
 
 

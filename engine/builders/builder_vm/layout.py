@@ -10,12 +10,12 @@ flake at ``OFFLINE_NIXPKGS``.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 from pathlib import Path
 
 from mvm.backends.image import GuestTree
+from mvm.engine.builders import offline_pkgs
 from mvm.engine.builders.builder_vm.debian import DebianClosure, guest_path
 
 LIBRARY = "/usr/share/mvm/src"  # nix/ and backends/guest/, as the installed package lays them
@@ -55,7 +55,7 @@ def extend(tree: GuestTree, debian: DebianClosure, kernel: Path, library: Path) 
     _copy_tree(tree, library, f"{LIBRARY}/nix")
     _copy_tree(tree, library.parent / "backends" / "guest", f"{LIBRARY}/backends/guest")
     tree.file(f"{LIBRARY}/flake.nix", ROOT_FLAKE)
-    _offline_nixpkgs(tree, debian)
+    _offline_nixpkgs(tree)
     subprocess.run(["ldconfig", "-r", str(tree.root)], check=False, capture_output=True)
 
 
@@ -94,13 +94,7 @@ def _copy_tree(tree: GuestTree, source: Path, guest: str) -> None:
             tree.copy(target, path, 0o644)
 
 
-def _offline_nixpkgs(tree: GuestTree, debian: DebianClosure) -> None:
-    from mvm.engine.builders import offline_pkgs
-
-    del debian  # the manifest is read from dpkg for the table's packages alone
+def _offline_nixpkgs(tree: GuestTree) -> None:
     manifest = offline_pkgs.package_manifest()
     manifest["kernel"] = KERNEL
-    dest = tree.root / OFFLINE_NIXPKGS.lstrip("/")
-    if dest.exists():
-        shutil.rmtree(dest)
-    offline_pkgs.write_offline_nixpkgs(dest, manifest)
+    offline_pkgs.write_offline_nixpkgs(tree.root / OFFLINE_NIXPKGS.lstrip("/"), manifest)

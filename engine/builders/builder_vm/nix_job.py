@@ -36,10 +36,10 @@ def declared_inputs(flake_nix: str) -> set[str]:
 def build_script(workdir: str, attr: str, inputs: set[str]) -> str:
     """The shell the builder runs: Nix's home and temp on the persistent volume, the
     overrides, and ``nix build`` of the staged workspace."""
-    overrides = ["--override-input", "mvm", f"path:{LIBRARY}"] if "mvm" in inputs else []
-    overrides += (
-        ["--override-input", "mvm/nixpkgs", f"path:{OFFLINE_NIXPKGS}"] if "mvm" in inputs else []
-    )
+    overrides: list[str] = []
+    if "mvm" in inputs:
+        overrides += ["--override-input", "mvm", f"path:{LIBRARY}"]
+        overrides += ["--override-input", "mvm/nixpkgs", f"path:{OFFLINE_NIXPKGS}"]
     if "nixpkgs" in inputs:
         overrides += ["--override-input", "nixpkgs", f"path:{OFFLINE_NIXPKGS}"]
     argv = [

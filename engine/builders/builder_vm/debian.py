@@ -51,43 +51,34 @@ def guest_path(host_path: str) -> str:
     return host_path
 
 
-def _query(fmt: str, names: Iterable[str]) -> dict[str, str]:
-    """``dpkg-query -W`` for installed packages; names it does not know are left out."""
-    names = list(names)
-    if not names:
-        return {}
-    result = subprocess.run(
-        ["dpkg-query", "-W", f"-f=${{Package}}\\t${{db:Status-Abbrev}}\\t{fmt}\\n", *names],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    found: dict[str, str] = {}
-    for line in result.stdout.splitlines():
-        name, status, value = ([*line.split("\t", 2), "", ""])[:3]
-        if status.startswith("ii"):
-            found[name.split(":")[0]] = value
-    return found
+@attrs.frozen
+class _Installed:
+    version: str
+    depends: str  # Depends and Pre-Depends, as dpkg writes them
 
 
-def _providers() -> dict[str, str]:
-    """Virtual package -> an installed package that provides it (``awk`` -> ``mawk``)."""
+def _installed() -> tuple[dict[str, _Installed], dict[str, str]]:
+    """Every installed package, and virtual package -> an installed provider (``awk`` ->
+    ``mawk``), from one ``dpkg-query`` run: the closure is then resolved in memory."""
     result = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Package}\\t${db:Status-Abbrev}\\t${Provides}\\n"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+        ["dpkg-query", "-W",
+         "-f=${Package}\\t${db:Status-Abbrev}\\t${Version}\\t${Depends},${Pre-Depends}"
+         "\\t${Provides}\\n"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    packages: dict[str, _Installed] = {}
     provides: dict[str, str] = {}
     for line in result.stdout.splitlines():
-        name, status, value = ([*line.split("\t", 2), "", ""])[:3]
+        name, status, version, depends, provided = [*line.split("\t", 4), "", "", "", ""][:5]
         if not status.startswith("ii"):
             continue
-        for item in value.split(","):
+        name = name.split(":")[0]
+        packages[name] = _Installed(version, depends)
+        for item in provided.split(","):
             virtual = item.strip().split(" ")[0]
             if virtual:
-                provides.setdefault(virtual, name.split(":")[0])
-    return provides
+                provides.setdefault(virtual, name)
+    return packages, provides
 
 
 def _alternatives(depends: str) -> list[list[str]]:
@@ -104,29 +95,26 @@ def closure(roots: Iterable[str]) -> DebianClosure:
     """Every installed package ``roots`` need (Depends + Pre-Depends, transitively), with
     their files. A root or a dependency that is not installed is a builder-bootstrap
     error naming all of them, so one run of setup fixes it."""
+    installed, providers = _installed()
     versions: dict[str, str] = {}
     missing: set[str] = set()
-    providers: dict[str, str] | None = None
     todo = list(dict.fromkeys(roots))
     while todo:
-        batch, todo = [n for n in dict.fromkeys(todo) if n not in versions], []
-        info = _query("${Version}\\t${Depends},${Pre-Depends}", batch)
-        for name in batch:
-            if name not in info:
-                missing.add(name)
-                continue
-            version, _, depends = info[name].partition("\t")
-            versions[name] = version
-            for group in _alternatives(depends):
-                installed = _query("${Version}", group)
-                choice = next((n for n in group if n in installed), None)
-                if choice is None:
-                    providers = _providers() if providers is None else providers
-                    choice = next((providers[n] for n in group if n in providers), None)
-                if choice is None:
-                    missing.add(group[0])
-                elif choice not in versions:
-                    todo.append(choice)
+        name = todo.pop()
+        if name in versions:
+            continue
+        if name not in installed:
+            missing.add(name)
+            continue
+        versions[name] = installed[name].version
+        for group in _alternatives(installed[name].depends):
+            choice = next((n for n in group if n in installed), None)
+            if choice is None:
+                choice = next((providers[n] for n in group if n in providers), None)
+            if choice is None:
+                missing.add(group[0])
+            elif choice not in versions:
+                todo.append(choice)
     missing -= set(versions)
     if missing:
         raise BuildPhaseError(

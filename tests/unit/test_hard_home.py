@@ -67,6 +67,14 @@ def test_doctor_says_stub_isolates_nothing(tmp_path: Path) -> None:
     assert stub and "ISOLATES NOTHING" in stub[0], result.stdout
 
 
+@pytest.mark.parametrize("verb", ["up", "run"])
+def test_help_says_stub_isolates_nothing(tmp_path: Path, verb: str) -> None:
+    """--help of every verb that takes --backend warns about the stub (issue 15)."""
+    result = _mvmctl(verb, "--help", home=tmp_path / "h")
+    text = " ".join(result.stdout.split())
+    assert "stub: tests only, it ISOLATES NOTHING" in text, result.stdout
+
+
 def test_up_on_stub_leaves_nothing_readable_by_others(tmp_path: Path) -> None:
     """console.log, plan.json and the rest of a VM's run directory are private."""
     home = tmp_path / "h"

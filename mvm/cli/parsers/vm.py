@@ -83,7 +83,8 @@ def register(sub: SubParsers) -> None:
             dest="backend",
             default=None,
             help="firecracker | qemu | cloud-hypervisor | apple-container | libkrun | auto "
-            "(default: mvm.toml's, else the best available)",
+            "(default: mvm.toml's, else the best available); stub: tests only, it ISOLATES "
+            "NOTHING (the agent runs on the host, exec as the calling user)",
         )
         p.add_argument("--cpus", "--vcpus", dest="vcpus", type=int, metavar="N")
         p.add_argument("--memory", type=int, dest="memory_mib", metavar="MIB")

@@ -440,6 +440,8 @@ _c("E_HYPERVISOR_UNAVAILABLE", "ConfigError", "the chosen hypervisor cannot run 
    "run mvmctl doctor, or use --hypervisor qemu")
 _c("E_LOGS_SINCE", "ConfigError", "logs --since is neither a duration nor a time",
    "use 30s, 5m, 2h, 1d, 2026-01-02T03:04:05Z or Unix seconds")
+_c("E_LOGS_SERVICE", "ConfigError", "logs --service names no service of the VM's image",
+   "name one of the services it lists")
 _c("E_LOG_LEVEL", "ConfigError", "the log level is unknown",
    "use one of: debug, info, warning, error, critical")
 _c("E_MEMORY", "ConfigError", "the memory size is out of range", "give memory_mib in range")

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import cast
+from typing import NoReturn, cast
 
 from mvm.cli.parsers import (
     agent,
@@ -174,8 +174,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted; everything this command started was torn down", file=sys.stderr)
         raise SystemExit(130) from None
+    except BrokenPipeError:
+        _reader_went_away()
     except BaseExceptionGroup as group:
         leaves = error_leaves(group)
+        if any(isinstance(e, BrokenPipeError) for e in leaves):
+            _reader_went_away()
         if any(isinstance(e, KeyboardInterrupt) for e in leaves):
             print("interrupted; everything this command started was torn down", file=sys.stderr)
             raise SystemExit(130) from None
@@ -190,6 +194,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(first.exit_status) from None
         raise
     raise SystemExit(status)
+
+
+def _reader_went_away() -> NoReturn:
+    """``mvmctl inspect x | head``: the reader closed the pipe, which is how such a pipeline
+    ends, not an error. Exit as a process killed by SIGPIPE would (141), with stdout
+    pointed at /dev/null so the interpreter's final flush cannot fail a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise SystemExit(128 + signal.SIGPIPE) from None
 
 
 def ignore_terminating_signals() -> None:

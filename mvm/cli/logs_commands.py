@@ -46,6 +46,8 @@ async def cmd_logs(args: argparse.Namespace) -> int:
     if rec is None and not log_path.exists():
         raise NotFoundError(f"no VM named {name!r}", code="E_VM_NOT_FOUND", hint="see mvmctl ls")
     since = parse_since(args.since, code="E_LOGS_SINCE") if args.since else None
+    if rec is not None and args.service is not None:
+        _check_service(rec, args.service)
     started_at = rec.started_at if rec is not None else None
     console = ConsoleFilter(app_only=not args.all)
     offset, lines = 0, []
@@ -74,6 +76,26 @@ async def cmd_logs(args: argparse.Namespace) -> int:
             await _until_down(name)
         tg.cancel_scope.cancel()
     return 0
+
+
+def _check_service(rec: VmRecord, service: str) -> None:
+    """A service the image does not have is the user's typo, not an empty log: say so
+    before asking the guest (whose agent only refuses names that are not names)."""
+    import json
+
+    from mvm.engine.base.errors import ConfigError
+
+    try:
+        meta = json.loads((Path(rec.image) / "mvm-meta.json").read_text())
+    except (OSError, ValueError):
+        return  # the image is gone or unreadable: let the agent answer
+    services = meta.get("services") if isinstance(meta, dict) else None
+    if not isinstance(services, list) or service in services:
+        return
+    have = ", ".join(str(s) for s in services) or "none"
+    raise ConfigError(
+        f"{rec.name} has no service {service!r} (its services: {have})", code="E_LOGS_SERVICE"
+    )
 
 
 def _read(path: Path) -> bytes:

@@ -201,8 +201,8 @@ def test_feeding_in_chunks_as_follow_does_gives_the_same_lines(chunk: int) -> No
 
 def test_a_running_stub_vm_logs_health_json_and_a_bad_service(mvm_home: Path) -> None:
     """The stub backend runs the real guest agent as a host process: `logs` reaches its
-    `logs` request (a bad --service is the agent's E_LOGS_ARGS, one line), and
-    `health --json` is the agent's report as JSON."""
+    `logs` request (a --service the image lacks is E_LOGS_SERVICE, one line, naming the
+    image's services), and `health --json` is the agent's report as JSON."""
     up = _mvmctl("up", "--backend", "stub", "--name", "stubby")
     assert up.returncode == 0, up.stderr
     try:
@@ -213,11 +213,35 @@ def test_a_running_stub_vm_logs_health_json_and_a_bad_service(mvm_home: Path) ->
         assert app.stderr.splitlines() == [
             "stubby: no app output yet (the raw console: mvmctl logs stubby --all)"
         ]
-        bad = _mvmctl("logs", "stubby", "--service", "../etc")
-        assert bad.returncode == 1 and bad.stderr.startswith("error[E_LOGS_ARGS]"), bad.stderr
-        assert len(bad.stderr.splitlines()) == 1
+        for service in ("../etc", "nope"):
+            bad = _mvmctl("logs", "stubby", "--service", service)
+            assert bad.returncode == 2, bad.stderr
+            assert bad.stderr.startswith("error[E_LOGS_SERVICE]: stubby has no service"), bad
+            assert "(its services: web)" in bad.stderr and len(bad.stderr.splitlines()) == 1
         health = _mvmctl("health", "stubby", "--json")
         assert health.returncode == 0, health.stderr
         assert json.loads(health.stdout) == {"name": "stubby", "services": {}}
     finally:
         assert _mvmctl("down", "stubby").returncode == 0
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback(mvm_home: Path) -> None:
+    """`mvmctl inspect NAME | head`: the pipe's reader is gone before the command writes;
+    the command exits 141 (as if killed by SIGPIPE) with nothing on stderr."""
+    up = _mvmctl("up", "--backend", "stub", "--name", "piped")
+    assert up.returncode == 0, up.stderr
+    try:
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader left before the first byte
+        proc = subprocess.run(
+            [sys.executable, "-m", "mvm.cli", "inspect", "piped"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+        os.close(write_end)
+        assert proc.returncode == 141, proc.stderr
+        assert proc.stderr == "", proc.stderr
+    finally:
+        assert _mvmctl("down", "piped").returncode == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -32,6 +33,9 @@ class CachedImage:
     directory: Path
     size_bytes: int
     created_at: float
+    # bytes in files hard-linked from elsewhere too (the kernel every image links from the
+    # kernel cache): removing this image alone does not free them
+    shared_bytes: int = 0
     used_by: tuple[str, ...] = ()
 
     @property
@@ -39,15 +43,26 @@ class CachedImage:
         return self.key[:12]
 
 
-def _size(directory: Path) -> int:
-    total = 0
+def _files(directory: Path) -> dict[tuple[int, int], tuple[int, int, int]]:
+    """(device, inode) -> (size, link count, links under ``directory``) of every regular
+    file under ``directory``."""
+    out: dict[tuple[int, int], tuple[int, int, int]] = {}
     for path in directory.rglob("*"):
         try:
-            if path.is_file() and not path.is_symlink():
-                total += path.stat().st_size
+            st = path.lstat()
         except OSError:
             continue
-    return total
+        if stat.S_ISREG(st.st_mode):
+            inode = (st.st_dev, st.st_ino)
+            here = out[inode][2] if inode in out else 0
+            out[inode] = (st.st_size, st.st_nlink, here + 1)
+    return out
+
+
+def _sizes(directory: Path) -> tuple[int, int]:
+    """(total, shared) bytes: shared ones are in files with links outside this image."""
+    files = _files(directory).values()
+    return sum(f[0] for f in files), sum(size for size, links, here in files if links > here)
 
 
 def _name(meta_path: Path, fallback: str) -> str:
@@ -78,12 +93,14 @@ def list_images(vms: Iterable[VmRecord] = (), cache: Path | None = None) -> list
             if directory.name.startswith(".") or not meta.is_file():
                 continue
             resolved = directory.resolve()
+            total, shared = _sizes(directory)
             out.append(
                 CachedImage(
                     name=_name(meta, directory.name),
                     key=directory.name,
                     directory=resolved,
-                    size_bytes=_size(directory),
+                    size_bytes=total,
+                    shared_bytes=shared,
                     created_at=meta.stat().st_mtime,
                     used_by=tuple(sorted(users.get(resolved, ()))),
                 )
@@ -111,7 +128,8 @@ def select(images: Sequence[CachedImage], ref: str) -> list[CachedImage]:
 
 def remove(images: Sequence[CachedImage], *, force: bool = False) -> int:
     """Delete ``images`` from the cache; refuses (before deleting any) one a VM row
-    still uses unless ``force``. Returns the bytes freed."""
+    still uses unless ``force``. Returns the bytes really freed: a file counts once, and
+    only if every one of its links was inside the removed images."""
     if not force:
         for image in images:
             if image.used_by:
@@ -120,11 +138,13 @@ def remove(images: Sequence[CachedImage], *, force: bool = False) -> int:
                     f"{', '.join(image.used_by)}",
                     code="E_IMAGE_IN_USE",
                 )
-    freed = 0
+    links_seen: dict[tuple[int, int], list[int]] = {}  # inode -> [size, links, seen]
+    for image in images:
+        for inode, (size, links, here) in _files(image.directory).items():
+            links_seen.setdefault(inode, [size, links, 0])[2] += here
     for image in images:
         shutil.rmtree(image.directory, ignore_errors=True)
-        freed += image.size_bytes
-    return freed
+    return sum(size for size, links, seen in links_seen.values() if seen >= links)
 
 
 def prunable(images: Sequence[CachedImage], *, all_images: bool = False) -> list[CachedImage]:

@@ -16,7 +16,7 @@ from typing import Any
 from mvm.engine.builders.image_cache import CachedImage, list_images, prunable, remove, select
 from mvm.engine.store import StateStore
 
-COLUMNS = ("NAME", "KEY", "SIZE", "CREATED", "IN USE BY")
+COLUMNS = ("NAME", "KEY", "SIZE", "SHARED", "CREATED", "IN USE BY")
 
 
 async def _images() -> list[CachedImage]:
@@ -40,6 +40,7 @@ def image_json(image: CachedImage) -> dict[str, Any]:
         "key": image.key,
         "path": str(image.directory),
         "size_bytes": image.size_bytes,
+        "shared_bytes": image.shared_bytes,
         "created_at": image.created_at,
         "used_by": list(image.used_by),
     }
@@ -51,6 +52,7 @@ def _cells(image: CachedImage) -> tuple[str, ...]:
         image.name,
         image.short_key,
         human_size(image.size_bytes),
+        human_size(image.shared_bytes),
         created.strftime("%Y-%m-%d %H:%M:%S"),
         ",".join(image.used_by) or "-",
     )
@@ -62,7 +64,9 @@ def _print_table(images: list[CachedImage]) -> None:
 
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
     for title in COLUMNS:
-        table.add_column(title, no_wrap=True, justify="right" if title == "SIZE" else "left")
+        table.add_column(
+            title, no_wrap=True, justify="right" if title in ("SIZE", "SHARED") else "left"
+        )
     for image in images:
         table.add_row(*_cells(image))
     buf = io.StringIO()

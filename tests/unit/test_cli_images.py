@@ -123,3 +123,29 @@ async def test_prune_keeps_used_and_newest_and_all_drops_the_newest(
     assert "freed" in everything.stdout
     assert not imgs["new"].exists() and not imgs["lone"].exists()
     assert imgs["used"].is_dir()  # dbvm's row still names it
+
+
+def test_a_kernel_hard_linked_into_images_is_shared_and_freed_once(tmp_path: Path) -> None:
+    """Every image hard-links one cached vmlinux: SIZE counts it, SHARED says it is not
+    the image's own, and removing images frees it only with its last link."""
+    from mvm.engine.builders.image_cache import list_images, remove
+
+    cache = tmp_path / "cache"
+    kernel = cache / "kernel" / "vmlinux"
+    kernel.parent.mkdir(parents=True)
+    kernel.write_bytes(b"k" * 5000)
+    one = _image(cache, "images", "a" * 32, "one", age_s=20, size=1000)
+    two = _image(cache, "images", "b" * 32, "two", age_s=10, size=1000)
+    for image in (one, two):
+        (image / "vmlinux").unlink()
+        os.link(kernel, image / "vmlinux")
+    images = list_images(cache=cache)
+    meta = len((one / "mvm-meta.json").read_bytes())
+    assert [(i.size_bytes, i.shared_bytes) for i in images] == [(6000 + meta, 5000)] * 2
+    assert remove(images[:1]) == 1000 + meta  # the kernel still has two links
+    assert remove(list_images(cache=cache)) == 1000 + meta  # and still the cache's own
+    kernel.unlink()
+    again = _image(cache, "images", "c" * 32, "three", age_s=5, size=1000)
+    os.link(again / "vmlinux", again / "vmlinux.copy")  # two links, both inside
+    meta = len((again / "mvm-meta.json").read_bytes())
+    assert remove(list_images(cache=cache)) == 2000 + meta

@@ -1,5 +1,7 @@
 """``python -m mvm.engine.shim READY_FD (REQUEST_JSON | --adopt NAME | --clone SNAP REQ)``:
-a detached VM's supervisor.
+a detached VM's supervisor. (``--warm READY_FD REQUEST_FD``: the same, started before its
+command knew the VM, reading those arguments from a pipe once its imports are done:
+engine/vm/warm_shim.py.)
 
 With ``--adopt`` it takes over a VM whose VMM already runs (after ``detach``, or
 when the previous shim died): it first claims the row's owner field with a
@@ -104,8 +106,37 @@ async def _boot(engine: Engine, adopt: VmRecord | None, args: list[str]) -> VmHa
     return await engine.start(request_from_json(args[0]))
 
 
+_BOOT_MODULES = ("mvm.engine.vm.boot", "mvm.backends.qemu.backend", "mvm.engine.admission")
+
+
+def _warm_request(request_fd: int) -> list[str] | None:
+    """A warm shim (engine/vm/warm_shim.py), imports done: wait for its arguments and the
+    log to write to (appending what it wrote so far); None when its command went away."""
+    import importlib
+
+    for module in _BOOT_MODULES:  # what a boot imports lazily, while the command works
+        importlib.import_module(module)
+    with os.fdopen(request_fd, "r") as pipe:
+        line = pipe.readline()
+    if not line:
+        return None
+    message = json.loads(line)
+    log_fd = os.open(message["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    return [str(a) for a in message["args"]]
+
+
 def main() -> None:
-    ready_fd, args = int(sys.argv[1]), sys.argv[2:]
+    if sys.argv[1] == "--warm":
+        ready_fd = int(sys.argv[2])
+        warm_args = _warm_request(int(sys.argv[3]))
+        if warm_args is None:
+            raise SystemExit(0)
+        args = warm_args
+    else:
+        ready_fd, args = int(sys.argv[1]), sys.argv[2:]
     try:
         # The shim is an edge: its parent passed its settings in the environment
         # (settings.child_environ in detached._spawn_shim).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
 import shutil
 import subprocess
@@ -74,10 +75,15 @@ def host_tsc_khz() -> int:
         khz = int(sysfs.read_text().strip())
         if khz > 0:
             return khz
+    khz_or_none = _remembered_khz()
+    if khz_or_none is not None:
+        return khz_or_none
     khz_or_none = tsc_khz_from_kernel_log(_kernel_log())
     if khz_or_none is None:
         with contextlib.suppress(OSError):
             khz_or_none = tsc_khz_from_cpuinfo(Path("/proc/cpuinfo").read_text())
+    if khz_or_none is not None:
+        _remember_khz(khz_or_none)
     if khz_or_none is None:
         raise ConfigError(
             "cannot determine the host TSC frequency",
@@ -86,6 +92,34 @@ def host_tsc_khz() -> int:
         )
     log.debug("qemu.tsc_khz", khz=khz_or_none)
     return khz_or_none
+
+
+# Reading the kernel log forks dmesg (~60 ms of every detached boot, whose supervisor is a
+# new process): the value is kept per host boot in the cache, keyed by the boot id.
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def _tsc_cache() -> Path:
+    from mvm.engine.base.paths import cache_dir
+
+    return cache_dir() / "host" / "tsc-khz"
+
+
+def _remembered_khz() -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        boot_id, khz = _tsc_cache().read_text().split()
+        if boot_id == _BOOT_ID.read_text().strip() and int(khz) > 0:
+            return int(khz)
+    return None
+
+
+def _remember_khz(khz: int) -> None:
+    with contextlib.suppress(OSError):
+        path = _tsc_cache()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(f"{_BOOT_ID.read_text().strip()} {khz}\n")
+        os.replace(tmp, path)
 
 
 def resolve_accel(requested: Accel) -> Accel:

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -35,6 +36,8 @@ from mvm.engine.vm.reconcile import FINAL_STATES, settle
 
 if TYPE_CHECKING:
     import cattrs
+
+    from mvm.engine.vm.warm_shim import WarmShim
 
 log = get_logger("mvm.detached")
 
@@ -55,9 +58,10 @@ def request_from_json(text: str) -> VmRequest:
     return _conv().structure(json.loads(text), VmRequest)
 
 
-async def start_detached(request: VmRequest) -> dict[str, Any]:
-    """Spawn the shim and wait for its verdict: ready (with boot time) or a coded error."""
-    return await _spawn_shim(request.name, request_to_json(request))
+async def start_detached(request: VmRequest, warm: WarmShim | None = None) -> dict[str, Any]:
+    """Spawn the shim (or hand ``warm``, started earlier, its request) and wait for its
+    verdict: ready (with boot time) or a coded error."""
+    return await _spawn_shim(request.name, request_to_json(request), warm=warm)
 
 
 async def start_detached_clone(request: VmRequest, snapshot: str) -> dict[str, Any]:
@@ -71,7 +75,7 @@ async def adopt_detached(name: str) -> dict[str, Any]:
     return await _spawn_shim(name, "--adopt", name)
 
 
-async def _spawn_shim(name: str, *shim_args: str) -> dict[str, Any]:
+async def _spawn_shim(name: str, *shim_args: str, warm: WarmShim | None = None) -> dict[str, Any]:
     """Start the shim and wait for its verdict line.
 
     Cancelled while waiting (Ctrl-C during ``up``), it asks the shim to stop, which
@@ -82,24 +86,11 @@ async def _spawn_shim(name: str, *shim_args: str) -> dict[str, Any]:
     run_dir = vm_dir(name)
     made_run_dir = not run_dir.exists()
     ensure_private_dir(run_dir)
-    read_fd, write_fd = os.pipe()
-    try:
-        with open(run_dir / "shim.log", "ab", opener=private_opener) as shim_log:
-            # -P: without it ``-m`` puts the caller's cwd first on sys.path, and run from
-            # a checkout of mvm, ./mvm (sources only) shadows the installed package.
-            proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", "mvm.engine.shim", str(write_fd), *shim_args],
-                umask=CHILD_UMASK,
-                stdin=subprocess.DEVNULL,
-                stdout=shim_log,
-                stderr=shim_log,
-                pass_fds=(write_fd,),
-                env=child_environ(),  # the shim reads its Settings from its environment
-                start_new_session=True,
-                close_fds=True,
-            )
-    finally:
-        os.close(write_fd)
+    if warm is not None:
+        warm.send(shim_args, run_dir / "shim.log")
+        proc, read_fd = warm.proc, warm.ready_read
+    else:
+        proc, read_fd = _cold_shim(run_dir, shim_args)
     try:
         line = await _read_line(read_fd)
     except BaseException:
@@ -126,6 +117,29 @@ async def _spawn_shim(name: str, *shim_args: str) -> dict[str, Any]:
         )
     verdict["pid"] = proc.pid
     return verdict
+
+
+def _cold_shim(run_dir: Path, shim_args: tuple[str, ...]) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a shim with its arguments on the command line; returns it and its verdict pipe."""
+    read_fd, write_fd = os.pipe()
+    try:
+        with open(run_dir / "shim.log", "ab", opener=private_opener) as shim_log:
+            # -P: without it ``-m`` puts the caller's cwd first on sys.path, and run from
+            # a checkout of mvm, ./mvm (sources only) shadows the installed package.
+            proc = subprocess.Popen(
+                [sys.executable, "-P", "-m", "mvm.engine.shim", str(write_fd), *shim_args],
+                umask=CHILD_UMASK,
+                stdin=subprocess.DEVNULL,
+                stdout=shim_log,
+                stderr=shim_log,
+                pass_fds=(write_fd,),
+                env=child_environ(),  # the shim reads its Settings from its environment
+                start_new_session=True,
+                close_fds=True,
+            )
+    finally:
+        os.close(write_fd)
+    return proc, read_fd
 
 
 SHIM_STOP_S = 30.0

@@ -286,10 +286,18 @@ async def _hand_over(name: str) -> int:
 
 
 async def cmd_up(args: argparse.Namespace) -> int:
-    project = _precheck(args)
-    image = await _image(args, project)
-    request = _request(args, image.directory, args.name or image.name, "detached", _toml(project))
-    info = await start_detached(request)
+    from mvm.engine.vm.warm_shim import WarmShim
+
+    warm = WarmShim()  # the supervisor imports the engine while this resolves the image
+    try:
+        project = _precheck(args)
+        image = await _image(args, project)
+        request = _request(
+            args, image.directory, args.name or image.name, "detached", _toml(project)
+        )
+        info = await start_detached(request, warm=warm)
+    finally:
+        warm.close()
     write_mode(request.name, "detached", supervisor_pid=info.get("pid"))
     _say(
         f"{request.name}: up in {info.get('boot_s') or 0:.2f}s (detached, supervisor pid "

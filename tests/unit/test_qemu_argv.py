@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import anyio
 import attrs
@@ -345,6 +346,42 @@ def test_tsc_from_cpuinfo_prefers_nominal_ghz() -> None:
 
 def test_host_tsc_is_plausible() -> None:
     assert 200_000 < host_tsc_khz() < 10_000_000
+
+
+def test_host_tsc_is_remembered_per_host_boot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A detached boot's supervisor is a new process: it reads the kHz the first one
+    found (no dmesg fork) while the host's boot id is the same, and looks again after."""
+    from mvm.backends.qemu import accel
+
+    monkeypatch.setenv("MVM_CACHE", str(tmp_path))
+    boot_id = tmp_path / "boot_id"
+    boot_id.write_text("boot-1\n")
+    monkeypatch.setattr(accel, "_BOOT_ID", boot_id)
+    monkeypatch.setattr(accel, "_kernel_log", lambda: "[0.2] tsc: Detected 2000.000 MHz")
+    monkeypatch.setattr(accel, "Path", _NoSysfs)  # the sysfs value would win
+    assert accel._remembered_khz() is None
+    accel.host_tsc_khz.cache_clear()
+    assert accel.host_tsc_khz() == 2_000_000
+    assert (tmp_path / "host" / "tsc-khz").read_text() == "boot-1 2000000\n"
+    monkeypatch.setattr(accel, "_kernel_log", lambda: "")  # no second look this boot
+    accel.host_tsc_khz.cache_clear()
+    assert accel.host_tsc_khz() == 2_000_000
+    boot_id.write_text("boot-2\n")
+    monkeypatch.setattr(accel, "_kernel_log", lambda: "[0.2] tsc: Detected 3000.000 MHz")
+    accel.host_tsc_khz.cache_clear()
+    assert accel.host_tsc_khz() == 3_000_000
+    accel.host_tsc_khz.cache_clear()
+
+
+class _NoSysfs(type(Path())):  # type: ignore[misc]
+    """Path, except that /sys/devices/system/cpu/cpu0/tsc_freq_khz is absent."""
+
+    def read_text(self, *args: Any, **kwargs: Any) -> str:
+        if str(self).startswith("/sys/devices/system/cpu/"):
+            raise FileNotFoundError(str(self))
+        return super().read_text(*args, **kwargs)
 
 
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU")

@@ -18,6 +18,7 @@ BENCHES = {
     "invoke": "function invoke p50: cold (oneshot) vs warm (pooled wrappers) in a real guest",
     "agent_language": "guest agent C vs Python: boot-to-hello, RSS, disk, request RTT",
     "cli": "mvmctl --help and mvmctl ls wall time vs a bare python start",
+    "up": "mvmctl up until the forwarded page answers vs the engine's boot (same run)",
     "build": "builder VM boot, cold / warm build of the hello flake, cache hit (warm/cold)",
 }
 

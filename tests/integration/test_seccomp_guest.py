@@ -5,7 +5,7 @@ Two small images, one boot each, on the real kernel under QEMU:
 * a sealed services image with the default ``standard`` tier: services ``a`` and
   ``b`` get uids of their own (1001, 1002; ``a``'s prestart runs as ``a``), and the
   service ``root`` (``uid = 0``: root, so only the filter can refuse it) sees
-  ``Seccomp: 2`` and EPERM from mount(2) and swapoff(2);
+  ``Seccomp: 2`` and EPERM from mount(2) and swapoff(2), and the agent runs filtered;
 * a dev image with ``seccomp = "unrestricted"``, where the same mount as root works.
 
 The signed plan's label and the audit entries name the tier too.
@@ -28,6 +28,8 @@ FOREVER = "exec sleep 100000"
 ROOT_PROBE = (
     "grep ^Seccomp: /proc/self/status | tr -d '\\t'; mkdir -p /tmp/x; "
     "mount -t tmpfs x /tmp/x 2>&1; echo mount=$?; swapoff /dev/vda 2>&1; echo swapoff=$?; "
+    'for c in /proc/[0-9]*/comm; do [ "$(cat $c)" = mvm-agent ] && '
+    "grep ^Seccomp: ${c%comm}status | tr -d '\\t' | sed s/^/agent-/; done; "
     f"echo done; {FOREVER}"
 )
 UID_PROBE = (
@@ -77,6 +79,7 @@ async def test_standard_tier_and_own_service_uids_then_unrestricted() -> None:
             assert root[0] == "Seccomp:2"
             assert "mount=0" not in root and "swapoff=0" not in root
             assert any("ermission denied" in x or "not permitted" in x for x in root), root
+            assert "agent-Seccomp:2" in root  # the agent too (what `run` starts inherits it)
             # status's cross-check: every service runs as its own declared uid
             line = uid_check_line(
                 declared_uids(hardened.meta), await client.uids(), hardened.meta["uids"]["services"]

@@ -25,7 +25,7 @@ import anyio
 from mvm.engine.base.errors import BuildError, ConfigError, default_hint
 from mvm.engine.base.log import get_logger
 from mvm.engine.base.settings import current_settings
-from mvm.engine.images.imagespec import ImageSpec
+from mvm.engine.images.imagespec import DEFAULT_SECCOMP, ImageSpec
 
 log = get_logger("mvm.nix")
 
@@ -179,6 +179,7 @@ def spec_to_nix_args(spec: ImageSpec) -> dict[str, Any]:
                 "preStart": svc.pre_start,
                 "env": dict(svc.env),
                 "restart": svc.restart,
+                **({"uid": svc.uid} if svc.uid is not None else {}),
             }
             for name, svc in spec.services.items()
         },
@@ -207,6 +208,8 @@ def spec_to_nix_args(spec: ImageSpec) -> dict[str, Any]:
         args["dev"] = spec.dev
     if spec.hypervisor != "auto":
         args["hypervisor"] = spec.hypervisor
+    if spec.seccomp != DEFAULT_SECCOMP:
+        args["seccomp"] = spec.seccomp
     if spec.command is not None:
         args["entrypoint"] = {"command": list(spec.command)}
     elif spec.shell is not None:

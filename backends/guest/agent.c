@@ -8,6 +8,8 @@
  *
  * `mvm-agent setpriv --reuid=U --regid=G --clear-groups --no-new-privs PROG..`
  * is a drop-in for util-linux setpriv, which busybox lacks; /init uses it.
+ * Its `--seccomp=TIER` (not util-linux's) installs the image's syscall filter
+ * (agent/seccomp.c) last, right before exec.
  */
 #define _GNU_SOURCE
 #include "agent/agent.h"
@@ -73,10 +75,10 @@ static void usage(void)
 		"                 [--wrapper FILE] [--spawn SOCKET] [--console-shell PROG]\n"
 		"                 [--run-dir DIR]\n"
 #ifndef MVM_AGENT_SEALED
-		"       mvm-agent spawnd --socket PATH --uid U [--peer-uid A]\n"
+		"       mvm-agent spawnd --socket PATH --uid U [--peer-uid A] [--seccomp TIER]\n"
 #endif
 		"       mvm-agent setpriv [--reuid=U] [--regid=G] [--clear-groups] [--no-new-privs] "
-		"PROG [ARGS..]\n");
+		"[--seccomp=TIER] PROG [ARGS..]\n");
 	exit(2);
 }
 
@@ -113,6 +115,7 @@ static int setpriv_main(int argc, char **argv)
 {
 	unsigned uid = 0, gid = 0;
 	int set_uid = 0, set_gid = 0, clear = 0, nnp = 0, i = 1;
+	const char *tier = "unrestricted";
 	for (; i < argc && !strncmp(argv[i], "--", 2); i++) {
 		const char *a = argv[i];
 		if (!strcmp(a, "--")) {
@@ -126,6 +129,8 @@ static int setpriv_main(int argc, char **argv)
 			clear = 1;
 		} else if (!strcmp(a, "--no-new-privs") || !strcmp(a, "--nnp")) {
 			nnp = 1;
+		} else if (!strncmp(a, "--seccomp=", 10) && seccomp_tier_valid(a + 10)) {
+			tier = a + 10;
 		} else {
 			fprintf(stderr, "mvm-agent setpriv: bad option %s\n", a);
 			return 2;
@@ -150,6 +155,11 @@ static int setpriv_main(int argc, char **argv)
 		return 126;
 	}
 	reset_signals();
+	/* Last: the filter applies to this exec and everything after it. */
+	if (seccomp_apply(tier) != 0) {
+		perror("mvm-agent setpriv: seccomp");
+		return 126;
+	}
 	execvp(argv[i], argv + i);
 	fprintf(stderr, "mvm-agent setpriv: %s: %s\n", argv[i], strerror(errno));
 	return errno == ENOENT ? 127 : 126;

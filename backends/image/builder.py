@@ -152,7 +152,12 @@ def image_meta(spec: ImageSpec, spec_hash: str) -> dict[str, Any]:
         "agent_binary": AGENT_BINARY,
         "agent_path": AGENT_PATH,
         "rootless_entrypoint": spec.entrypoint_uid != 0,
-        "uids": {"agent": spec.uids.agent, "entrypoint": spec.entrypoint_uid},
+        "uids": {
+            "agent": spec.uids.agent,
+            "entrypoint": spec.entrypoint_uid,
+            "services": spec.service_uids,
+        },
+        "seccomp_tier": spec.seccomp,
         "vmlinux_present": True,
         "initrd_present": False,
         "vcpus": spec.vcpus,

@@ -139,6 +139,16 @@ def _validate_spec(spec: ImageSpec) -> None:
     for name, svc in spec.services.items():
         if not _SERVICE_NAME.match(name):
             raise ConfigError(f"service name {name!r} is invalid", code="E_SPEC_SERVICE")
+        if svc.uid is not None and not 0 <= svc.uid <= 65535:
+            raise ConfigError(
+                f"service {name}: uid {svc.uid} out of range 0..65535", code="E_SPEC_UID"
+            )
+        if svc.uid is not None and svc.uid == spec.uids.agent:
+            raise ConfigError(
+                f"service {name}: uid {svc.uid} equals the agent uid",
+                code="E_SPEC_UID",
+                hint="the workload must not run as the agent",
+            )
         for k, v in svc.env.items():
             if not _ENV_KEY.match(k) or "\n" in v or "\0" in v:
                 raise ConfigError(

@@ -20,10 +20,11 @@ import cattrs
 import rfc8785
 
 from mvm.engine.base.errors import ConfigError
-from mvm.engine.images.imagespec import ImageSpec
+from mvm.engine.images.imagespec import DEFAULT_SECCOMP, ImageSpec
 
 # Bump when the rootfs layout or the mkfs recipe changes.
-RECIPE_VERSION = "3"  # 3: sealed images have execute-only ELF programs
+# 3: sealed images have execute-only ELF programs; 4: seccomp tiers, per-service uids
+RECIPE_VERSION = "4"
 
 
 def spec_json(spec: ImageSpec) -> bytes:
@@ -34,6 +35,11 @@ def spec_json(spec: ImageSpec) -> bytes:
             del data[field]
     if data["hypervisor"] == "auto":
         del data["hypervisor"]
+    if data["seccomp"] == DEFAULT_SECCOMP:
+        del data["seccomp"]
+    for svc in data["services"].values():
+        if svc["uid"] is None:
+            del svc["uid"]
     encoded: bytes = rfc8785.dumps(data)
     return encoded
 

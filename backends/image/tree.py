@@ -101,7 +101,7 @@ def _populate(
     --list-full path), /usr/bin/mvm-agent (0755), /etc/{passwd,group,hostname,
     hosts,machine-id}, /etc/mvm/image.env (sourceable shell vars),
     /etc/mvm/entrypoint (command kind), /etc/mvm/services/<name>/{run,prestart,
-    env,restart}, /etc/mvm/health/<name>/{cmd,interval,timeout},
+    env,restart,uid}, /etc/mvm/health/<name>/{cmd,interval,timeout},
     /etc/mvm/mvm-meta.json, /etc/mvm/<mvm_files>, the spec's packages, extra
     files and host files.
     """
@@ -132,6 +132,10 @@ def _populate(
         users.append(("app", uid, "/home/app", "/bin/sh"))
     if 65534 not in (uid, agent_uid):
         users.append(("nobody", 65534, "/", "/bin/false"))
+    service_uids = spec.service_uids
+    for name, svc_uid in sorted(service_uids.items()):  # svc-<name>, one entry per new uid
+        if all(svc_uid != u for _, u, _, _ in users):
+            users.append((f"svc-{name}", svc_uid, "/", "/bin/false"))
     tree.file("/etc/passwd", "".join(f"{n}:x:{u}:{u}:{n}:{h}:{s}\n" for n, u, h, s in users))
     tree.file("/etc/group", "".join(f"{n}:x:{u}:\n" for n, u, _, _ in users))
     tree.file("/etc/hostname", f"{spec.name}\n")
@@ -150,6 +154,7 @@ def _populate(
         "MVM_SEALED": "1" if spec.sealed else "0",
         "MVM_SERVICES": " ".join(sorted(spec.services)),
         "MVM_SHELL": spec.shell_program,
+        "MVM_SECCOMP": spec.seccomp,
     }
     tree.file("/etc/mvm/image.env", "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
     if spec.command is not None:
@@ -168,6 +173,7 @@ def _populate(
             f"{base}/env", "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(svc.env.items()))
         )
         tree.file(f"{base}/restart", f"{svc.restart}\n")
+        tree.file(f"{base}/uid", f"{service_uids[name]}\n")
     for name, hc in sorted(spec.health_checks.items()):
         base = f"/etc/mvm/health/{name}"
         tree.dir("/etc/mvm/health")

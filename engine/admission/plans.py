@@ -8,6 +8,11 @@ the signature (so forged plans never touch the nonce store), the window, then th
 nonce — consuming it and writing ``plan.admitted`` to the audit log in the same
 SQLite transaction, so a nonce is spent if and only if the admission is recorded.
 Launch outcomes are recorded as ``plan.launched`` / ``plan.failed``.
+
+``labels`` are signed facts about the launch that are not inputs to it, such as
+``seccomp_tier`` (the guest's syscall filter, from the image): every audit entry of
+the plan carries them. A plan without labels signs and hashes as it did before
+labels existed.
 """
 
 from __future__ import annotations
@@ -83,11 +88,12 @@ class ExecutionPlan:
     not_after: int
     nonce: str
     key_id: str
+    labels: dict[str, str] = attrs.field(factory=dict)
     signature: str = ""
 
     def body(self) -> dict[str, Any]:
         """Every field except the signature: what is signed."""
-        data: dict[str, Any] = unstructure(self)
+        data = self.to_dict()
         del data["signature"]
         return data
 
@@ -101,6 +107,8 @@ class ExecutionPlan:
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = unstructure(self)
+        if not data["labels"]:
+            del data["labels"]  # absent when unused: older plans keep their bytes
         return data
 
     @classmethod
@@ -122,6 +130,7 @@ def sign_plan(
     admission_profile: str = "default",
     valid_for_secs: int = DEFAULT_VALIDITY_SECS,
     now: float | None = None,
+    labels: dict[str, str] | None = None,
 ) -> ExecutionPlan:
     if not _HEX64.match(ir_hash):
         raise ConfigError(f"ir_hash {ir_hash!r} is not lowercase hex SHA-256", code="E_PLAN_INPUT")
@@ -142,6 +151,7 @@ def sign_plan(
         not_after=start + valid_for_secs,
         nonce=secrets.token_hex(16),
         key_id=key.key_id,
+        labels=dict(labels or {}),
     )
     signature = base64.b64encode(key.sign(unsigned.signing_bytes())).decode("ascii")
     return attrs.evolve(unsigned, signature=signature)
@@ -221,6 +231,7 @@ class Admission:
         admission_profile: str = "default",
         valid_for_secs: int = DEFAULT_VALIDITY_SECS,
         now: float | None = None,
+        labels: dict[str, str] | None = None,
     ) -> ExecutionPlan:
         """:func:`sign_plan` with this host's key."""
         return sign_plan(
@@ -232,6 +243,7 @@ class Admission:
             admission_profile=admission_profile,
             valid_for_secs=valid_for_secs,
             now=now,
+            labels=labels,
         )
 
     def admit(self, plan: ExecutionPlan, *, now: float | None = None) -> AuditEntry:
@@ -279,4 +291,5 @@ def _summary(plan: ExecutionPlan) -> dict[str, Any]:
         "admission_profile": plan.admission_profile,
         "key_id": plan.key_id,
         "nonce": plan.nonce,
+        **plan.labels,  # e.g. seccomp_tier
     }

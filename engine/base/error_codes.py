@@ -330,6 +330,8 @@ _c("E_SPEC_RESTART", "ConfigError", "a service restart policy is invalid",
 _c("E_SPEC_SERVICE", "ConfigError", "a service is invalid", _CHECK)
 _c("E_SPEC_SHELL", "ConfigError", "the entrypoint shell needs a static shell on this host",
    "run ./scripts/setup (apt-get install bash-static)")
+_c("E_SPEC_SECCOMP", "ConfigError", "the spec names an unknown seccomp tier",
+   "use seccomp unrestricted, standard (the default) or strict")
 _c("E_SPEC_UID", "ConfigError", "a uid is out of range or clashes with the agent's",
    "the workload must not run as the agent; give uids 0..65535")
 _c("E_SPEC_VCPUS", "ConfigError", "vcpus is out of range", "give vcpus 1..64")

@@ -21,7 +21,7 @@ from typing import Any
 from mvm.backends import nix_meta
 from mvm.engine.base.errors import BuildPhaseError, ConfigError, MvmError, default_hint
 from mvm.engine.builders import ARTIFACTS, BuildJob, BuildMode, LogFn, offline_function
-from mvm.engine.images.imagespec import HealthCheck, ImageSpec, Service, Uids
+from mvm.engine.images.imagespec import DEFAULT_SECCOMP, HealthCheck, ImageSpec, Service, Uids
 
 SYSTEMS = ("x86_64-linux", "aarch64-linux")
 
@@ -163,6 +163,7 @@ def spec_from_nix(spec: dict[str, Any]) -> ImageSpec:
                 pre_start=svc.get("preStart"),
                 env=dict(svc.get("env", {})),
                 restart=svc.get("restart", "always"),
+                uid=svc.get("uid"),
             )
             for name, svc in spec.get("services", {}).items()
         },
@@ -182,6 +183,7 @@ def spec_from_nix(spec: dict[str, Any]) -> ImageSpec:
             for name, hc in spec.get("healthChecks", {}).items()
         },
         hypervisor=str(spec.get("hypervisor", "auto")),
+        seccomp=str(spec.get("seccomp", DEFAULT_SECCOMP)),
     )
 
 

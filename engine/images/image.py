@@ -46,6 +46,12 @@ class Image:
         return int(self.meta.get("memory_mib", 256))
 
     @property
+    def seccomp_tier(self) -> str:
+        """The syscall filter the guest's workload runs under; images built before
+        seccomp tiers record none and install no filter (``unrestricted``)."""
+        return str(self.meta.get("seccomp_tier", "unrestricted"))
+
+    @property
     def health_checks(self) -> tuple[str, ...]:
         """Services with a health check; the guest agent runs them, the host tracks them."""
         return tuple(str(name) for name in self.meta.get("health_checks", ()))

@@ -7,7 +7,10 @@ same metadata: entrypoint kind is ``command`` if a command is given, else
 else ``shell`` (``/bin/sh``); a shell image is ``accessible`` (dev) and a
 command/services image ``sealed``, unless ``dev`` says otherwise; the
 entrypoint uid defaults to 0 in accessible images and 1000 in sealed ones; the
-agent runs as uid 990. A string command runs under ``/bin/sh -c``.
+agent runs as uid 990. A string command runs under ``/bin/sh -c``. Workload
+processes run under the ``standard`` seccomp tier unless ``seccomp`` says
+otherwise; in a sealed image with a rootless entrypoint every service gets its
+own uid (``service_uids``), in any other image services share the entrypoint's.
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _MVM_FILE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\.json$")
 _BUILDER_MVM_FILES = frozenset({"mvm-meta.json"})
 AGENT_UID = 990
+# The guest's syscall filters (backends/guest/agent/seccomp.c has the lists).
+SECCOMP_TIERS = ("unrestricted", "standard", "strict")
+DEFAULT_SECCOMP = "standard"
+# Per-service uids are handed out from here, by sorted service name.
+FIRST_SERVICE_UID = 1001
+NOBODY_UID = 65534
 DEFAULT_SHELL = "/bin/sh"
 # A preference the image records; "auto" = the best hypervisor available at run time.
 HYPERVISORS = (
@@ -61,6 +70,7 @@ class Service:
     pre_start: str | None = None
     env: dict[str, str] = attrs.field(factory=dict)
     restart: RestartPolicy = "always"
+    uid: int | None = None  # None: its own uid in a sealed image, else the entrypoint's
 
 
 @attrs.frozen
@@ -104,6 +114,7 @@ class ImageSpec:
     # file name -> text under /etc/mvm (e.g. wrapper.json, runtime.json for functions)
     mvm_files: dict[str, str] = attrs.field(factory=dict)
     hypervisor: str = "auto"
+    seccomp: str = DEFAULT_SECCOMP  # one of SECCOMP_TIERS
 
     def __attrs_post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -125,6 +136,11 @@ class ImageSpec:
             raise ConfigError(
                 f"unknown hypervisor {self.hypervisor!r} (one of {', '.join(HYPERVISORS)})",
                 code="E_SPEC_HYPERVISOR",
+            )
+        if self.seccomp not in SECCOMP_TIERS:
+            raise ConfigError(
+                f"unknown seccomp tier {self.seccomp!r} (one of {', '.join(SECCOMP_TIERS)})",
+                code="E_SPEC_SECCOMP",
             )
         for path, mode in self.extra_file_modes.items():
             if path not in self.extra_files or not 0 <= mode <= 0o777:
@@ -193,3 +209,31 @@ class ImageSpec:
         if self.uids.entrypoint is not None:
             return self.uids.entrypoint
         return 0 if self.accessible else 1000
+
+    @property
+    def own_service_uids(self) -> bool:
+        """Services get uids of their own (sealed, rootless entrypoint); else they share
+        the entrypoint's, so that a dev image's exec and console (which run as the
+        entrypoint uid) can still reach them."""
+        return self.sealed and self.entrypoint_uid != 0
+
+    @property
+    def service_uids(self) -> dict[str, int]:
+        """Each service's uid: given, else (``own_service_uids``) the next free one from
+        1001 by sorted name, never the agent's, the entrypoint's, nobody's or a given
+        one; else the entrypoint's. nix/lib/spec.nix ``serviceUids`` is the same rule."""
+        given = {n: s.uid for n, s in self.services.items() if s.uid is not None}
+        if not self.own_service_uids:
+            return {n: given.get(n, self.entrypoint_uid) for n in sorted(self.services)}
+        taken = {self.uids.agent, self.entrypoint_uid, NOBODY_UID, *given.values()}
+        out: dict[str, int] = {}
+        candidate = FIRST_SERVICE_UID
+        for name in sorted(self.services):
+            if name in given:
+                out[name] = given[name]
+                continue
+            while candidate in taken:
+                candidate += 1
+            out[name] = candidate
+            taken.add(candidate)
+        return out

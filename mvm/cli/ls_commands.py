@@ -88,6 +88,16 @@ def health_summary(health: dict[str, str]) -> str:
     return "healthy" if all(s == "healthy" for s in health.values()) else "unknown"
 
 
+async def _seccomp_tier(name: str) -> str | None:
+    """The VM's image's seccomp tier (None: no such VM or its image is unreadable)."""
+    from mvm.engine.vm.uid_check import image_security
+
+    async with StateStore.open() as store:
+        rec = await store.get_vm(name)
+    tier = image_security(rec.image).get("seccomp_tier") if rec is not None else None
+    return str(tier) if tier is not None else None
+
+
 async def cmd_status(args: argparse.Namespace) -> int:
     for r in await _rows():
         if r["name"] == args.name:
@@ -96,8 +106,9 @@ async def cmd_status(args: argparse.Namespace) -> int:
             from mvm.engine.vm.uid_check import vm_uid_status  # reads the image
 
             uids = await vm_uid_status(args.name)  # declared uids vs the guest's /proc
+            tier = await _seccomp_tier(args.name)
             if args.json:
-                print(json.dumps({**r, "uids": uids}, indent=2))
+                print(json.dumps({**r, "uids": uids, "seccomp_tier": tier}, indent=2))
                 return 0
             where = f"recorded in {vm_dir(args.name) / 'mode.json'}" if recorded else "not recorded"
             print(f"name:       {r['name']}")
@@ -116,5 +127,6 @@ async def cmd_status(args: argparse.Namespace) -> int:
             if r["exit_code"] is not None or r["exit_reason"]:
                 print(f"exit:       {r['exit_code']} ({r['exit_reason']})")
             print(uids)
+            print(f"seccomp:    {tier or 'unknown'}")
             return 0
     raise NotFoundError(f"no VM named {args.name!r}", code="E_VM_NOT_FOUND")

@@ -224,7 +224,10 @@ async def cmd_inspect(args: argparse.Namespace) -> int:
             {"host_addr": p.host_addr, "host_port": p.host_port, "guest_port": p.guest_port}
             for p in await store.list_ports(name)
         ]
-        out.append({**row, "health": health, "ports": ports, "spec": spec})
+        from mvm.engine.vm.uid_check import image_security  # reads the image's meta
+
+        security = image_security(rec.image)  # seccomp_tier, uids (services included)
+        out.append({**row, "health": health, "ports": ports, "spec": spec, **security})
 
     status = await _each(args.names, inspect)
     if out:

@@ -17,6 +17,11 @@ let
   # the best one available at run time (DESIGN.md section 1).
   hypervisors = [ "auto" "firecracker" "cloud-hypervisor" "qemu" "stub" "libkrun" "apple-container" ];
   restarts = [ "always" "on-failure" "never" ];
+  # The guest's syscall filters (backends/guest/agent/seccomp.c has the lists).
+  seccompTiers = [ "unrestricted" "standard" "strict" ];
+  defaultSeccomp = "standard";
+  # Per-service uids are handed out from here, by sorted service name.
+  firstServiceUid = 1001;
   baseDirs = [ "/proc" "/sys" "/dev" "/run" "/tmp" "/var" "/mnt" "/root" "/home" "/srv" ];
   reserved = [ "/init" "/bin/busybox" agentPath "/etc/passwd" "/etc/group" ];
   reservedTrees = [ "/etc/mvm" "/proc" "/sys" "/dev" ];
@@ -29,10 +34,10 @@ let
   # the Nix-only `extraTrees` and `kernel`.
   guestArgs = [
     "name" "entrypoint" "services" "packages" "hypervisor" "vcpus" "memory_mib" "dev"
-    "uids" "extraFiles" "healthChecks" "command" "memoryMib" "extraTrees" "kernel"
+    "uids" "extraFiles" "healthChecks" "command" "memoryMib" "extraTrees" "kernel" "seccomp"
   ];
   entrypointArgs = [ "shell" "command" "services" ];
-  serviceArgs = [ "command" "preStart" "env" "restart" ];
+  serviceArgs = [ "command" "preStart" "env" "restart" "uid" ];
   healthArgs = [ "healthCmd" "healthIntervalSecs" "healthTimeoutSecs" ];
   uidArgs = [ "agent" "entrypoint" ];
   fileArgs = [ "content" "mode" ];
@@ -79,6 +84,7 @@ let
     preStart = s.preStart or null;
     env = s.env or { };
     restart = s.restart or "always";
+    uid = s.uid or null;
   };
 
   normHealth = name: h: {
@@ -119,13 +125,14 @@ let
       vcpus = args.vcpus or 1;
       memoryMib = args.memory_mib or args.memoryMib or 256;
       hypervisor = args.hypervisor or "auto";
+      seccomp = args.seccomp or defaultSeccomp;
     };
 
   # Every check (engine/imagespec.py and image_checks._validate_spec say the same).
   checksFor = fn: args:
     let
       v = view args;
-      inherit (v) ep services healthChecks extraFiles extraTrees uids vcpus memoryMib packages hypervisor agent entrypoint;
+      inherit (v) ep services healthChecks extraFiles extraTrees uids vcpus memoryMib packages hypervisor agent entrypoint seccomp;
       name = args.name or null;
       epKeys = builtins.filter (k: builtins.elem k entrypointArgs) (builtins.attrNames ep);
     in
@@ -235,6 +242,16 @@ let
           msg = "service ${n}: restart must be one of always, on-failure, never (got ${if builtins.isString (s.restart or null) then repr s.restart else builtins.typeOf (s.restart or null)})";
         }
         { ok = isSet (s.env or { }); code = "E_SPEC_ENV"; msg = "service ${n}: env must be an attribute set"; }
+        {
+          ok = (s.uid or null) == null || (isInt s.uid && s.uid >= 0 && s.uid <= 65535);
+          code = "E_SPEC_UID";
+          msg = "service ${n}: uid ${if isInt (s.uid or null) then toString s.uid else builtins.typeOf (s.uid or null)} out of range 0..65535";
+        }
+        {
+          ok = (s.uid or null) == null || s.uid != agent;
+          code = "E_SPEC_UID";
+          msg = "service ${n}: uid ${toString (s.uid or "")} equals the agent uid (the workload must not run as the agent)";
+        }
       ]
       ++ map (k: {
         ok = matches "[A-Za-z_][A-Za-z0-9_]*" k && builtins.isString s.env.${k} && !(u.hasNewline s.env.${k});
@@ -277,6 +294,11 @@ let
         }
       ]) (builtins.attrNames extraFiles)
     ++ [{
+      ok = builtins.elem seccomp seccompTiers;
+      code = "E_SPEC_SECCOMP";
+      msg = "unknown seccomp tier ${if builtins.isString seccomp then repr seccomp else builtins.typeOf seccomp} (one of ${builtins.concatStringsSep ", " seccompTiers})";
+    }]
+    ++ [{
       ok = builtins.elem hypervisor hypervisors;
       code = "E_SPEC_HYPERVISOR";
       msg = "unknown hypervisor ${if builtins.isString hypervisor then repr hypervisor else builtins.typeOf hypervisor} (one of ${builtins.concatStringsSep ", " hypervisors})";
@@ -296,5 +318,6 @@ let
 in
 {
   inherit agentUid agentPath agentBinary expectedBootMs hypervisors baseDirs defaultShell;
+  inherit seccompTiers defaultSeccomp firstServiceUid;
   inherit view checksFor nixpkgsCheck argv normService normHealth fileContent fileMode;
 }

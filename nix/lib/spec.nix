@@ -8,6 +8,7 @@ let
   u = import ./util.nix;
   a = import ./args.nix;
   inherit (a) agentUid agentPath agentBinary expectedBootMs hypervisors baseDirs defaultShell;
+  inherit (a) defaultSeccomp firstServiceUid;
   inherit (a) view checksFor nixpkgsCheck argv normService normHealth fileContent fileMode;
 
   # The ImageSpec-shaped view (snake_case, cattrs' unstructured form): what the
@@ -21,7 +22,7 @@ let
     services = builtins.mapAttrs (n: s: {
       inherit (s) command env restart;
       pre_start = s.preStart;
-    }) spec.services;
+    } // (if s.uid != null then { inherit (s) uid; } else { })) spec.services;
     packages = map (p: if builtins.isString p then p else toString p) spec.packages;
     extra_files = builtins.mapAttrs (p: c: if builtins.isString c then c else toString c) spec.extraFiles;
     uids = { agent = spec.uids.agent; entrypoint = spec.uidsGiven.entrypoint; };
@@ -35,7 +36,27 @@ let
   # Newer ImageSpec fields are absent when unused (image_key.spec_json drops them too).
   // (if spec.shell != null then { inherit (spec) shell; } else { })
   // (if spec.extraFileModes != { } then { extra_file_modes = spec.extraFileModes; } else { })
-  // (if spec.hypervisor != "auto" then { inherit (spec) hypervisor; } else { });
+  // (if spec.hypervisor != "auto" then { inherit (spec) hypervisor; } else { })
+  // (if spec.seccomp != defaultSeccomp then { inherit (spec) seccomp; } else { });
+
+  # ImageSpec.service_uids: given, else (sealed, rootless entrypoint) the next free
+  # uid from 1001 by sorted name, never the agent's, the entrypoint's, nobody's or a
+  # given one; else the entrypoint's.
+  serviceUidsFor = sealed: uids: services:
+    let
+      names = builtins.attrNames services;
+      given = builtins.filter (n: services.${n}.uid != null) names;
+      givenUids = map (n: services.${n}.uid) given;
+      own = sealed && uids.entrypoint != 0;
+      free = taken: c: if builtins.elem c taken then free taken (c + 1) else c;
+      step = st: n:
+        if services.${n}.uid != null then st // { out = st.out // { ${n} = services.${n}.uid; }; }
+        else let c = free st.taken st.next; in
+          { next = c + 1; taken = st.taken ++ [ c ]; out = st.out // { ${n} = c; }; };
+      start = { next = firstServiceUid; taken = [ uids.agent uids.entrypoint 65534 ] ++ givenUids; out = { }; };
+    in
+    if own then (builtins.foldl' step start names).out
+    else builtins.mapAttrs (n: s: if s.uid != null then s.uid else uids.entrypoint) services;
 
   specHash = spec:
     let
@@ -58,7 +79,7 @@ rec {
       let v = view args; in
       rec {
         inherit (args) name;
-        inherit (v) devGiven accessible packages extraTrees vcpus memoryMib hypervisor;
+        inherit (v) devGiven accessible packages extraTrees vcpus memoryMib hypervisor seccomp;
         dev = v.accessible;
         entrypointKind = v.kind;
         command = if v.command == null then null else argv v.command;
@@ -74,6 +95,7 @@ rec {
         sealed = !v.accessible;
         uids = { agent = v.agent; entrypoint = v.entrypoint; };
         rootlessEntrypoint = uids.entrypoint != 0;
+        serviceUids = serviceUidsFor sealed uids services;
       });
 
   # mvm-meta.json, key for key what image_builder.image_meta writes (the IR
@@ -85,7 +107,8 @@ rec {
     agent_binary = agentBinary;
     agent_path = agentPath;
     rootless_entrypoint = spec.rootlessEntrypoint;
-    uids = spec.uids;
+    uids = spec.uids // { services = spec.serviceUids; };
+    seccomp_tier = spec.seccomp;
     vmlinux_present = true;
     initrd_present = false;
     memory_mib = spec.memoryMib;
@@ -121,9 +144,14 @@ rec {
     let
       uid = spec.uids.entrypoint;
       agent = spec.uids.agent;
-      users = [ [ "root" 0 "/root" "/bin/sh" ] [ "mvm-agent" agent "/" "/bin/false" ] ]
+      baseUsers = [ [ "root" 0 "/root" "/bin/sh" ] [ "mvm-agent" agent "/" "/bin/false" ] ]
         ++ (if uid != 0 then [ [ "app" uid "/home/app" "/bin/sh" ] ] else [ ])
         ++ (if !(builtins.elem 65534 [ uid agent ]) then [ [ "nobody" 65534 "/" "/bin/false" ] ] else [ ]);
+      # svc-<name>: one entry per service uid no earlier entry has (tree._populate).
+      users = builtins.foldl' (acc: n:
+        let su = spec.serviceUids.${n}; in
+        if builtins.any (e: builtins.elemAt e 1 == su) acc then acc
+        else acc ++ [ [ "svc-${n}" su "/" "/bin/false" ] ]) baseUsers (builtins.attrNames spec.serviceUids);
       at = builtins.elemAt;
       line = f: u.concatStrings (map f users);
       env = {
@@ -134,9 +162,10 @@ rec {
         MVM_SEALED = if spec.sealed then "1" else "0";
         MVM_SERVICES = builtins.concatStringsSep " " (builtins.attrNames spec.services);
         MVM_SHELL = if spec.shell != null then spec.shell else defaultShell;
+        MVM_SECCOMP = spec.seccomp;
       };
       # image.env keeps _populate's key order (not alphabetical).
-      envOrder = [ "MVM_NAME" "MVM_ENTRYPOINT_KIND" "MVM_ENTRYPOINT_UID" "MVM_AGENT_UID" "MVM_SEALED" "MVM_SERVICES" "MVM_SHELL" ];
+      envOrder = [ "MVM_NAME" "MVM_ENTRYPOINT_KIND" "MVM_ENTRYPOINT_UID" "MVM_AGENT_UID" "MVM_SEALED" "MVM_SERVICES" "MVM_SHELL" "MVM_SECCOMP" ];
       f = text: { inherit text; mode = "0644"; };
       x = text: { inherit text; mode = "0755"; };
       svcFiles = n: s:
@@ -145,6 +174,7 @@ rec {
           "${base}/run" = x (runScript s.command);
           "${base}/env" = f (u.concatStrings (u.mapAttrsToList (k: v: "${k}=${u.shellQuote v}\n") s.env));
           "${base}/restart" = f "${s.restart}\n";
+          "${base}/uid" = f "${toString spec.serviceUids.${n}}\n";
         } // (if s.preStart != null && s.preStart != "" then {
           "${base}/prestart" = x "#!/bin/sh\nexec sh -c ${u.shSingleQuote s.preStart}\n";
         } else { });

@@ -70,7 +70,7 @@ def test_rootless_dev_shell(tmp_path: Path, seed_outcome) -> None:  # type: igno
     # entrypoint.shell infers dev = true in mkGuest; ImageSpec spells it out.
     spec = ImageSpec(name="rootless", shell="/bin/bash", uids=Uids(entrypoint=1000), dev=True)
     root, meta = _tree(tmp_path, spec)
-    assert meta["uids"] == {"agent": 990, "entrypoint": 1000}
+    assert meta["uids"] == {"agent": 990, "entrypoint": 1000, "services": {}}
     assert meta["rootless_entrypoint"] is True and meta["accessible"] is True
     env = _image_env(root)
     assert (env["MVM_ENTRYPOINT_KIND"], env["MVM_ENTRYPOINT_UID"]) == ("shell", "1000")
@@ -101,7 +101,7 @@ def test_rootful_prod_workload(tmp_path: Path, seed_outcome) -> None:  # type: i
         extra_files={"/usr/local/bin/serve": "#!/bin/sh\nexec httpd -f -p 8080\n"},
     )
     root, meta = _tree(tmp_path, spec)
-    assert meta["uids"] == {"agent": 990, "entrypoint": 0}
+    assert meta["uids"] == {"agent": 990, "entrypoint": 0, "services": {}}
     assert meta["rootless_entrypoint"] is False and meta["sealed"] is True
     env = _image_env(root)
     assert (env["MVM_ENTRYPOINT_UID"], env["MVM_SEALED"]) == ("0", "1")
@@ -119,7 +119,7 @@ def test_non_default_agent_uid(tmp_path: Path, seed_outcome) -> None:  # type: i
         extra_files={"/bin/x": "#!/bin/sh\necho x\n"},
     )
     root, meta = _tree(tmp_path, spec)
-    assert meta["uids"] == {"agent": 5000, "entrypoint": 1000}
+    assert meta["uids"] == {"agent": 5000, "entrypoint": 1000, "services": {}}
     assert _image_env(root)["MVM_AGENT_UID"] == "5000"
     assert "mvm-agent:x:5000:5000:" in (root / "etc/passwd").read_text()
     # What `mvmctl status` prints when the guest's /proc agrees, and when it does not.

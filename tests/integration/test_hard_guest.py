@@ -30,7 +30,8 @@ pytestmark = pytest.mark.qemu
 # non-dumpable and its /proc/self/mem belongs to root, not to the service's uid.
 
 ZERO = "0000000000000000"
-WANT = {"SigIgn": ZERO, "SigBlk": ZERO, "Uid": "1000", "MemOwner": "0"}
+# Uid: a sealed image's service has a uid of its own (the first is 1001).
+WANT = {"SigIgn": ZERO, "SigBlk": ZERO, "Uid": "1001", "MemOwner": "0"}
 SPEC = ImageSpec(
     name="hardsig",
     services={

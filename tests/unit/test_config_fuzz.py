@@ -38,7 +38,7 @@ _json = st.recursive(
 _TOML_KEYS = ("flake", "profile", "name", "vcpus", "memory_mib", "ports", "volumes", "hypervisor")
 _SPEC_KEYS = (
     "name", "command", "shell", "services", "packages", "vcpus", "memory_mib", "dev",
-    "uids", "health_checks", "extra_files", "host_files", "hypervisor",
+    "uids", "health_checks", "extra_files", "host_files", "hypervisor", "seccomp",
 )  # fmt: skip
 
 

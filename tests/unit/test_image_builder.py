@@ -28,7 +28,7 @@ META_FIELDS = {
     "name", "accessible", "sealed", "entrypointKind", "init_system", "expected_boot_ms",
     "agent_binary", "agent_path", "rootless_entrypoint", "uids", "vmlinux_present",
     "initrd_present", "hypervisor", "builder", "vcpus", "memory_mib",
-    "services", "health_checks", "spec_hash",
+    "services", "health_checks", "spec_hash", "seccomp_tier",
 }  # fmt: skip
 
 
@@ -106,7 +106,10 @@ async def test_demo_image_content(inputs: Inputs) -> None:
         "MVM_SEALED": "1",
         "MVM_SERVICES": "web",
         "MVM_SHELL": "/bin/sh",
+        "MVM_SECCOMP": "standard",
     }
+    assert cat(img, "/etc/mvm/services/web/uid") == "1001\n"  # its own uid (sealed)
+    assert "svc-web:x:1001:1001:svc-web:/:/bin/false" in cat(img, "/etc/passwd").splitlines()
     assert cat(img, "/etc/mvm/services/web/run") == (
         "#!/bin/sh\nexec sh -c 'httpd -f -p 80 -h /srv/www'\n"
     )
@@ -271,7 +274,8 @@ async def test_meta_for_services_image(inputs: Inputs) -> None:
         "agent_binary": "real",
         "agent_path": "/usr/bin/mvm-agent",
         "rootless_entrypoint": True,
-        "uids": {"agent": 990, "entrypoint": 1000},
+        "uids": {"agent": 990, "entrypoint": 1000, "services": {"web": 1001}},
+        "seccomp_tier": "standard",
         "vmlinux_present": True,
         "initrd_present": False,
         "hypervisor": "auto",
@@ -289,7 +293,11 @@ async def test_meta_for_shell_image(inputs: Inputs) -> None:
     art = await build(ImageSpec(name="box", dev=True, vcpus=2, memory_mib=128), inputs)
     m = art.meta
     assert (m["entrypointKind"], m["accessible"], m["sealed"]) == ("shell", True, False)
-    assert m["rootless_entrypoint"] is False and m["uids"] == {"agent": 990, "entrypoint": 0}
+    assert m["rootless_entrypoint"] is False and m["uids"] == {
+        "agent": 990,
+        "entrypoint": 0,
+        "services": {},
+    }
     assert (m["vcpus"], m["memory_mib"], m["services"]) == (2, 128, [])
     env = cat(art.rootfs, "/etc/mvm/image.env")
     assert "MVM_ENTRYPOINT_KIND=shell\n" in env and "MVM_SEALED=0\n" in env
@@ -303,7 +311,7 @@ async def test_command_entrypoint_is_properly_quoted(inputs: Inputs, tmp_path: P
     spec = ImageSpec(name="cmd", command=argv, uids=Uids(entrypoint=1234))
     art = await build(spec, inputs)
     assert art.meta["entrypointKind"] == "command"
-    assert art.meta["uids"] == {"agent": 990, "entrypoint": 1234}
+    assert art.meta["uids"] == {"agent": 990, "entrypoint": 1234, "services": {}}
     assert ls(art.rootfs, "/etc/mvm")["entrypoint"][0] == 0o100755
     script = tmp_path / "entrypoint"
     script.write_text(cat(art.rootfs, "/etc/mvm/entrypoint"))

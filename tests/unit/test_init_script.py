@@ -193,7 +193,9 @@ def test_command_entrypoint_prints_exit_status(tmp_path: Path, guest_factory: li
     guest = Guest(_tree(tmp_path, spec))
     guest_factory.append(guest)
     guest.wait_line(r"^mvm-init: filesystems mounted$")
-    guest.wait_line(r"^mvm-init: image cmd kind=command uid=1000 sealed=1 host=cmd$")
+    guest.wait_line(
+        r"^mvm-init: image cmd kind=command uid=1000 sealed=1 seccomp=standard host=cmd$"
+    )
     guest.wait_line(r"^uid=1000 home=/home/app$")
     # stderr is tagged for `run --attached` and always precedes the exit line
     guest.wait_line(r"^mvm-err: oops$")

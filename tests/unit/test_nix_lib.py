@@ -98,6 +98,23 @@ SPECS = [
         hypervisor="firecracker",
     ),
     ImageSpec(name="string-cmd", command="echo hi && sleep 1", dev=True),  # type: ignore[arg-type]
+    # Seccomp tiers and per-service uids: a given uid, and defaults around taken ones.
+    ImageSpec(
+        name="hardened",
+        seccomp="strict",
+        uids=Uids(entrypoint=1001),
+        services={
+            "a": Service(command="sleep 1", pre_start="id -u"),
+            "b": Service(command="sleep 1", uid=1002),
+            "c": Service(command="sleep 1"),
+        },
+    ),
+    ImageSpec(
+        name="loose-dev",
+        dev=True,
+        seccomp="unrestricted",
+        services={"s": Service(command="sleep 1", uid=4000), "t": Service(command="sleep 1")},
+    ),
 ]
 
 
@@ -176,7 +193,8 @@ async def test_inference_rules(args: dict[str, Any], expected: tuple[Any, ...]) 
         accessible,
         sealed,
     )
-    assert info["uids"] == {"agent": 990, "entrypoint": uid}
+    assert (info["uids"]["agent"], info["uids"]["entrypoint"]) == (990, uid)
+    assert isinstance(info["uids"]["services"], dict)
     assert info["rootlessEntrypoint"] is rootless
     assert (info["vcpus"], info["memoryMib"], info["expectedBootMs"]) == (1, 256, 300)
     assert (info["agentBinary"], info["agent_binary"]) == ("real", "real")
@@ -335,6 +353,18 @@ GUEST_ERRORS: list[tuple[dict[str, Any], str, str, dict[str, Any] | None]] = [
         None,
     ),
     ({"name": "a", "hypervisor": "vbox"}, "E_SPEC_HYPERVISOR", "unknown hypervisor 'vbox'", None),
+    (
+        {"name": "a", "seccomp": "paranoid"},
+        "E_SPEC_SECCOMP",
+        "unknown seccomp tier 'paranoid' (one of unrestricted, standard, strict)",
+        {"name": "a", "seccomp": "paranoid"},
+    ),
+    (
+        {"name": "a", "services": {"s": {"command": "x", "uid": 990}}},
+        "E_SPEC_UID",
+        "service s: uid 990 equals the agent uid",
+        {"name": "a", "services": {"s": Service(command="x", uid=990)}},
+    ),
     ({"name": "a", "packages": ["../x"]}, "E_SPEC_PACKAGE", "package '../x' is neither", None),
     (
         {"name": "a", "entrypoint": {"shell": "/bin/sh", "command": ["x"]}},
@@ -577,7 +607,7 @@ async def test_function_workload_guest(tmp_path: Path) -> None:
     )
     mvm, spec = out["mvm"], out["spec"]
     assert (mvm["name"], mvm["entrypointKind"], mvm["sealed"]) == ("hello", "command", True)
-    assert mvm["uids"] == {"agent": 990, "entrypoint": 1000}
+    assert mvm["uids"] == {"agent": 990, "entrypoint": 1000, "services": {}}
     assert (spec["vcpus"], spec["memoryMib"]) == (2, 512)
     assert set(spec["packages"]) == {"python3"}  # servicePackages + map (p: pkgs.${p})
     assert list(spec["extraTrees"]) == ["/app"]  # appPkg (copied to the store) at working_dir

@@ -219,4 +219,10 @@ int identity_dispatch(session_t *s, int64_t id, const char *t, const jdoc_t *d);
 /* `mvm-agent reseed HEX`: credit a seed to the kernel RNG and reseed its CRNG (root). */
 int reseed_main(int argc, char **argv);
 
+/* ---- seccomp.c ---- */
+/* "unrestricted" | "standard" | "strict" */
+int seccomp_tier_valid(const char *tier);
+/* Installs the tier's filter on this thread (no_new_privs or CAP_SYS_ADMIN first). */
+int seccomp_apply(const char *tier);
+
 #endif

@@ -216,6 +216,7 @@ void spawn_proxy(const char *sock_path, char **argv, char **env, const char *cwd
 /* ---- spawnd (root) ---- */
 
 static unsigned target_uid;
+static const char *target_seccomp = "unrestricted"; /* the image's tier, from /init */
 
 static void set_env(char ***envp, size_t *n, const char *key, const char *val)
 {
@@ -263,6 +264,8 @@ static void child_exec(char **argv, char **env, size_t envc, const char *cwd, un
 		   setresuid(target_uid, target_uid, target_uid) != 0))
 		e = errno;
 	if (!e && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+		e = errno;
+	if (!e && seccomp_apply(target_seccomp) != 0)
 		e = errno;
 	if (!e) {
 		environ = env;
@@ -380,11 +383,13 @@ int spawnd_main(int argc, char **argv)
 			target_uid = (unsigned)v, have_uid = 1;
 		else if (!strcmp(argv[i], "--peer-uid") && !*endp && v < 0xFFFFFFFFul)
 			peer = (unsigned)v;
+		else if (!strcmp(argv[i], "--seccomp") && seccomp_tier_valid(argv[i + 1]))
+			target_seccomp = argv[i + 1];
 		else
 			path = NULL, i = argc;
 	}
 	if (!path || !have_uid || strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
-		fprintf(stderr, "usage: mvm-agent spawnd --socket PATH --uid U [--peer-uid A]\n");
+		fprintf(stderr, "usage: mvm-agent spawnd --socket PATH --uid U [--peer-uid A] [--seccomp TIER]\n");
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
@@ -401,7 +406,8 @@ int spawnd_main(int argc, char **argv)
 	}
 	if (peer != (unsigned)-1 && (chown(path, 0, peer) != 0 || chmod(path, 0660) != 0))
 		agent_log("spawnd: cannot restrict %s: %s", path, strerror(errno));
-	agent_log("spawnd: serving %s, processes run as uid %u", path, target_uid);
+	agent_log("spawnd: serving %s, processes run as uid %u (seccomp %s)", path, target_uid,
+		  target_seccomp);
 	for (;;) {
 		int conn = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
 		if (conn < 0) {

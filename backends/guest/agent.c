@@ -77,7 +77,7 @@ static void usage(void)
 #ifndef MVM_AGENT_SEALED
 		"       mvm-agent spawnd --socket PATH --uid U [--peer-uid A] [--seccomp TIER]\n"
 #endif
-		"       mvm-agent setpriv [--reuid=U] [--regid=G] [--clear-groups] [--no-new-privs] "
+		"       mvm-agent setpriv [--reuid=U] [--regid=G] [--clear-groups|--groups=G] [--no-new-privs] "
 		"[--seccomp=TIER] PROG [ARGS..]\n");
 	exit(2);
 }
@@ -113,8 +113,8 @@ static void reset_signals(void)
 
 static int setpriv_main(int argc, char **argv)
 {
-	unsigned uid = 0, gid = 0;
-	int set_uid = 0, set_gid = 0, clear = 0, nnp = 0, i = 1;
+	unsigned uid = 0, gid = 0, group = 0;
+	int set_uid = 0, set_gid = 0, clear = 0, set_group = 0, nnp = 0, i = 1;
 	const char *tier = "unrestricted";
 	for (; i < argc && !strncmp(argv[i], "--", 2); i++) {
 		const char *a = argv[i];
@@ -127,6 +127,8 @@ static int setpriv_main(int argc, char **argv)
 			set_gid = 1;
 		} else if (!strcmp(a, "--clear-groups")) {
 			clear = 1;
+		} else if (!strncmp(a, "--groups=", 9) && !parse_id(a + 9, &group)) {
+			set_group = 1; /* exactly this one supplementary group */
 		} else if (!strcmp(a, "--no-new-privs") || !strcmp(a, "--nnp")) {
 			nnp = 1;
 		} else if (!strncmp(a, "--seccomp=", 10) && seccomp_tier_valid(a + 10)) {
@@ -138,7 +140,13 @@ static int setpriv_main(int argc, char **argv)
 	}
 	if (i >= argc)
 		usage();
-	if (clear && setgroups(0, NULL) != 0) {
+	if (set_group) {
+		gid_t g = (gid_t)group;
+		if (setgroups(1, &g) != 0) {
+			perror("mvm-agent setpriv: setgroups");
+			return 126;
+		}
+	} else if (clear && setgroups(0, NULL) != 0) {
 		perror("mvm-agent setpriv: setgroups");
 		return 126;
 	}

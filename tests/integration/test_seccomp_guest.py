@@ -3,7 +3,8 @@
 Two small images, one boot each, on the real kernel under QEMU:
 
 * a sealed services image with the default ``standard`` tier: services ``a`` and
-  ``b`` get uids of their own (1001, 1002; ``a``'s prestart runs as ``a``), and the
+  ``b`` get uids of their own (1001, 1002; ``a``'s prestart runs as ``a``, and ``a``
+  writes the rw data volume, which belongs to the entrypoint's group), and the
   service ``root`` (``uid = 0``: root, so only the filter can refuse it) sees
   ``Seccomp: 2`` and EPERM from mount(2) and swapoff(2), and the agent runs filtered;
 * a dev image with ``seccomp = "unrestricted"``, where the same mount as root works.
@@ -13,10 +14,12 @@ The signed plan's label and the audit entries name the tier too.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import pytest
 
-from mvm import Engine, Image, ImageSpec, Service, VmRequest
+from mvm import Engine, Image, ImageSpec, Service, VmRequest, Volume
 from mvm.backends.guest.client import AgentClient
 from mvm.engine.admission.audit import PLAN_ADMITTED, PLAN_LAUNCHED, AuditLog, audit_db_path
 from mvm.engine.builders.offline_image import build_offline_image
@@ -35,11 +38,17 @@ ROOT_PROBE = (
 UID_PROBE = (
     f"echo \"uid=$(id -u) $(grep ^Seccomp: /proc/self/status | tr -d '\\t')\"; echo done; {FOREVER}"
 )
+# a service with a uid of its own still writes the rw data volume (the app group's)
+DATA_PROBE = (
+    "echo \"uid=$(id -u) $(grep ^Seccomp: /proc/self/status | tr -d '\\t')\"; "
+    "echo hi > /mnt/data/from-a && echo data=ok || echo data=refused; "
+    f"echo done; {FOREVER}"
+)
 
 HARDENED = ImageSpec(
     name="seccomp-std",
     services={
-        "a": Service(command=UID_PROBE, pre_start='echo "prestart uid=$(id -u)"'),
+        "a": Service(command=DATA_PROBE, pre_start='echo "prestart uid=$(id -u)"'),
         "b": Service(command=UID_PROBE),
         "root": Service(command=ROOT_PROBE, uid=0),
     },
@@ -63,17 +72,20 @@ async def _until_done(vm_agent: AgentClient, services: tuple[str, ...]) -> dict[
     return out
 
 
-async def test_standard_tier_and_own_service_uids_then_unrestricted() -> None:
+async def test_standard_tier_and_own_service_uids_then_unrestricted(tmp_path: Path) -> None:
     hardened: Image = await build_offline_image(HARDENED)
     loose: Image = await build_offline_image(LOOSE)
     assert hardened.meta["seccomp_tier"] == "standard"
     assert hardened.meta["uids"]["services"] == {"a": 1001, "b": 1002, "root": 0}
     async with Engine.open() as engine:
-        vm = await engine.start(VmRequest(name="sc-std", image_dir=str(hardened.directory)))
+        data = Volume(host=str(tmp_path), guest="/mnt/data", size_mb=16)
+        vm = await engine.start(
+            VmRequest(name="sc-std", image_dir=str(hardened.directory), volumes=(data,))
+        )
         try:
             client = await vm.agent()
             logs = await _until_done(client, ("a", "b", "root"))
-            assert logs["a"] == ["prestart uid=1001", "uid=1001 Seccomp:2", "done"]
+            assert logs["a"] == ["prestart uid=1001", "uid=1001 Seccomp:2", "data=ok", "done"]
             assert logs["b"] == ["uid=1002 Seccomp:2", "done"]
             root = logs["root"]
             assert root[0] == "Seccomp:2"

@@ -37,7 +37,7 @@ from mvm.engine.store import StateStore, VmRecord
 from mvm.engine.vm.detached import remove_vm, request_from_json, start_detached, stop_vm_record
 from mvm.engine.vm.owner import Owner
 from mvm.engine.vm.reconcile import adopt_orphaned, reconcile, settle
-from mvm.fleet.placement import NAMESPACE, node_ip
+from mvm.fleet.placement import NAMESPACE, cluster_nodes, node_ip
 from mvm.fleet.records import FleetEvent, Outcome, failed
 
 log = get_logger("mvm.fleet.host")
@@ -63,7 +63,8 @@ class HostAgent:
     def __init__(self) -> None:
         ctx = ray.get_runtime_context()
         self.node_id = ctx.get_node_id()
-        self.address = node_ip()
+        here = [n.address for n in cluster_nodes() if n.node_id == self.node_id]
+        self.address = here[0] if here else node_ip()
         home: Any = (ctx.get_node_labels() or {}).get("mvm.home")
         self.home: str | None = home[0] if isinstance(home, list) else home
         self._settings: Settings | None = None

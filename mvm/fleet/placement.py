@@ -158,6 +158,8 @@ async def take_seat(
     seat = Seat.options(**options).remote()  # type: ignore[attr-defined]
     try:
         node_id, address = await asyncio.wait_for(seat.where.remote(), timeout_s)
+        # the node's own address as the cluster knows it (a worker may see another)
+        address = next((n.address for n in cluster_nodes() if n.node_id == node_id), address)
     except TimeoutError:
         ray.kill(seat)
         raise ConflictError(

@@ -258,7 +258,7 @@ async def _join(address: str, timeout_s: float) -> None:
 
     def init() -> None:
         ray.init(
-            address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING
+            address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR
         )
 
     try:

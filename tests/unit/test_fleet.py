@@ -10,7 +10,10 @@ cluster serves the module; every test stops what it started.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -167,6 +170,54 @@ async def test_bad_requests_are_one_coded_error_and_start_nothing(
         await fleet.start(_req(image, "dup"))
     assert dup.value.code == "E_FLEET_NAME_TAKEN"
     assert [i.name for i in await fleet.list()] == ["dup"]
+
+
+def _mvmctl(*args: str, address: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run(
+        [sys.executable, "-P", "-m", "mvm.cli", "fleet", args[0], "--address", address, *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+
+
+async def test_the_cli_starts_lists_execs_and_stops_a_fleet_vm(
+    cluster: dict[str, Any], image: Path
+) -> None:
+    import trio
+
+    address = cluster["cluster"].address
+
+    async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return await trio.to_thread.run_sync(lambda: _mvmctl(*args, address=address))
+
+    up = await cli("up", str(image), "--name", "clivm", "--backend", "stub", "--label", "node=B")
+    assert up.returncode == 0, up.stderr
+    assert "clivm: up on node" in up.stderr
+    ls = await cli("ls", "--json")
+    rows = [json.loads(line) for line in ls.stdout.splitlines()]
+    assert [(r["name"], r["state"]) for r in rows] == [("clivm", "running")]
+    assert rows[0]["node_id"] == cluster["ids"]["B"]
+    ex = await cli("exec", "clivm", "--", "echo", "via-cli")
+    assert ex.returncode == 0 and ex.stdout == "via-cli\n", ex.stderr
+    nodes = await cli("nodes")
+    assert nodes.returncode == 0 and nodes.stdout.count("yes") == 3, nodes.stdout
+    dup = await cli("up", str(image), "--name", "clivm", "--backend", "stub")
+    assert dup.returncode != 0 and dup.stderr.startswith("error[E_FLEET_NAME_TAKEN]")
+    assert len(dup.stderr.strip().splitlines()) == 1
+    down = await cli("down", "clivm")
+    assert down.returncode == 0, down.stderr
+    assert (await cli("ls", "--json")).stdout == ""
+
+
+def test_the_cli_says_one_line_for_an_unreachable_cluster() -> None:
+    out = _mvmctl("nodes", address="127.0.0.1:1")
+    assert out.returncode != 0
+    assert out.stderr.startswith("error[E_FLEET_UNREACHABLE]: no Ray cluster at 127.0.0.1:1")
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 async def test_unreachable_address_is_one_coded_line_fast() -> None:

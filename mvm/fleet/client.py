@@ -28,7 +28,7 @@ from mvm.engine.base.errors import (
 )
 from mvm.engine.request.vmrequest import VmRequest
 from mvm.engine.vm.detached import request_to_json
-from mvm.fleet.host_agent import agent_name
+from mvm.fleet.host_agent import agent_for, agent_name
 from mvm.fleet.placement import NAMESPACE, placement_for
 from mvm.fleet.records import (
     FleetEntry,
@@ -45,7 +45,14 @@ CONNECT_TIMEOUT_S = 10.0
 
 
 async def _get(ref: Any) -> Any:
-    return await anyio.to_thread.run_sync(ray.get, ref)
+    """A Ray call's value; an agent that died under the call (its node left) is coded."""
+    try:
+        return await anyio.to_thread.run_sync(ray.get, ref)
+    except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as exc:
+        raise BackendError(
+            f"the fleet actor serving this call is gone: {str(exc).splitlines()[0]}",
+            code="E_FLEET_NODE_LOST",
+        ) from None
 
 
 class FleetVm:
@@ -67,7 +74,7 @@ class FleetVm:
             if entry.state == "lost":
                 raise BackendError(why, code="E_FLEET_NODE_LOST")
             raise ConflictError(why, code="E_VM_NOT_RUNNING")
-        return ray.get_actor(agent_name(entry.node_id), namespace=NAMESPACE)
+        return agent_for(entry.node_id)  # made again (reconciling first) if it died
 
     async def address(self, guest_port: int) -> str:
         """``node-address:port`` where the VM's forward of ``guest_port`` listens."""
@@ -120,7 +127,7 @@ class FleetVm:
         entry = await self.entry()
         code: int | None = None
         if entry.state == "running" and entry.node_id is not None:
-            agent = ray.get_actor(agent_name(entry.node_id), namespace=NAMESPACE)
+            agent = agent_for(entry.node_id)
             code = unwrap(await _get(agent.stop.remote(self.name)))
         unwrap(await _get(self._fleet.registry.forget.remote(self.name)))
         return code

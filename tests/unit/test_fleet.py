@@ -265,6 +265,18 @@ async def test_events_come_from_every_node(
     assert len({ev.node_id for ev in ready}) == 3
 
 
+async def test_a_dead_host_agent_is_made_again_and_its_vms_keep_running(
+    fleet: Fleet, cluster: dict[str, Any], image: Path
+) -> None:
+    from mvm.fleet.host_agent import agent_name
+
+    vm = await fleet.start(_req(image, "survivor"), labels={"node": "A"})
+    ray.kill(ray.get_actor(agent_name(cluster["ids"]["A"]), namespace="mvm"))
+    # detached: the VM outlived its agent; the next call makes a new one, which adopts it
+    assert (await vm.exec(["echo", "still"])).stdout == b"still\n"
+    assert [i.vm_state for i in await fleet.list()] == ["running"]
+
+
 def _vmms(home: Path, name: str) -> list[int]:
     """The stub VMM processes of VM ``name`` under ``home`` (by their run-dir tag)."""
     tag = f"MVM_VMM_RUN_DIR={home}/vms/{name}\0".encode()

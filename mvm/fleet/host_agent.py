@@ -6,13 +6,11 @@ in namespace ``mvm``. Its lifetime is *detached*: the VMs it starts are detached
 agent must outlive the client to keep serving them; the registry re-creates it when it
 is gone. The engine (``Engine.open(home=...)``, the node's ``mvm.home`` label, else the
 normal settings) is opened once at startup to reconcile; after that every call opens
-its own StateStore, as each mvmctl command does. (A store connection held open for the
-actor's life lost its WAL: another process's close deleted ``state.db-wal`` under it,
-and this process then read and wrote a stale copy.) The engine supervises nothing
-here: every VM is detached, with its own shim and engine.
+its own StateStore, as each mvmctl command does: the engine would supervise nothing
+here, since every VM is detached, with its own shim and engine.
 
 On startup it reconciles BEFORE adopting: VMs of its store that the registry says now
-live on another node (or never heard of) have their supervisor and VMM killed and their
+live on another node (or ran and stopped) have their supervisor and VMM killed and their
 rows removed, so a node that comes back after the fleet replaced its VMs runs no
 duplicate and leaves no orphan; the rest are adopted (new shims where theirs died).
 """

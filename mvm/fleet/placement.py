@@ -162,8 +162,9 @@ async def take_seat(
         address = next((n.address for n in cluster_nodes() if n.node_id == node_id), address)
     except TimeoutError:
         ray.kill(seat)
+        vm = name.rsplit(":", 1)[0]  # the seat's key is NAME:GENERATION
         raise ConflictError(
-            f"no node has room for {name} ({place.vcpus} vCPUs, {place.memory_mib} MiB) "
+            f"no node has room for {vm} ({place.vcpus} vCPUs, {place.memory_mib} MiB) "
             f"within {timeout_s:g} s",
             code="E_FLEET_FULL",
         ) from None

@@ -172,6 +172,18 @@ async def test_bad_requests_are_one_coded_error_and_start_nothing(
     assert [i.name for i in await fleet.list()] == ["dup"]
 
 
+async def test_a_full_fleet_is_e_fleet_full_after_the_timeout_and_keeps_nothing(
+    fleet: Fleet, image: Path
+) -> None:
+    await fleet.start(_req(image, "fills-c", vcpus=2), labels={"node": "C"})
+    with pytest.raises(MvmError) as full:
+        await fleet.start(_req(image, "no-room"), labels={"node": "C"}, placement_timeout_s=1)
+    assert full.value.code == "E_FLEET_FULL" and "no-room" in full.value.message
+    assert [i.name for i in await fleet.list()] == ["fills-c"]
+    with pytest.raises(ValueError):  # its seat was given back
+        ray.get_actor("mvm-seat:no-room:1", namespace="mvm")
+
+
 def _mvmctl(*args: str, address: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.run(

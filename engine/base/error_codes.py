@@ -591,6 +591,20 @@ _c("E_MESSAGE_NOT_WIRE", "MessageError", "a reply channel was sent over a wire",
 _c("E_MESSAGE_UNKNOWN_FIELD", "MessageError", "a wire message has unknown fields", _REPORT)
 _c("E_MESSAGE_UNKNOWN_TYPE", "MessageError", "a wire message has an unknown type tag", _REPORT)
 
+# --- the fleet on Ray (mvm/fleet/)
+_c("E_FLEET_FULL", "ConflictError", "every node that could run the VM is full right now",
+   "stop a VM, add a node, or start it again later: mvmctl fleet ls")
+_c("E_FLEET_NAME_TAKEN", "ConflictError", "a VM of that name already runs in the fleet",
+   "pick another name, or stop that VM first: mvmctl fleet down NAME")
+_c("E_FLEET_NODE_LOST", "BackendError", "the VM's node left the Ray cluster",
+   "see where the fleet restarted it: mvmctl fleet ls")
+_c("E_FLEET_NOT_INSTALLED", "BackendUnavailable", "the fleet needs Ray, which is not installed",
+   "install the extra: pip install 'mvm-engine[fleet]'")
+_c("E_FLEET_UNREACHABLE", "BackendUnavailable", "no Ray cluster answers at that address",
+   "start one with: ray start --head --resources='{\"mvm_host\": 1, ...}', or fix --address")
+_c("E_FLEET_UNSCHEDULABLE", "ConfigError", "no node of the fleet can ever run the request",
+   "ask for fewer vCPUs/MiB or other labels, or add a bigger node: mvmctl fleet nodes")
+
 # --- benchmarks (bench/, mvm/cli/bench_commands.py)
 _c("E_BENCH_AGENT", "BenchAgentError", "the guest agent under test misbehaved", _REPORT)
 _c("E_BENCH_BACKEND", "ConfigError", "bench boot supports only the qemu backend here",

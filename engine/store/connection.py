@@ -44,7 +44,11 @@ def open_connection(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
     reports about the file (newer schema, corrupt, unwritable)."""
     try:
         make_private_dirs(path.parent)
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600))
+        # Only a missing file is created here: closing ANY descriptor of an existing one
+        # drops the POSIX locks this process's open connections hold on it, and another
+        # process's close then deletes the WAL under them (tests/unit/test_store_second_open.py).
+        if not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600))
     except OSError as exc:
         hint = "check the permissions of MVM_HOME, or point MVM_HOME elsewhere"
         if exc.errno == errno.EISDIR:

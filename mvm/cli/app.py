@@ -26,6 +26,7 @@ from mvm.cli.parsers import (
     clone,
     dev,
     events,
+    fleet,
     images,
     invoke,
     ir,
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         bench,
         dev,
         builder,
+        fleet,
     )
     for group in groups:
         group.register(sub)

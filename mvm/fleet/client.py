@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+import os
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -250,6 +252,24 @@ def _unreachable(address: str, why: str) -> BackendUnavailable:
     )
 
 
+@contextmanager
+def _cwd_that_shadows_nothing() -> Iterator[None]:
+    """Ray puts the driver's working directory first on its workers' ``sys.path``: run
+    from a checkout of mvm (as the README's ``.venv/bin/mvmctl`` is), the workers would
+    import the sources' ``mvm/`` instead of the installed package and every fleet actor
+    would fail to start. Join from ``/`` then (only then: it is the process's cwd)."""
+    here = Path.cwd()
+    installed = Path(__file__).resolve().parents[1]
+    if not (here / "mvm" / "__init__.py").is_file() or (here / "mvm").resolve() == installed:
+        yield
+        return
+    os.chdir("/")
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
 async def _join(address: str, timeout_s: float) -> None:
     """``ray.init`` bounded: a TCP probe of an explicit ``host:port`` first (fast
     refusal), then the init itself in a thread abandoned after ``timeout_s``."""
@@ -264,9 +284,13 @@ async def _join(address: str, timeout_s: float) -> None:
             raise _unreachable(address, str(exc) or "no answer") from None
 
     def init() -> None:
-        ray.init(
-            address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR
-        )
+        with _cwd_that_shadows_nothing():
+            ray.init(
+                address=address,
+                namespace=NAMESPACE,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+            )
 
     try:
         with anyio.fail_after(timeout_s):

@@ -355,3 +355,21 @@ def test_import_mvm_does_not_import_ray() -> None:
         [sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def test_joining_from_a_checkout_does_not_shadow_the_installed_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray puts the driver's cwd on its workers' sys.path: run from a folder holding an
+    mvm/ of sources (a checkout), the join happens from / and the cwd comes back."""
+    from mvm.fleet.client import _cwd_that_shadows_nothing
+
+    (tmp_path / "mvm").mkdir()
+    (tmp_path / "mvm" / "__init__.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    with _cwd_that_shadows_nothing():
+        assert Path.cwd() == Path("/")
+    assert Path.cwd() == tmp_path
+    monkeypatch.chdir(tmp_path / "mvm")  # nothing to shadow here: stays
+    with _cwd_that_shadows_nothing():
+        assert Path.cwd() == tmp_path / "mvm"

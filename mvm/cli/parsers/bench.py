@@ -19,6 +19,7 @@ BENCHES = {
     "agent_language": "guest agent C vs Python: boot-to-hello, RSS, disk, request RTT",
     "cli": "mvmctl --help and mvmctl ls wall time vs a bare python start",
     "up": "mvmctl up until the forwarded page answers vs the engine's boot (same run)",
+    "fleet": "N stub-VM starts across a 4-node Ray cluster; one fleet start vs local",
     "build": "builder VM boot, cold / warm build of the hello flake, cache hit (warm/cold)",
 }
 

@@ -23,7 +23,7 @@ from mvm.engine.base.errors import ConfigError
 from mvm.engine.images.imagespec import ImageSpec
 
 # Bump when the rootfs layout or the mkfs recipe changes.
-RECIPE_VERSION = "3"  # 3: sealed images have execute-only ELF programs
+RECIPE_VERSION = "4"  # 3: execute-only ELF programs in sealed images; 4: dm-verity tree
 
 
 def spec_json(spec: ImageSpec) -> bytes:

@@ -1,12 +1,13 @@
 """Signed ExecutionPlans: the only way a launch gets past admission.
 
 A plan binds *what* runs (IR hash, image ref, resources, admission profile, VM
-name) to *when* (a validity window) and *once* (a random nonce), and is signed
-with the host's Ed25519 key over the RFC 8785 canonical JSON of every field but
-``signature``. Before dispatch, :meth:`Admission.admit` checks, in this order:
-the signature (so forged plans never touch the nonce store), the window, then the
-nonce — consuming it and writing ``plan.admitted`` to the audit log in the same
-SQLite transaction, so a nonce is spent if and only if the admission is recorded.
+name, a sealed image's dm-verity root hash) to *when* (a validity window) and
+*once* (a random nonce), and is signed with the host's Ed25519 key over the RFC
+8785 canonical JSON of every field but ``signature``. Before dispatch,
+:meth:`Admission.admit` checks, in this order: the signature (so forged plans
+never touch the nonce store), the window, then the nonce — consuming it and
+writing ``plan.admitted`` to the audit log in the same SQLite transaction, so a
+nonce is spent if and only if the admission is recorded.
 Launch outcomes are recorded as ``plan.launched`` / ``plan.failed``.
 """
 
@@ -27,6 +28,7 @@ import anyio.to_thread
 import attrs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from mvm.backends.abc.types import Verity
 from mvm.engine.admission.audit import (
     PLAN_ADMITTED,
     PLAN_FAILED,
@@ -84,6 +86,9 @@ class ExecutionPlan:
     nonce: str
     key_id: str
     signature: str = ""
+    # A sealed image's dm-verity parameters (root hash, salt, sizes): signed with the
+    # rest, and the only source of the guest's dm table (None: no verified root).
+    verity: Verity | None = None
 
     def body(self) -> dict[str, Any]:
         """Every field except the signature: what is signed."""
@@ -122,6 +127,7 @@ def sign_plan(
     admission_profile: str = "default",
     valid_for_secs: int = DEFAULT_VALIDITY_SECS,
     now: float | None = None,
+    verity: Verity | None = None,
 ) -> ExecutionPlan:
     if not _HEX64.match(ir_hash):
         raise ConfigError(f"ir_hash {ir_hash!r} is not lowercase hex SHA-256", code="E_PLAN_INPUT")
@@ -142,6 +148,7 @@ def sign_plan(
         not_after=start + valid_for_secs,
         nonce=secrets.token_hex(16),
         key_id=key.key_id,
+        verity=verity,
     )
     signature = base64.b64encode(key.sign(unsigned.signing_bytes())).decode("ascii")
     return attrs.evolve(unsigned, signature=signature)
@@ -221,6 +228,7 @@ class Admission:
         admission_profile: str = "default",
         valid_for_secs: int = DEFAULT_VALIDITY_SECS,
         now: float | None = None,
+        verity: Verity | None = None,
     ) -> ExecutionPlan:
         """:func:`sign_plan` with this host's key."""
         return sign_plan(
@@ -232,6 +240,7 @@ class Admission:
             admission_profile=admission_profile,
             valid_for_secs=valid_for_secs,
             now=now,
+            verity=verity,
         )
 
     def admit(self, plan: ExecutionPlan, *, now: float | None = None) -> AuditEntry:
@@ -279,4 +288,5 @@ def _summary(plan: ExecutionPlan) -> dict[str, Any]:
         "admission_profile": plan.admission_profile,
         "key_id": plan.key_id,
         "nonce": plan.nonce,
+        "verity_root_hash": plan.verity.root_hash if plan.verity else None,
     }

@@ -18,9 +18,11 @@ from mvm.backends.abc.types import (
     LaunchPlan,
     NetDevice,
     PausedHook,
+    Verity,
     VmmHandle,
     VmSpec,
 )
+from mvm.backends.abc.verity import dm_create_arg, dm_table, root_args
 
 __all__ = [
     "Accel",
@@ -33,6 +35,10 @@ __all__ = [
     "LaunchPlan",
     "NetDevice",
     "PausedHook",
+    "Verity",
     "VmSpec",
     "VmmHandle",
+    "dm_create_arg",
+    "dm_table",
+    "root_args",
 ]

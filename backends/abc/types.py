@@ -44,6 +44,22 @@ class NetDevice:
 
 
 @attrs.frozen
+class Verity:
+    """dm-verity parameters of a sealed rootfs whose hash tree is appended to it.
+
+    ``hash_offset`` (bytes) is where the tree starts in the same file: the data
+    area is ``data_blocks`` blocks of 4096 bytes before it. Recorded at image
+    finalisation in mvm-meta.json and bound into the signed ExecutionPlan; the
+    backends build the kernel's ``dm-mod.create=`` table from the plan's copy."""
+
+    root_hash: str
+    salt: str
+    data_blocks: int
+    hash_offset: int
+    algorithm: str = "sha256"
+
+
+@attrs.frozen
 class VmSpec:
     """Everything a backend needs to launch one VM. Paths are absolute."""
 
@@ -62,6 +78,8 @@ class VmSpec:
     # The agent channel: None lets the backend choose (vhost-vsock where the host has
     # it); a restore passes its snapshot's, since the device model must match.
     agent_vsock: bool | None = None
+    # A sealed image's verified root: root=/dev/dm-0 over a dm-verity mapping of vda.
+    verity: Verity | None = None
 
 
 @attrs.frozen

@@ -15,12 +15,13 @@ from typing import Any
 import attrs
 
 from mvm.backends.abc.types import VmSpec
+from mvm.backends.abc.verity import root_args
 from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
 from mvm.engine.base.errors import ConfigError
 
 GUEST_CID = 3
 MAX_VCPUS = 254
-BASE_CMDLINE = ("console=ttyS0", "reboot=k", "panic=1", "init=/init", "root=/dev/vda")
+BASE_CMDLINE = ("console=ttyS0", "reboot=k", "panic=1", "init=/init")
 
 
 @attrs.frozen
@@ -54,6 +55,7 @@ def cmdline(spec: VmSpec) -> str:
     return " ".join(
         (
             *BASE_CMDLINE,
+            *root_args(spec.verity),
             "ro" if spec.rootfs_read_only else "rw",
             "rootfstype=ext4",
             f"mvm.agent=vsock:{AGENT_VSOCK_PORT}",

@@ -22,6 +22,7 @@ import attrs
 
 from mvm.backends.abc.types import ApiCall as ApiCall  # re-exported: defined once for every VMM
 from mvm.backends.abc.types import VmSpec
+from mvm.backends.abc.verity import root_args
 from mvm.backends.guest.protocol import AGENT_VSOCK_PORT
 from mvm.engine.base.errors import ConfigError
 
@@ -77,8 +78,12 @@ def snapshot_files(path: Path) -> tuple[Path, Path]:
 
 
 def boot_args(spec: VmSpec) -> str:
-    """Firecracker itself appends ``root=/dev/vda rw|ro`` for the root drive."""
-    return " ".join((*BASE_BOOT_ARGS, f"mvm.agent=vsock:{AGENT_VSOCK_PORT}", *spec.kernel_args))
+    """Firecracker itself appends ``root=/dev/vda rw|ro`` for a root drive; a verified
+    root is no Firecracker root drive, so its ``root=/dev/dm-0 ro`` is given here."""
+    verity = (*root_args(spec.verity), "ro") if spec.verity is not None else ()
+    return " ".join(
+        (*BASE_BOOT_ARGS, *verity, f"mvm.agent=vsock:{AGENT_VSOCK_PORT}", *spec.kernel_args)
+    )
 
 
 def drive_id(ident: str, index: int) -> str:
@@ -96,7 +101,8 @@ def _drive_calls(spec: VmSpec) -> list[ApiCall]:
             {
                 "drive_id": ROOT_DRIVE_ID,
                 "path_on_host": str(spec.rootfs),
-                "is_root_device": True,
+                # a verified root is mounted from the dm mapping, not from vda itself
+                "is_root_device": spec.verity is None,
                 "is_read_only": spec.rootfs_read_only,
             },
         )

@@ -9,7 +9,8 @@ orchestration and the public face; each step lives in a module of its own:
 - ``tree``: stage the guest tree (the filesystem contract ``/init`` reads,
   see ``_populate``);
 - ``ext4``: write that tree into a reproducible ``rootfs.ext4``, without root
-  and without mounting.
+  and without mounting;
+- ``verity``: append a sealed image's dm-verity hash tree (``verity`` in the meta).
 
 The image is reproducible: the same spec and inputs give a byte-identical
 ``rootfs.ext4``. Images are content-addressed under ``<cache>/images/<key>/``
@@ -19,6 +20,7 @@ Ctrl-C never leaves a half image behind.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -39,6 +41,7 @@ from mvm.backends.image.ext4 import MIN_IMAGE_BYTES, SOURCE_DATE_EPOCH, _make_fi
 from mvm.backends.image.key import RECIPE_VERSION, _cache_key, spec_json
 from mvm.backends.image.layout import AGENT_PATH, BASE_DIRS, BUSYBOX, SETUP_HINT
 from mvm.backends.image.tree import _meta_bytes, _populate, _Tree
+from mvm.backends.image.verity import finalise_verity
 from mvm.engine.base.errors import BuildError
 from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import cache_dir
@@ -100,6 +103,8 @@ async def build_image(
         )
         await _make_filesystem(tree, out / "rootfs.ext4", work, key)
         _write_meta(out / "mvm-meta.json", meta)
+        # host-side finalisation: the sealed root's dm-verity tree, recorded in the meta
+        await anyio.to_thread.run_sync(functools.partial(finalise_verity, out, seed=key))
         await anyio.to_thread.run_sync(_link_or_copy, kernel, out / "vmlinux")
         try:
             os.rename(out, final)  # atomic promotion

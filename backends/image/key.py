@@ -23,8 +23,9 @@ from mvm.engine.base.errors import ConfigError
 from mvm.engine.images.imagespec import DEFAULT_SECCOMP, ImageSpec
 
 # Bump when the rootfs layout or the mkfs recipe changes.
-# 3: sealed images have execute-only ELF programs; 4: seccomp tiers, per-service uids
-RECIPE_VERSION = "4"
+# 3: execute-only ELF programs in sealed images; 4: seccomp tiers, per-service uids;
+# 5: the dm-verity tree appended to sealed roots
+RECIPE_VERSION = "5"
 
 
 def spec_json(spec: ImageSpec) -> bytes:

@@ -8,6 +8,8 @@ Choices worth knowing:
   from ``-kernel vmlinux`` and all devices sit on virtio-mmio, in the order they
   are given (rootfs = vda, then the extra drives). The RTC stays on: with
   ``rtc=off`` the guest's CMOS driver waits ~2 s for a clock that never answers.
+* A sealed image with verity boots ``root=/dev/dm-0``: the mapping is on the command
+  line (``backends/abc/verity.py``), so it is in the LaunchPlan.
 * Under TCG the kernel gets ``tsc_early_khz`` (see ``accel``).
 * The console goes to a file chardev (``append=on``: a restore keeps the boot log);
   control is QMP on a Unix socket; the guest agent is a virtio-serial port named
@@ -22,6 +24,7 @@ from pathlib import Path
 import attrs
 
 from mvm.backends.abc.types import Accel, VmSpec
+from mvm.backends.abc.verity import root_args
 from mvm.backends.vmm.kvm_probe import HEADLESS_FLAGS, QEMU_BINARY
 
 AGENT_PORT_NAME = "mvm.agent"
@@ -32,7 +35,6 @@ BASE_CMDLINE = (
     "reboot=t",
     "panic=-1",
     "init=/init",
-    "root=/dev/vda",
 )
 
 
@@ -70,7 +72,9 @@ def opt(value: str | Path) -> str:
 
 
 def kernel_cmdline(spec: VmSpec, accel: Accel, *, tsc_khz: int | None, vsock: bool) -> str:
-    args = [*BASE_CMDLINE, "ro" if spec.rootfs_read_only else "rw", "rootfstype=ext4"]
+    # A sealed image's root is the dm-verity mapping built from the plan's root hash.
+    root = root_args(spec.verity)
+    args = [*BASE_CMDLINE, *root, "ro" if spec.rootfs_read_only else "rw", "rootfstype=ext4"]
     if accel is Accel.TCG:
         if tsc_khz is None:
             raise ValueError("a TCG guest needs the host TSC frequency")

@@ -3,9 +3,9 @@
 Every cold start and every clone (not the adoption of a VMM that is already
 running) gets an ExecutionPlan issued with the host key for exactly this VM:
 what runs (the workload's IR hash, or the image spec's hash for images not built
-from IR), the image, the resources and the admission profile (``prod`` for
-sealed images, ``dev`` otherwise), the ``seccomp_tier`` label (the image's guest
-syscall filter) and a five-minute validity window. ``Admission``
+from IR), the image and its dm-verity root hash, the resources, the admission
+profile (``prod`` for sealed images, ``dev`` otherwise), the ``seccomp_tier`` label
+(the image's guest syscall filter) and a five-minute validity window. ``Admission``
 verifies it and spends its nonce, recording ``plan.admitted`` in the audit
 chain, before the VMM is spawned; the VM then records ``plan.launched`` once its
 agent greeted, or ``plan.failed`` with the error code. ``mvmctl audit verify``
@@ -69,6 +69,7 @@ class LaunchGate:
             ),
             admission_profile="prod" if image.sealed else "dev",
             labels={"seccomp_tier": image.seccomp_tier},
+            verity=image.verity if image.sealed else None,
         )
         await gate.admit_async(plan)
         return plan

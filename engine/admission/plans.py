@@ -1,12 +1,13 @@
 """Signed ExecutionPlans: the only way a launch gets past admission.
 
 A plan binds *what* runs (IR hash, image ref, resources, admission profile, VM
-name) to *when* (a validity window) and *once* (a random nonce), and is signed
-with the host's Ed25519 key over the RFC 8785 canonical JSON of every field but
-``signature``. Before dispatch, :meth:`Admission.admit` checks, in this order:
-the signature (so forged plans never touch the nonce store), the window, then the
-nonce — consuming it and writing ``plan.admitted`` to the audit log in the same
-SQLite transaction, so a nonce is spent if and only if the admission is recorded.
+name, a sealed image's dm-verity root hash) to *when* (a validity window) and
+*once* (a random nonce), and is signed with the host's Ed25519 key over the RFC
+8785 canonical JSON of every field but ``signature``. Before dispatch,
+:meth:`Admission.admit` checks, in this order: the signature (so forged plans
+never touch the nonce store), the window, then the nonce — consuming it and
+writing ``plan.admitted`` to the audit log in the same SQLite transaction, so a
+nonce is spent if and only if the admission is recorded.
 Launch outcomes are recorded as ``plan.launched`` / ``plan.failed``.
 
 ``labels`` are signed facts about the launch that are not inputs to it, such as
@@ -32,6 +33,7 @@ import anyio.to_thread
 import attrs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from mvm.backends.abc.types import Verity
 from mvm.engine.admission.audit import (
     PLAN_ADMITTED,
     PLAN_FAILED,
@@ -90,6 +92,9 @@ class ExecutionPlan:
     key_id: str
     labels: dict[str, str] = attrs.field(factory=dict)
     signature: str = ""
+    # A sealed image's dm-verity parameters (root hash, salt, sizes): signed with the
+    # rest, and the only source of the guest's dm table (None: no verified root).
+    verity: Verity | None = None
 
     def body(self) -> dict[str, Any]:
         """Every field except the signature: what is signed."""
@@ -131,6 +136,7 @@ def sign_plan(
     valid_for_secs: int = DEFAULT_VALIDITY_SECS,
     now: float | None = None,
     labels: dict[str, str] | None = None,
+    verity: Verity | None = None,
 ) -> ExecutionPlan:
     if not _HEX64.match(ir_hash):
         raise ConfigError(f"ir_hash {ir_hash!r} is not lowercase hex SHA-256", code="E_PLAN_INPUT")
@@ -152,6 +158,7 @@ def sign_plan(
         nonce=secrets.token_hex(16),
         key_id=key.key_id,
         labels=dict(labels or {}),
+        verity=verity,
     )
     signature = base64.b64encode(key.sign(unsigned.signing_bytes())).decode("ascii")
     return attrs.evolve(unsigned, signature=signature)
@@ -232,6 +239,7 @@ class Admission:
         valid_for_secs: int = DEFAULT_VALIDITY_SECS,
         now: float | None = None,
         labels: dict[str, str] | None = None,
+        verity: Verity | None = None,
     ) -> ExecutionPlan:
         """:func:`sign_plan` with this host's key."""
         return sign_plan(
@@ -244,6 +252,7 @@ class Admission:
             valid_for_secs=valid_for_secs,
             now=now,
             labels=labels,
+            verity=verity,
         )
 
     def admit(self, plan: ExecutionPlan, *, now: float | None = None) -> AuditEntry:
@@ -292,4 +301,5 @@ def _summary(plan: ExecutionPlan) -> dict[str, Any]:
         "key_id": plan.key_id,
         "nonce": plan.nonce,
         **plan.labels,  # e.g. seccomp_tier
+        "verity_root_hash": plan.verity.root_hash if plan.verity else None,
     }

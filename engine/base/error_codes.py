@@ -304,6 +304,12 @@ _c("E_IMAGE_REF", "ConfigError", "the image reference names nothing known",
 _c("E_IMAGE_UNKNOWN", "NotFoundError", "no cached image has that name or key",
    "list the built images: mvmctl images")
 _c("E_ROOTFS_MISSING", "ConfigError", "the image has no root filesystem", _REBUILD)
+_c("E_VERITY", "SecurityError", "the guest read a rootfs block that fails dm-verity (the "
+   "sealed image was altered after its build)", "do not run this image; rebuild it: mvmctl build")
+_c("E_VERITY_FORMAT", "BuildError", "veritysetup could not add the sealed rootfs's hash tree",
+   "install cryptsetup-bin (./scripts/setup) and rebuild")
+_c("E_VERITY_MISMATCH", "SecurityError", "the image's recorded dm-verity root hash differs "
+   "from the signed plan's", "the image changed after admission; rebuild it and launch again")
 _c("E_SPEC_COMMAND", "ConfigError", "a command is empty or not a string or list of strings",
    "omit it or give argv")
 _c("E_SPEC_ENTRYPOINT", "ConfigError", "the entrypoint is invalid or not in the image",

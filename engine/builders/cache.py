@@ -10,7 +10,8 @@ Layout: ``<cache>/builds/<key>/{vmlinux,rootfs.ext4,mvm-meta.json,mvm-build.json
 A build writes into ``<cache>/builds/.staging-<key>-<rand>/`` and is renamed into
 place only when complete, so a reader sees a whole image or none; failure and
 cancellation delete the staging dir (shielded, so Ctrl-C cannot skip it). A crash
-can leave a stale ``.staging-*``; :meth:`BuildCache.sweep` removes those.
+can leave a stale ``.staging-*``; :meth:`BuildCache.sweep` removes those. Promotion
+finalises the image first: a sealed rootfs gets its dm-verity tree (backends/image/verity.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import attrs
 import cattrs
 import rfc8785
 
+from mvm.backends.image.verity import finalise_verity
 from mvm.engine.base.errors import ConfigError, MvmError
 from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import cache_dir
@@ -199,6 +201,8 @@ class BuildCache:
 
     async def _promote(self, work: Path, key: CacheKey, *, mode: str, seconds: float) -> None:
         check_artifacts(work)
+        # Finalisation, whatever the builder: a sealed root gets its dm-verity tree here.
+        await anyio.to_thread.run_sync(functools.partial(finalise_verity, work, seed=key.key))
         manifest: dict[str, Any] = {
             "key": key.key,
             "inputs": key.inputs,

@@ -12,6 +12,8 @@ from typing import Any
 
 import attrs
 
+from mvm.backends.abc.types import Verity
+from mvm.backends.image.verity import verity_from_meta
 from mvm.engine.base.errors import ConfigError, NotFoundError
 
 
@@ -34,6 +36,17 @@ class Image:
     def sealed(self) -> bool:
         """True when exec and console are refused (a non-dev image)."""
         return bool(self.meta.get("sealed", True))
+
+    @property
+    def verity(self) -> Verity | None:
+        """The dm-verity parameters recorded at finalisation (None: an accessible image,
+        or one built before verity); a malformed record is E_IMAGE_META."""
+        try:
+            return verity_from_meta(self.meta)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{self.directory / 'mvm-meta.json'}: {exc}", code="E_IMAGE_META"
+            ) from None
 
     @property
     def vcpus(self) -> int:

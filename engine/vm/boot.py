@@ -39,6 +39,7 @@ from mvm.engine.vm.planfile import load_plan, save_plan
 from mvm.engine.vm.snapshot_volumes import clone_drives
 from mvm.engine.vm.snapshots import new_identity
 from mvm.engine.vm.steps import Step, Steps
+from mvm.engine.vm.verity_check import check_image_verity
 
 if TYPE_CHECKING:
     from mvm.engine.vm.runtime import RuntimeVM
@@ -185,11 +186,16 @@ async def release_network(vm: RuntimeVM) -> None:
 
 
 async def prepare(vm: RuntimeVM) -> None:
+    """The LaunchPlan from the admitted plan: a sealed image's dm table comes from the
+    signed verity parameters, once the image on disk is checked to still match them."""
+    if vm.exec_plan is not None and vm.restore is None:
+        await anyio.to_thread.run_sync(check_image_verity, vm.image.directory, vm.exec_plan.verity)
     vm.plan = vm.backend.prepare(vm_spec(vm))
 
 
 async def admit(vm: RuntimeVM) -> None:
-    """Admission is the last step before the VMM exists (a signed ExecutionPlan)."""
+    """Admission comes just before the launch plan is made (whose dm-verity table is
+    the signed plan's) and the VMM exists: a signed ExecutionPlan."""
     if vm.gate is not None:
         vm.exec_plan = await vm.gate.admit(vm.request, vm.image)
 
@@ -335,8 +341,8 @@ COLD_START: Steps[RuntimeVM] = Steps(
         Step("run_dir", make_run_dir, remove_transient_files),
         Step("volumes", volumes),
         Step("network", acquire_network, release_network),
-        Step("prepare", prepare),
         Step("admit", admit, record_failed_launch),
+        Step("prepare", prepare),
         Step("spawn_vmm", spawn_vmm, stop_vmm),
         Step("save_plan", write_plan, remove_plan),
         Step("connect_agent", connect_agent),

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from mvm.backends.abc.types import Accel, NetDevice, VmSpec
+from mvm.backends.abc.types import Accel, NetDevice, Verity, VmSpec
 from mvm.engine.request.envvars import env_kernel_arg
 from mvm.engine.request.volumes import kernel_arg
 
@@ -34,6 +34,7 @@ def vm_spec(vm: RuntimeVM) -> VmSpec:
         net=nics,
         accel=vm.accel,
         rootfs_read_only=True,
+        verity=_verity(vm),
     )
     snap = vm.restore
     if snap is None:
@@ -52,8 +53,17 @@ def vm_spec(vm: RuntimeVM) -> VmSpec:
     )
 
 
+def _verity(vm: RuntimeVM) -> Verity | None:
+    """The dm-verity parameters the guest's dm table is built from: the signed plan's
+    (admission issued it from the image); without a gate (tests), the image's own."""
+    if vm.exec_plan is not None:
+        return vm.exec_plan.verity
+    return vm.image.verity if vm.image.sealed else None
+
+
 def record_spec(vm: RuntimeVM) -> dict[str, Any]:
     req = vm.request
+    verity = vm.image.verity if vm.image.sealed else None
     return {
         "image": str(vm.image.directory),
         "ports": [str(p) for p in req.ports],
@@ -68,4 +78,5 @@ def record_spec(vm: RuntimeVM) -> dict[str, Any]:
         "stop_grace_s": req.stop_grace_s,
         "boot_timeout_s": req.boot_timeout_s,
         "ir_hash": req.ir_hash,  # `mvmctl start` boots it again under the same plan
+        "verity_root_hash": verity.root_hash if verity else None,  # mvmctl inspect shows it
     }

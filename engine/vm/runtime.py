@@ -35,7 +35,7 @@ from mvm.backends.abc.types import (
 )
 from mvm.engine.admission.gate import LaunchGate
 from mvm.engine.admission.plans import ExecutionPlan
-from mvm.engine.base.errors import BackendError, MvmError
+from mvm.engine.base.errors import BackendError, MvmError, SecurityError
 from mvm.engine.base.log import get_logger
 from mvm.engine.base.paths import vm_dir, write_private
 from mvm.engine.images.image import Image
@@ -56,6 +56,7 @@ from mvm.engine.vm.messages import (
 )
 from mvm.engine.vm.snapshots import SnapshotMeta
 from mvm.engine.vm.steps import Steps, fault_step, run_steps
+from mvm.engine.vm.verity_check import verity_corruption
 
 log = get_logger("mvm.vm")
 
@@ -250,6 +251,16 @@ class RuntimeVM(Actor[StopVm | DetachVm | RestartVm]):
             # A guest that printed its exit status simply finished quickly (a short
             # command entrypoint can power off before the host reads the hello).
             tail = console_tail(self._console())
+            corrupted = verity_corruption(self._console())
+            if corrupted is not None:  # the kernel refused a tampered block of the root
+                self.failure = SecurityError(
+                    f"VM {self.request.name}: sealed rootfs {self.image.rootfs} fails "
+                    f"verification ({corrupted})",
+                    code="E_VERITY",
+                    hint=f"the image was altered after its build; rebuild it "
+                    f"(console log: {self._console()})",
+                )
+                raise self.failure
             self.failure = BackendError(
                 f"VM {self.request.name} exited during boot ({self.exit_reason})"
                 + (f": {tail}" if tail else ""),

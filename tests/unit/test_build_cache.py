@@ -43,7 +43,7 @@ def flake(root: Path, body: str = MKGUEST_FLAKE, lock: str | None = None) -> Pat
 def fill(out: Path, marker: str = "x") -> None:
     (out / "vmlinux").write_text(f"kernel {marker}")
     (out / "rootfs.ext4").write_text(f"rootfs {marker}")
-    (out / "mvm-meta.json").write_text('{"name": "t"}')
+    (out / "mvm-meta.json").write_text('{"name": "t", "sealed": false}')  # no verity tree
 
 
 def test_tree_hash_ignores_vcs_and_result_links_but_sees_content_and_modes(tmp_path: Path) -> None:

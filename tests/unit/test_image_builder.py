@@ -28,7 +28,7 @@ META_FIELDS = {
     "name", "accessible", "sealed", "entrypointKind", "init_system", "expected_boot_ms",
     "agent_binary", "agent_path", "rootless_entrypoint", "uids", "vmlinux_present",
     "initrd_present", "hypervisor", "builder", "vcpus", "memory_mib",
-    "services", "health_checks", "spec_hash", "seccomp_tier",
+    "services", "health_checks", "spec_hash", "seccomp_tier", "verity",
 }  # fmt: skip
 
 
@@ -123,7 +123,9 @@ async def test_demo_image_content(inputs: Inputs) -> None:
     assert "entrypoint" not in ls(img, "/etc/mvm")
     assert cat(img, "/etc/hostname") == "demo\n"
     assert cat(img, "/etc/machine-id") == ""
-    assert json.loads(cat(img, "/etc/mvm/mvm-meta.json")) == art.meta
+    # the guest's copy predates finalisation, which adds the verity tree's parameters
+    guest_meta = json.loads(cat(img, "/etc/mvm/mvm-meta.json"))
+    assert guest_meta == {k: v for k, v in art.meta.items() if k != "verity"}
 
     passwd = cat(img, "/etc/passwd").splitlines()
     assert "root:x:0:0:root:/root:/bin/sh" in passwd
@@ -264,7 +266,7 @@ async def test_meta_for_services_image(inputs: Inputs) -> None:
     assert set(art.meta) == META_FIELDS
     assert art.meta == json.loads(art.meta_path.read_text())
     assert art.meta_path == art.rootfs.parent / "mvm-meta.json"
-    assert art.meta | {"spec_hash": "x"} == {
+    assert art.meta | {"spec_hash": "x", "verity": "v"} == {
         "name": "demo",
         "accessible": False,
         "sealed": True,
@@ -285,8 +287,14 @@ async def test_meta_for_services_image(inputs: Inputs) -> None:
         "services": ["web"],
         "health_checks": ["web"],
         "spec_hash": "x",
+        "verity": "v",
     }
     assert art.meta["spec_hash"] == hashlib.sha256(ib.spec_json(DEMO_SPEC)).hexdigest()
+    # sealed: the dm-verity tree follows the filesystem in rootfs.ext4
+    verity = art.meta["verity"]
+    assert set(verity) == {"root_hash", "salt", "data_blocks", "hash_offset", "algorithm"}
+    assert verity["hash_offset"] == verity["data_blocks"] * 4096 < art.rootfs.stat().st_size
+    assert len(verity["root_hash"]) == 64 and verity["algorithm"] == "sha256"
 
 
 async def test_meta_for_shell_image(inputs: Inputs) -> None:
@@ -299,6 +307,7 @@ async def test_meta_for_shell_image(inputs: Inputs) -> None:
         "services": {},
     }
     assert (m["vcpus"], m["memory_mib"], m["services"]) == (2, 128, [])
+    assert m["verity"] is None  # accessible (dev) images have no verified root
     env = cat(art.rootfs, "/etc/mvm/image.env")
     assert "MVM_ENTRYPOINT_KIND=shell\n" in env and "MVM_SEALED=0\n" in env
     assert "MVM_ENTRYPOINT_UID=0\n" in env

@@ -124,7 +124,7 @@ def offline_meta(spec: ImageSpec) -> dict[str, Any]:
 
 def _same_but_builder(nix: dict[str, Any], offline: dict[str, Any]) -> bool:
     """Equal metas: same keys, same values except `builder` ("nix" vs "offline")."""
-    drop = NIX_ONLY_FIELDS
+    drop = NIX_ONLY_FIELDS | {"verity"}  # verity: added host-side at finalisation
     return (nix["builder"], offline["builder"]) == ("nix", "offline") and {
         k: v for k, v in nix.items() if k not in drop
     } == {k: v for k, v in offline.items() if k not in drop}

@@ -104,7 +104,7 @@ def test_edits_by_name() -> None:
 
 def test_the_lifecycle_lists() -> None:
     assert COLD_START.names == (
-        "bind_ports", "claim_name", "run_dir", "volumes", "network", "prepare", "admit",
+        "bind_ports", "claim_name", "run_dir", "volumes", "network", "admit", "prepare",
         "spawn_vmm", "save_plan", "connect_agent", "mux", "forwards", "health", "mark_running",
     )  # fmt: skip
     # A clone is a cold start with the snapshot's disks and a new identity.

@@ -257,8 +257,8 @@ class RuntimeVM(Actor[StopVm | DetachVm | RestartVm]):
                     f"VM {self.request.name}: sealed rootfs {self.image.rootfs} fails "
                     f"verification ({corrupted})",
                     code="E_VERITY",
-                    hint=f"the image was altered after its build; rebuild it "
-                    f"(console log: {self._console()})",
+                    hint=f"the image was altered after its build: rebuild it; console log: "
+                    f"{self._console()}",
                 )
                 raise self.failure
             self.failure = BackendError(

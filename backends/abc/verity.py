@@ -14,9 +14,11 @@ dm table is part of the LaunchPlan (and of ``plan.json``).
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from mvm.backends.abc.types import Verity
 
+ALGORITHM = "sha256"
 BLOCK_SIZE = 4096
 SECTOR_SIZE = 512
 DM_NAME = "vroot"
@@ -57,3 +59,26 @@ def root_args(verity: Verity | None) -> tuple[str, ...]:
     if verity is None:
         return (f"root={ROOT_DEVICE}",)
     return (dm_create_arg(verity), f"root={VERITY_ROOT}")
+
+
+def verity_from_meta(meta: dict[str, Any]) -> Verity | None:
+    """The ``verity`` of an mvm-meta.json (absent or null: none); ValueError if malformed.
+    Here, not with the formatter (backends/image), so that engine/images can read an
+    image's meta without importing the image assembler (which imports engine/images)."""
+    raw = meta.get("verity")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError("verity must be an object or null")
+    try:
+        verity = Verity(
+            root_hash=str(raw["root_hash"]),
+            salt=str(raw["salt"]),
+            data_blocks=int(raw["data_blocks"]),
+            hash_offset=int(raw["hash_offset"]),
+            algorithm=str(raw.get("algorithm", ALGORITHM)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"verity is malformed: {exc}") from None
+    check_verity(verity)
+    return verity

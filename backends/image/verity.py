@@ -27,14 +27,13 @@ from typing import Any
 import attrs
 
 from mvm.backends.abc.types import Verity
-from mvm.backends.abc.verity import BLOCK_SIZE, check_verity
+from mvm.backends.abc.verity import ALGORITHM, BLOCK_SIZE, check_verity, verity_from_meta
 from mvm.engine.base.errors import BuildError
 from mvm.engine.base.log import get_logger
 
 log = get_logger("mvm.image.verity")
 
 VERITYSETUP = "veritysetup"
-ALGORITHM = "sha256"
 _FIELD = re.compile(r"^(Root hash|Salt|Data blocks|Hash algorithm):\s*(\S+)\s*$", re.MULTILINE)
 
 
@@ -114,25 +113,4 @@ def finalise_verity(directory: Path, *, seed: str) -> Verity | None:
     tmp = meta_path.with_name(meta_path.name + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, meta_path)
-    return verity
-
-
-def verity_from_meta(meta: dict[str, Any]) -> Verity | None:
-    """The ``verity`` of an mvm-meta.json (absent or null: none); ValueError if malformed."""
-    raw = meta.get("verity")
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise ValueError("verity must be an object or null")
-    try:
-        verity = Verity(
-            root_hash=str(raw["root_hash"]),
-            salt=str(raw["salt"]),
-            data_blocks=int(raw["data_blocks"]),
-            hash_offset=int(raw["hash_offset"]),
-            algorithm=str(raw.get("algorithm", ALGORITHM)),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"verity is malformed: {exc}") from None
-    check_verity(verity)
     return verity

@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from mvm.backends.abc.types import Verity
-from mvm.backends.image.verity import verity_from_meta
+from mvm.backends.abc.verity import verity_from_meta
 from mvm.engine.base.errors import ConfigError, NotFoundError
 
 

@@ -14,10 +14,10 @@ import attrs
 import pytest
 
 from mvm.backends.abc.types import Accel, Verity, VmSpec
-from mvm.backends.abc.verity import dm_create_arg, dm_table, root_args
+from mvm.backends.abc.verity import dm_create_arg, dm_table, root_args, verity_from_meta
 from mvm.backends.cloud_hypervisor.config import cmdline as ch_cmdline
 from mvm.backends.firecracker.config import boot_args, boot_calls
-from mvm.backends.image.verity import finalise_verity, format_verity, verity_from_meta
+from mvm.backends.image.verity import finalise_verity, format_verity
 from mvm.backends.qemu.argv import kernel_cmdline
 from mvm.engine.admission.plans import Admission, ExecutionPlan, verify_plan
 from mvm.engine.base.errors import ConfigError, PlanSignatureError, SecurityError

@@ -26,6 +26,7 @@ import trio
 ray = pytest.importorskip("ray")  # the fleet extra: scripts/setup --test installs it
 
 from conftest import _kill_what_the_test_left  # noqa: E402
+from helpers.vmm_processes import vmm_pids  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from mvm import Image, PortMapping, VmRequest  # noqa: E402
@@ -71,22 +72,6 @@ def cluster() -> Iterator[dict[str, Any]]:
             shutil.rmtree(home, ignore_errors=True)
 
 
-def _vmms(home: Path, name: str) -> list[int]:
-    """QEMU processes of VM ``name`` under ``home``, by their MVM_VMM_RUN_DIR tag."""
-    tag = f"MVM_VMM_RUN_DIR={home}/vms/{name}\0".encode()
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                environ = (entry / "environ").read_bytes() + b"\0"
-                cmd = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if tag in environ and b"qemu-system" in cmd.split(b"\0")[0]:
-                out.append(int(entry.name))
-    return out
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -122,11 +107,11 @@ async def test_two_nodes_exec_pages_node_loss_restart_and_no_duplicate_after_ret
             assert (await vm.exec(["hostname"])).stdout.decode().strip() == name
             assert "Hello from mvm" in await _page(vm)
             assert (await vm.address(80)).startswith(entries[name].node_address or "?")
-            assert len(_vmms(Path(home_of[entries[name].node_id]), name)) == 1
+            assert len(vmm_pids(Path(home_of[entries[name].node_id]), name, b"qemu-system")) == 1
 
         stayer, mover = on[str(homes["A"])], on[str(homes["B"])]
         await vms[stayer].stop()  # at most 2 VMMs from here on: the mover and its copy
-        assert not _vmms(homes["A"], stayer)
+        assert not vmm_pids(homes["A"], stayer, b"qemu-system")
 
         raylet = nodes["B"].all_processes["raylet"][0].process
         os.kill(raylet.pid, signal.SIGKILL)
@@ -142,16 +127,16 @@ async def test_two_nodes_exec_pages_node_loss_restart_and_no_duplicate_after_ret
         assert "Hello from mvm" in await _page(vms[mover])
         assert (await vms[mover].address(80)).startswith(IPS["A"] + ":")
         # the lost node's copy outlived its raylet (its shim has its own session)
-        assert len(_vmms(homes["B"], mover)) == 1
+        assert len(vmm_pids(homes["B"], mover, b"qemu-system")) == 1
 
         cluster["cluster"].remove_node(nodes["B"], allow_graceful=False)
         nodes["B"] = cluster["cluster"].add_node(**_node_args("B", homes["B"]))
         with trio.fail_after(60):
-            while _vmms(homes["B"], mover):
+            while vmm_pids(homes["B"], mover, b"qemu-system"):
                 await trio.sleep(0.2)
-        assert len(_vmms(homes["A"], mover)) == 1  # no duplicate, no orphan
+        assert len(vmm_pids(homes["A"], mover, b"qemu-system")) == 1  # no duplicate, no orphan
         infos = [i for i in await fleet.list() if i.name == mover]
         assert len(infos) == 1 and infos[0].node_id == entry.node_id
         assert infos[0].vm_state == "running"
         await vms[mover].stop()
-        assert not _vmms(homes["A"], mover)
+        assert not vmm_pids(homes["A"], mover, b"qemu-system")

@@ -24,6 +24,7 @@ import pytest
 ray = pytest.importorskip("ray")  # the fleet extra: scripts/setup --test installs it
 
 from conftest import _kill_what_the_test_left  # noqa: E402
+from helpers.vmm_processes import vmm_pids  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from mvm.engine.base.errors import MvmError  # noqa: E402
@@ -289,20 +290,6 @@ async def test_a_dead_host_agent_is_made_again_and_its_vms_keep_running(
     assert [i.vm_state for i in await fleet.list()] == ["running"]
 
 
-def _vmms(home: Path, name: str) -> list[int]:
-    """The stub VMM processes of VM ``name`` under ``home`` (by their run-dir tag)."""
-    tag = f"MVM_VMM_RUN_DIR={home}/vms/{name}\0".encode()
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if tag in (entry / "environ").read_bytes() + b"\0":
-                    out.append(int(entry.name))
-            except OSError:
-                continue
-    return out
-
-
 async def _until(what: Any, timeout: float = 60.0) -> Any:
     import trio
 
@@ -320,7 +307,7 @@ async def test_a_lost_node_restarts_its_vm_elsewhere_and_its_return_kills_the_st
     first = await vm.entry()
     key = cluster["keys"][first.node_id]
     other = "C" if key == "B" else "B"
-    assert len(_vmms(cluster["homes"][key], "mover")) == 1
+    assert len(vmm_pids(cluster["homes"][key], "mover")) == 1
     cluster["cluster"].remove_node(cluster["nodes"][key], allow_graceful=False)
 
     async def moved() -> Any:
@@ -332,15 +319,15 @@ async def test_a_lost_node_restarts_its_vm_elsewhere_and_its_return_kills_the_st
     assert entry.reason is not None and "left the cluster" in entry.reason
     assert (await vm.exec(["echo", "moved"])).stdout == b"moved\n"
     # the lost node's copy outlived its raylet (its shim has its own session)
-    assert len(_vmms(cluster["homes"][key], "mover")) == 1
+    assert len(vmm_pids(cluster["homes"][key], "mover")) == 1
     back = cluster["cluster"].add_node(**_node_args(key, cluster["homes"][key]))
     cluster["nodes"][key], cluster["keys"][back.node_id] = back, key
 
     async def stale_gone() -> bool:
-        return not _vmms(cluster["homes"][key], "mover")
+        return not vmm_pids(cluster["homes"][key], "mover")
 
     await _until(stale_gone)
-    assert len(_vmms(cluster["homes"][other], "mover")) == 1
+    assert len(vmm_pids(cluster["homes"][other], "mover")) == 1
     infos = [i for i in await fleet.list() if i.name == "mover"]
     assert len(infos) == 1 and infos[0].node_id == entry.node_id
 
